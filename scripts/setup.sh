@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian/Ubuntu machine for sidecar: system packages, a virtualenv in
+# .venv with sidecar installed (editable), and, with --test, what the test suite needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+
+packages=(softhsm2 opensc openssl python3-venv)
+if [ "$with_tests" = 1 ]; then
+  packages+=(xmlsec1 poppler-utils nodejs npm)
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+# Node may come from elsewhere than Debian (nvm, the image): a working npm is enough.
+if command -v npm >/dev/null 2>&1; then
+  filtered=()
+  for package in "${missing[@]}"; do
+    case "$package" in nodejs|npm) ;; *) filtered+=("$package") ;; esac
+  done
+  missing=("${filtered[@]+"${filtered[@]}"}")
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if [ "$with_tests" = 1 ]; then
+  .venv/bin/python -m pip install -q -e '.[test]'
+  if [ -f tests/node/package.json ]; then
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+else
+  .venv/bin/python -m pip install -q -e .
+fi

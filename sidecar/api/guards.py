@@ -1,0 +1,270 @@
+"""The door: request ids, error rendering, Host/Origin guards, tokens, body limits.
+
+Order matters and is fixed in :func:`middlewares`: the outermost one gives every
+answer an ``X-Request-Id`` and turns every failure into problem+json; then the
+Host and Origin guards refuse what a web page could send; then the token and its
+scope; then the body's declared size and type. Handlers see only requests that
+passed all of these.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..config import is_loopback_host
+from .contract import Operation
+from .keys import (
+    CLIENT,
+    CLIENT_STORE,
+    OPERATION,
+    REQUEST_ID,
+    SETTINGS,
+)
+from .problems import Problem, problem_response
+
+__all__ = ["middlewares", "read_body", "route_operations"]
+
+log = logging.getLogger("sidecar.api")
+access_log = logging.getLogger("sidecar.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_ROUTE_OPERATIONS = web.AppKey("route_operations", dict[web.AbstractRoute, Operation])
+
+route_operations = _ROUTE_OPERATIONS
+
+
+def _operation(request: web.Request) -> Operation | None:
+    return request.app[_ROUTE_OPERATIONS].get(request.match_info.route)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Problem:
+    if exc.status == 404:
+        return Problem(404, "not_found", f"no route {request.method} {request.path}")
+    if exc.status == 405:
+        allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
+        return Problem(
+            405,
+            "method_not_allowed",
+            f"{request.path} answers {', '.join(allowed) or 'no method'}",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    if exc.status == 413:
+        return Problem(413, "too_large", "the request body is over the configured limit")
+    code = {400: "bad_request", 401: "unauthorized", 403: "forbidden"}.get(exc.status, "error")
+    return Problem(exc.status, code, exc.reason or "request refused")
+
+
+@web.middleware
+async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: request id, access log, and problem+json for every failure."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.match(given) else str(uuid.uuid4())
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        response = problem_response(problem, instance=request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problem_response(_from_http_exception(request, exc), instance=request_id)
+    except Exception as exc:
+        # No traceback: it would show the machine's paths. The type says enough to triage.
+        log.error(
+            "unhandled %s while serving %s %s",
+            type(exc).__name__,
+            request.method,
+            request.path,
+            extra={"request_id": request_id},
+        )
+        response = problem_response(
+            Problem(
+                500,
+                "internal_error",
+                f"internal error; the daemon's log has request id {request_id}",
+            ),
+            instance=request_id,
+        )
+    response.headers["X-Request-Id"] = request_id
+    if request.app[SETTINGS].log.access:
+        client = request.get(CLIENT)
+        access_log.info(
+            "%s %s %d",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "request_id": request_id,
+                "client": client.name if client else None,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+    return response
+
+
+def _host_name(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:7420
+        return host[1 : host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.rsplit(":", 1)[0]
+    return host
+
+
+@web.middleware
+async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse DNS-rebinding (a foreign Host) and browsers from foreign origins."""
+    server = request.app[SETTINGS].server
+    host_header = request.headers.get("Host")
+    if host_header is not None:
+        name = _host_name(host_header)
+        allowed = {h.lower() for h in server.allowed_hosts}
+        if not server.is_loopback:
+            allowed.add(server.host.lower())
+        if not (is_loopback_host(name) or name in allowed):
+            raise Problem(403, "forbidden", "the Host header names no address of this daemon")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return await handler(request)
+    if origin not in server.allowed_origins:
+        raise Problem(403, "forbidden", "requests from web pages of this origin are not allowed")
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = web.Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, X-Request-Id"
+        )
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        response = await handler(request)
+    # Echo the one allowed origin: never "*".
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
+    response.headers["Vary"] = "Origin"
+    return response
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(
+            401,
+            "unauthorized",
+            "use Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": 'Bearer realm="sidecar"'},
+        )
+    return token.strip()
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token → client; the route's scope must be among the client's."""
+    op = _operation(request)
+    if op is None:  # unknown route or method: the router's 404/405 follows
+        return await handler(request)
+    request[OPERATION] = op
+    token = _bearer(request)
+    if token is not None:
+        client = request.app[CLIENT_STORE].authenticate(token)
+        if client is None:
+            raise Problem(
+                401,
+                "unauthorized",
+                "unknown token",
+                headers={"WWW-Authenticate": 'Bearer realm="sidecar", error="invalid_token"'},
+            )
+        request[CLIENT] = client
+    if op.scope is None:
+        return await handler(request)
+    client = request.get(CLIENT)
+    if client is None:
+        raise Problem(
+            401,
+            "unauthorized",
+            "this route needs Authorization: Bearer <token> (see default.token)",
+            headers={"WWW-Authenticate": 'Bearer realm="sidecar"'},
+        )
+    if op.scope not in client.scopes:
+        raise Problem(
+            403, "forbidden", f"client {client.name!r} lacks the {op.scope.value!r} scope"
+        )
+    return await handler(request)
+
+
+def _limit(request: web.Request, op: Operation) -> int:
+    return int(getattr(request.app[SETTINGS].limits, op.limit))
+
+
+@web.middleware
+async def body_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Declared size and media type, checked before a byte of the body is read."""
+    op = request.get(OPERATION)
+    if op is None:
+        return await handler(request)
+    if not op.request_types:
+        if request.content_length:
+            raise Problem(400, "bad_parameter", f"{op.method} {op.path} takes no body")
+        return await handler(request)
+    limit = _limit(request, op)
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(
+            413,
+            "too_large",
+            f"the body has {request.content_length} bytes; this route takes at most {limit}",
+            limit=limit,
+        )
+    if "*/*" not in op.request_types and request.content_type not in op.request_types:
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {request.content_type!r} is not accepted here; "
+            f"send {' or '.join(op.request_types)}",
+            accepted=list(op.request_types),
+        )
+    return await handler(request)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, refused with 413 as soon as it passes the route's limit.
+
+    Content-Length was checked by :func:`body_rules`; this also bounds a chunked
+    body, which declares no length.
+    """
+    op: Operation = request[OPERATION]
+    limit = _limit(request, op)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "too_large", f"the body is over this route's {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def not_implemented(op: Operation) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise Problem(
+            501,
+            "not_implemented",
+            f"{op.method} {op.path} is part of the contract but not built in this version",
+        )
+
+    return handler
+
+
+def middlewares() -> list[Any]:
+    return [errors_and_ids, host_and_origin, authenticate, body_rules]

@@ -1,0 +1,44 @@
+"""Typed application keys: what the factory puts into the aiohttp app."""
+
+from __future__ import annotations
+
+from aiohttp import ClientSession, web
+
+from ..clients import Client, ClientStore
+from ..config import Settings
+from ..health import HealthCheck
+from ..paths import Paths
+from .contract import Operation
+
+__all__ = [
+    "CLIENT",
+    "CLIENT_STORE",
+    "HEALTH_CHECKS",
+    "HTTP_SESSION",
+    "IMPLEMENTED",
+    "OPERATION",
+    "PATHS",
+    "SETTINGS",
+]
+
+SETTINGS = web.AppKey("settings", Settings)
+PATHS = web.AppKey("paths", Paths)
+CLIENT_STORE = web.AppKey("client_store", ClientStore)
+#: The daemon's one outgoing HTTP session (TSA, OCSP/CRL, CNS), closed on shutdown.
+HTTP_SESSION = web.AppKey("http_session", ClientSession)
+HEALTH_CHECKS = web.AppKey("health_checks", list[tuple[str, HealthCheck]])
+#: Operation ids that have a handler; the others answer 501.
+IMPLEMENTED = web.AppKey("implemented", frozenset[str])
+
+# Request-scoped values, set by the middlewares for the handlers.
+OPERATION = web.RequestKey("operation", Operation)
+CLIENT = web.RequestKey("client", Client)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def request_operation(request: web.Request) -> Operation | None:
+    return request.get(OPERATION)
+
+
+def request_client(request: web.Request) -> Client | None:
+    return request.get(CLIENT)

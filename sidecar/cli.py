@@ -1,0 +1,137 @@
+"""The ``sidecar`` command line (API.md, "Command line": scripts depend on it)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .clients import ClientStore, TokenError, parse_scopes
+from .config import ConfigError, Settings, load_settings
+from .logs import configure_logging
+from .paths import Paths, resolve_paths
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Local signing, timestamping and CNS forwarding daemon.",
+    )
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def config_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, metavar="FILE", help="configuration file (TOML)")
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--sandbox", action="store_true", help="generate and serve a test PKI")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 7420)")
+    config_option(serve)
+
+    sandbox = commands.add_parser("sandbox", help="same as 'serve --sandbox'")
+    sandbox.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, help="port to bind (default 7420)")
+    config_option(sandbox)
+
+    token = commands.add_parser("token", help="manage API clients and their tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_commands.add_parser("create", help="make a client; prints its token once")
+    create.add_argument("name")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="sign, timestamp, forward, verify, admin (repeat or comma-separate)",
+    )
+    create.add_argument("--replace", action="store_true", help="re-key an existing client")
+    listing = token_commands.add_parser("list", help="list the clients (never their tokens)")
+    listing.add_argument("--json", action="store_true")
+    revoke = token_commands.add_parser("revoke", help="remove a client")
+    revoke.add_argument("name")
+
+    config = commands.add_parser("config", help="check the configuration")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = config_commands.add_parser("check", help="load the file and report problems")
+    config_option(check)
+    return parser
+
+
+def _settings(paths: Paths, file: Path | None) -> Settings:
+    if file is not None:
+        return load_settings(file, required=True)
+    return load_settings(paths.config_file)
+
+
+def _serve(args: argparse.Namespace, paths: Paths, sandbox: bool) -> int:
+    from .server import run
+
+    settings = _settings(paths, args.config)
+    server = settings.server
+    if args.host:
+        server = dataclasses.replace(server, host=args.host)
+    if args.port is not None:
+        if not 1 <= args.port <= 65535:
+            raise ConfigError(None, "--port", f"must be between 1 and 65535 (got {args.port})")
+        server = dataclasses.replace(server, port=args.port)
+    settings = dataclasses.replace(settings, server=server)
+    configure_logging(settings.log.level, settings.log.format, settings.log.file)
+    return run(settings, paths, sandbox=sandbox)
+
+
+def _token(args: argparse.Namespace, paths: Paths) -> int:
+    store = ClientStore(paths.clients_file)
+    if args.token_command == "create":
+        token = store.create(args.name, parse_scopes(args.scope), replace=args.replace)
+        # stdout only, so an installer can capture it; it is not stored anywhere.
+        print(token)
+        print(
+            f"client {args.name!r} created; keep this token, it is not shown again",
+            file=sys.stderr,
+        )
+    elif args.token_command == "list":
+        clients = [c.public() for c in store.clients()]
+        if args.json:
+            print(json.dumps(clients, indent=2))
+        else:
+            for c in clients:
+                print(f"{c['name']:<24} {','.join(c['scopes']):<40} {c['created']}")
+    elif args.token_command == "revoke":
+        store.revoke(args.name)
+        print(f"client {args.name!r} revoked", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    paths = resolve_paths()
+    try:
+        if args.command == "serve":
+            return _serve(args, paths, sandbox=args.sandbox)
+        if args.command == "sandbox":
+            return _serve(args, paths, sandbox=True)
+        if args.command == "token":
+            return _token(args, paths)
+        if args.command == "config":
+            settings = _settings(paths, args.config)
+            print(f"configuration OK: {settings.source or 'defaults (no file)'}")
+            return 0
+    except ConfigError as exc:
+        print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
+        return 2
+    except TokenError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

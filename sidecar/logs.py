@@ -1,0 +1,114 @@
+"""Structured logging with a last line of defence against leaked secrets.
+
+Code must never pass a token, PIN or passphrase to a logger. In case one slips
+through anyway (an exception message from a library, say), every secret the
+process knows about is registered with :func:`register_secret` and masked by a
+filter on the handler before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JsonLinesFormatter", "SecretMask", "configure_logging", "register_secret"]
+
+_MASK = "[redacted]"
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+# Attributes every LogRecord has; anything else was passed through ``extra=``.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def register_secret(secret: str) -> None:
+    """Mask *secret* wherever it would appear in a log line from now on."""
+    if len(secret) >= 4:  # Masking "1" or "" would mangle every line.
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def _mask(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    return text
+
+
+class SecretMask(logging.Filter):
+    """Replaces registered secrets in the rendered message and extras."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secrets:
+            record.msg = _mask(record.getMessage())
+            record.args = None
+            for key, value in list(vars(record).items()):
+                if key not in _STANDARD_ATTRS and isinstance(value, str):
+                    setattr(record, key, _mask(value))
+        return True
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and message only: a traceback shows paths of the machine.
+            entry["error"] = f"{record.exc_info[0].__name__}: {_mask(str(record.exc_info[1]))}"
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {
+            k: v
+            for k, v in vars(record).items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
+        }
+        if extras:
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return line
+
+    def formatException(self, ei: Any) -> str:
+        return f"{ei[0].__name__}: {_mask(str(ei[1]))}"
+
+
+def configure_logging(level: str = "info", fmt: str = "text", file: Path | None = None) -> None:
+    """Send the ``sidecar`` loggers (and aiohttp's) to stderr or *file*."""
+    handler: logging.Handler
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLinesFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(SecretMask())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiohttp's access logger would print its own format; we log requests ourselves.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

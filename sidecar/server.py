@@ -1,0 +1,122 @@
+"""``sidecar serve``: bind, run in the foreground, stop gracefully on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from .api.app import create_app
+from .clients import ClientStore, ensure_default_client
+from .config import ConfigError, ServerSettings, Settings
+from .paths import Paths
+
+__all__ = ["StartupError", "check_binding", "run"]
+
+log = logging.getLogger("sidecar.server")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def check_binding(server: ServerSettings, source: object = None) -> ssl.SSLContext | None:
+    """Refuse a non-loopback address unless the configuration asks for it, with TLS."""
+    file = source if isinstance(source, os.PathLike) else None
+    tls = server.tls_cert is not None or server.tls_key is not None
+    if tls and (server.tls_cert is None or server.tls_key is None):
+        raise ConfigError(file, "server.tls_cert", "tls_cert and tls_key go together")
+    if not server.is_loopback:
+        if not server.allow_remote:
+            raise ConfigError(
+                file,
+                "server.host",
+                f"{server.host} is not a loopback address; a shared deployment needs "
+                "allow_remote = true and TLS (tls_cert, tls_key)",
+            )
+        if not tls:
+            raise ConfigError(
+                file, "server.allow_remote", "binding a non-loopback address needs TLS"
+            )
+    if not tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(server.tls_cert), str(server.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            file, "server.tls_cert", f"cannot load the TLS certificate/key: {exc}"
+        ) from None
+    return context
+
+
+def _notify_systemd(state: str) -> None:
+    """``sd_notify`` without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or not hasattr(socket, "AF_UNIX"):
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+
+
+async def _serve(settings: Settings, paths: Paths, sandbox: bool) -> None:
+    server = settings.server
+    ssl_context = check_binding(server, settings.source)
+    store = ClientStore(paths.clients_file)
+    if ensure_default_client(store, paths.default_token_file):
+        log.info("first start: client 'default' created, token in %s", paths.default_token_file)
+    app = create_app(
+        settings, paths, sandbox_dir=paths.sandbox_dir if sandbox else None, client_store=store
+    )
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_timeout
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+            signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+    try:
+        site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}"
+                " (another sidecar running? choose --port)"
+            ) from None
+        scheme = "https" if ssl_context else "http"
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
+        _notify_systemd("READY=1")
+        await stop.wait()
+        log.info("stopping: finishing requests under way")
+        _notify_systemd("STOPPING=1")
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
+    """Serve until SIGTERM/SIGINT; the process's exit status."""
+    try:
+        paths.ensure()
+        asyncio.run(_serve(settings, paths, sandbox))
+    except (ConfigError, StartupError) as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
