@@ -1,3 +1,6 @@
 """Shared fixtures live in tests/fixtures/, one module per real part."""
 
-pytest_plugins = ["tests.fixtures.daemon"]
+pytest_plugins = [
+    "tests.fixtures.daemon",
+    "tests.fixtures.sandbox",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +15,8 @@ from ..clients import ClientStore
 from ..config import Settings
 from ..health import CheckResult
 from ..paths import Paths
+from ..sandbox.pki import SandboxPKI, ensure_sandbox_pki
+from ..sandbox.services import serve_sandbox_pki
 from . import service
 from .contract import CONTRACT
 from .guards import Handler, middlewares, not_implemented, route_operations
@@ -24,22 +26,27 @@ from .keys import (
     HTTP_SESSION,
     IMPLEMENTED,
     PATHS,
+    SANDBOX_PKI,
     SETTINGS,
 )
 
-__all__ = ["SANDBOX", "create_app"]
+__all__ = ["HANDLERS", "SANDBOX_DIR", "SUBSYSTEMS", "create_app"]
 
 log = logging.getLogger("sidecar.app")
 
-#: Operation id → handler. A contract route missing here answers 501.
+#: Operation id → handler, merged from each resource module's ``HANDLERS``.
+#: A contract route missing here answers 501.
 HANDLERS: Mapping[str, Handler] = {
-    "getHealth": service.get_health,
-    "getUuids": service.get_uuids,
-    "getOpenApi": service.get_openapi,
+    **service.HANDLERS,
 }
 
-#: Where ``serve --sandbox`` generates its PKI; ``None`` when not in sandbox mode.
-SANDBOX = web.AppKey("sandbox_dir", Path)
+#: Where ``serve --sandbox`` generates its PKI; absent when not in sandbox mode.
+SANDBOX_DIR = web.AppKey("sandbox_dir", Path)
+
+
+#: Cleanup contexts of the subsystems (keys, trust, CNS outbox...), in dependency
+#: order, run after the HTTP session and the sandbox are up.
+SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = []
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -54,16 +61,16 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sandbox(app: web.Application) -> AsyncIterator[None]:
-    from ..sandbox.pki import ensure_sandbox_pki
-    from ..sandbox.services import serve_sandbox_pki
 
     settings = app[SETTINGS].sandbox
     loop = asyncio.get_running_loop()
     # Key generation takes a moment on first start; keep the loop free meanwhile.
     pki = await loop.run_in_executor(
-        None, lambda: ensure_sandbox_pki(app[SANDBOX], host=settings.host, port=settings.port)
+        None, lambda: ensure_sandbox_pki(app[SANDBOX_DIR], host=settings.host, port=settings.port)
     )
     async with serve_sandbox_pki(pki):
+        # Subsystems set up after this one take their sandbox defaults from it.
+        app[SANDBOX_PKI] = pki
         log.info("sandbox PKI served at %s; trust anchors in %s", pki.base_url, pki.roots_pem)
 
         async def check() -> CheckResult:
@@ -85,9 +92,15 @@ def create_app(
     paths: Paths,
     *,
     sandbox_dir: Path | None = None,
+    sandbox_pki: SandboxPKI | None = None,
     client_store: ClientStore | None = None,
 ) -> web.Application:
-    """Build the daemon's application. Nothing is started until it runs."""
+    """Build the daemon's application. Nothing is started until it runs.
+
+    *sandbox_dir* makes the app generate and serve the sandbox PKI itself
+    (``serve --sandbox``); *sandbox_pki* hands it one that is already served (the
+    test suite's session-wide sandbox).
+    """
     limits = settings.limits
     app = web.Application(
         middlewares=middlewares(),
@@ -106,7 +119,11 @@ def create_app(
         operations[route] = op
     app[route_operations] = operations
     app.cleanup_ctx.append(_http_session)
-    if sandbox_dir is not None:
-        app[SANDBOX] = sandbox_dir
+    if sandbox_pki is not None:
+        app[SANDBOX_PKI] = sandbox_pki
+    elif sandbox_dir is not None:
+        app[SANDBOX_DIR] = sandbox_dir
         app.cleanup_ctx.append(_sandbox)
+    # In dependency order: each may use what the ones before it put into the app.
+    app.cleanup_ctx.extend(SUBSYSTEMS)
     return app

@@ -8,6 +8,7 @@ from ..clients import Client, ClientStore
 from ..config import Settings
 from ..health import HealthCheck
 from ..paths import Paths
+from ..sandbox.pki import SandboxPKI
 from .contract import Operation
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "IMPLEMENTED",
     "OPERATION",
     "PATHS",
+    "SANDBOX_PKI",
     "SETTINGS",
 ]
 
@@ -27,6 +29,8 @@ CLIENT_STORE = web.AppKey("client_store", ClientStore)
 #: The daemon's one outgoing HTTP session (TSA, OCSP/CRL, CNS), closed on shutdown.
 HTTP_SESSION = web.AppKey("http_session", ClientSession)
 HEALTH_CHECKS = web.AppKey("health_checks", list[tuple[str, HealthCheck]])
+#: The sandbox PKI when running ``serve --sandbox`` (set before the subsystems start).
+SANDBOX_PKI = web.AppKey("sandbox_pki", SandboxPKI)
 #: Operation ids that have a handler; the others answer 501.
 IMPLEMENTED = web.AppKey("implemented", frozenset[str])
 

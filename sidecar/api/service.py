@@ -13,7 +13,7 @@ from .keys import CLIENT, HEALTH_CHECKS, IMPLEMENTED
 from .openapi import build_openapi
 from .problems import bad_parameter
 
-__all__ = ["get_health", "get_openapi", "get_uuids"]
+__all__ = ["HANDLERS", "get_health", "get_openapi", "get_uuids"]
 
 MAX_UUIDS = 1000
 
@@ -42,3 +42,10 @@ async def get_uuids(request: web.Request) -> web.Response:
 
 async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app[IMPLEMENTED]))
+
+
+HANDLERS = {
+    "getHealth": get_health,
+    "getUuids": get_uuids,
+    "getOpenApi": get_openapi,
+}
