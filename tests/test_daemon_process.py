@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -119,3 +120,49 @@ def test_port_in_use_is_a_clear_error(
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{daemon.port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_sandbox_command_serves_health_and_pki(tmp_path: Path) -> None:
+    """The README's first command, as a new user runs it (ports moved off the defaults)."""
+    from tests.fixtures.daemon import free_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    sandbox_port = free_port()
+    (home / "sidecar.toml").write_text(f"[sandbox]\nport = {sandbox_port}\n")
+    port = free_port()
+    repo = Path(__file__).resolve().parents[1]
+    log = (tmp_path / "sandbox.log").open("wb")
+    process = subprocess.Popen(
+        ["bash", str(repo / "scripts" / "sandbox.sh"), "--port", str(port)],
+        env={**os.environ, "SIDECAR_HOME": str(home)},
+        stdout=log,
+        stderr=log,
+    )
+    daemon = DaemonProcess(home, port, process, tmp_path / "sandbox.log")
+    try:
+        status = None
+        for _ in range(120 * 4):  # the first start installs and generates the PKI
+            assert process.poll() is None, daemon.log_text()
+            try:
+                status, body = get(daemon, "/v1/health")
+                break
+            except OSError:
+                time.sleep(0.25)
+        assert status == 200 and body["status"] == "ok", daemon.log_text()
+        roots = home / "sandbox" / "roots.pem"
+        assert roots.read_text().startswith("-----BEGIN CERTIFICATE-----")
+        admin = cli(home, "token", "create", "ops", "--scope", "admin").stdout.strip()
+        _, health = get(daemon, "/v1/health", admin)
+        assert {c["name"]: c["status"] for c in health["checks"]}["sandbox-pki"] == "ok"
+        crl_url = f"http://127.0.0.1:{sandbox_port}/sandbox/crls/root/latest.crl"
+        with urllib.request.urlopen(crl_url, timeout=10) as response:
+            crl = response.read()
+        parsed = subprocess.run(
+            ["openssl", "crl", "-inform", "DER", "-noout", "-issuer"],
+            input=crl,
+            capture_output=True,
+        )
+        assert parsed.returncode == 0 and b"issuer=" in parsed.stdout
+    finally:
+        assert daemon.stop() == 0
