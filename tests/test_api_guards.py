@@ -40,9 +40,7 @@ async def test_wrong_token_is_401(api: Api, header: str) -> None:
 
 
 async def test_wrong_token_on_public_route_is_401(api: Api) -> None:
-    response = await api.client.get(
-        "/v1/health", headers={"Authorization": "Bearer forged"}
-    )
+    response = await api.client.get("/v1/health", headers={"Authorization": "Bearer forged"})
     assert response.status == 401
 
 
@@ -88,9 +86,7 @@ async def test_configured_host_name_passes(api_factory) -> None:  # type: ignore
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost:3000"])
 async def test_origin_not_allow_listed_is_403(api: Api, origin: str) -> None:
-    response = await api.client.get(
-        "/v1/uuids", headers={"Origin": origin, **api.auth()}
-    )
+    response = await api.client.get("/v1/uuids", headers={"Origin": origin, **api.auth()})
     assert response.status == 403
     assert "Access-Control-Allow-Origin" not in response.headers
     assert (await problem(response))["code"] == "forbidden"
