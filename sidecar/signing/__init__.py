@@ -1,0 +1,1 @@
+"""Signature engines: XAdES (XML), PAdES (PDF), and the standardized-form recipe."""
