@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.daemon",
     "tests.fixtures.sandbox",
+    "tests.fixtures.softhsm",
 ]

@@ -1,0 +1,461 @@
+"""Keys on a PKCS#11 token: LuxTrust smartcards and sticks, HSMs, SoftHSM.
+
+One session per signer, used by one thread at a time (real tokens are not
+re-entrant): the signer's lock serializes calls and its single worker thread
+keeps waiting signatures off the shared executor.
+
+Token trouble becomes :class:`~sidecar.keys.errors.KeyLocked`, never a crash:
+the session is dropped and the next call looks for the token again (and, if
+it is still not found, re-initializes the module once, which is what makes
+SoftHSM — and some card middlewares — see a token that came back).
+
+PINs: the PIN is read from its source for each login and never kept. A PIN
+the token rejected is remembered as a salted hash only, so that the same
+wrong PIN is not presented again on every request — each try burns one of
+the card's few. When the token reports CKF_USER_PIN_FINAL_TRY, a stored PIN
+is not presented at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pkcs11
+from asn1crypto import x509
+from pkcs11 import MGF, Attribute, Mechanism, ObjectClass, TokenFlag
+
+from .algorithms import digest as compute_digest
+from .algorithms import digest_info, ecdsa_raw_to_der, hash_algorithm
+from .certificates import load_certificates, order_chain
+from .config import KeyConfig
+from .credentials import SecretUnavailable, read_secret
+from .errors import KeyConfigError, KeyLocked
+from .pkcs11_module import Pkcs11Module, load_module
+from .signer import Signer
+
+__all__ = ["PIN_FLAG_NAMES", "Pkcs11Signer", "check_pin_flags"]
+
+logger = logging.getLogger(__name__)
+
+PIN_FLAG_NAMES: dict[TokenFlag, str] = {
+    TokenFlag.USER_PIN_COUNT_LOW: "CKF_USER_PIN_COUNT_LOW",
+    TokenFlag.USER_PIN_FINAL_TRY: "CKF_USER_PIN_FINAL_TRY",
+    TokenFlag.USER_PIN_LOCKED: "CKF_USER_PIN_LOCKED",
+    TokenFlag.USER_PIN_TO_BE_CHANGED: "CKF_USER_PIN_TO_BE_CHANGED",
+}
+
+_SIGN_MECHANISMS = {
+    "sha256": (Mechanism.SHA256_RSA_PKCS, Mechanism.SHA256_RSA_PKCS_PSS, Mechanism.SHA256),
+    "sha384": (Mechanism.SHA384_RSA_PKCS, Mechanism.SHA384_RSA_PKCS_PSS, Mechanism.SHA384),
+    "sha512": (Mechanism.SHA512_RSA_PKCS, Mechanism.SHA512_RSA_PKCS_PSS, Mechanism.SHA512),
+}
+_MGF = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
+
+# Errors after which the session (or the whole token) is gone: drop it and look again.
+_TOKEN_GONE = (
+    pkcs11.exceptions.DeviceRemoved,
+    pkcs11.exceptions.DeviceError,
+    pkcs11.exceptions.TokenNotPresent,
+    pkcs11.exceptions.TokenNotRecognised,
+    pkcs11.exceptions.SessionHandleInvalid,
+    pkcs11.exceptions.SessionClosed,
+    pkcs11.exceptions.ObjectHandleInvalid,
+    pkcs11.exceptions.KeyHandleInvalid,
+    pkcs11.exceptions.UserNotLoggedIn,
+    pkcs11.exceptions.SlotIDInvalid,
+    pkcs11.exceptions.GeneralError,
+)
+
+
+def pin_flag_names(flags: TokenFlag) -> tuple[str, ...]:
+    """The CKF_USER_PIN_* flags set in ``flags``, by their PKCS#11 names."""
+    return tuple(name for flag, name in PIN_FLAG_NAMES.items() if flags & flag)
+
+
+def check_pin_flags(flags: TokenFlag, *, key_id: str, pinpad: bool) -> None:
+    """Refuse a login the token's flags say is unsafe or pointless.
+
+    A locked PIN cannot be tried. On the final try a PIN from the keyring or
+    the config is not presented: if it is the wrong one, the card is lost.
+    Through a pinpad the physician types the PIN and decides for themself.
+    """
+    names = pin_flag_names(flags)
+    if flags & TokenFlag.USER_PIN_LOCKED:
+        raise KeyLocked(
+            "pin_locked",
+            f"key {key_id!r}: the token's user PIN is locked; unblock it with the PUK "
+            "using the card issuer's tool",
+            key_id=key_id,
+            retries_left=0,
+            token_flags=names,
+        )
+    if flags & TokenFlag.USER_PIN_FINAL_TRY and not pinpad:
+        raise KeyLocked(
+            "pin_final_try",
+            f"key {key_id!r}: the token has one PIN try left; sidecar will not present the "
+            "stored PIN (a wrong one would lock the card). Log in once with the card "
+            "issuer's tool to reset the counter, then retry",
+            key_id=key_id,
+            retries_left=1,
+            token_flags=names,
+        )
+
+
+class Pkcs11Signer(Signer):
+    """A private key and its certificate on a PKCS#11 token."""
+
+    backend = "pkcs11"
+
+    def __init__(self, config: KeyConfig) -> None:
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pkcs11-{config.id}")
+        super().__init__(config, executor=self._worker)
+        self._lock = threading.RLock()
+        self._module: Pkcs11Module | None = None
+        self._session: pkcs11.Session | None = None
+        self._key: pkcs11.PrivateKey | None = None
+        self._generation = -1
+        self._mechanisms: frozenset[Mechanism] = frozenset()
+        self._pin_salt = os.urandom(16)
+        self._rejected_pin: bytes | None = None
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def module(self) -> Pkcs11Module:
+        """The loaded module; loading it raises :class:`KeyConfigError` on trouble."""
+        if self._module is None:
+            assert self.config.module is not None  # KeyConfig.validate guarantees it
+            self._module = load_module(self.config.module)
+        return self._module
+
+    def _is_unlocked(self) -> bool:
+        return (
+            self._session is not None
+            and self._module is not None
+            and self._generation == self._module.generation
+        )
+
+    # -- opening --------------------------------------------------------------
+
+    def _unlock(self) -> None:
+        module = self.module
+        with self._lock:
+            if self._is_unlocked():
+                return
+            self._drop_session()
+            seen = module.generation
+            try:
+                with module.using():
+                    self._connect(module)
+                return
+            except KeyLocked as exc:
+                if exc.reason != "token_absent":
+                    raise
+                first_failure = exc
+            if not module.reinitialize(seen):
+                raise first_failure
+            with module.using():
+                self._connect(module)
+
+    def _find_token(self, module: Pkcs11Module) -> pkcs11.Token:
+        criteria: dict[str, object] = {}
+        if self.config.token_label is not None:
+            criteria["token_label"] = self.config.token_label
+        if self.config.token_serial is not None:
+            criteria["token_serial"] = self.config.token_serial.encode("ascii")
+        wanted = ", ".join(f"{k.removeprefix('token_')} {v!r}" for k, v in criteria.items())
+        try:
+            return module.lib.get_token(**criteria)
+        except pkcs11.exceptions.MultipleTokensReturned:
+            raise KeyConfigError(
+                f"key {self.id!r}: several tokens match ({wanted or 'no criteria'}); "
+                "set token_label or token_serial",
+                key_id=self.id,
+            ) from None
+        except pkcs11.exceptions.NoSuchToken:
+            raise KeyLocked(
+                "token_absent",
+                f"key {self.id!r}: no token {wanted or 'at all'} in {module.path.name}: "
+                "insert the card or stick",
+                key_id=self.id,
+            ) from None
+        except pkcs11.PKCS11Error as exc:
+            raise KeyLocked(
+                "token_absent",
+                f"key {self.id!r}: the token cannot be reached ({type(exc).__name__})",
+                key_id=self.id,
+            ) from None
+
+    def _token_flags(self, token: pkcs11.Token) -> TokenFlag:
+        """The token's current flags (a fresh C_GetTokenInfo).
+
+        Kept as a method because no software token sets CKF_USER_PIN_FINAL_TRY:
+        tests override it to exercise that decision on a real token.
+        """
+        return token.slot.get_token().flags
+
+    def _connect(self, module: Pkcs11Module) -> None:
+        token = self._find_token(module)
+        try:
+            self._read_certificates(token)
+            flags = self._token_flags(token)
+            pinpad = self.config.pin_source == "pinpad"
+            check_pin_flags(flags, key_id=self.id, pinpad=pinpad)
+            session = self._login(token, flags, pinpad)
+        except _TOKEN_GONE as exc:
+            raise self._gone(exc) from None
+        except pkcs11.PKCS11Error as exc:
+            raise KeyLocked(
+                "token_error",
+                f"key {self.id!r}: the token refused to open a session ({type(exc).__name__})",
+                key_id=self.id,
+            ) from None
+        try:
+            self._key = self._find_key(session)
+            self._mechanisms = frozenset(token.slot.get_mechanisms())
+        except BaseException:
+            self._close_session(session)
+            raise
+        self._session = session
+        self._generation = module.generation
+        logger.info("key %s: logged in to token %r", self.id, token.label)
+
+    def _login(self, token: pkcs11.Token, flags: TokenFlag, pinpad: bool) -> pkcs11.Session:
+        if pinpad:
+            if not flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH:
+                raise KeyLocked(
+                    "pinpad_unavailable",
+                    f"key {self.id!r}: pin_source is 'pinpad' but token {token.label!r} "
+                    "has no protected authentication path (no pinpad reader)",
+                    key_id=self.id,
+                )
+            if flags & TokenFlag.USER_PIN_FINAL_TRY:
+                logger.warning("key %s: one PIN try left; asking on the pinpad", self.id)
+            credential: object = pkcs11.PROTECTED_AUTH
+        else:
+            try:
+                pin = read_secret(self.config, "PIN")
+            except SecretUnavailable as exc:
+                raise KeyLocked(
+                    "pin_missing", f"key {self.id!r}: {exc.detail}", key_id=self.id
+                ) from None
+            assert pin is not None
+            fingerprint = self._fingerprint(pin)
+            if self._rejected_pin is not None and hmac.compare_digest(
+                fingerprint, self._rejected_pin
+            ):
+                raise KeyLocked(
+                    "pin_incorrect",
+                    f"key {self.id!r}: the token rejected this PIN before; it is not presented "
+                    "again. Store the right PIN, then retry",
+                    key_id=self.id,
+                    token_flags=pin_flag_names(flags),
+                )
+            credential = pin
+        try:
+            session = token.open(user_pin=credential)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # Another signer of this process is logged in to the same token, and
+            # PKCS#11 login state is per application: a plain session is enough.
+            return token.open()
+        except pkcs11.exceptions.PinIncorrect:
+            if not pinpad:
+                self._rejected_pin = fingerprint
+            raise self._pin_rejected(token) from None
+        except pkcs11.exceptions.PinLocked:
+            raise KeyLocked(
+                "pin_locked",
+                f"key {self.id!r}: the token's user PIN is locked; unblock it with the PUK",
+                key_id=self.id,
+                retries_left=0,
+                token_flags=pin_flag_names(self._token_flags(token)),
+            ) from None
+        except (pkcs11.exceptions.PinLenRange, pkcs11.exceptions.PinInvalid):
+            raise KeyLocked(
+                "pin_incorrect",
+                f"key {self.id!r}: the token refused the PIN's length or characters",
+                key_id=self.id,
+                token_flags=pin_flag_names(flags),
+            ) from None
+        except pkcs11.exceptions.PinExpired:
+            raise KeyLocked(
+                "pin_locked",
+                f"key {self.id!r}: the PIN has expired; change it with the card issuer's tool",
+                key_id=self.id,
+            ) from None
+        except pkcs11.exceptions.FunctionCancelled:
+            raise KeyLocked(
+                "pin_missing", f"key {self.id!r}: PIN entry was cancelled", key_id=self.id
+            ) from None
+        self._rejected_pin = None
+        return session
+
+    def _pin_rejected(self, token: pkcs11.Token) -> KeyLocked:
+        try:
+            flags = self._token_flags(token)
+        except pkcs11.PKCS11Error:
+            flags = TokenFlag(0)
+        retries: int | None = None
+        if flags & TokenFlag.USER_PIN_LOCKED:
+            retries = 0
+            state = "the PIN is now locked"
+        elif flags & TokenFlag.USER_PIN_FINAL_TRY:
+            retries = 1
+            state = "one try is left, which sidecar will not use"
+        elif flags & TokenFlag.USER_PIN_COUNT_LOW:
+            state = "the token counts failed tries"
+        else:
+            state = "the token does not say how many tries are left"
+        return KeyLocked(
+            "pin_incorrect",
+            f"key {self.id!r}: the token rejected the PIN ({state}); it will not be presented "
+            "again until it is changed in its source",
+            key_id=self.id,
+            retries_left=retries,
+            token_flags=pin_flag_names(flags),
+        )
+
+    def _fingerprint(self, pin: str) -> bytes:
+        return hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), self._pin_salt, 10_000)
+
+    def _read_certificates(self, token: pkcs11.Token) -> None:
+        """Read the certificate and chain from a public session (no PIN needed)."""
+        session = token.open()
+        try:
+            certificates = [
+                (
+                    obj[Attribute.LABEL],
+                    obj[Attribute.ID],
+                    x509.Certificate.load(obj[Attribute.VALUE]),
+                )
+                for obj in session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE})
+            ]
+        finally:
+            self._close_session(session)
+        wanted_id = self.config.cert_id or self.config.key_id
+        wanted_label = self.config.cert_label or self.config.key_label
+        leaf = None
+        if wanted_id is not None:
+            leaf = next((c for _, i, c in certificates if i == bytes.fromhex(wanted_id)), None)
+        if leaf is None and wanted_label is not None:
+            leaf = next((c for label, _, c in certificates if label == wanted_label), None)
+        if leaf is None:
+            raise KeyLocked(
+                "key_not_found",
+                f"key {self.id!r}: token {token.label!r} holds no certificate with "
+                f"id {wanted_id!r} or label {wanted_label!r} (another card?)",
+                key_id=self.id,
+            )
+        pool = [c for _, _, c in certificates]
+        for extra in self.config.chain:
+            pool.extend(load_certificates(extra))
+        self._set_certificate(leaf, order_chain(leaf, pool))
+
+    def _find_key(self, session: pkcs11.Session) -> pkcs11.PrivateKey:
+        attrs: dict[Attribute, object] = {Attribute.CLASS: ObjectClass.PRIVATE_KEY}
+        if self.config.key_id is not None:
+            attrs[Attribute.ID] = bytes.fromhex(self.config.key_id)
+        if self.config.key_label is not None:
+            attrs[Attribute.LABEL] = self.config.key_label
+        found = list(session.get_objects(attrs))
+        if not found:
+            raise KeyLocked(
+                "key_not_found",
+                f"key {self.id!r}: no private key with label {self.config.key_label!r} / "
+                f"id {self.config.key_id!r} on the token (another card?)",
+                key_id=self.id,
+            )
+        if len(found) > 1:
+            raise KeyConfigError(
+                f"key {self.id!r}: several private keys match; set both key_label and key_id",
+                key_id=self.id,
+            )
+        key = found[0]
+        assert isinstance(key, pkcs11.PrivateKey)
+        return key
+
+    # -- signing -------------------------------------------------------------
+
+    def _sign_unlocked(self, data: bytes, digest: str, pss: bool) -> bytes:
+        module = self.module
+        with self._lock:
+            if not self._is_unlocked():
+                # Someone re-initialized the module or closed us since the check.
+                self._unlock()
+            try:
+                return self._sign_in_session(module, data, digest, pss)
+            except _TOKEN_GONE as exc:
+                # The session died (card pulled and put back, another key on the same
+                # token logged out, module re-initialized): reconnect once, right away.
+                logger.info("key %s: session lost (%s), reconnecting", self.id, type(exc).__name__)
+                self._drop_session()
+            self._unlock()
+            try:
+                return self._sign_in_session(module, data, digest, pss)
+            except _TOKEN_GONE as exc:
+                self._drop_session()
+                raise self._gone(exc) from None
+
+    def _sign_in_session(self, module: Pkcs11Module, data: bytes, digest: str, pss: bool) -> bytes:
+        key = self._key
+        assert key is not None
+        with module.using():
+            return self._sign_with(key, data, digest, pss)
+
+    def _sign_with(self, key: pkcs11.PrivateKey, data: bytes, digest: str, pss: bool) -> bytes:
+        combined, combined_pss, hash_mechanism = _SIGN_MECHANISMS[digest]
+        if self.key_type.startswith("ec"):
+            # SoftHSM 2.6 and several cards lack CKM_ECDSA_SHA256: hash here, sign raw.
+            raw = key.sign(compute_digest(digest, data), mechanism=Mechanism.ECDSA)
+            return ecdsa_raw_to_der(raw)
+        if pss:
+            params = (hash_mechanism, _MGF[digest], hash_algorithm(digest).digest_size)
+            if combined_pss in self._mechanisms:
+                return key.sign(data, mechanism=combined_pss, mechanism_param=params)
+            return key.sign(
+                compute_digest(digest, data),
+                mechanism=Mechanism.RSA_PKCS_PSS,
+                mechanism_param=params,
+            )
+        if combined in self._mechanisms:
+            return key.sign(data, mechanism=combined)
+        # Cards that only offer raw CKM_RSA_PKCS sign a DigestInfo we build.
+        return key.sign(
+            digest_info(digest, compute_digest(digest, data)), mechanism=Mechanism.RSA_PKCS
+        )
+
+    def _gone(self, exc: Exception) -> KeyLocked:
+        return KeyLocked(
+            "token_absent",
+            f"key {self.id!r}: the token was removed or stopped answering "
+            f"({type(exc).__name__}); it will be looked for again on the next request",
+            key_id=self.id,
+        )
+
+    # -- closing -------------------------------------------------------------
+
+    def _drop_session(self) -> None:
+        session, self._session, self._key = self._session, None, None
+        module = self._module
+        if session is not None and module is not None:
+            with module.using():
+                # A session of an older generation died with C_Finalize.
+                if self._generation == module.generation:
+                    self._close_session(session)
+
+    @staticmethod
+    def _close_session(session: pkcs11.Session) -> None:
+        try:
+            session.close()
+        except pkcs11.PKCS11Error as exc:
+            logger.debug("closing a PKCS#11 session failed: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_session()
+        self._worker.shutdown(wait=False)
