@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="remove a client")
     revoke.add_argument("name")
 
+    keys = commands.add_parser("keys", help="list and test the signing keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_list = keys_commands.add_parser("list", help="the keys, as GET /v1/keys shows them")
+    keys_list.add_argument("--json", action="store_true")
+    keys_test = keys_commands.add_parser(
+        "test", help="sign a test message with a key and verify it with its certificate"
+    )
+    keys_test.add_argument("id")
+    for sub in (keys_list, keys_test):
+        sub.add_argument("--sandbox", action="store_true", help="the sandbox's keys")
+        config_option(sub)
+
     config = commands.add_parser("config", help="check the configuration")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_commands.add_parser("check", help="load the file and report problems")
@@ -108,6 +120,60 @@ def _token(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace, paths: Paths) -> int:
+    import asyncio
+
+    settings = _settings(paths, args.config)
+    configure_logging("warning")
+    return asyncio.run(_keys_async(args, settings, paths))
+
+
+async def _keys_async(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
+    from .api.signing_keys import key_info_json
+    from .keys import KeyLayerError, KeyRegistry
+    from .keys.selftest import SelfTestFailed, self_test
+
+    configs = list(settings.keys)
+    if not configs and args.sandbox:
+        from .sandbox.keys import sandbox_key_configs
+        from .sandbox.pki import ensure_sandbox_pki
+
+        pki = ensure_sandbox_pki(
+            paths.sandbox_dir, host=settings.sandbox.host, port=settings.sandbox.port
+        )
+        configs = sandbox_key_configs(pki, softhsm=settings.sandbox.softhsm)
+    registry = KeyRegistry.from_configs(configs)
+    try:
+        await registry.open()
+    except KeyLayerError as exc:
+        raise ConfigError(settings.source, "keys", str(exc)) from None
+    try:
+        if args.keys_command == "list":
+            infos = [key_info_json(info) for info in registry.describe()]
+            if args.json:
+                print(json.dumps(infos, indent=2))
+            elif not infos:
+                print("no signing key is configured ([[keys]] in sidecar.toml)")
+            for info in [] if args.json else infos:
+                state = "unlocked" if info["unlocked"] else f"LOCKED: {info['locked_detail']}"
+                print(
+                    f"{info['id']:<20} {info['backend']:<7} {info['key_type'] or '?':<9} "
+                    f"expires {info['not_after'] or '?'} ({info['days_to_expiry']} days)  "
+                    f"{state}\n    {info['subject'] or ''}"
+                )
+            return 0
+        try:
+            signer = registry.get(args.id)
+            await self_test(signer)
+        except (KeyLayerError, SelfTestFailed) as exc:
+            print(f"sidecar: key test failed: {exc}", file=sys.stderr)
+            return 2
+        print(f"key {signer.id!r}: signature verified with its certificate ({signer.key_type})")
+        return 0
+    finally:
+        await registry.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -119,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, paths, sandbox=True)
         if args.command == "token":
             return _token(args, paths)
+        if args.command == "keys":
+            return _keys(args, paths)
         if args.command == "config":
             settings = _settings(paths, args.config)
             print(f"configuration OK: {settings.source or 'defaults (no file)'}")

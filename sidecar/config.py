@@ -20,13 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .keys.config import KeyConfig
+
 __all__ = [
+    "CnsSettings",
     "ConfigError",
     "LimitSettings",
     "LogSettings",
     "SandboxSettings",
     "ServerSettings",
     "Settings",
+    "TrustSettings",
+    "TsaSettings",
     "load_settings",
     "parse_size",
 ]
@@ -140,6 +145,214 @@ class SandboxSettings:
     host: str = "127.0.0.1"
     #: Fixed when the sandbox is first generated: its certificates embed the URLs.
     port: int = field(default=7421, metadata={"check": _port})
+    #: Also offer the sandbox RSA key on a SoftHSM2 token (PKCS#11) when SoftHSM2 is installed.
+    softhsm: bool = True
+    #: Where ``serve --sandbox`` runs the CNS simulator (loopback, same process).
+    cns_port: int = field(default=7422, metadata={"check": _port})
+
+
+def _url(value: str) -> None:
+    if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+
+
+def _nonnegative(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"must not be negative (got {value})")
+
+
+@dataclass(frozen=True)
+class CnsBaseUrls:
+    """``[cns.base_urls]``: the CNS endpoint of each environment ("" = not configured).
+
+    In sandbox mode an empty ``sandbox`` URL means the built-in simulator.
+    """
+
+    sandbox: str = field(default="", metadata={"check": _url})
+    test: str = field(default="", metadata={"check": _url})
+    production: str = field(default="", metadata={"check": _url})
+
+
+@dataclass(frozen=True)
+class CnsOperation:
+    """How one operation goes on the wire: method and path (``{uuid}`` is substituted)."""
+
+    method: Literal["GET", "POST", "PUT", "DELETE"] = "POST"
+    path: str = "/"
+
+
+@dataclass(frozen=True)
+class CnsWire:
+    """``[cns.wire]``: the mapping of our operations onto the CNS's web services.
+
+    The CNS's real contract is confidential; the defaults are the simulator's
+    (documented in ``sidecar/cns/simulator.py``), and the real one is slotted in here.
+    """
+
+    deposit: CnsOperation = field(default_factory=lambda: CnsOperation("POST", "/fee-notes"))
+    cancel: CnsOperation = field(
+        default_factory=lambda: CnsOperation("DELETE", "/fee-notes/{uuid}")
+    )
+    pid_simulation: CnsOperation = field(
+        default_factory=lambda: CnsOperation("POST", "/pid/simulations")
+    )
+    pid_validation: CnsOperation = field(
+        default_factory=lambda: CnsOperation("POST", "/pid/validations")
+    )
+    pid_contestation: CnsOperation = field(
+        default_factory=lambda: CnsOperation("POST", "/pid/contestations")
+    )
+    #: What the reachability health check asks (any answer below 500 counts as up).
+    health: CnsOperation = field(default_factory=lambda: CnsOperation("GET", "/health"))
+    #: The header carrying the message's UUID, the CNS's idempotency key.
+    idempotency_header: str = "Idempotency-Key"
+    content_type: str = "application/xml"
+
+
+@dataclass(frozen=True)
+class CnsTls:
+    """``[cns.tls]``: the client certificate presented to the CNS, and whom to trust."""
+
+    #: PEM certificate (chain) and key, or a PKCS#12 file (not both).
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    pkcs12: Path | None = None
+    #: Environment variable holding the PKCS#12 passphrase (never the passphrase itself).
+    pkcs12_passphrase_env: str = ""
+    #: CA bundle for the CNS's server certificate; the system store when absent.
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class CnsAuth:
+    """``[cns.auth]``: the bearer token the eSanté platform wants, if any."""
+
+    mode: Literal["none", "bearer", "oauth2"] = "none"
+    #: ``bearer``: environment variable or file holding the token.
+    token_env: str = ""
+    token_file: Path | None = None
+    #: ``oauth2``: client-credentials grant (RFC 6749 section 4.4).
+    token_url: str = field(default="", metadata={"check": _url})
+    client_id: str = ""
+    client_secret_env: str = ""
+    client_secret_file: Path | None = None
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class CnsSettings:
+    """``[cns]``: forwarding to the CNS (transport, outbox, retries)."""
+
+    environment: Literal["sandbox", "test", "production"] = "sandbox"
+    base_urls: CnsBaseUrls = field(default_factory=CnsBaseUrls)
+    wire: CnsWire = field(default_factory=CnsWire)
+    tls: CnsTls = field(default_factory=CnsTls)
+    auth: CnsAuth = field(default_factory=CnsAuth)
+    connect_timeout: float = field(default=5.0, metadata={"check": _positive})
+    #: Seconds for one outbox delivery, and for one synchronous PID v2 call.
+    delivery_timeout: float = field(default=30.0, metadata={"check": _positive})
+    pid_timeout: float = field(default=20.0, metadata={"check": _positive})
+    #: Delivery attempts before a message is ``failed`` (the retry budget).
+    max_attempts: int = field(default=12, metadata={"check": _positive})
+    #: Exponential backoff: first delay, factor, ceiling (seconds), and the share
+    #: of each delay drawn at random so that many daemons do not retry in step.
+    backoff_initial: float = field(default=2.0, metadata={"check": _positive})
+    backoff_factor: float = field(default=2.0, metadata={"check": _positive})
+    backoff_max: float = field(default=600.0, metadata={"check": _positive})
+    backoff_jitter: float = field(default=0.5, metadata={"check": _nonnegative})
+    #: Deliveries under way at once.
+    workers: int = field(default=4, metadata={"check": _positive})
+    #: Seconds a stopping daemon lets deliveries under way finish before requeueing them.
+    drain_timeout: float = field(default=10.0, metadata={"check": _positive})
+    #: Accept a deposit signed at B-B when the TSA is unreachable, held
+    #: ``awaiting_timestamp`` until it is upgraded to B-LT.
+    defer_timestamp: bool = False
+    #: XPath 1.0 to the fee note's UUID (text or attribute); default: the first element
+    #: named ``UUID`` or ``MessageId``, else a ``uuid``/``Id`` attribute of the root.
+    uuid_xpath: str = ""
+    #: The outbox database; ``<data dir>/outbox.sqlite3`` when absent.
+    outbox: Path | None = None
+    #: XSD the sandbox's CNS simulator checks fee notes against (none: no XSD check).
+    simulator_xsd: Path | None = None
+
+
+def _tsa_url(value: str) -> None:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+
+
+def _oid(value: str | None) -> None:
+    if value is not None and not re.match(r"^[0-2](\.(0|[1-9][0-9]*))+$", value):
+        raise ValueError(f"{value!r} is not a dotted object identifier such as 1.2.3.4")
+
+
+@dataclass(frozen=True)
+class TsaSettings:
+    """``[[trust.tsa]]``: one RFC 3161 time-stamping authority, tried in file order."""
+
+    url: str = field(default="", metadata={"check": _tsa_url})
+    #: Seconds one attempt may take (connect, send, answer).
+    timeout: float = field(default=10.0, metadata={"check": _positive})
+    #: Attempts on a refused/reset connection or an HTTP 5xx before the next TSA
+    #: (a timeout is never retried: it already cost its budget).
+    attempts: int = field(default=2, metadata={"check": _positive})
+    #: TSA policy OID requested (``reqPolicy``) and demanded in the reply; the
+    #: qualified policy comes with the CNS technical documentation.
+    policy: str | None = field(default=None, metadata={"check": _oid})
+    #: HTTP basic auth: the user, and where the password is (never the password itself).
+    username: str = ""
+    password_env: str = ""
+    password_file: Path | None = None
+    #: TLS client certificate (PEM, chain allowed) and its unencrypted key (PEM).
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """``[trust.breaker]``: when a failing TSA is skipped, and for how long."""
+
+    #: Consecutive failures (connection, timeout, bad reply) that open the circuit.
+    failure_threshold: int = field(default=3, metadata={"check": _positive})
+    #: Seconds an open circuit skips the TSA before one probe request is let through.
+    cool_down: float = field(default=30.0, metadata={"check": _positive})
+    #: Seconds between two attempts at the same TSA.
+    retry_delay: float = 0.2
+
+
+@dataclass(frozen=True)
+class RevocationSettings:
+    """``[trust.revocation]``: OCSP/CRL fetching and the cache (memory + SQLite)."""
+
+    #: Seconds one OCSP or CRL request may take.
+    timeout: float = field(default=10.0, metadata={"check": _positive})
+    #: The cache database; ``<data dir>/revocation.sqlite3`` when absent.
+    cache_file: Path | None = None
+    #: How long an OCSP response without ``nextUpdate`` is reused (seconds).
+    default_validity: float = field(default=300.0, metadata={"check": _positive})
+    #: Ceiling on how long any response or CRL is reused, whatever its nextUpdate says.
+    max_validity: float = field(default=7 * 86400.0, metadata={"check": _positive})
+    #: A cached entry is refreshed this many seconds before its nextUpdate; until
+    #: nextUpdate itself it still serves when the responder is down.
+    refresh_margin: float = 60.0
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """``[trust]``: trust anchors, TSAs (``[[trust.tsa]]``), revocation data."""
+
+    #: PEM/DER files holding trust anchors (INCERT's TSA root, LuxTrust roots...).
+    anchors: tuple[Path, ...] = ()
+    #: A directory of ``*.pem``/``*.crt``/``*.cer``/``*.der`` anchors.
+    anchors_dir: Path | None = None
+    #: Also trust the anchors bundled in sidecar's ``certs/``.
+    bundled_anchors: bool = True
+    #: Largest accepted difference between a TSA's genTime and the local clock (seconds).
+    clock_skew: float = field(default=60.0, metadata={"check": _positive})
+    #: In order of preference; none in sandbox mode means the sandbox TSA.
+    tsa: tuple[TsaSettings, ...] = ()
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    revocation: RevocationSettings = field(default_factory=RevocationSettings)
 
 
 @dataclass(frozen=True)
@@ -150,6 +363,10 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     log: LogSettings = field(default_factory=LogSettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    cns: CnsSettings = field(default_factory=CnsSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    #: ``[[keys]]``: the signing keys; in sandbox mode, none means the sandbox's.
+    keys: tuple[KeyConfig, ...] = ()
     #: The file the settings came from, if any (not a TOML key).
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -202,6 +419,8 @@ def _build(cls: type[Any], table: Mapping[str, Any], prefix: str, ctx: _Context)
     values: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in table:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ctx.error(prefix + name, "required setting is missing")
             continue
         key = prefix + name
         try:
@@ -212,14 +431,23 @@ def _build(cls: type[Any], table: Mapping[str, Any], prefix: str, ctx: _Context)
         except ValueError as exc:
             raise ctx.error(key, str(exc)) from None
         values[name] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ctx.error(prefix.rstrip(".") or "(top level)", str(exc)) from None
+    except Exception as exc:
+        # A section's own validation (e.g. KeyConfig's) raises its layer's error type;
+        # what matters here is to report it against this table, not as a traceback.
+        if hasattr(exc, "detail"):
+            raise ctx.error(prefix.rstrip(".") or "(top level)", str(exc.detail)) from None
+        raise
 
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is tuple:
+    if origin in (tuple, list):
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if dataclasses.is_dataclass(tp):
         return "a table"
@@ -245,13 +473,12 @@ def _convert(
         if value not in typing.get_args(tp):
             raise ValueError(f"expected {_describe(tp)} (got {value!r})")
         return value
-    if origin is tuple:
+    if origin in (tuple, list):
         if not isinstance(value, list):
             raise ValueError(f"expected {_describe(tp)}")
         inner = typing.get_args(tp)[0]
-        return tuple(
-            _convert(inner, item, f"{key}[{index}]", ctx) for index, item in enumerate(value)
-        )
+        items = [_convert(inner, item, f"{key}[{index}]", ctx) for index, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError("expected a table")

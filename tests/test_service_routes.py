@@ -15,19 +15,23 @@ from tests.fixtures.daemon import Api
 API_MD = Path(__file__).resolve().parents[2] / "shared" / "API.md"
 
 
-async def test_health_public_and_minimal(api: Api) -> None:
-    response = await api.client.get("/v1/health")
+async def test_health_public_and_minimal(sandbox_api: Api) -> None:
+    response = await sandbox_api.client.get("/v1/health", headers=sandbox_api.auth("signer"))
     assert response.status == 200
     body = await response.json()
     assert body == {"status": "ok", "version": __version__}
 
 
-async def test_health_with_admin_token_lists_checks(api: Api) -> None:
+async def test_health_without_keys_is_degraded_and_says_why(api: Api) -> None:
     token = api.store.create("ops", frozenset({"admin"}))  # type: ignore[arg-type]
+    public = await (await api.client.get("/v1/health")).json()
+    assert public == {"status": "degraded", "version": __version__}
     response = await api.client.get("/v1/health", headers={"Authorization": f"Bearer {token}"})
     body = await response.json()
-    assert body["status"] == "ok"
-    assert body["checks"] == []
+    assert body["status"] == "degraded"
+    checks = {c["name"]: c for c in body["checks"]}
+    assert checks["keys"]["status"] == "degraded"
+    assert "no signing key" in checks["keys"]["detail"]
 
 
 async def test_uuids_are_version_4_rfc4122(api: Api) -> None:

@@ -17,7 +17,7 @@ from ..health import CheckResult
 from ..paths import Paths
 from ..sandbox.pki import SandboxPKI, ensure_sandbox_pki
 from ..sandbox.services import serve_sandbox_pki
-from . import service
+from . import service, signing_keys
 from .contract import CONTRACT
 from .guards import Handler, middlewares, not_implemented, route_operations
 from .keys import (
@@ -38,6 +38,7 @@ log = logging.getLogger("sidecar.app")
 #: A contract route missing here answers 501.
 HANDLERS: Mapping[str, Handler] = {
     **service.HANDLERS,
+    **signing_keys.HANDLERS,
 }
 
 #: Where ``serve --sandbox`` generates its PKI; absent when not in sandbox mode.
@@ -46,7 +47,9 @@ SANDBOX_DIR = web.AppKey("sandbox_dir", Path)
 
 #: Cleanup contexts of the subsystems (keys, trust, CNS outbox...), in dependency
 #: order, run after the HTTP session and the sandbox are up.
-SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = []
+SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = [
+    signing_keys.keys_context,
+]
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:

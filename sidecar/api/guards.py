@@ -27,7 +27,7 @@ from .keys import (
     REQUEST_ID,
     SETTINGS,
 )
-from .problems import Problem, problem_response
+from .problems import Problem, problem_for, problem_response
 
 __all__ = ["middlewares", "read_body", "route_operations"]
 
@@ -62,6 +62,23 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Proble
     return Problem(exc.status, code, exc.reason or "request refused")
 
 
+def _internal_error(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    # No traceback: it would show the machine's paths. The type says enough to triage.
+    log.error(
+        "unhandled %s while serving %s %s",
+        type(exc).__name__,
+        request.method,
+        request.path,
+        extra={"request_id": request_id},
+    )
+    return problem_response(
+        Problem(
+            500, "internal_error", f"internal error; the daemon's log has request id {request_id}"
+        ),
+        instance=request_id,
+    )
+
+
 @web.middleware
 async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: request id, access log, and problem+json for every failure."""
@@ -79,22 +96,11 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         response = problem_response(_from_http_exception(request, exc), instance=request_id)
     except Exception as exc:
-        # No traceback: it would show the machine's paths. The type says enough to triage.
-        log.error(
-            "unhandled %s while serving %s %s",
-            type(exc).__name__,
-            request.method,
-            request.path,
-            extra={"request_id": request_id},
-        )
-        response = problem_response(
-            Problem(
-                500,
-                "internal_error",
-                f"internal error; the daemon's log has request id {request_id}",
-            ),
-            instance=request_id,
-        )
+        mapped = problem_for(exc)
+        if mapped is not None:
+            response = problem_response(mapped, instance=request_id)
+        else:
+            response = _internal_error(request, exc, request_id)
     response.headers["X-Request-Id"] = request_id
     if request.app[SETTINGS].log.access:
         client = request.get(CLIENT)

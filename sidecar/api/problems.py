@@ -7,13 +7,19 @@ stable, machine-readable part that callers in the field switch on (API.md, Error
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["PROBLEM_TYPE_BASE", "Problem", "problem_response"]
+__all__ = [
+    "PROBLEM_TYPE_BASE",
+    "Problem",
+    "problem_for",
+    "problem_response",
+    "register_problem_mapper",
+]
 
 PROBLEM_TYPE_BASE = "https://sidecar.lu/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -69,3 +75,25 @@ def problem_response(problem: Problem, *, instance: str | None = None) -> web.Re
 
 def bad_parameter(name: str, detail: str) -> Problem:
     return Problem(400, "bad_parameter", f"{name}: {detail}", parameter=name)
+
+
+_MAPPERS: list[tuple[type[BaseException], Callable[[Any], Problem]]] = []
+
+
+def register_problem_mapper(
+    exc_type: type[BaseException], mapper: Callable[[Any], Problem]
+) -> None:
+    """Answer *exc_type* (raised by an engine, which knows no HTTP) as ``mapper(exc)``.
+
+    Lets the lower layers raise their own typed errors (``KeyLocked``, a TSA
+    failure...) while the API layer alone decides their status and code.
+    """
+    _MAPPERS.append((exc_type, mapper))
+
+
+def problem_for(exc: BaseException) -> Problem | None:
+    """The problem for a domain exception, most specific registration first."""
+    for exc_type, mapper in sorted(_MAPPERS, key=lambda m: -len(m[0].__mro__)):
+        if isinstance(exc, exc_type):
+            return mapper(exc)
+    return None

@@ -14,11 +14,16 @@ import keyring.errors
 
 from .config import KEYRING_SERVICE, KeyConfig
 
-__all__ = ["SecretUnavailable", "read_secret"]
+__all__ = ["SecretUnavailable", "read_secret", "secret_is_generated"]
 
 logger = logging.getLogger(__name__)
 
 _warned_config_secrets: set[str] = set()
+
+
+def secret_is_generated(key_id: str) -> None:
+    """The key's in-config secret was made by sidecar itself (the sandbox): no warning."""
+    _warned_config_secrets.add(key_id)
 
 
 class SecretUnavailable(Exception):
