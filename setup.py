@@ -1,0 +1,34 @@
+"""Build hook only; the project is described in pyproject.toml.
+
+The top-level ``profiles/``, ``certs/`` and ``service/`` directories are the source
+of truth in the repository; a wheel carries a copy of them as package data under
+``sidecar/data/`` (found at run time by :func:`sidecar.data.resource_dir`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+DATA_DIRS = ("profiles", "certs", "service")
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+
+
+class BuildPyWithData(build_py):
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return  # an editable install reads the top-level directories in place
+        for name in DATA_DIRS:
+            source = HERE / name
+            if source.is_dir():
+                target = Path(self.build_lib) / "sidecar" / "data" / name
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target, ignore=IGNORE)
+
+
+setup(cmdclass={"build_py": BuildPyWithData})

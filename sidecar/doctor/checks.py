@@ -1,0 +1,316 @@
+"""The doctor's own checks: configuration, secrets' permissions, disk, daemon, sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import stat
+import sys
+import tomllib
+from pathlib import Path
+
+import aiohttp
+
+from .. import __version__
+from . import DoctorCheck, DoctorContext, Finding
+from .probes import (
+    ProbeError,
+    clock_skew_finding,
+    expiry_finding,
+    load_pem_certificates,
+    ocsp_probe,
+    timestamp_probe,
+)
+
+__all__ = [
+    "CORE_CHECKS",
+    "check_config",
+    "check_daemon",
+    "check_disk",
+    "check_permissions",
+    "check_sandbox",
+]
+
+#: Below this much free space on the data directory's disk the daemon is broken
+#: (SQLite stores, outbox, logs); below the warning level it soon will be.
+DISK_FAIL_BYTES = 100 * 1024**2
+DISK_WARN_BYTES = 1024**3
+#: TOML keys whose values are secrets: a file holding one must be private.
+_SECRET_WORDS = ("pin", "passphrase", "password", "secret", "token", "api_key")
+
+
+async def check_config(ctx: DoctorContext) -> list[Finding]:
+    where = str(ctx.config_file) if ctx.config_file else "configuration"
+    if ctx.config_error:
+        return [
+            Finding(
+                "config",
+                "fail",
+                ctx.config_error,
+                fix="correct the file (sidecar config check tells the same), then restart",
+            )
+        ]
+    assert ctx.settings is not None
+    if ctx.config_file is None or not ctx.config_file.exists():
+        return [Finding("config", "ok", f"no {where}: defaults in use")]
+    from ..config import ConfigError
+    from ..server import check_binding
+
+    try:
+        check_binding(ctx.settings.server, ctx.settings.source)
+    except ConfigError as exc:
+        return [Finding("config", "fail", str(exc), fix="correct [server] in the file")]
+    return [Finding("config", "ok", f"{where} loads", data={"file": where})]
+
+
+def _holds_secrets(file: Path) -> bool:
+    try:
+        document = tomllib.loads(file.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+
+    def walk(value: object) -> bool:
+        if isinstance(value, dict):
+            return any(
+                any(w in str(k).lower() for w in _SECRET_WORDS) or walk(v) for k, v in value.items()
+            )
+        if isinstance(value, list):
+            return any(walk(v) for v in value)
+        return False
+
+    return walk(document)
+
+
+def _mode_finding(check: str, path: Path, *, secret: bool, what: str) -> Finding | None:
+    """A finding for *path*'s mode, or None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    data = {"path": str(path), "mode": f"{mode:04o}"}
+    is_dir = stat.S_ISDIR(st.st_mode)
+    fix = f"chmod {'go-rwx' if is_dir else '600'} {path}"
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return Finding(check, "fail", f"{what} {path} can be changed by others", fix, data)
+    if secret and mode & (stat.S_IRGRP | stat.S_IROTH):
+        return Finding(check, "fail", f"{what} {path} is readable by others", fix, data)
+    if os.geteuid() != 0 and st.st_uid != os.geteuid():
+        return Finding(
+            check,
+            "warn",
+            f"{what} {path} belongs to uid {st.st_uid}, not to the user running doctor",
+            fix="run doctor as the service's user (Linux service: sudo sidecarctl doctor)",
+            data=data,
+        )
+    return Finding(check, "ok", f"{what} {path} is private ({mode:04o})", data=data)
+
+
+async def check_permissions(ctx: DoctorContext) -> list[Finding]:
+    if sys.platform == "win32":
+        return [
+            Finding(
+                "permissions",
+                "skip",
+                "file modes do not apply on Windows; the installer sets the ProgramData ACL",
+            )
+        ]
+    paths = ctx.paths
+    candidates: list[tuple[str, Path, bool, str]] = [
+        ("permissions:config-dir", paths.config_dir, False, "directory"),
+        ("permissions:data-dir", paths.data_dir, False, "directory"),
+        ("permissions:clients", paths.clients_file, True, "client list"),
+        ("permissions:token", paths.default_token_file, True, "token file"),
+    ]
+    if ctx.config_file is not None and ctx.config_file.exists():
+        candidates.append(
+            ("permissions:config", ctx.config_file, _holds_secrets(ctx.config_file), "config")
+        )
+    if ctx.settings is not None and ctx.settings.server.tls_key is not None:
+        candidates.append(("permissions:tls-key", ctx.settings.server.tls_key, True, "TLS key"))
+    findings = [
+        f
+        for check, path, secret, what in candidates
+        if (f := _mode_finding(check, path, secret=secret, what=what)) is not None
+    ]
+    return findings or [Finding("permissions", "ok", "no secrets written yet (first start)")]
+
+
+async def check_disk(ctx: DoctorContext) -> list[Finding]:
+    directory = ctx.paths.data_dir
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    usage = shutil.disk_usage(directory)
+    free_mib = usage.free // 1024**2
+    data = {"path": str(directory), "free_bytes": usage.free, "total_bytes": usage.total}
+    if usage.free < DISK_FAIL_BYTES:
+        status, fix = "fail", f"free space on the disk holding {directory}"
+    elif usage.free < DISK_WARN_BYTES:
+        status, fix = "warn", f"free space on the disk holding {directory} soon"
+    else:
+        status, fix = "ok", ""
+    return [Finding("disk", status, f"{free_mib} MiB free for {directory}", fix, data)]
+
+
+def _probe_host(host: str) -> str:
+    # A daemon bound to every address still answers on loopback.
+    if host in ("0.0.0.0", ""):  # noqa: S104 - we connect, we do not bind
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+async def check_daemon(ctx: DoctorContext) -> list[Finding]:
+    if ctx.settings is None:
+        return [Finding("daemon", "skip", "not checked: the configuration does not load")]
+    server = ctx.settings.server
+    tls = server.tls_cert is not None
+    host = _probe_host(server.host)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{'https' if tls else 'http'}://{shown}:{server.port}/v1/health"
+    start_fix = (
+        "start it: Linux 'systemctl start sidecar' (journalctl -u sidecar says why it "
+        "stopped), Windows 'sidecar service start', or 'sidecar serve' in a terminal"
+    )
+    try:
+        async with asyncio.timeout(ctx.timeout):
+            # Reachability only: a hospital's own TLS certificate is not checked here.
+            async with ctx.session.get(url, ssl=False if tls else None) as response:
+                raw = await response.read()
+    except TimeoutError:
+        return [Finding("daemon", "fail", f"{url} did not answer in {ctx.timeout:g} s", start_fix)]
+    except aiohttp.ClientConnectorError:
+        return [Finding("daemon", "fail", f"nothing listens on {shown}:{server.port}", start_fix)]
+    except aiohttp.ClientError as exc:
+        return [Finding("daemon", "fail", f"{url}: {type(exc).__name__}", start_fix)]
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    status = body.get("status") if isinstance(body, dict) else None
+    version = body.get("version") if isinstance(body, dict) else None
+    data = {"url": url, "status": status, "version": version}
+    if status not in ("ok", "degraded", "down"):
+        return [
+            Finding(
+                "daemon",
+                "fail",
+                f"{shown}:{server.port} answers, but not as sidecar",
+                fix=f"another program uses port {server.port}: stop it or set [server] port",
+                data=data,
+            )
+        ]
+    findings = []
+    if status == "down":
+        findings.append(
+            Finding("daemon", "fail", f"daemon {version} reports itself down", data=data)
+        )
+    elif status == "degraded":
+        findings.append(
+            Finding(
+                "daemon",
+                "warn",
+                f"daemon {version} answers at {url} but reports itself degraded",
+                fix="the checks below name the part; GET /v1/health with an admin token "
+                "shows the daemon's own view",
+                data=data,
+            )
+        )
+    else:
+        findings.append(Finding("daemon", "ok", f"daemon {version} answers at {url}", data=data))
+    if version != __version__:
+        findings.append(
+            Finding(
+                "daemon:version",
+                "warn",
+                f"the running daemon is {version}, the installed sidecar is {__version__}",
+                fix="restart the service to run the installed version",
+                data=data,
+            )
+        )
+    return findings
+
+
+async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
+    """With ``--sandbox``: the sandbox PKI and its TSA/OCSP, as ``serve --sandbox`` serves them."""
+    if not ctx.sandbox:
+        return []
+    run_it = "run the sandbox daemon: sidecar serve --sandbox"
+    try:
+        pki = ctx.sandbox_pki()
+    except Exception as exc:  # SandboxError and whatever a damaged directory causes
+        return [Finding("sandbox", "fail", str(exc), fix=f"delete it and {run_it}")]
+    if pki is None:
+        return [
+            Finding("sandbox", "fail", f"no sandbox PKI in {ctx.paths.sandbox_dir}", fix=run_it)
+        ]
+    findings = [Finding("sandbox", "ok", f"sandbox PKI in {pki.directory}")]
+    try:
+        probe = await timestamp_probe(
+            ctx.session, pki.tsa_url, local_now=ctx.now(), seconds=ctx.timeout
+        )
+    except ProbeError as exc:
+        findings.append(
+            Finding(
+                "tsa:sandbox",
+                "fail",
+                f"TSA {exc.kind}: {exc.detail}",
+                fix=run_it if exc.kind == "unreachable" else "look at the sandbox daemon's log",
+                data={"url": pki.tsa_url},
+            )
+        )
+    else:
+        findings.append(
+            Finding(
+                "tsa:sandbox",
+                "ok",
+                f"timestamp granted by {pki.tsa_url} in {probe.round_trip_seconds * 1000:.0f} ms",
+                data={"url": pki.tsa_url, "gen_time": probe.gen_time.isoformat()},
+            )
+        )
+        findings.append(clock_skew_finding("clock", probe.skew_seconds))
+    for signer in pki.signers.values():
+        (certificate,) = load_pem_certificates(signer.cert_pem.read_bytes())
+        issuer = load_pem_certificates(signer.chain_pem.read_bytes())[0]
+        findings.append(
+            expiry_finding(f"certificate:{signer.id}", certificate, ctx.now(), what="certificate")
+        )
+        for url in certificate.ocsp_urls:
+            try:
+                answer = await ocsp_probe(
+                    ctx.session, url, certificate, issuer, seconds=ctx.timeout
+                )
+            except ProbeError as exc:
+                findings.append(
+                    Finding(
+                        f"ocsp:{signer.id}",
+                        "fail",
+                        f"OCSP responder {exc.kind}: {exc.detail}",
+                        fix=run_it if exc.kind == "unreachable" else "look at the responder",
+                        data={"url": url},
+                    )
+                )
+                continue
+            status = "ok" if answer == "good" else "fail"
+            findings.append(
+                Finding(
+                    f"ocsp:{signer.id}",
+                    status,
+                    f"OCSP responder says {answer}",
+                    fix="" if status == "ok" else "the certificate cannot be used: replace it",
+                    data={"url": url},
+                )
+            )
+    return findings
+
+
+CORE_CHECKS: list[tuple[str, DoctorCheck]] = [
+    ("config", check_config),
+    ("permissions", check_permissions),
+    ("disk", check_disk),
+    ("daemon", check_daemon),
+    ("sandbox", check_sandbox),
+]
