@@ -1,0 +1,310 @@
+"""CNS routes (API.md): fee-note deposit and cancellation through the outbox,
+message status, and the synchronous PID v2 requests.
+
+Codes besides API.md's stable ones (an extension, nothing existing changed):
+``unsigned_document`` (422: the fee note must be signed first), ``invalid_uuid``
+(422: no RFC 4122 v4 UUID in the message), ``not_cancellable`` (409: the deposit
+was rejected or failed, the CNS has nothing to cancel), ``cns_rejected`` (422: the
+CNS refused a PID v2 request; ``errors`` holds its reasons).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid as uuid_module
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..cns.documents import (
+    DocumentError,
+    ForbiddenDtd,
+    InvalidUuid,
+    MalformedXml,
+    is_signed,
+    message_uuid,
+    parse_message,
+    signature_level,
+)
+from ..cns.outbox import DuplicateUuid, InvalidState, Message, Status, UnknownMessage
+from ..cns.subsystem import AUDIT_JOURNAL, CNS, FEE_NOTE_UPGRADER, SIGN_FEE_NOTE, CnsRuntime
+from ..cns.transport import CnsTimeout, CnsTransport, CnsUnreachable, PidKind
+from .guards import read_body
+from .keys import CLIENT, SETTINGS
+from .problems import Problem, bad_parameter
+
+__all__ = ["HANDLERS"]
+
+#: Seconds a caller is told to wait when the CNS cannot be reached.
+RETRY_AFTER = "30"
+MAX_PAGE = 1000
+
+_LEVELS_BELOW_LT = {"B-B", "B-T"}
+
+
+def _runtime(request: web.Request) -> CnsRuntime:
+    return request.app[CNS]
+
+
+def _client(request: web.Request) -> str:
+    client = request.get(CLIENT)
+    return client.name if client is not None else ""
+
+
+def _transport(runtime: CnsRuntime) -> CnsTransport:
+    if runtime.transport is None:
+        raise Problem(
+            503,
+            "upstream_unavailable",
+            f"no CNS endpoint is configured: {runtime.unavailable}",
+            headers={"Retry-After": "3600"},
+        )
+    return runtime.transport
+
+
+def _document_problem(exc: DocumentError) -> Problem:
+    if isinstance(exc, MalformedXml):
+        return Problem(400, "malformed_xml", exc.detail, line=exc.line, column=exc.column)
+    if isinstance(exc, ForbiddenDtd):
+        return Problem(422, "forbidden_dtd", exc.detail)
+    if isinstance(exc, InvalidUuid):
+        return Problem(422, "invalid_uuid", exc.detail)
+    return Problem(422, "schema_violation", exc.detail)
+
+
+def _accepted(message: Message, status: int = 202) -> web.Response:
+    url = f"/v1/cns/messages/{message.id}"
+    body: dict[str, Any] = {"uuid": message.id, "status": message.status.value, "status_url": url}
+    if message.operation == "cancel":
+        body["fee_note_uuid"] = message.subject
+    return web.json_response(body, status=status, headers={"Location": url})
+
+
+def _duplicate(existing: Message) -> Problem:
+    return Problem(
+        409,
+        "duplicate_uuid",
+        f"a message with UUID {existing.id} was already accepted with different content",
+        uuid=existing.id,
+        status_url=f"/v1/cns/messages/{existing.id}",
+    )
+
+
+async def deposit_fee_note(request: web.Request) -> web.Response:
+    """Persist the fee note, then 202: accepted means on disk (API.md, Idempotency)."""
+    runtime = _runtime(request)
+    settings = request.app[SETTINGS].cns
+    _transport(runtime)
+    body = await read_body(request)
+    try:
+        root = parse_message(body)
+        note_uuid = message_uuid(root, settings.uuid_xpath)
+    except DocumentError as exc:
+        raise _document_problem(exc) from None
+    # Idempotency is on what the caller sent, before any signing.
+    digest = hashlib.sha256(body).hexdigest()
+    outbox = runtime.outbox
+    existing = await outbox.run(outbox.get, note_uuid)
+    if existing is not None:
+        if existing.digest != digest or existing.operation != "deposit":
+            raise _duplicate(existing)
+        return _accepted(existing)
+    document = body
+    if not is_signed(root):
+        sign = request.app.get(SIGN_FEE_NOTE)
+        if sign is None:
+            raise Problem(
+                422,
+                "unsigned_document",
+                "the fee note is not signed (no ds:Signature) and this daemon cannot sign "
+                "it with the fee-note profile yet: sign it first (POST /v1/forms/fee-note/sign)",
+            )
+        document = await sign(body)
+        try:
+            root = parse_message(document)
+        except DocumentError as exc:  # our own signer's output: a bug, not the caller's
+            raise Problem(500, "internal_error", "the signed fee note is unusable") from exc
+    level = signature_level(root)
+    awaiting = (
+        settings.defer_timestamp
+        and level in _LEVELS_BELOW_LT
+        and request.app.get(FEE_NOTE_UPGRADER) is not None
+    )
+    try:
+        message, created = await outbox.run(
+            outbox.enqueue_deposit,
+            note_uuid,
+            document,
+            digest,
+            client=_client(request),
+            level=level,
+            awaiting_timestamp=awaiting,
+        )
+    except DuplicateUuid as exc:
+        raise _duplicate(exc.existing) from None
+    if created:
+        assert runtime.worker is not None
+        runtime.worker.wake()
+        await request.app[AUDIT_JOURNAL].append_async(
+            "cns.deposit.accept",
+            message.status.value,
+            client=message.client,
+            uuid=message.id,
+            digest=digest,
+            level=level,
+            detail={"bytes": len(document), "signed_here": document is not body},
+        )
+    return _accepted(message)
+
+
+def _uuid_parameter(request: web.Request) -> str:
+    raw = request.match_info["uuid"]
+    try:
+        return str(uuid_module.UUID(raw))
+    except ValueError:
+        raise bad_parameter("uuid", f"{raw[:64]!r} is not a UUID") from None
+
+
+async def cancel_fee_note(request: web.Request) -> web.Response:
+    """Queue the cancellation; it is sent only once its deposit has been delivered."""
+    runtime = _runtime(request)
+    _transport(runtime)
+    note_uuid = _uuid_parameter(request)
+    outbox = runtime.outbox
+    try:
+        message, created = await outbox.run(
+            outbox.enqueue_cancel, note_uuid, str(uuid_module.uuid4()), client=_client(request)
+        )
+    except UnknownMessage:
+        raise Problem(404, "not_found", f"no fee note {note_uuid} was deposited here") from None
+    except InvalidState as exc:
+        raise Problem(409, "not_cancellable", str(exc), uuid=note_uuid) from None
+    if created:
+        assert runtime.worker is not None
+        runtime.worker.wake()
+        await request.app[AUDIT_JOURNAL].append_async(
+            "cns.cancel.accept",
+            message.status.value,
+            client=message.client,
+            uuid=message.id,
+            detail={"fee_note": note_uuid},
+        )
+    return _accepted(message)
+
+
+async def get_message(request: web.Request) -> web.Response:
+    runtime = _runtime(request)
+    message_id = _uuid_parameter(request)
+    message = await runtime.outbox.run(runtime.outbox.get, message_id)
+    if message is None:
+        raise Problem(404, "not_found", f"no CNS message {message_id}")
+    return web.json_response(message.as_json())
+
+
+def _since(raw: str) -> float:
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise bad_parameter("since", f"expected an RFC 3339 date-time, got {raw[:64]!r}") from None
+    if moment.tzinfo is None:
+        raise bad_parameter("since", "needs a time zone offset (e.g. Z)")
+    return moment.timestamp()
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """Paged with ``limit`` (1-1000, default 100) and the opaque cursor ``after``."""
+    runtime = _runtime(request)
+    query = request.query
+    status = None
+    if "status" in query:
+        try:
+            status = Status(query["status"])
+        except ValueError:
+            allowed = ", ".join(s.value for s in Status)
+            raise bad_parameter("status", f"one of {allowed}") from None
+    since = _since(query["since"]) if "since" in query else None
+    try:
+        limit = int(query.get("limit", "100"))
+        after = int(query.get("after", "0"))
+    except ValueError:
+        raise bad_parameter("limit", "limit and after are integers") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise bad_parameter("limit", f"must be between 1 and {MAX_PAGE}")
+    messages = await runtime.outbox.run(
+        runtime.outbox.list, status=status, since=since, after=after, limit=limit
+    )
+    next_url = None
+    if len(messages) == limit:
+        params = {k: v for k, v in query.items() if k != "after"}
+        params["after"] = str(messages[-1].seq)
+        next_url = str(request.rel_url.with_query(params))
+    return web.json_response({"messages": [m.as_json() for m in messages], "next": next_url})
+
+
+def _pid(kind: PidKind) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        runtime = _runtime(request)
+        transport = _transport(runtime)
+        settings = request.app[SETTINGS].cns
+        body = await read_body(request)
+        try:
+            root = parse_message(body)
+            key = message_uuid(root, settings.uuid_xpath)
+        except DocumentError as exc:
+            raise _document_problem(exc) from None
+        journal = request.app[AUDIT_JOURNAL]
+        digest = hashlib.sha256(body).hexdigest()
+
+        async def record(outcome: str, **detail: Any) -> None:
+            await journal.append_async(
+                f"cns.pid.{kind}",
+                outcome,
+                client=_client(request),
+                uuid=key,
+                digest=digest,
+                detail=detail,
+            )
+
+        try:
+            answer = await transport.pid(kind, body, key)
+        except CnsTimeout:
+            await record("timeout")
+            raise Problem(
+                504, "upstream_timeout", f"the CNS did not answer within {settings.pid_timeout:g} s"
+            ) from None
+        except CnsUnreachable as exc:
+            await record("unreachable", error=str(exc))
+            raise Problem(
+                503,
+                "upstream_unavailable",
+                "the CNS cannot be reached",
+                headers={"Retry-After": RETRY_AFTER},
+            ) from None
+        await record("answered", cns_status=answer.status)
+        if answer.ok:
+            return web.Response(body=answer.body, content_type="application/xml")
+        if 400 <= answer.status < 500:
+            raise Problem(
+                422,
+                "cns_rejected",
+                f"the CNS refused the PID v2 {kind} ({answer.status})",
+                errors=answer.reasons(),
+                cns_status=answer.status,
+            )
+        raise Problem(
+            502, "upstream_error", f"the CNS answered {answer.status}", cns_status=answer.status
+        )
+
+    return handler
+
+
+HANDLERS = {
+    "depositFeeNote": deposit_fee_note,
+    "cancelFeeNote": cancel_fee_note,
+    "getMessage": get_message,
+    "listMessages": list_messages,
+    "pidSimulation": _pid("simulation"),
+    "pidValidation": _pid("validation"),
+    "pidContestation": _pid("contestation"),
+}

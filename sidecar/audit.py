@@ -1,0 +1,269 @@
+"""The audit journal: an append-only, hash-chained record of signatures and deliveries.
+
+Each entry holds the SHA-256 of the previous entry (``prev_hash``) and its own hash
+over every field, the sequence number and ``prev_hash`` included. Changing a field
+breaks that entry's hash; removing or reordering entries breaks the chain (a gap in
+``seq`` or a ``prev_hash`` that is not the previous hash); removing the newest entries
+is caught by the ``head`` row, written in the same transaction as each entry. Triggers
+refuse UPDATE and DELETE so that nothing in the daemon can rewrite history by mistake;
+they do not stop someone with the file and the sqlite3 shell, which is what
+:func:`AuditJournal.verify` is for (a journal that must also resist its own
+administrator needs its head hash published elsewhere — out of scope here).
+
+SQLite in WAL mode with ``synchronous=FULL``: an entry that :meth:`append` returned
+is on disk. Writes are serialized by a lock; :meth:`append_async` runs them off the
+event loop on the journal's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GENESIS_HASH", "AuditEntry", "AuditJournal", "AuditProblem", "VerifyReport"]
+
+#: ``prev_hash`` of the first entry.
+GENESIS_HASH = "0" * 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq       INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    client    TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    uuid      TEXT NOT NULL,
+    digest    TEXT NOT NULL,
+    key_id    TEXT NOT NULL,
+    level     TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
+BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
+"""
+
+_FIELDS = (
+    "seq",
+    "at",
+    "client",
+    "operation",
+    "uuid",
+    "digest",
+    "key_id",
+    "level",
+    "outcome",
+    "detail",
+    "prev_hash",
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One journal record. Empty strings stand for "does not apply"."""
+
+    seq: int
+    at: str
+    client: str
+    operation: str
+    uuid: str
+    digest: str
+    key_id: str
+    level: str
+    outcome: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def entry_hash(values: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of the fields (``detail`` as stored text)."""
+    material = json.dumps(
+        {name: values[name] for name in _FIELDS},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    seq: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"entry {self.seq}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    entries: int
+    problems: list[AuditProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class AuditJournal:
+    """The journal in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            self._db.close()
+
+    def append(
+        self,
+        operation: str,
+        outcome: str,
+        *,
+        client: str = "",
+        uuid: str = "",
+        digest: str = "",
+        key_id: str = "",
+        level: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Record one event; durable when this returns."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+                seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+                values: dict[str, Any] = {
+                    "seq": seq,
+                    "at": _now(),
+                    "client": client,
+                    "operation": operation,
+                    "uuid": uuid,
+                    "digest": digest,
+                    "key_id": key_id,
+                    "level": level,
+                    "outcome": outcome,
+                    "detail": json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
+                    "prev_hash": prev,
+                }
+                values["hash"] = entry_hash(values)
+                self._db.execute(
+                    f"INSERT INTO entries ({', '.join(values)}) "  # noqa: S608 - fixed names
+                    f"VALUES ({', '.join('?' * len(values))})",
+                    tuple(values.values()),
+                )
+                self._db.execute(
+                    "INSERT INTO head (id, seq, hash) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (seq, values["hash"]),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return _entry(values)
+
+    async def append_async(self, operation: str, outcome: str, **fields: Any) -> AuditEntry:
+        """:meth:`append` on the journal's thread, so the fsync never blocks the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: self.append(operation, outcome, **fields)
+        )
+
+    def entries(self, *, since: str | None = None) -> Iterator[AuditEntry]:
+        """Entries in order; *since*: only those at or after this RFC 3339 time (UTC)."""
+        query = "SELECT * FROM entries"
+        args: tuple[Any, ...] = ()
+        if since:
+            query += " WHERE at >= ?"
+            args = (_normalize_time(since),)
+        with self._lock:
+            names = self._columns()
+            rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
+        for row in rows:
+            yield _entry(dict(zip(names, row, strict=True)))
+
+    def _columns(self) -> list[str]:
+        return [c[1] for c in self._db.execute("PRAGMA table_info(entries)").fetchall()]
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain; every changed, removed or reordered entry is named."""
+        with self._lock:
+            names = self._columns()
+            rows = self._db.execute("SELECT * FROM entries ORDER BY rowid").fetchall()
+            head = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        problems: list[AuditProblem] = []
+        prev_hash, prev_seq = GENESIS_HASH, 0
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            seq = values["seq"]
+            if seq != prev_seq + 1:
+                if seq > prev_seq + 1:
+                    missing = f"{prev_seq + 1}" + (f"-{seq - 1}" if seq - 1 > prev_seq + 1 else "")
+                    problems.append(AuditProblem(seq, f"entries {missing} removed before it"))
+                else:
+                    problems.append(AuditProblem(seq, f"out of order (after entry {prev_seq})"))
+            if entry_hash(values) != values["hash"]:
+                problems.append(AuditProblem(seq, "content changed (hash does not match)"))
+            elif values["prev_hash"] != prev_hash:
+                problems.append(
+                    AuditProblem(seq, "chain broken (prev_hash is not the previous entry's hash)")
+                )
+            prev_hash, prev_seq = values["hash"], seq
+        if head is None:
+            if rows:
+                problems.append(AuditProblem(prev_seq, "head record missing"))
+        elif head[0] != prev_seq or head[1] != prev_hash:
+            problems.append(
+                AuditProblem(
+                    head[0], f"newest entries removed (head is {head[0]}, last is {prev_seq})"
+                )
+            )
+        return VerifyReport(len(rows), problems)
+
+
+def _entry(values: dict[str, Any]) -> AuditEntry:
+    data = dict(values)
+    data["detail"] = json.loads(data["detail"]) if isinstance(data["detail"], str) else {}
+    return AuditEntry(**data)
+
+
+def _normalize_time(value: str) -> str:
+    """An RFC 3339 time as the journal writes it (UTC, microseconds), for comparison."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,1 @@
+"""Forwarding to the CNS: transport adapter, durable outbox, delivery worker, simulator."""

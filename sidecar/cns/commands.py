@@ -1,0 +1,126 @@
+"""``sidecar audit verify|export`` and ``sidecar outbox list|retry``.
+
+They open the same SQLite files as the daemon (WAL lets them read while it runs; a
+``retry`` waits for the daemon's write lock and is picked up at its next poll).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from ..audit import AuditJournal
+from ..config import Settings
+from ..paths import Paths
+from .outbox import InvalidState, Outbox, Status, UnknownMessage
+
+__all__ = ["add_parsers", "audit_path", "outbox_path", "run"]
+
+
+def audit_path(paths: Paths) -> Path:
+    return paths.data_dir / "audit.sqlite3"
+
+
+def outbox_path(settings: Settings, paths: Paths) -> Path:
+    return settings.cns.outbox or paths.data_dir / "outbox.sqlite3"
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    config_option: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    audit = commands.add_parser("audit", help="check or export the audit journal")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="walk the hash chain; name every changed, removed or reordered entry"
+    )
+    config_option(verify)
+    export = audit_commands.add_parser("export", help="the entries as JSON lines on stdout")
+    export.add_argument("--since", help="only entries at or after this RFC 3339 time")
+    config_option(export)
+
+    outbox = commands.add_parser("outbox", help="look at and retry CNS messages")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+    listing = outbox_commands.add_parser("list", help="the messages and their states")
+    listing.add_argument("--status", choices=[s.value for s in Status])
+    listing.add_argument("--json", action="store_true")
+    config_option(listing)
+    retry = outbox_commands.add_parser("retry", help="queue a failed message again")
+    retry.add_argument("uuid")
+    config_option(retry)
+
+
+def run(
+    args: argparse.Namespace, settings: Settings, paths: Paths, out: TextIO = sys.stdout
+) -> int:
+    if args.command == "audit":
+        return _audit(args, paths, out)
+    return _outbox(args, settings, paths, out)
+
+
+def _audit(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+    path = audit_path(paths)
+    if not path.exists():
+        print(f"sidecar: no audit journal in {paths.data_dir}", file=sys.stderr)
+        return 1
+    journal = AuditJournal(path)
+    try:
+        if args.audit_command == "verify":
+            report = journal.verify()
+            if report.ok:
+                print(f"audit journal OK: {report.entries} entries, chain intact", file=out)
+                return 0
+            for problem in report.problems:
+                print(f"audit journal TAMPERED: {problem}", file=out)
+            return 1
+        try:
+            for entry in journal.entries(since=args.since):
+                print(json.dumps(entry.as_json(), ensure_ascii=False), file=out)
+        except ValueError:
+            print(f"sidecar: --since: not an RFC 3339 time: {args.since!r}", file=sys.stderr)
+            return 2
+        return 0
+    finally:
+        journal.close()
+
+
+def _outbox(args: argparse.Namespace, settings: Settings, paths: Paths, out: TextIO) -> int:
+    path = outbox_path(settings, paths)
+    if not path.exists():
+        print(f"sidecar: no outbox at {path}", file=sys.stderr)
+        return 1
+    outbox = Outbox(path)
+    try:
+        if args.outbox_command == "list":
+            status = Status(args.status) if args.status else None
+            after = 0
+            while True:
+                page = outbox.list(status=status, after=after, limit=500)
+                for message in page:
+                    if args.json:
+                        print(json.dumps(message.as_json(), ensure_ascii=False), file=out)
+                    else:
+                        print(
+                            f"{message.id}  {message.operation:<7} {message.status:<18} "
+                            f"attempts={message.attempts:<3} {message.last_error}",
+                            file=out,
+                        )
+                if len(page) < 500:
+                    return 0
+                after = page[-1].seq
+        try:
+            message = outbox.retry(args.uuid.strip().lower())
+        except UnknownMessage:
+            print(f"sidecar: no message {args.uuid}", file=sys.stderr)
+            return 1
+        except InvalidState as exc:
+            print(f"sidecar: {exc}", file=sys.stderr)
+            return 1
+        print(f"{message.id} queued again", file=out)
+        return 0
+    finally:
+        outbox.close()

@@ -1,0 +1,164 @@
+"""The CNS forwarding subsystem in the daemon: its app keys, seams and lifecycle.
+
+:func:`cns_context` (in ``SUBSYSTEMS``, after keys, trust and signing) opens the audit
+journal (unless a subsystem before it did), the outbox, builds the transport for the
+configured environment, starts the delivery worker and registers the health checks.
+In sandbox mode with no sandbox URL configured, it serves the CNS simulator on
+loopback from the same process and points the transport at it.
+
+Seams the signing work plugs into (set them in a context that runs before this one):
+
+- :data:`SIGN_FEE_NOTE`: ``async (xml) -> xml``, signs an unsigned fee note with the
+  ``fee-note`` profile. Absent: an unsigned deposit is refused (422
+  ``unsigned_document``), never signed with something fake.
+- :data:`FEE_NOTE_UPGRADER`: ``async (xml) -> (xml, level)``, adds the timestamp and
+  validation data to a B-B fee note held ``awaiting_timestamp`` (offline mode,
+  ``cns.defer_timestamp``); raises :class:`~sidecar.cns.worker.TimestampUnavailable`
+  while the TSA is down.
+- :data:`AUDIT_JOURNAL`: the journal every signature and delivery is written to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from ..api.keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
+from ..audit import AuditJournal
+from ..config import ConfigError
+from ..health import CheckResult
+from .commands import audit_path
+from .outbox import Outbox
+from .simulator import CnsSimulator, serve_simulator
+from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
+from .worker import DeliveryWorker, Upgrader
+
+__all__ = [
+    "AUDIT_JOURNAL",
+    "CNS",
+    "FEE_NOTE_UPGRADER",
+    "SIGN_FEE_NOTE",
+    "CnsRuntime",
+    "FeeNoteSigner",
+    "cns_context",
+]
+
+log = logging.getLogger("sidecar.cns")
+
+FeeNoteSigner = Callable[[bytes], Awaitable[bytes]]
+
+#: Outbox age past which the health check says ``degraded``.
+STALE_SECONDS = 3600.0
+
+
+@dataclass
+class CnsRuntime:
+    """What the CNS handlers need; ``transport``/``worker`` are None with no CNS URL."""
+
+    outbox: Outbox
+    transport: CnsTransport | None
+    worker: DeliveryWorker | None
+    simulator: CnsSimulator | None = None
+    simulator_url: str | None = None
+    #: Why there is no transport, for the answers and the health check.
+    unavailable: str = ""
+
+
+CNS = web.AppKey("cns", CnsRuntime)
+AUDIT_JOURNAL = web.AppKey("audit_journal", AuditJournal)
+SIGN_FEE_NOTE = web.AppKey("sign_fee_note", FeeNoteSigner)
+FEE_NOTE_UPGRADER = web.AppKey("fee_note_upgrader", Upgrader)
+
+
+def _in_served_sandbox(app: web.Application) -> bool:
+    # ``serve --sandbox`` (the app generates its sandbox) binds the configured port; a
+    # sandbox handed in by the test suite gets a free port, so that tests never collide.
+    from ..api.app import SANDBOX_DIR  # the app module imports this one
+
+    return SANDBOX_DIR in app
+
+
+async def cns_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cns = settings.cns
+    data_dir: Path = app[PATHS].data_dir
+    own_journal = AUDIT_JOURNAL not in app
+    journal = AuditJournal(audit_path(app[PATHS])) if own_journal else app[AUDIT_JOURNAL]
+    if own_journal:
+        app[AUDIT_JOURNAL] = journal
+    outbox = Outbox(cns.outbox or data_dir / "outbox.sqlite3")
+    runtime = CnsRuntime(outbox, None, None)
+    app[CNS] = runtime
+    simulator_server = None
+    try:
+        sandbox_url = None
+        if SANDBOX_PKI in app and cns.environment == "sandbox" and not cns.base_urls.sandbox:
+            runtime.simulator = CnsSimulator(xsd=cns.simulator_xsd)
+            port = settings.sandbox.cns_port if _in_served_sandbox(app) else 0
+            simulator_server = serve_simulator(runtime.simulator, settings.sandbox.host, port)
+            sandbox_url = runtime.simulator_url = await simulator_server.__aenter__()
+            log.info("CNS simulator at %s", sandbox_url)
+        try:
+            base_url = resolve_base_url(cns, sandbox_url)
+        except CnsConfigError as exc:
+            runtime.unavailable = str(exc)
+            log.warning("CNS forwarding disabled: %s", exc)
+        else:
+            try:
+                runtime.transport = CnsTransport(cns, base_url, app[HTTP_SESSION])
+            except CnsConfigError as exc:
+                raise ConfigError(settings.source, "cns", str(exc)) from None
+            runtime.worker = DeliveryWorker(
+                outbox,
+                runtime.transport,
+                cns,
+                audit=journal,
+                upgrader=app.get(FEE_NOTE_UPGRADER),
+            )
+            await runtime.worker.start()
+            log.info("CNS forwarding to %s (%s)", base_url, cns.environment)
+        app[HEALTH_CHECKS].append(("cns", _reachability(runtime)))
+        app[HEALTH_CHECKS].append(("outbox", _outbox_check(outbox)))
+        yield
+    finally:
+        if runtime.worker is not None:
+            await runtime.worker.stop()
+        if simulator_server is not None:
+            await simulator_server.__aexit__(None, None, None)
+        outbox.close()
+        if own_journal:
+            journal.close()
+
+
+def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:
+    async def check() -> CheckResult:
+        if runtime.transport is None:
+            return CheckResult("cns", "degraded", f"not configured: {runtime.unavailable}")
+        try:
+            answer = await runtime.transport.probe()
+        except CnsTransportError as exc:
+            return CheckResult("cns", "degraded", f"unreachable: {exc}")
+        status = "ok" if answer.status < 500 else "degraded"
+        return CheckResult("cns", status, f"{runtime.transport.base_url} answered {answer.status}")
+
+    return check
+
+
+def _outbox_check(outbox: Outbox) -> Callable[[], Awaitable[CheckResult]]:
+    async def check() -> CheckResult:
+        depth, oldest = await outbox.run(outbox.depth)
+        counts = await outbox.run(outbox.counts)
+        age = round(time.time() - oldest, 1) if oldest is not None else 0.0
+        failed = counts.get("failed", 0)
+        data = {"depth": depth, "oldest_pending_seconds": age, "failed": failed}
+        if failed or age > STALE_SECONDS:
+            detail = f"{depth} pending, oldest {age:.0f} s, {failed} failed"
+            return CheckResult("outbox", "degraded", detail, data)
+        return CheckResult("outbox", "ok", f"{depth} pending", data)
+
+    return check

@@ -1,0 +1,267 @@
+"""Delivery from the outbox to the CNS: retries with backoff, final answers, crash recovery.
+
+What an answer means for a message:
+
+- 2xx: ``delivered`` (the CNS's answer kept).
+- 408, 425, 429 and every 5xx, a timeout, a refused or dropped connection: the CNS
+  may not have processed it, or may have; either way it is sent again later with the
+  same UUID, which the CNS deduplicates. The delay grows exponentially
+  (``backoff_initial * backoff_factor ** (attempt - 1)``, at most ``backoff_max``)
+  and a random share (``backoff_jitter``) is taken off so that daemons brought back
+  by the same network outage do not retry in step. After ``max_attempts``: ``failed``.
+- any other 4xx: ``rejected``, final, with the CNS's reasons.
+
+At start, rows left ``sending`` by a crash are queued again (:meth:`Outbox.recover`).
+On stop, deliveries under way get ``drain_timeout`` seconds to finish; the rest are
+cancelled and queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..audit import AuditJournal
+from ..config import CnsSettings
+from .outbox import Message, Operation, Outbox, Status
+from .transport import CnsAnswer, CnsTransport, CnsTransportError
+
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "DeliveryWorker",
+    "TimestampUnavailable",
+    "Upgrader",
+    "backoff_delay",
+]
+
+log = logging.getLogger("sidecar.cns.worker")
+
+#: 4xx answers that say "not now" rather than "never".
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+#: How often the worker looks at the database even when nothing woke it (a CLI retry,
+#: a second process, the offline-mode upgrades).
+POLL_SECONDS = 2.0
+
+
+class TimestampUnavailable(Exception):
+    """The TSA (or revocation data) is still unreachable: try the upgrade later."""
+
+
+#: The signing engine's seam for the offline mode: a fee note signed at B-B in, the
+#: same at B-LT out (``(xml, level)``); raises :class:`TimestampUnavailable`.
+Upgrader = Callable[[bytes], Awaitable[tuple[bytes, str]]]
+
+
+def backoff_delay(attempt: int, settings: CnsSettings, rng: random.Random) -> float:
+    """Seconds before attempt ``attempt + 1``, after *attempt* failed."""
+    base = min(
+        settings.backoff_max, settings.backoff_initial * settings.backoff_factor ** (attempt - 1)
+    )
+    jitter = min(max(settings.backoff_jitter, 0.0), 1.0)
+    return base * (1.0 - jitter * rng.random())
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: Status
+    answer: CnsAnswer | None = None
+    error: str = ""
+
+
+class DeliveryWorker:
+    """Delivers queued messages, ``settings.workers`` at a time."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        transport: CnsTransport,
+        settings: CnsSettings,
+        *,
+        audit: AuditJournal | None = None,
+        upgrader: Upgrader | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.transport = transport
+        self.settings = settings
+        self.audit = audit
+        self.upgrader = upgrader
+        self._rng = rng or random.SystemRandom()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_upgrade_try = 0.0
+        self.poll_seconds = POLL_SECONDS
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        recovered = await self.outbox.run(self.outbox.recover)
+        for uuid in recovered:
+            log.warning("message %s was being sent when the daemon stopped: queued again", uuid)
+            await self._journal("cns.recover", "queued", uuid=uuid)
+        self._loop_task = asyncio.create_task(self._run(), name="cns-delivery")
+
+    def wake(self) -> None:
+        """Something was queued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; let deliveries under way finish, then requeue what is left."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        pending = list(self._inflight.values())
+        if pending:
+            log.info("waiting for %d CNS deliveries under way", len(pending))
+            _, unfinished = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+            ids = [uuid for uuid, task in self._inflight.items() if task in unfinished]
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            if ids:
+                await self.outbox.run(self.outbox.requeue, ids)
+                for uuid in ids:
+                    await self._journal("cns.requeue", "queued", uuid=uuid)
+                log.info("%d CNS deliveries cut short: queued again", len(ids))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._upgrade_awaiting()
+                free = self.settings.workers - len(self._inflight)
+                if free > 0:
+                    claimed, closed = await self.outbox.run(self.outbox.claim, free)
+                    for message in closed:
+                        await self._journal(
+                            f"cns.{message.operation}",
+                            "failed",
+                            uuid=message.id,
+                            detail={"reason": "deposit not delivered", "fee_note": message.subject},
+                        )
+                    for message in claimed:
+                        task = asyncio.create_task(self._deliver(message))
+                        self._inflight[message.id] = task
+                        task.add_done_callback(lambda _t, i=message.id: self._done(i))
+                    if claimed or closed:
+                        continue  # there may be more
+                timeout = await self._idle_seconds()
+            except Exception:  # the loop must survive a bad row or a full disk
+                log.exception("CNS delivery loop error; retrying shortly")
+                timeout = self.poll_seconds
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _done(self, uuid: str) -> None:
+        self._inflight.pop(uuid, None)
+        self._wake.set()
+
+    async def _idle_seconds(self) -> float:
+        if len(self._inflight) >= self.settings.workers:
+            return self.poll_seconds
+        due = await self.outbox.run(self.outbox.next_due)
+        if due is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, due - time.time()))
+
+    # -- one delivery ------------------------------------------------------------------
+
+    async def _deliver(self, message: Message) -> None:
+        outcome = await self._attempt(message)
+        retry_at = None
+        status = outcome.status
+        if status == Status.QUEUED:
+            if message.attempts >= self.settings.max_attempts:
+                status = Status.FAILED
+            else:
+                retry_at = time.time() + backoff_delay(message.attempts, self.settings, self._rng)
+        answer = outcome.answer
+        final = await self.outbox.run(
+            self.outbox.finish,
+            message.id,
+            status,
+            answer_status=answer.status if answer else None,
+            answer_type=answer.content_type if answer else "",
+            answer_body=answer.body if answer else None,
+            reasons=answer.reasons() if answer and status == Status.REJECTED else None,
+            error=outcome.error,
+            retry_at=retry_at,
+        )
+        log.info(
+            "%s %s attempt %d: %s%s",
+            message.operation,
+            message.id,
+            message.attempts,
+            final.status,
+            f" ({outcome.error})" if outcome.error else "",
+        )
+        await self._journal(
+            f"cns.{message.operation}",
+            final.status.value,
+            uuid=message.id,
+            client=message.client,
+            digest=message.digest,
+            level=message.level,
+            detail={
+                "attempt": message.attempts,
+                "cns_status": answer.status if answer else None,
+                "error": outcome.error or None,
+                "fee_note": message.subject,
+                "answer_sha256": hashlib.sha256(answer.body).hexdigest() if answer else None,
+            },
+        )
+
+    async def _attempt(self, message: Message) -> _Outcome:
+        try:
+            if message.operation == Operation.DEPOSIT:
+                answer = await self.transport.deposit(message.id, message.body or b"")
+            else:
+                answer = await self.transport.cancel(message.subject, message.id)
+        except CnsTransportError as exc:
+            return _Outcome(Status.QUEUED, error=str(exc))
+        if answer.ok:
+            return _Outcome(Status.DELIVERED, answer)
+        if answer.status >= 500 or answer.status in RETRYABLE_STATUSES:
+            return _Outcome(Status.QUEUED, answer, f"CNS answered {answer.status}")
+        return _Outcome(Status.REJECTED, answer, f"CNS answered {answer.status}")
+
+    # -- offline mode ------------------------------------------------------------------
+
+    async def _upgrade_awaiting(self) -> None:
+        if self.upgrader is None or time.monotonic() - self._last_upgrade_try < self.poll_seconds:
+            return
+        self._last_upgrade_try = time.monotonic()
+        for message in await self.outbox.run(self.outbox.awaiting_timestamp):
+            try:
+                body, level = await self.upgrader(message.body or b"")
+            except TimestampUnavailable as exc:
+                log.info("fee note %s still awaiting a timestamp: %s", message.id, exc)
+                return  # the TSA is down for all of them; try again later
+            await self.outbox.run(self.outbox.timestamped, message.id, body, level)
+            await self._journal(
+                "cns.timestamp_upgrade",
+                "queued",
+                uuid=message.id,
+                level=level,
+                digest=hashlib.sha256(body).hexdigest(),
+            )
+
+    async def _journal(self, operation: str, outcome: str, **fields: object) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.append_async(operation, outcome, **fields)
+        except Exception:  # the delivery happened; a journal failure must not undo it
+            log.exception("could not write the audit journal entry for %s", operation)

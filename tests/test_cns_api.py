@@ -1,0 +1,239 @@
+"""CNS routes against the simulator on loopback: deposit, cancel, idempotency, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+from tests.fixtures.cns import (
+    FeeNotes,
+    SimulatorThread,
+    cns_settings,
+    fee_note_xml,
+    wait_status,
+    xml_headers,
+)
+from tests.fixtures.daemon import Api
+
+
+async def deposit(api: Api, body: bytes) -> tuple[int, dict]:
+    response = await api.client.post("/v1/cns/fee-notes", data=body, headers=xml_headers(api))
+    return response.status, await response.json()
+
+
+async def test_deposit_is_delivered_once(
+    cns_api: Api, cns_simulator: SimulatorThread, fee_notes: FeeNotes
+) -> None:
+    note_uuid, body = fee_notes.make()
+    status, accepted = await deposit(cns_api, body)
+    assert status == 202
+    assert accepted == {
+        "uuid": note_uuid,
+        "status": "queued",
+        "status_url": f"/v1/cns/messages/{note_uuid}",
+    }
+    message = await wait_status(cns_api, note_uuid, {"delivered"})
+    assert message["attempts"] == 1
+    assert message["answer"]["status"] == 200
+    assert "<Status>booked</Status>" in message["answer"]["body"]
+    assert cns_simulator.simulator.booking_counts[note_uuid] == 1
+    assert cns_simulator.simulator.bookings[note_uuid] == body
+
+
+async def test_same_message_twice_is_one_booking(
+    cns_api: Api, cns_simulator: SimulatorThread, fee_notes: FeeNotes
+) -> None:
+    note_uuid, body = fee_notes.make()
+    first = await deposit(cns_api, body)
+    await wait_status(cns_api, note_uuid, {"delivered"})
+    second = await deposit(cns_api, body)
+    assert first[0] == second[0] == 202
+    assert second[1]["uuid"] == note_uuid and second[1]["status"] == "delivered"
+    await asyncio.sleep(0.2)
+    assert cns_simulator.simulator.booking_counts[note_uuid] == 1
+    assert cns_simulator.simulator.requests[note_uuid] == 1
+
+
+async def test_same_uuid_other_content_is_409(cns_api: Api, fee_notes: FeeNotes) -> None:
+    note_uuid, body = fee_notes.make()
+    assert (await deposit(cns_api, body))[0] == 202
+    _, other = fee_notes.make(note_uuid, amount="99.00")
+    status, problem = await deposit(cns_api, other)
+    assert status == 409
+    assert problem["code"] == "duplicate_uuid" and problem["uuid"] == note_uuid
+
+
+async def test_concurrent_duplicates_make_one_row_and_one_delivery(
+    cns_api: Api, cns_simulator: SimulatorThread, fee_notes: FeeNotes
+) -> None:
+    note_uuid, body = fee_notes.make()
+    results = await asyncio.gather(*(deposit(cns_api, body) for _ in range(40)))
+    assert {status for status, _ in results} == {202}
+    assert {answer["uuid"] for _, answer in results} == {note_uuid}
+    await wait_status(cns_api, note_uuid, {"delivered"})
+    listing = await (await cns_api.client.get("/v1/cns/messages", headers=cns_api.auth())).json()
+    assert [m["uuid"] for m in listing["messages"]] == [note_uuid]
+    await asyncio.sleep(0.2)
+    assert cns_simulator.simulator.requests[note_uuid] == 1
+
+
+async def test_cancel_is_delivered_after_its_deposit(
+    cns_api: Api, cns_simulator: SimulatorThread, fee_notes: FeeNotes
+) -> None:
+    # The CNS is slow: the cancellation is posted while the deposit is still on its way.
+    cns_simulator.simulator.faults.latency = 0.3
+    note_uuid, body = fee_notes.make()
+    assert (await deposit(cns_api, body))[0] == 202
+    response = await cns_api.client.delete(f"/v1/cns/fee-notes/{note_uuid}", headers=cns_api.auth())
+    assert response.status == 202
+    cancel = await response.json()
+    assert cancel["fee_note_uuid"] == note_uuid and cancel["uuid"] != note_uuid
+    # Asking again gives the same cancellation, not a second one.
+    again = await cns_api.client.delete(f"/v1/cns/fee-notes/{note_uuid}", headers=cns_api.auth())
+    assert (await again.json())["uuid"] == cancel["uuid"]
+    done = await wait_status(cns_api, cancel["uuid"], {"delivered", "rejected", "failed"})
+    assert done["status"] == "delivered", done
+    assert "<Status>cancelled</Status>" in done["answer"]["body"]
+    deposit_state = await wait_status(cns_api, note_uuid, {"delivered"})
+    assert deposit_state["delivered"] <= done["delivered"]
+    assert cns_simulator.simulator.cancellations == {note_uuid: cancel["uuid"]}
+
+
+async def test_cancel_unknown_fee_note_is_404(cns_api: Api) -> None:
+    response = await cns_api.client.delete(
+        f"/v1/cns/fee-notes/{uuid.uuid4()}", headers=cns_api.auth()
+    )
+    assert response.status == 404
+    assert (await response.json())["code"] == "not_found"
+
+
+async def test_503_five_times_then_delivered_once(
+    cns_api: Api, cns_simulator: SimulatorThread, fee_notes: FeeNotes
+) -> None:
+    cns_simulator.simulator.faults.statuses = [503] * 5
+    note_uuid, body = fee_notes.make()
+    assert (await deposit(cns_api, body))[0] == 202
+    message = await wait_status(cns_api, note_uuid, {"delivered", "failed"})
+    assert message["status"] == "delivered"
+    assert message["attempts"] == 6
+    assert cns_simulator.simulator.requests[note_uuid] == 6
+    assert cns_simulator.simulator.booking_counts[note_uuid] == 1
+
+
+async def test_rejected_message_shows_the_cns_reasons(
+    cns_api: Api, cns_simulator: SimulatorThread, fee_notes: FeeNotes
+) -> None:
+    # Valid XML and signed, but an amount that is not a decimal: the XSD refuses it.
+    note_uuid, body = fee_notes.make(amount="a lot")
+    assert (await deposit(cns_api, body))[0] == 202
+    message = await wait_status(cns_api, note_uuid, {"rejected", "delivered", "failed"})
+    assert message["status"] == "rejected"
+    assert message["attempts"] == 1
+    assert message["answer"]["status"] == 422
+    assert message["reasons"] and message["reasons"][0]["code"] == "XSD"
+    assert "amount" in message["reasons"][0]["message"]
+    assert note_uuid not in cns_simulator.simulator.bookings
+    # Nothing to cancel at the CNS.
+    response = await cns_api.client.delete(f"/v1/cns/fee-notes/{note_uuid}", headers=cns_api.auth())
+    assert response.status == 409
+    assert (await response.json())["code"] == "not_cancellable"
+
+
+async def test_retry_budget_spent_is_failed(
+    api_factory: Callable[..., Awaitable[Api]],
+    cns_simulator: SimulatorThread,
+    fee_notes: FeeNotes,
+) -> None:
+    api = await api_factory(cns_settings(cns_simulator.url, max_attempts=3))
+    cns_simulator.simulator.faults.statuses = [500] * 10
+    note_uuid, body = fee_notes.make()
+    assert (await deposit(api, body))[0] == 202
+    message = await wait_status(api, note_uuid, {"failed", "delivered"})
+    assert message["status"] == "failed" and message["attempts"] == 3
+    assert message["last_error"] == "CNS answered 500"
+    health = await (await api.client.get("/v1/health", headers=api.auth())).json()
+    assert health["status"] == "degraded"
+
+
+async def test_unsigned_fee_note_is_refused_without_a_signer(cns_api: Api) -> None:
+    note_uuid = str(uuid.uuid4())
+    status, problem = await deposit(cns_api, fee_note_xml(note_uuid))
+    assert status == 422
+    assert problem["code"] == "unsigned_document"
+    assert "sign it first" in problem["detail"]
+    missing = await cns_api.client.get(f"/v1/cns/messages/{note_uuid}", headers=cns_api.auth())
+    assert missing.status == 404
+
+
+async def test_bad_documents(cns_api: Api, fee_notes: FeeNotes) -> None:
+    status, problem = await deposit(cns_api, b"<FeeNote>\n  <UUID>x</UUID>\n  <oops></FeeNote>")
+    assert status == 400 and problem["code"] == "malformed_xml"
+    assert problem["line"] == 3 and problem["column"] > 0
+
+    dtd = b'<!DOCTYPE FeeNote [<!ENTITY x SYSTEM "file:///etc/passwd">]><FeeNote>&x;</FeeNote>'
+    status, problem = await deposit(cns_api, dtd)
+    assert status == 422 and problem["code"] == "forbidden_dtd"
+    assert "passwd" not in str(problem)
+
+    # Version 1 (time-based) UUID: not what DSR 3.6.2 asks for.
+    _, v1 = fee_notes.make(str(uuid.uuid1()))
+    status, problem = await deposit(cns_api, v1)
+    assert status == 422 and problem["code"] == "invalid_uuid"
+
+    status, problem = await deposit(cns_api, b"<FeeNote><Provider>1</Provider></FeeNote>")
+    assert status == 422 and problem["code"] == "invalid_uuid"
+
+
+async def test_uuid_in_root_attribute(cns_api: Api, fee_notes: FeeNotes) -> None:
+    note_uuid = str(uuid.uuid4())
+    signed = fee_notes.sign(f'<Note uuid="{note_uuid.upper()}"><A>1</A></Note>'.encode())
+    status, accepted = await deposit(cns_api, signed)
+    assert status == 202 and accepted["uuid"] == note_uuid
+
+
+async def test_listing_filters_and_pages(cns_api: Api, fee_notes: FeeNotes) -> None:
+    made = [fee_notes.make()[0] for _ in range(3)]
+    for note_uuid in made:
+        assert (await deposit(cns_api, fee_notes.make(note_uuid)[1]))[0] == 202
+    for note_uuid in made:
+        await wait_status(cns_api, note_uuid, {"delivered"})
+    page = await (
+        await cns_api.client.get("/v1/cns/messages?limit=2", headers=cns_api.auth())
+    ).json()
+    assert [m["uuid"] for m in page["messages"]] == made[:2]
+    rest = await (await cns_api.client.get(page["next"], headers=cns_api.auth())).json()
+    assert [m["uuid"] for m in rest["messages"]] == made[2:]
+    for query, expected in (
+        ("status=delivered", made),
+        ("status=queued", []),
+        ("since=2999-01-01T00:00:00Z", []),
+        ("since=2000-01-01T00:00:00%2B02:00", made),
+    ):
+        body = await (
+            await cns_api.client.get(f"/v1/cns/messages?{query}", headers=cns_api.auth())
+        ).json()
+        assert [m["uuid"] for m in body["messages"]] == expected, query
+    for bad in ("status=lost", "since=yesterday", "limit=0"):
+        response = await cns_api.client.get(f"/v1/cns/messages?{bad}", headers=cns_api.auth())
+        assert response.status == 400
+        assert (await response.json())["code"] == "bad_parameter"
+
+
+async def test_forward_scope_is_required(cns_api: Api, fee_notes: FeeNotes) -> None:
+    _, body = fee_notes.make()
+    response = await cns_api.client.post(
+        "/v1/cns/fee-notes",
+        data=body,
+        headers={**cns_api.auth("signer"), "Content-Type": "application/xml"},
+    )
+    assert response.status == 403
+
+
+async def test_health_reports_cns_and_outbox(cns_api: Api) -> None:
+    # The "all" client holds the admin scope: it sees each check.
+    response = await cns_api.client.get("/v1/health", headers=cns_api.auth("all"))
+    checks = {c["name"]: c for c in (await response.json())["checks"]}
+    assert checks["cns"]["status"] == "ok"
+    assert checks["outbox"]["status"] == "ok"
+    assert checks["outbox"]["data"] == {"depth": 0, "oldest_pending_seconds": 0.0, "failed": 0}
