@@ -1,0 +1,69 @@
+"""Timestamps from the sandbox TSA: our checked client vs pyHanko's HTTPTimeStamper.
+
+Baseline (same run, same TSA, same session): pyHanko's HTTPTimeStamper, which checks
+status and nonce only. Ours adds imprint, CMS signature, chain, EKU and clock checks;
+the difference of the medians is what those checks cost. certomancer's TSA spends
+~50 ms per request reloading its key, so both include that.
+
+    .venv/bin/python bench/bench_timestamps.py [N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from pyhanko.sign.timestamps import HTTPTimeStamper
+
+from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
+from sidecar.trust import TimeStampClient, TrustAnchors, TsaEndpoint
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def report(name: str, samples: list[float], wall: float) -> None:
+    samples = sorted(samples)
+    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
+    print(
+        f"{name:<34} median {statistics.median(samples) * 1000:8.2f} ms  "
+        f"p95 {p95 * 1000:8.2f} ms  {len(samples) / wall:8.1f}/s"
+    )
+
+
+async def main(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = await asyncio.to_thread(ensure_sandbox_pki, Path(tmp) / "pki", port=free_port())
+        async with serve_sandbox_pki(pki), aiohttp.ClientSession() as session:
+            baseline = HTTPTimeStamper(pki.tsa_url, session=session)
+            client = TimeStampClient(
+                session, [TsaEndpoint(pki.tsa_url)], TrustAnchors.load([pki.roots_pem])
+            )
+            digest = hashlib.sha256(b"bench").digest()
+            await baseline.async_timestamp(digest, "sha256")  # warm-up both
+            await client.timestamp(digest)
+            for name, once in (
+                ("pyHanko HTTPTimeStamper", lambda: baseline.async_timestamp(digest, "sha256")),
+                ("sidecar checked client", lambda: client.timestamp(digest)),
+            ):
+                samples: list[float] = []
+                start = time.perf_counter()
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    await once()
+                    samples.append(time.perf_counter() - t0)
+                report(name, samples, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 50))

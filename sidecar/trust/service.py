@@ -1,0 +1,100 @@
+"""The trust layer as one object: anchors, the TSA client, revocation data.
+
+:func:`open_trust` builds it from ``[trust]`` and tears it down (closes the
+revocation cache). It knows nothing of the HTTP API: the API layer's cleanup
+context hands it the shared session, the data directory and, in sandbox mode, the
+sandbox roots and TSA URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+
+from ..config import TrustSettings, TsaSettings
+from .anchors import TrustAnchors, bundled_anchor_dir
+from .revocation import RevocationCache, RevocationService
+from .tsa import TimeStampClient, TsaEndpoint
+
+__all__ = ["REVOCATION_CACHE_FILE", "TrustServices", "load_anchors", "open_trust"]
+
+log = logging.getLogger("sidecar.trust")
+
+REVOCATION_CACHE_FILE = "revocation.sqlite3"
+
+
+@dataclass(frozen=True)
+class TrustServices:
+    anchors: TrustAnchors
+    tsa: TimeStampClient
+    revocation: RevocationService
+
+
+def load_anchors(settings: TrustSettings, extra_files: Sequence[Path] = ()) -> TrustAnchors:
+    directories: list[Path] = []
+    if settings.bundled_anchors and (bundled := bundled_anchor_dir()) is not None:
+        directories.append(bundled)
+    if settings.anchors_dir is not None:
+        directories.append(settings.anchors_dir)
+    return TrustAnchors.load([*settings.anchors, *extra_files], directories)
+
+
+@asynccontextmanager
+async def open_trust(
+    settings: TrustSettings,
+    *,
+    session: aiohttp.ClientSession,
+    data_dir: Path,
+    extra_anchor_files: Sequence[Path] = (),
+    default_tsa_url: str | None = None,
+    on_exchange: Callable[[str, str, float], None] | None = None,
+) -> AsyncIterator[TrustServices]:
+    """Anchors, TSA client and revocation service, ready; the cache closed on exit.
+
+    *default_tsa_url* (the sandbox TSA) is used when ``[[trust.tsa]]`` names none;
+    *on_exchange(upstream, outcome, seconds)* hears of every TSA/OCSP/CRL exchange.
+    Raises ValueError / :class:`~sidecar.trust.anchors.AnchorError` for an unusable
+    configuration, before anything is started.
+    """
+    anchors = load_anchors(settings, extra_anchor_files)
+    tsa_settings = settings.tsa
+    if not tsa_settings and default_tsa_url:
+        tsa_settings = (replace(TsaSettings(), url=default_tsa_url),)
+    endpoints = [TsaEndpoint.from_settings(s) for s in tsa_settings]
+    if not anchors:
+        log.warning("no trust anchor configured: every timestamp will be refused")
+    if not endpoints:
+        log.warning("no TSA configured ([[trust.tsa]]): B-T and higher levels are unavailable")
+    tsa = TimeStampClient(
+        session,
+        endpoints,
+        anchors,
+        clock_skew=settings.clock_skew,
+        breaker=settings.breaker,
+        on_exchange=on_exchange,
+    )
+    rev = settings.revocation
+    cache = RevocationCache(
+        rev.cache_file or data_dir / REVOCATION_CACHE_FILE,
+        default_validity=rev.default_validity,
+        max_validity=rev.max_validity,
+        refresh_margin=rev.refresh_margin,
+    )
+    await cache.open()
+    try:
+        log.info(
+            "trust: %d anchor(s), TSA(s) %s",
+            len(anchors),
+            ", ".join(e.url for e in endpoints) or "none",
+        )
+        revocation = RevocationService(
+            session, anchors, cache, timeout=rev.timeout, on_exchange=on_exchange
+        )
+        yield TrustServices(anchors, tsa, revocation)
+    finally:
+        await cache.close()
