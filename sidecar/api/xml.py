@@ -1,0 +1,172 @@
+"""``POST /v1/xml/sign``: an enveloped XAdES signature of the caller's XML document.
+
+``?level=`` (B-B, B-T, B-LT, B-LTA; default: the profile's, else ``[signing]
+xml_level``), ``?profile=`` (its XML level), ``?key=`` (default key otherwise).
+The engine (:mod:`sidecar.signing.xades`) does the work; this module maps its
+typed errors to problems: refused XML (400/422), unknown key or profile (404),
+locked key (423, mapped by the keys' module), and an unavailable TSA or
+revocation service for the asked level (502/503/504 — never a lower level).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..config import SigningSettings
+from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
+from ..signing.report import Level
+from ..signing.sources import CertificateUnusable, UpstreamFailure
+from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from ..signing.xades import (
+    AlreadySigned,
+    PlacementError,
+    SignaturePolicy,
+    XadesOptions,
+    sign_xml,
+)
+from ..signing.xml_safety import ForbiddenDtd, MalformedXml, XmlInputError, XmlLimitExceeded
+from .guards import read_body
+from .keys import SETTINGS
+from .problems import Problem, bad_parameter, register_problem_mapper
+from .signing_keys import KEY_REGISTRY
+from .timestamps import TRUST
+
+__all__ = ["HANDLERS", "sign_xml_document", "xades_options", "xml_problem"]
+
+log = logging.getLogger("sidecar.signing")
+
+_LEVELS = {level.value: level for level in (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)}
+
+
+def xml_problem(exc: XmlInputError) -> Problem:
+    """The answer to refused XML (also used by the verify route)."""
+    if isinstance(exc, ForbiddenDtd):
+        return Problem(422, "forbidden_dtd", exc.detail)
+    if isinstance(exc, MalformedXml):
+        extra: dict[str, Any] = {}
+        if exc.line is not None:
+            extra = {"line": exc.line, "column": exc.column}
+        return Problem(400, "malformed_xml", exc.detail, **extra)
+    if isinstance(exc, XmlLimitExceeded):
+        return Problem(422, "xml_limits", exc.detail)
+    if isinstance(exc, AlreadySigned):
+        return Problem(422, "already_signed", exc.detail)
+    if isinstance(exc, PlacementError):
+        return Problem(422, "signature_placement", exc.detail)
+    return Problem(422, "unsupported_xml", exc.detail)
+
+
+def upstream_problem(exc: UpstreamFailure) -> Problem:
+    extra = {"service": exc.service}
+    if exc.kind == "unavailable":
+        headers = {"Retry-After": str(exc.retry_after or 30)}
+        return Problem(503, "upstream_unavailable", exc.detail, headers=headers, **extra)
+    if exc.kind == "timeout":
+        return Problem(504, "upstream_timeout", exc.detail, **extra)
+    return Problem(502, "upstream_error", exc.detail, **extra)
+
+
+def _unusable(exc: CertificateUnusable) -> Problem:
+    return Problem(422, "certificate_not_valid", exc.detail, reason=exc.reason)
+
+
+register_problem_mapper(XmlInputError, xml_problem)
+register_problem_mapper(UpstreamFailure, upstream_problem)
+register_problem_mapper(CertificateUnusable, _unusable)
+
+
+def xades_options(
+    settings: SigningSettings, namespaces: dict[str, str] | None = None
+) -> XadesOptions:
+    """The engine's options from ``[signing]`` (raises ValueError when inconsistent)."""
+    policy = None
+    if settings.xml_policy_id:
+        if not settings.xml_policy_digest:
+            raise ValueError("[signing] xml_policy_id needs xml_policy_digest (base64)")
+        try:
+            base64.b64decode(settings.xml_policy_digest, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("[signing] xml_policy_digest must be base64") from None
+        policy = SignaturePolicy(
+            identifier=settings.xml_policy_id,
+            digest_value=settings.xml_policy_digest,
+            digest_algorithm=settings.xml_policy_digest_algorithm,
+            uri=settings.xml_policy_uri,
+        )
+    prefixes = dict(namespaces or {})
+    for entry in settings.xml_namespaces:
+        prefix, sep, uri = entry.partition("=")
+        if not sep or not prefix.strip() or not uri.strip():
+            raise ValueError(f"[signing] xml_namespaces: {entry!r} is not 'prefix=uri'")
+        prefixes[prefix.strip()] = uri.strip()
+    return XadesOptions(
+        placement=settings.xml_signature_parent,
+        namespaces=prefixes,
+        policy=policy,
+        claimed_roles=settings.xml_signer_roles,
+        allow_parallel=settings.xml_allow_parallel,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _profiles(directories: tuple[Path, ...]) -> ProfileRegistry:
+    return ProfileRegistry.load(directories)
+
+
+def _profile_level(request: web.Request, name: str) -> Level | None:
+    """The XML level of profile ``name`` (404 when there is no such profile)."""
+    directories = (BUNDLED_PROFILE_DIR, *request.app[SETTINGS].signing.profile_dirs)
+    try:
+        registry = _profiles(directories)
+    except ProfileError as exc:
+        log.error("profiles cannot be loaded: %s", exc)
+        raise Problem(404, "not_found", f"profile {name!r} cannot be loaded") from None
+    profile = registry.get(name)
+    if profile is None:
+        raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
+    return profile.xml_level
+
+
+async def sign_xml_document(request: web.Request) -> web.Response:
+    """``signXml``: the signed document, same encoding, otherwise byte for byte."""
+    settings = request.app[SETTINGS].signing
+    level = _LEVELS[settings.xml_level]
+    profile = request.query.get("profile")
+    if profile:
+        level = _profile_level(request, profile) or level
+    raw_level = request.query.get("level")
+    if raw_level is not None:
+        if raw_level not in _LEVELS:
+            raise bad_parameter("level", f"one of {', '.join(_LEVELS)} (got {raw_level!r})")
+        level = _LEVELS[raw_level]
+    signer = request.app[KEY_REGISTRY].get(request.query.get("key") or None)
+    try:
+        options = xades_options(settings)
+    except ValueError as exc:
+        raise Problem(500, "configuration_error", str(exc)) from None
+    body = await read_body(request)
+    trust = request.app.get(TRUST)
+    timestamps = validation = None
+    if trust is not None:
+        if trust.tsa.endpoints:
+            timestamps = TrustTimestampSource(trust.tsa)
+        validation = TrustValidationDataSource(trust.revocation)
+    signed = await sign_xml(
+        body, signer, level, options, timestamps=timestamps, validation_data=validation
+    )
+    log.info("signed an XML document at %s with key %s", level.value, signer.id)
+    return web.Response(
+        body=signed,
+        content_type="application/xml",
+        headers={"X-Signature-Level": level.value},
+    )
+
+
+HANDLERS = {"signXml": sign_xml_document}

@@ -1,0 +1,483 @@
+"""Enveloped XAdES signatures (ETSI EN 319 132-1) at B-B, B-T, B-LT and B-LTA.
+
+signxml's :class:`~signxml.xades.XAdESSigner` makes the B-B core (inclusive
+C14N 1.0 throughout: signxml's exclusive C14N output fails xmlsec1, its C14N
+1.1 fails xadesjs); :mod:`sidecar.signing.xades_properties` adds the unsigned
+properties of the higher levels.
+
+The caller's document is never re-serialised: the signature element is
+serialised alone and inserted into the original bytes just before the end tag
+of its parent (the root, or the element the profile's XPath selects), so the
+XML declaration, the encoding, the formatting, comments and CDATA sections are
+kept byte for byte. Every digest is computed on a tree parsed from those very
+bytes, which is what any verifier will parse.
+
+Entry point: :func:`sign_xml`. It is ``async``: the signing (signxml, and the
+key itself, which may be a token) runs in an executor; only the timestamp and
+revocation fetches run on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import functools
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from lxml import etree
+from signxml import SignatureConstructionMethod
+from signxml.xades import XAdESDataObjectFormat, XAdESSigner
+
+from ..keys.signer import Signer
+from ..keys.signxml_adapter import as_cryptography_key
+from .report import Level
+from .sources import TimestampSource, UpstreamFailure, ValidationData, ValidationDataSource
+from .tst import read_token
+from .xades_properties import (
+    add_archive_timestamp,
+    add_certificate_values,
+    add_revocation_values,
+    add_signature_timestamp,
+    archive_timestamp_input,
+    signature_timestamp_input,
+)
+from .xml_safety import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_SIZE,
+    ParsedXml,
+    XmlInputError,
+    parse_xml,
+)
+from .xmldsig import (
+    C14N_EXCL,
+    C14N_INCL,
+    DIGEST_URIS,
+    DS,
+    PARALLEL_XPATH,
+    XPATH_FILTER,
+    ds,
+    without_signatures,
+    xades,
+)
+
+__all__ = [
+    "AlreadySigned",
+    "PlacementError",
+    "SignaturePolicy",
+    "XadesOptions",
+    "sign_xml",
+]
+
+logger = logging.getLogger("sidecar.signing.xades")
+
+_LEVELS = (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)
+
+
+class AlreadySigned(XmlInputError):
+    """The document is signed and a parallel signature is not allowed (or would break it)."""
+
+
+class PlacementError(XmlInputError):
+    """The profile's placement XPath does not select exactly one element."""
+
+
+@dataclass(frozen=True)
+class SignaturePolicy:
+    """An explicit signature policy (xades:SignaturePolicyIdentifier/SignaturePolicyId)."""
+
+    #: The policy's OID (``1.2.3``, written ``urn:oid:1.2.3``) or URI.
+    identifier: str
+    #: Base64 digest of the policy document.
+    digest_value: str
+    digest_algorithm: str = "sha256"
+    description: str | None = None
+    #: Where the policy document is published (SPURI qualifier).
+    uri: str | None = None
+
+    @property
+    def identifier_uri(self) -> str:
+        first = self.identifier.split(".")[0]
+        return f"urn:oid:{self.identifier}" if first.isdigit() else self.identifier
+
+
+@dataclass(frozen=True)
+class XadesOptions:
+    """How to sign; the forms' profiles and ``[signing]`` fill it in."""
+
+    #: XPath selecting the element the signature is appended to (its last child);
+    #: ``None``: the document element.
+    placement: str | None = None
+    #: Prefixes used in :attr:`placement`.
+    namespaces: Mapping[str, str] = field(default_factory=dict)
+    policy: SignaturePolicy | None = None
+    #: xades:SignerRole/ClaimedRoles, e.g. ``("médecin",)``.
+    claimed_roles: tuple[str, ...] = ()
+    #: Allow a signature next to existing ones. Signatures then exclude each other
+    #: with an XPath filter, so that none breaks the others.
+    allow_parallel: bool = False
+    digest: str = "sha256"
+    description: str = "Standardized form"
+    mime_type: str = "text/xml"
+    max_size: int = DEFAULT_MAX_SIZE
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+# -- B-B with signxml --------------------------------------------------------
+
+
+class _SidecarXAdESSigner(XAdESSigner):
+    """signxml's XAdES signer with the few things EN 319 132-1 baseline needs changed.
+
+    - the data reference digests the document *as parsed from the caller's bytes*
+      (a ds:Reference URI="" covers top-level processing instructions, which
+      signxml's copy of the root element would lose);
+    - SigningCertificateV2 names the signing certificate only (signxml adds one
+      CertDigest per certificate in KeyInfo);
+    - SignaturePolicyIdentifier may carry an SPURI qualifier;
+    - in parallel mode the data reference excludes every signature (XPath filter).
+    """
+
+    def __init__(
+        self,
+        *,
+        document: etree._ElementTree,
+        options: XadesOptions,
+        signing_time: datetime,
+        algorithm: str,
+    ) -> None:
+        super().__init__(
+            method=SignatureConstructionMethod.enveloped,
+            signature_algorithm=algorithm,
+            digest_algorithm=options.digest,
+            c14n_algorithm=C14N_INCL,
+            claimed_roles=list(options.claimed_roles) or None,
+            data_object_format=XAdESDataObjectFormat(
+                Description=options.description, MimeType=options.mime_type
+            ),
+        )
+        self._document = document
+        self._options = options
+        self._signing_time = signing_time
+
+    # signxml hook: the payload of each reference.
+    def _build_sig(self, sig_root, references, c14n_inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        inputs = list(c14n_inputs)
+        references = list(references)
+        for index, reference in enumerate(references):
+            if inputs[index].getparent() is None:
+                # The whole document: URI="" (signxml would write "#Id" when the root
+                # has an Id, which verifiers can only resolve with an Id declaration).
+                references[index] = dataclasses.replace(reference, URI="")
+                inputs[index] = (
+                    without_signatures(self._document)
+                    if self._options.allow_parallel
+                    else self._document
+                )
+        return super()._build_sig(sig_root, references, inputs, *args, **kwargs)
+
+    def _build_transforms_for_reference(self, *, transforms_node, reference, **kwargs):  # type: ignore[no-untyped-def]
+        if self._options.allow_parallel and reference.URI == "":
+            xpath = etree.SubElement(transforms_node, ds("Transform"), Algorithm=XPATH_FILTER)
+            etree.SubElement(xpath, ds("XPath")).text = PARALLEL_XPATH
+            etree.SubElement(transforms_node, ds("Transform"), Algorithm=C14N_INCL)
+            return
+        super()._build_transforms_for_reference(
+            transforms_node=transforms_node, reference=reference, **kwargs
+        )
+
+    def add_signing_time(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
+        element = etree.SubElement(signed_signature_properties, xades("SigningTime"))
+        element.text = self._signing_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def add_signing_certificate(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
+        certificate: x509.Certificate = signing_settings.cert_chain[0]
+        der = certificate.public_bytes(Encoding.DER)
+        v2 = etree.SubElement(signed_signature_properties, xades("SigningCertificateV2"))
+        cert_digest = etree.SubElement(etree.SubElement(v2, xades("Cert")), xades("CertDigest"))
+        etree.SubElement(cert_digest, ds("DigestMethod"), Algorithm=self.digest_alg.value)
+        etree.SubElement(cert_digest, ds("DigestValue")).text = base64.b64encode(
+            self._get_digest(der, algorithm=self.digest_alg)
+        ).decode("ascii")
+
+    def add_signature_policy_identifier(  # type: ignore[no-untyped-def]
+        self, signed_signature_properties, sig_root, signing_settings
+    ):
+        policy = self._options.policy
+        if policy is None:
+            return
+        spi = etree.SubElement(signed_signature_properties, xades("SignaturePolicyIdentifier"))
+        spid = etree.SubElement(spi, xades("SignaturePolicyId"))
+        sig_policy_id = etree.SubElement(spid, xades("SigPolicyId"))
+        etree.SubElement(sig_policy_id, xades("Identifier")).text = policy.identifier_uri
+        if policy.description:
+            etree.SubElement(sig_policy_id, xades("Description")).text = policy.description
+        sig_policy_hash = etree.SubElement(spid, xades("SigPolicyHash"))
+        etree.SubElement(
+            sig_policy_hash, ds("DigestMethod"), Algorithm=DIGEST_URIS[policy.digest_algorithm]
+        )
+        etree.SubElement(sig_policy_hash, ds("DigestValue")).text = policy.digest_value
+        if policy.uri:
+            qualifiers = etree.SubElement(spid, xades("SigPolicyQualifiers"))
+            qualifier = etree.SubElement(qualifiers, xades("SigPolicyQualifier"))
+            etree.SubElement(qualifier, xades("SPURI")).text = policy.uri
+
+
+def _signature_algorithm(signer: Signer, digest: str) -> str:
+    if signer.key_type.startswith("rsa"):
+        return f"rsa-{digest}"
+    if signer.key_type.startswith("ec"):
+        return f"ecdsa-{digest}"
+    raise ValueError(f"key type {signer.key_type} is not supported for XAdES")
+
+
+def _placement_target(parsed: ParsedXml, options: XadesOptions) -> etree._Element:
+    if options.placement is None:
+        return parsed.root
+    try:
+        found = parsed.tree.xpath(options.placement, namespaces=dict(options.namespaces))
+    except etree.XPathError as exc:
+        raise PlacementError(f"placement XPath {options.placement!r} is invalid: {exc}") from None
+    elements = [e for e in found if isinstance(e, etree._Element) and isinstance(e.tag, str)]
+    if len(elements) != 1:
+        raise PlacementError(
+            f"placement XPath {options.placement!r} selects {len(elements)} elements, not 1"
+        )
+    return elements[0]
+
+
+def _check_existing_signatures(parsed: ParsedXml, options: XadesOptions) -> None:
+    existing = [
+        s
+        for s in parsed.root.iter(ds("Signature"))
+        if not any(a.tag == ds("Signature") for a in s.iterancestors())
+    ]
+    if not existing:
+        return
+    if not options.allow_parallel:
+        raise AlreadySigned(
+            f"the document already carries {len(existing)} signature(s) and the profile "
+            "does not allow parallel signatures"
+        )
+    for signature in existing:
+        for reference in signature.iterfind(f"{ds('SignedInfo')}/{ds('Reference')}"):
+            if reference.get("URI") != "":
+                continue
+            expressions = [
+                (t.findtext(ds("XPath")) or "").strip()
+                for t in reference.iterfind(f"{ds('Transforms')}/{ds('Transform')}")
+                if t.get("Algorithm") == XPATH_FILTER
+            ]
+            if PARALLEL_XPATH not in expressions:
+                raise AlreadySigned(
+                    "an existing signature covers the whole document including any new "
+                    "signature: adding one would invalidate it"
+                )
+
+
+@dataclass
+class _Draft:
+    """The document being signed: the original bytes and where the signature goes."""
+
+    original: ParsedXml
+    target_index: int
+    max_depth: int
+    #: The current signed document (original + signature) and its parse.
+    signed: ParsedXml | None = None
+    signature_id: str = ""
+
+    def splice(self, signature: etree._Element) -> bytes:
+        """The original bytes with ``signature`` as the last child of the target."""
+        text = _without_inherited_declarations(
+            etree.tostring(signature, encoding="unicode", with_tail=False),
+            signature.getparent(),
+        )
+        payload = text.encode(self.original.encoding, errors="xmlcharrefreplace")
+        data = self.original.data
+        span = self.original.spans[self.target_index]
+        tag_end, empty = span.start_tag(data)
+        if empty:
+            # <a .../> becomes <a ...>signature</a>: the only change outside the signature.
+            name = self._qualified_name(span.start)
+            head = data[: tag_end - 2].rstrip() + b">"
+            return head + payload + b"</" + name + b">" + data[tag_end:]
+        return data[: span.end] + payload + data[span.end :]
+
+    def _qualified_name(self, start: int) -> bytes:
+        data = self.original.data
+        end = start + 1
+        while end < len(data) and data[end : end + 1] not in b" \t\r\n/>":
+            end += 1
+        return data[start + 1 : end]
+
+
+_START_TAG_END = re.compile(r"""(?:[^>"']|"[^"]*"|'[^']*')*>""")
+
+
+def _without_inherited_declarations(text: str, parent: etree._Element | None) -> str:
+    """Drop the namespace declarations lxml copies onto a serialised subtree's top.
+
+    Those the parent already has in scope with the same URI are redundant once the
+    subtree is put back under it; keeping them would only clutter the signature.
+    """
+    if parent is None:
+        return text
+    match = _START_TAG_END.match(text)
+    if match is None:  # pragma: no cover - lxml always writes a start tag
+        return text
+    head = match.group(0)
+    for prefix, uri in parent.nsmap.items():
+        name = f"xmlns:{prefix}" if prefix else "xmlns"
+        head = head.replace(f' {name}="{_attr_escape(uri)}"', "", 1)
+    return head + text[match.end() :]
+
+
+def _attr_escape(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+
+
+def _prepare(document: bytes, options: XadesOptions) -> _Draft:
+    parsed = parse_xml(document, max_size=options.max_size, max_depth=options.max_depth)
+    if not parsed.ascii_compatible:
+        raise XmlInputError(
+            f"documents encoded in {parsed.encoding} are not supported: use UTF-8 or ISO-8859-1"
+        )
+    _check_existing_signatures(parsed, options)
+    target = _placement_target(parsed, options)
+    index = next(i for i, e in enumerate(parsed.root.iter(etree.Element)) if e is target)
+    # The signature itself nests 8 levels below its parent.
+    return _Draft(parsed, index, options.max_depth + 16)
+
+
+def _sign_b_b(draft: _Draft, signer: Signer, options: XadesOptions) -> etree._Element:
+    """Blocking: the B-B signature, spliced into the document; returns it in the new tree."""
+    original = draft.original
+    # signxml re-parses what it is given: hand it a copy with a placeholder where
+    # the signature goes (it digests self._document, the untouched original).
+    work = etree.fromstring(etree.tostring(original.root))
+    target = list(work.iter(etree.Element))[draft.target_index]
+    etree.SubElement(target, ds("Signature"), nsmap={"ds": DS}, Id="placeholder")
+    chain = [signer.crypto_certificate] + [
+        x509.load_der_x509_certificate(c.dump()) for c in signer.chain
+    ]
+    xml_signer = _SidecarXAdESSigner(
+        document=original.tree,
+        options=options,
+        signing_time=datetime.now(UTC),
+        algorithm=_signature_algorithm(signer, options.digest),
+    )
+    root = xml_signer.sign(
+        work, key=as_cryptography_key(signer), cert=chain, always_add_key_value=False
+    )
+    # The signature took the placeholder's place: the target's last child (elements
+    # before it in document order, the target included, kept their positions).
+    signature = list(root.iter(etree.Element))[draft.target_index][-1]
+    if signature.tag != ds("Signature") or not signature.get("Id"):
+        raise RuntimeError("signxml did not put the signature where the placeholder was")
+    draft.signature_id = signature.get("Id", "")
+    return _reparse(draft, signature)
+
+
+def _reparse(draft: _Draft, signature: etree._Element) -> etree._Element:
+    """Splice ``signature`` into the original bytes and parse the result back."""
+    data = draft.splice(signature)
+    draft.signed = parse_xml(data, max_size=len(data) + 1, max_depth=draft.max_depth)
+    found = [
+        s for s in draft.signed.root.iter(ds("Signature")) if s.get("Id") == draft.signature_id
+    ]
+    if len(found) != 1:
+        raise RuntimeError("the signature Id is not unique in the signed document")
+    return found[0]
+
+
+async def sign_xml(
+    document: bytes,
+    signer: Signer,
+    level: Level = Level.B_LT,
+    options: XadesOptions | None = None,
+    *,
+    timestamps: TimestampSource | None = None,
+    validation_data: ValidationDataSource | None = None,
+    executor: Executor | None = None,
+) -> bytes:
+    """Sign ``document`` with an enveloped XAdES signature at ``level``.
+
+    Raises :class:`~sidecar.signing.xml_safety.XmlInputError` subclasses for
+    refused input (:class:`AlreadySigned`, :class:`PlacementError` included),
+    :class:`~sidecar.keys.KeyLocked` / :class:`~sidecar.keys.CertificateNotValid`
+    from the key, and :class:`UpstreamFailure` when the TSA or the revocation
+    data the level needs cannot be had — never a signature at a lower level.
+    """
+    options = options or XadesOptions()
+    if level not in _LEVELS:
+        raise ValueError(f"level must be one of {', '.join(_LEVELS)}")
+    if level != Level.B_B and timestamps is None:
+        raise UpstreamFailure("unavailable", "tsa", f"{level} needs a TSA and none is configured")
+    if level in (Level.B_LT, Level.B_LTA) and validation_data is None:
+        raise UpstreamFailure(
+            "unavailable", "revocation", f"{level} needs revocation data and no source is set"
+        )
+    loop = asyncio.get_running_loop()
+
+    def run(fn, *args):  # type: ignore[no-untyped-def]
+        return loop.run_in_executor(executor, functools.partial(fn, *args))
+
+    draft: _Draft = await run(_prepare, document, options)
+    signature: etree._Element = await run(_sign_b_b, draft, signer, options)
+    if level == Level.B_B:
+        assert draft.signed is not None
+        return draft.signed.data
+
+    assert timestamps is not None
+    imprint_input = signature_timestamp_input(signature, C14N_EXCL)
+    token = await timestamps.timestamp(imprint_input, options.digest)
+    try:
+        contents = read_token(token)
+    except ValueError as exc:
+        raise UpstreamFailure("error", "tsa", f"the TSA's token is unreadable: {exc}") from None
+    add_signature_timestamp(signature, token, C14N_EXCL)
+
+    if level in (Level.B_LT, Level.B_LTA):
+        assert validation_data is not None
+        data = await _collect(
+            validation_data, signer, contents.tsa_certificate, contents.certificates
+        )
+        add_certificate_values(signature, data.certificates)
+        add_revocation_values(signature, data.crls, data.ocsp_responses)
+    signature = await run(_reparse, draft, signature)
+
+    if level == Level.B_LTA:
+        archive_input = await run(archive_timestamp_input, signature, C14N_INCL)
+        archive_token = await timestamps.timestamp(archive_input, options.digest)
+        add_archive_timestamp(signature, archive_token, C14N_INCL)
+        signature = await run(_reparse, draft, signature)
+
+    assert draft.signed is not None
+    return draft.signed.data
+
+
+async def _collect(
+    source: ValidationDataSource,
+    signer: Signer,
+    tsa_certificate: asn1_x509.Certificate | None,
+    token_certificates: Sequence[asn1_x509.Certificate],
+) -> ValidationData:
+    """Validation data for the signer's chain and the TSA's, fetched concurrently."""
+    if tsa_certificate is None:
+        raise UpstreamFailure(
+            "error", "tsa", "the timestamp token does not carry the TSA's certificate"
+        )
+    tsa_der = tsa_certificate.dump()
+    signer_side, tsa_side = await asyncio.gather(
+        source.collect([signer.certificate, *signer.chain]),
+        source.collect([tsa_certificate, *(c for c in token_certificates if c.dump() != tsa_der)]),
+    )
+    return signer_side.merge(tsa_side)

@@ -1,0 +1,228 @@
+"""Safe parsing of untrusted XML: no DTD, no entity, bounded size and depth.
+
+Every XML document the daemon receives goes through :func:`parse_xml` first.
+Two parsers look at it:
+
+1. expat (``xml.parsers.expat``), which never opens a file or a URL by itself,
+   reads the document once: a ``<!DOCTYPE`` stops it at once (before any
+   internal subset is processed, so a billion-laughs or an XXE payload is
+   never expanded nor fetched); it measures the depth, and it records the byte
+   offsets of every element's tags — what lets the XAdES engine insert a
+   signature without re-serialising (and so reformatting) the caller's
+   document.
+2. lxml then builds the tree with entity resolution, DTD loading and network
+   access all off.
+
+Errors are typed: :class:`ForbiddenDtd` (API: 422 ``forbidden_dtd``),
+:class:`MalformedXml` with line and column (400 ``malformed_xml``),
+:class:`XmlLimitExceeded` (422 ``xml_limits``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+from xml.parsers import expat
+
+from lxml import etree
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_SIZE",
+    "ElementSpan",
+    "ForbiddenDtd",
+    "MalformedXml",
+    "ParsedXml",
+    "XmlInputError",
+    "XmlLimitExceeded",
+    "parse_xml",
+]
+
+DEFAULT_MAX_SIZE = 20 * 1024**2
+#: Standardized forms nest a dozen levels; anything near this is an attack or a bug.
+DEFAULT_MAX_DEPTH = 128
+
+
+class XmlInputError(ValueError):
+    """Base of the refusals of :func:`parse_xml`."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ForbiddenDtd(XmlInputError):
+    """The document has a DOCTYPE (DTD, entity declarations): refused unread."""
+
+
+class MalformedXml(XmlInputError):
+    """The document is not well-formed XML; ``line``/``column`` are 1-based."""
+
+    def __init__(self, detail: str, *, line: int | None, column: int | None) -> None:
+        where = f" (line {line}, column {column})" if line is not None else ""
+        super().__init__(detail + where)
+        self.line = line
+        self.column = column
+        self.reason = detail
+
+
+class XmlLimitExceeded(XmlInputError):
+    """The document is larger or deeper than the configured bounds."""
+
+
+_START_TAG = re.compile(rb"""<[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*(/?)>""")
+
+
+@dataclass(frozen=True)
+class ElementSpan:
+    """Byte offsets of one element's tags in the original document.
+
+    ``start`` is the offset of its ``<``; ``end`` where expat reported its end:
+    the ``</`` of its end tag, or just past an empty-element tag (``<a/>``).
+    """
+
+    start: int
+    end: int
+
+    def start_tag(self, data: bytes) -> tuple[int, bool]:
+        """Where the start tag ends (offset past its ``>``) and whether it is ``<a/>``.
+
+        Only for ASCII-compatible encodings (see :attr:`ParsedXml.ascii_compatible`).
+        """
+        match = _START_TAG.match(data, self.start)
+        if match is None:  # pragma: no cover - expat accepted this very tag
+            raise ValueError("no start tag at the recorded offset")
+        return match.end(), match.group(1) == b"/"
+
+
+@dataclass(frozen=True)
+class ParsedXml:
+    """A parsed document and what is needed to edit its bytes in place."""
+
+    data: bytes
+    tree: etree._ElementTree
+    #: Every element's tag offsets, in document order (the order of ``root.iter()``).
+    spans: tuple[ElementSpan, ...]
+    #: The encoding the bytes are in (Python codec name), from the BOM or the declaration.
+    encoding: str
+
+    @property
+    def ascii_compatible(self) -> bool:
+        """Whether markup is plain ASCII bytes (UTF-8, ISO-8859-x, windows-125x...)."""
+        return "<a b='c'/>".encode(self.encoding, errors="replace") == b"<a b='c'/>"
+
+    @property
+    def root(self) -> etree._Element:
+        return self.tree.getroot()
+
+    def span_of(self, element: etree._Element) -> ElementSpan:
+        """The byte offsets of ``element`` (which must belong to :attr:`tree`)."""
+        for index, candidate in enumerate(self.root.iter(etree.Element)):
+            if candidate is element:
+                return self.spans[index]
+        raise ValueError("the element is not part of this document")
+
+
+class _StopParsing(Exception):
+    pass
+
+
+_DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def _detect_encoding(data: bytes) -> str:
+    """The document's encoding per XML 1.0 appendix F (BOM, then declaration)."""
+    if data.startswith(codecs.BOM_UTF8):
+        return "utf-8"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or data[:2] in (
+        b"<\x00",
+        b"\x00<",
+    ):
+        return "utf-16"
+    match = _DECLARED_ENCODING.match(data[:200])
+    if match is None:
+        return "utf-8"
+    name = match.group(1).decode("ascii")
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise MalformedXml(f"unknown encoding {name!r}", line=1, column=1) from None
+
+
+def _scan(data: bytes, max_depth: int) -> tuple[ElementSpan, ...]:
+    """The expat pass: refuse any DOCTYPE, bound the depth, record tag offsets."""
+    parser = expat.ParserCreate(namespace_separator=" ")
+    # Never hand an external entity to anyone (expat itself never fetches one).
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    starts: list[int] = []
+    ends: dict[int, int] = {}
+    open_elements: list[int] = []
+
+    def doctype(*_: object) -> None:
+        raise ForbiddenDtd("DOCTYPE declarations (DTDs, entities) are not accepted")
+
+    def entity(*_: object) -> None:
+        # Unreachable without a DOCTYPE; refuse all the same should expat change.
+        raise ForbiddenDtd("entity declarations are not accepted")
+
+    def start(*_: object) -> None:
+        if len(open_elements) >= max_depth:
+            raise XmlLimitExceeded(f"the document nests deeper than {max_depth} elements")
+        open_elements.append(len(starts))
+        starts.append(parser.CurrentByteIndex)
+
+    def end(*_: object) -> None:
+        ends[open_elements.pop()] = parser.CurrentByteIndex
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = entity
+    parser.UnparsedEntityDeclHandler = entity
+    parser.ExternalEntityRefHandler = lambda *_: 0  # type: ignore[assignment]
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        message = expat.errors.messages[exc.code] if exc.code else str(exc)
+        raise MalformedXml(message, line=exc.lineno, column=exc.offset + 1) from None
+    return tuple(ElementSpan(offset, ends[index]) for index, offset in enumerate(starts))
+
+
+def _lxml_parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        load_dtd=False,
+        dtd_validation=False,
+        no_network=True,
+        huge_tree=False,
+        remove_blank_text=False,
+        remove_comments=False,
+        remove_pis=False,
+        strip_cdata=False,
+        collect_ids=False,
+    )
+
+
+def parse_xml(
+    data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_depth: int = DEFAULT_MAX_DEPTH
+) -> ParsedXml:
+    """Parse untrusted ``data``; raise an :class:`XmlInputError` subclass when refused."""
+    if len(data) > max_size:
+        raise XmlLimitExceeded(f"the document is over {max_size} bytes")
+    if not data.strip():
+        raise MalformedXml("the document is empty", line=1, column=1)
+    encoding = _detect_encoding(data)
+    spans = _scan(data, max_depth)
+    try:
+        tree = etree.fromstring(data, parser=_lxml_parser()).getroottree()
+    except etree.XMLSyntaxError as exc:
+        line, column = exc.position if exc.position else (None, None)
+        raise MalformedXml(exc.msg or "not well-formed", line=line, column=column) from None
+    docinfo = tree.docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
+        raise ForbiddenDtd("DOCTYPE declarations (DTDs, entities) are not accepted")
+    if sum(1 for _ in tree.getroot().iter(etree.Element)) != len(spans):
+        # Both parsers must see the same elements, or offsets would point elsewhere.
+        raise MalformedXml("the document parses inconsistently", line=None, column=None)
+    return ParsedXml(data, tree, spans, encoding)

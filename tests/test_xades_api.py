@@ -1,0 +1,82 @@
+"""POST /v1/xml/sign and POST /v1/verify (XML) through the HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from sidecar.config import Settings, TrustSettings, TsaSettings
+from sidecar.sandbox import SandboxPKI
+from tests.fixtures.daemon import Api
+from tests.fixtures.trust import DeadTsa
+from tests.fixtures.xades import FORM, xmlsec1_verify
+
+XML = {"Content-Type": "application/xml"}
+
+
+async def test_sign_then_verify(sandbox_api: Api, sandbox_services: SandboxPKI) -> None:
+    headers = {**sandbox_api.auth("signer"), **XML}
+    response = await sandbox_api.client.post("/v1/xml/sign", data=FORM, headers=headers)
+    assert response.status == 200, await response.text()
+    assert response.headers["X-Signature-Level"] == "B-LT"  # the default
+    signed = await response.read()
+    start, end = signed.index(b"<ds:Signature"), signed.index(b"</ds:Signature>") + 15
+    assert signed[:start] + signed[end:] == FORM
+    done = xmlsec1_verify(signed, sandbox_services.roots_pem)
+    assert done.returncode == 0, done.stderr
+
+    response = await sandbox_api.client.post(
+        "/v1/verify", data=signed, headers={**sandbox_api.auth("verifier"), **XML}
+    )
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    (report,) = body["signatures"]
+    assert report["level"] == "B-LT"
+    assert report["indication"] == "TOTAL_PASSED", report
+    assert report["offline_validation_data"] is True
+    assert report["timestamp_time"] and report["claimed_signing_time"]
+
+    tampered = signed.replace(b">42.00<", b">42.01<")
+    response = await sandbox_api.client.post(
+        "/v1/verify", data=tampered, headers={**sandbox_api.auth("verifier"), **XML}
+    )
+    (report,) = (await response.json())["signatures"]
+    assert (report["indication"], report["sub_indication"]) == ("TOTAL_FAILED", "HASH_FAILURE")
+
+
+async def test_parameters(sandbox_api: Api) -> None:
+    headers = {**sandbox_api.auth("signer"), **XML}
+    post = sandbox_api.client.post
+    response = await post("/v1/xml/sign?level=B-B&key=sandbox-ec", data=FORM, headers=headers)
+    assert response.status == 200 and response.headers["X-Signature-Level"] == "B-B"
+    assert b"ecdsa-sha256" in await response.read()
+    response = await post("/v1/xml/sign?key=nobody", data=FORM, headers=headers)
+    assert response.status == 404 and (await response.json())["code"] == "not_found"
+    response = await post("/v1/xml/sign?level=B-X", data=FORM, headers=headers)
+    assert response.status == 400 and (await response.json())["code"] == "bad_parameter"
+    response = await post("/v1/xml/sign?profile=no-such-form", data=FORM, headers=headers)
+    assert response.status == 404
+    response = await post("/v1/xml/sign?level=B-B", data=FORM, headers=headers)
+    signed = await response.read()
+    response = await post("/v1/xml/sign?level=B-B", data=signed, headers=headers)
+    assert response.status == 422 and (await response.json())["code"] == "already_signed"
+
+
+async def test_tsa_down_is_never_a_lower_level(
+    api_factory: Callable[..., Awaitable[Api]],
+    sandbox_services: SandboxPKI,
+    dead_tsa: Callable[..., Awaitable[DeadTsa]],
+) -> None:
+    dead = await dead_tsa("drop")
+    settings = Settings(trust=TrustSettings(tsa=(TsaSettings(url=dead.url, attempts=1),)))
+    api = await api_factory(settings, sandbox_pki=sandbox_services)
+    headers = {**api.auth("signer"), **XML}
+    for level in ("B-T", "B-LT", "B-LTA"):
+        response = await api.client.post(f"/v1/xml/sign?level={level}", data=FORM, headers=headers)
+        assert response.status in (503, 504), await response.text()
+        body = await response.json()
+        assert body["code"] in ("upstream_unavailable", "upstream_timeout")
+        if response.status == 503:
+            assert int(response.headers["Retry-After"]) >= 1
+    assert dead.accepted >= 1
+    response = await api.client.post("/v1/xml/sign?level=B-B", data=FORM, headers=headers)
+    assert response.status == 200

@@ -1,0 +1,138 @@
+"""Untrusted XML: DTDs and entities refused unread, malformed input located, bounds kept."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from sidecar.signing.xml_safety import (
+    ForbiddenDtd,
+    MalformedXml,
+    XmlLimitExceeded,
+    parse_xml,
+)
+from tests.fixtures.daemon import Api
+from tests.fixtures.sandbox import free_port
+
+
+class Listener:
+    """A loopback HTTP server counting requests: an XXE must never reach it."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.url = ""
+
+
+@pytest_asyncio.fixture
+async def listener() -> AsyncIterator[Listener]:
+    seen = Listener()
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.hits += 1
+        return web.Response(text='<!ENTITY leak "leaked">')
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    seen.url = f"http://127.0.0.1:{port}"
+    yield seen
+    await runner.cleanup()
+
+
+def _attacks(url: str, secret: Path) -> dict[str, bytes]:
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    return {
+        "dtd": b'<?xml version="1.0"?>\n<!DOCTYPE a [<!ELEMENT a (#PCDATA)>]><a/>',
+        "external_entity_file": (
+            f'<!DOCTYPE a [<!ENTITY x SYSTEM "file://{secret}">]><a>&x;</a>'.encode()
+        ),
+        "external_entity_http": (f'<!DOCTYPE a [<!ENTITY x SYSTEM "{url}/x">]><a>&x;</a>'.encode()),
+        "parameter_entity": (
+            f'<!DOCTYPE a [<!ENTITY % p SYSTEM "{url}/p.dtd"> %p;]><a>&leak;</a>'.encode()
+        ),
+        "external_dtd": f'<!DOCTYPE a SYSTEM "{url}/a.dtd"><a/>'.encode(),
+        "billion_laughs": (
+            f'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY l0 "lol">{laughs}]><a>&l9;</a>'
+        ).encode(),
+    }
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "dtd",
+        "external_entity_file",
+        "external_entity_http",
+        "parameter_entity",
+        "external_dtd",
+        "billion_laughs",
+    ],
+)
+async def test_dtd_attacks_refused_unread(attack: str, listener: Listener, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    document = _attacks(listener.url, secret)[attack]
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        with pytest.raises(ForbiddenDtd) as caught:
+            parse_xml(document)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert listener.hits == 0
+    assert "TOP-SECRET" not in str(caught.value)
+    # Refused before any expansion: no growth (a billion laughs would need gigabytes).
+    assert peak < 2 * 1024**2
+    assert time.process_time() - started < 5  # a generous ceiling, not a benchmark
+
+
+@pytest.mark.parametrize(
+    ("document", "line", "column"),
+    [
+        (b"<a>\n  <b></a>", 2, 8),
+        (b'<?xml version="1.0"?>\n<a x="1" x="2"/>', 2, 10),
+        (b"<a>&undefined;</a>", 1, 4),
+        (b"<p:a/>", 1, 1),
+        (b"<a></a><b/>", 1, 8),
+    ],
+)
+def test_malformed_has_line_and_column(document: bytes, line: int, column: int) -> None:
+    with pytest.raises(MalformedXml) as caught:
+        parse_xml(document)
+    assert (caught.value.line, caught.value.column) == (line, column), caught.value
+
+
+def test_bounds() -> None:
+    deep = b"<a>" * 200 + b"</a>" * 200
+    with pytest.raises(XmlLimitExceeded):
+        parse_xml(deep, max_depth=128)
+    assert parse_xml(deep, max_depth=256).root.tag == "a"
+    with pytest.raises(XmlLimitExceeded):
+        parse_xml(b"<a>" + b"x" * 2000 + b"</a>", max_size=1000)
+    with pytest.raises(MalformedXml):
+        parse_xml(b"  \n")
+
+
+async def test_api_refuses_dtd_and_malformed(sandbox_api: Api, listener: Listener) -> None:
+    headers = {**sandbox_api.auth(), "Content-Type": "application/xml"}
+    for route in ("/v1/xml/sign?level=B-B", "/v1/verify"):
+        attack = f'<!DOCTYPE a [<!ENTITY x SYSTEM "{listener.url}/x">]><a>&x;</a>'.encode()
+        response = await sandbox_api.client.post(route, data=attack, headers=headers)
+        assert response.status == 422, await response.text()
+        assert (await response.json())["code"] == "forbidden_dtd"
+        response = await sandbox_api.client.post(route, data=b"<a>\n<b></a>", headers=headers)
+        assert response.status == 400
+        body = await response.json()
+        assert body["code"] == "malformed_xml"
+        assert (body["line"], body["column"]) == (2, 6)
+    assert listener.hits == 0
