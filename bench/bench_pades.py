@@ -1,0 +1,258 @@
+"""PAdES signing throughput: B-B, B-LT (in process and through HTTP), the fee-note recipe,
+against same-run baselines.
+
+    .venv/bin/python bench/bench_pades.py [--seconds 5] [--size 100000]
+
+Everything runs on loopback in this one process: the sandbox PKI (OCSP/CRL), a fast TSA
+(pyHanko's DummyTimeStamper with the sandbox TSA's key loaded once — certomancer's own
+TSA reloads its key per request, ~50 ms of CPU that is not ours), and the daemon (the
+real app, guards, token, trust layer with its revocation cache, PDF worker pool).
+Baselines measured in the same run: the TSA round trip alone (the TSA's share of B-T
+and up), the guarded PDF read alone (the worker round trip), and one fresh Python
+process per document signing B-B with pyHanko's API — what the pyHanko CLI costs per
+document (the CLI itself, pyhanko-cli, is not installed here).
+Printed per case: n, p50, p95 (ms), docs/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from asn1crypto import keys as asn1_keys
+from asn1crypto import pem, tsp
+from asn1crypto import x509 as asn1_x509
+from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
+
+from sidecar.api.app import create_app
+from sidecar.clients import ClientStore, Scope
+from sidecar.config import Settings, TrustSettings, TsaSettings
+from sidecar.keys import KeyConfig, create_signer
+from sidecar.paths import Paths
+from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
+from sidecar.signing.pades import PadesEngine, PadesOptions
+from sidecar.signing.pdf_checks import PdfInspector
+from sidecar.signing.report import Level
+from sidecar.trust import open_trust
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "profiles" / "samples"
+
+
+def make_pdfa(size: int) -> bytes:
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = module.build_pdfa([module.FEE_NOTE_LINES], title="bench")
+    return module.build_pdfa(  # type: ignore[no-any-return]
+        [module.FEE_NOTE_LINES], title="bench", padding=max(0, size - len(base) - 200)
+    )
+
+
+def _der(path: Path) -> bytes:
+    return pem.unarmor(path.read_bytes())[2]
+
+
+async def start_fast_tsa(pki_dir: Path) -> tuple[str, web.AppRunner]:
+    cert = asn1_x509.Certificate.load(_der(pki_dir / "certs" / "tsa.pem"))
+    key = asn1_keys.PrivateKeyInfo.load(_der(pki_dir / "keys" / "tsa.key.pem"))
+    stamper = DummyTimeStamper(tsa_cert=cert, tsa_key=key)
+
+    async def handle(request: web.Request) -> web.Response:
+        req = tsp.TimeStampReq.load(await request.read())
+        resp = await stamper.async_request_tsa_response(req)
+        return web.Response(body=resp.dump(), content_type="application/timestamp-reply")
+
+    app = web.Application()
+    app.router.add_post("/tsa", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{port}/tsa", runner
+
+
+async def measure(name: str, seconds: float, op: Callable[[], Awaitable[object]]) -> list[float]:
+    await op()  # warm-up: caches, pools, first timestamp (pyHanko's size estimate)
+    samples: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(samples) < 5:
+        start = time.perf_counter()
+        await op()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def report(name: str, samples: list[float], baseline: float | None = None) -> None:
+    samples = sorted(samples)
+    p50 = statistics.median(samples) * 1000
+    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))] * 1000
+    rate = len(samples) / sum(samples)
+    extra = f"   {p50 - baseline:+7.1f} ms over baseline" if baseline is not None else ""
+    print(
+        f"{name:<44} n={len(samples):<5} p50={p50:7.1f} ms  p95={p95:7.1f} ms  {rate:7.1f}/s{extra}"
+    )
+
+
+_ONE_SHOT = """
+import sys
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.sign import fields, signers
+key, cert, chain, src, dst = sys.argv[1:6]
+signer = signers.SimpleSigner.load(key, cert, ca_chain_files=(chain,))
+with open(src, "rb") as inf, open(dst, "wb") as outf:
+    meta = signers.PdfSignatureMetadata(field_name="Sig1", subfilter=fields.SigSeedSubFilter.PADES)
+    signers.sign_pdf(IncrementalPdfFileWriter(inf), meta, signer=signer, output=outf)
+"""
+
+
+def cli_baseline(
+    pdf: bytes, key_pem: Path, cert_pem: Path, chain_pem: Path, runs: int
+) -> list[float]:
+    """What a practice does without a daemon: one process per document. The pyHanko CLI
+    (pyhanko-cli) is not installed here; this runs the same work through pyHanko's API
+    in a fresh interpreter (start-up, imports, key loading, B-B signature)."""
+    samples = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.pdf"
+        src.write_bytes(pdf)
+        for index in range(runs):
+            out = Path(tmp) / f"out{index}.pdf"
+            start = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-c", _ONE_SHOT, str(key_pem), str(cert_pem), str(chain_pem),
+                 str(src), str(out)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+async def main(seconds: float, size: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        pki = ensure_sandbox_pki(root / "pki", port=port)
+        pdf = make_pdfa(size)
+        fee_xml = (SAMPLES / "fee-note.xml").read_bytes()
+        print(f"PDF/A input: {len(pdf)} bytes; {seconds:g} s per case")
+        async with serve_sandbox_pki(pki):
+            tsa_url, tsa_runner = await start_fast_tsa(pki.directory)
+            trust_settings = TrustSettings(tsa=(TsaSettings(url=tsa_url),))
+            rsa = pki.signers["sandbox-rsa"]
+            signer = create_signer(
+                KeyConfig(
+                    id="bench", backend="pkcs12", path=rsa.p12,
+                    passphrase_source="config", passphrase=rsa.p12_passphrase,
+                )
+            )  # fmt: skip
+            signer.open()
+            async with (
+                aiohttp.ClientSession() as session,
+                open_trust(
+                    trust_settings,
+                    session=session,
+                    data_dir=root,
+                    extra_anchor_files=[pki.roots_pem],
+                ) as trust,
+            ):
+                inspector = PdfInspector()
+                engine = PadesEngine(
+                    inspector=inspector,
+                    timestamper=trust.tsa.timestamper(),
+                    validation_context=trust.revocation.validation_context,
+                )
+                tsa = await measure(
+                    "TSA round trip", seconds, lambda: trust.tsa.timestamp_data(b"x", "sha256")
+                )
+                report("baseline: TSA round trip alone", tsa)
+                guard = await measure("guard", seconds, lambda: inspector.inspect(pdf))
+                report("baseline: guarded PDF read (worker)", guard)
+                tsa_p50 = statistics.median(tsa) * 1000
+                for level in (Level.B_B, Level.B_T, Level.B_LT):
+                    samples = await measure(
+                        level.value, seconds,
+                        lambda level=level: engine.sign(pdf, signer, PadesOptions(level=level)),
+                    )  # fmt: skip
+                    report(
+                        f"in process {level.value}",
+                        samples,
+                        tsa_p50 if level is not Level.B_B else None,
+                    )
+                inspector.close()
+
+            # Through HTTP: the real app, its own trust layer on the fast TSA.
+            paths = Paths(config_dir=root / "home", data_dir=root / "home", log_dir=root / "home")
+            paths.ensure()
+            store = ClientStore(paths.clients_file)
+            token = store.create("bench", frozenset(Scope))
+            settings = Settings(trust=trust_settings)
+            app = create_app(settings, paths, client_store=store, sandbox_pki=pki)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            base = f"http://127.0.0.1:{http_port}"
+            auth = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession() as client:
+
+                async def http_sign() -> None:
+                    async with client.post(
+                        f"{base}/v1/pdf/sign?level=B-LT&key=sandbox-rsa",
+                        data=pdf,
+                        headers={**auth, "Content-Type": "application/pdf"},
+                    ) as response:
+                        assert response.status == 200, await response.text()
+                        await response.read()
+
+                async def http_form() -> None:
+                    form = aiohttp.FormData()
+                    form.add_field("xml", fee_xml, content_type="application/xml")
+                    form.add_field("pdf", pdf, content_type="application/pdf")
+                    async with client.post(
+                        f"{base}/v1/forms/fee-note/sign?key=sandbox-rsa", data=form, headers=auth
+                    ) as response:
+                        assert response.status == 200, await response.text()
+                        await response.read()
+
+                report(
+                    "HTTP POST /v1/pdf/sign B-LT",
+                    await measure("http", seconds, http_sign),
+                    tsa_p50,
+                )
+                report(
+                    "HTTP fee-note recipe (PAdES-B + XAdES-B-LT)",
+                    await measure("form", seconds, http_form),
+                    tsa_p50,
+                )
+            await runner.cleanup()
+            await tsa_runner.cleanup()
+            signer.close()
+
+        cli = cli_baseline(pdf, rsa.key_pem, rsa.cert_pem, rsa.chain_pem, runs=5)
+        report("baseline: one pyHanko process per document (B-B)", cli)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--size", type=int, default=100_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.seconds, args.size))

@@ -1,0 +1,162 @@
+"""``POST /v1/forms/{profile}/sign``: the standardized-form recipe of a profile.
+
+Body: ``multipart/form-data`` with the parts ``xml`` and ``pdf``, or ``application/xml``
+with the PDF already embedded where the profile says. Answer: the signed XML, with
+``X-Form-UUID``, ``X-Signature-Level`` (XML) and ``X-Pdf-Signature-Level`` headers.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..keys import Signer
+from ..signing.forms import FormError, SchemaViolation, XmlSignFunction, sign_form
+from ..signing.profiles import Profile
+from ..signing.report import Level
+from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from ..signing.xades import sign_xml
+from .guards import read_body
+from .keys import SETTINGS
+from .pdf import PADES, PROFILES
+from .problems import Problem, bad_parameter, register_problem_mapper
+from .signing_keys import KEY_REGISTRY
+from .timestamps import TRUST
+from .xml import xades_options
+
+__all__ = ["HANDLERS", "fee_note_signer", "sign_form_document", "xades_for"]
+
+log = logging.getLogger("sidecar.signing")
+
+
+def _schema_violation(exc: SchemaViolation) -> Problem:
+    detail = (
+        f"the document does not match the XSD of profile {exc.profile!r}"
+        if exc.stage == "input"
+        else f"the signed result does not match the XSD of profile {exc.profile!r}"
+    )
+    return Problem(
+        422,
+        "schema_violation",
+        detail,
+        errors=[e.as_json() for e in exc.errors],
+        profile=exc.profile,
+        stage=exc.stage,
+    )
+
+
+def _form_error(exc: FormError) -> Problem:
+    if exc.reason == "bad_base64":
+        return Problem(400, "malformed_pdf", exc.detail, reason=exc.reason)
+    if exc.reason in {"pdf_missing", "pdf_unexpected"}:
+        return Problem(400, "bad_parameter", exc.detail, parameter="pdf", reason=exc.reason)
+    if exc.reason == "element_missing":
+        return Problem(422, "schema_violation", exc.detail, reason=exc.reason, errors=[])
+    return Problem(503, "upstream_unavailable", exc.detail, reason=exc.reason)
+
+
+register_problem_mapper(SchemaViolation, _schema_violation)
+register_problem_mapper(FormError, _form_error)
+
+
+def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
+    """Parts by name. The body was read bounded by the route's limit first."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise bad_parameter("body", "not a multipart/form-data body")
+    parts: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        if name in parts:
+            raise bad_parameter(name, "the part is given twice")
+        payload = part.get_payload(decode=True)
+        parts[name] = payload if isinstance(payload, bytes) else b""
+    return parts
+
+
+def xades_for(app: web.Application) -> XmlSignFunction:
+    """The XAdES engine bound to the daemon's trust layer and ``[signing]`` options."""
+    settings = app[SETTINGS].signing
+    trust = app.get(TRUST)
+
+    async def xades(document: bytes, key: Signer, level: Level, form: Profile) -> bytes:
+        try:
+            options = xades_options(settings, dict(form.namespaces))
+        except ValueError as exc:
+            raise Problem(500, "configuration_error", str(exc)) from None
+        timestamps = validation = None
+        if trust is not None:
+            if trust.tsa.endpoints:
+                timestamps = TrustTimestampSource(trust.tsa)
+            validation = TrustValidationDataSource(trust.revocation)
+        return await sign_xml(
+            document, key, level, options, timestamps=timestamps, validation_data=validation
+        )
+
+    return xades
+
+
+def fee_note_signer(app: web.Application) -> Callable[[bytes], Awaitable[bytes]]:
+    """``async (xml) -> xml``: the ``fee-note`` recipe with the default key, for the CNS
+    deposit of an unsigned fee note (``sidecar.cns.subsystem.SIGN_FEE_NOTE``). The PDF
+    must already be embedded. Not installed here: the lead decides (see the report)."""
+
+    async def sign(xml: bytes) -> bytes:
+        profile = app[PROFILES].get("fee-note")
+        if profile is None:
+            raise Problem(404, "not_found", "no profile 'fee-note'")
+        signer = app[KEY_REGISTRY].get(None)
+        signed = await sign_form(
+            profile, xml, None, signer, pades=app[PADES], sign_xml=xades_for(app)
+        )
+        return signed.xml
+
+    return sign
+
+
+async def sign_form_document(request: web.Request) -> web.Response:
+    app = request.app
+    name = request.match_info["profile"]
+    profile = app[PROFILES].get(name)
+    if profile is None:
+        raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
+    signer = app[KEY_REGISTRY].get(request.query.get("key") or None)
+    body = await read_body(request)
+    pdf: bytes | None = None
+    if request.content_type == "multipart/form-data":
+        parts = _multipart(request.headers.get("Content-Type", ""), body)
+        unknown = sorted(set(parts) - {"xml", "pdf"})
+        if unknown:
+            raise bad_parameter(unknown[0], "unknown part (expected 'xml' and 'pdf')")
+        if "xml" not in parts:
+            raise bad_parameter("xml", "the part 'xml' is missing")
+        xml = parts["xml"]
+        pdf = parts.get("pdf")
+    else:
+        xml = body
+
+    signed = await sign_form(profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app))
+    log.info(
+        "signed a %s form (PDF %s, XML %s) with key %s",
+        profile.name,
+        signed.pdf_level.value if signed.pdf_level else "-",
+        signed.xml_level.value if signed.xml_level else "unsigned",
+        signer.id,
+    )
+    headers = {"X-Signature-Level": signed.xml_level.value if signed.xml_level else "none"}
+    if signed.uuid:
+        headers["X-Form-UUID"] = signed.uuid
+    if signed.pdf_level:
+        headers["X-Pdf-Signature-Level"] = signed.pdf_level.value
+    return web.Response(body=signed.xml, content_type="application/xml", headers=headers)
+
+
+HANDLERS = {"signForm": sign_form_document}

@@ -1,0 +1,469 @@
+"""What sidecar checks of a PDF before and after signing it: guards and PDF/A markers.
+
+Two concerns:
+
+- **Guards against bad input.** A PDF from a caller is parsed first in a worker
+  process with a memory ceiling and a deadline (:class:`PdfInspector`), so that a
+  file built to exhaust the parser (an xref with millions of entries, a loop between
+  revisions, deep nesting) costs a bounded amount and is answered with a clear
+  :class:`PdfRefused` — ``400 malformed_pdf`` (not a PDF, truncated, broken xref)
+  or ``422 unsupported_pdf`` (encrypted, too many objects, too costly to read).
+- **PDF/A markers** (ISO 19005-2/3; veraPDF is not available, so this is what can
+  be checked without it): the XMP ``pdfaid`` identification, an OutputIntent
+  ``GTS_PDFA1`` with a destination profile, Info entries that agree with their XMP
+  equivalents (6.6.3), no encryption. :func:`pdfa_problems` lists what is wrong
+  with one document and :func:`pdfa_regressions` what signing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import multiprocessing
+import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+
+from lxml import etree
+
+__all__ = [
+    "PdfFacts",
+    "PdfInspector",
+    "PdfLimits",
+    "PdfRefused",
+    "inspect_pdf",
+    "pdfa_problems",
+    "pdfa_regressions",
+]
+
+log = logging.getLogger("sidecar.signing.pdf")
+
+_NS = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "pdfaid": "http://www.aiim.org/pdfa/ns/id/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "pdf": "http://ns.adobe.com/pdf/1.3/",
+}
+_RDF = f"{{{_NS['rdf']}}}"
+
+#: Info key → (XMP property, kind), per ISO 19005-2 6.6.3 / XMP part 2.
+_INFO_XMP = {
+    "/Title": ("dc:title", "alt"),
+    "/Author": ("dc:creator", "seq"),
+    "/Subject": ("dc:description", "alt"),
+    "/Keywords": ("pdf:Keywords", "text"),
+    "/Creator": ("xmp:CreatorTool", "text"),
+    "/Producer": ("pdf:Producer", "text"),
+    "/CreationDate": ("xmp:CreateDate", "date"),
+    "/ModDate": ("xmp:ModifyDate", "date"),
+}
+
+
+class PdfRefused(Exception):
+    """A PDF sidecar will not process; ``status``/``code`` are the API answer."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[PdfRefused], tuple[int, str, str]]:
+        # Raised in a worker process: it must survive the trip back.
+        return (PdfRefused, (self.status, self.code, self.detail))
+
+
+def _malformed(detail: str) -> PdfRefused:
+    return PdfRefused(400, "malformed_pdf", detail)
+
+
+def _unsupported(detail: str) -> PdfRefused:
+    return PdfRefused(422, "unsupported_pdf", detail)
+
+
+@dataclass(frozen=True)
+class PdfLimits:
+    """Bounds on what reading one caller's PDF may cost."""
+
+    #: Objects (xref entries, trailer /Size) a document may declare.
+    max_objects: int = 200_000
+    #: Seconds the worker may spend on one document.
+    timeout: float = 10.0
+    #: Address-space ceiling of a worker process, bytes.
+    worker_memory: int = 1024**3
+    #: Worker processes (each parses one document at a time).
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class PdfFacts:
+    """What :func:`inspect_pdf` found (plain values: it crosses a process boundary)."""
+
+    size: int
+    header_version: str
+    #: The catalog's /Version, if any (it overrides the header when higher).
+    catalog_version: str | None
+    encrypted: bool
+    objects: int
+    revisions: int
+    signature_fields: int
+    pdfaid_part: str | None = None
+    pdfaid_conformance: str | None = None
+    #: (subtype /S, has /DestOutputProfile) of each OutputIntent.
+    output_intents: tuple[tuple[str, bool], ...] = ()
+    info: dict[str, str] = field(default_factory=dict)
+    xmp: dict[str, str] = field(default_factory=dict)
+    #: Info entries whose XMP equivalent is missing or differs.
+    info_xmp_mismatches: tuple[str, ...] = ()
+    xmp_error: str | None = None
+
+    @property
+    def version(self) -> str:
+        """The effective PDF version (header, or the catalog's when higher)."""
+        if self.catalog_version and _version_key(self.catalog_version) > _version_key(
+            self.header_version
+        ):
+            return self.catalog_version
+        return self.header_version
+
+    @property
+    def is_pdfa(self) -> bool:
+        return self.pdfaid_part is not None
+
+    @property
+    def pdfa(self) -> str | None:
+        """``"2B"``-style PDF/A claim, if any."""
+        if self.pdfaid_part is None:
+            return None
+        return f"{self.pdfaid_part}{(self.pdfaid_conformance or '').upper()}"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (0,)
+
+
+# -- quick checks (in process, no parsing) ----------------------------------------------
+
+_HEADER = re.compile(rb"%PDF-(\d\.\d)")
+_XREF_SUBSECTION = re.compile(rb"\bxref\s+\d+\s+(\d+)")
+_SIZE = re.compile(rb"/Size\s+(\d{1,20})")
+
+
+def quick_guard(data: bytes, limits: PdfLimits) -> None:
+    """Refuse what can be refused without parsing: not a PDF, cut off, oversized tables."""
+    if not data:
+        raise _malformed("the body is empty, not a PDF")
+    # ISO 32000 wants the header at byte 0; readers accept it in the first 1024 bytes.
+    if _HEADER.search(data[:1024]) is None:
+        raise _malformed("not a PDF: no %PDF- header")
+    if b"%%EOF" not in data[-2048:]:
+        raise _malformed("the PDF is truncated: no %%EOF marker at its end")
+    declared = [int(m) for m in _XREF_SUBSECTION.findall(data)]
+    sizes = [int(m) for m in _SIZE.findall(data[-65536:])]
+    biggest = max(declared + sizes, default=0)
+    if biggest > limits.max_objects:
+        raise _unsupported(
+            f"the PDF declares {biggest} objects; at most {limits.max_objects} are accepted"
+        )
+
+
+# -- inspection (runs in a worker) --------------------------------------------------
+
+
+def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFacts:
+    """Parse *data* with pyHanko and collect :class:`PdfFacts`; raise :class:`PdfRefused`.
+
+    Blocking; meant for :class:`PdfInspector`'s workers (or in process for a PDF
+    sidecar wrote itself).
+    """
+    from pyhanko.pdf_utils import generic, misc
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    header = _HEADER.search(data[:1024])
+    if header is None:
+        raise _malformed("not a PDF: no %PDF- header")
+    try:
+        reader = PdfFileReader(io.BytesIO(data), strict=False)
+    except misc.PdfReadError as exc:
+        raise _malformed(f"the PDF cannot be read: {_short(exc)}") from None
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+        raise _malformed(f"the PDF cannot be read: {type(exc).__name__}") from None
+    if reader.encrypted:
+        raise _unsupported("the PDF is encrypted; PDF/A forbids it and sidecar signs none")
+    try:
+        size = int(reader.trailer["/Size"])
+        if size > max_objects:
+            raise _unsupported(f"the PDF declares {size} objects; at most {max_objects}")
+        revisions = reader.xrefs.total_revisions
+        objects = sum(
+            len(list(reader.xrefs.explicit_refs_in_revision(r))) for r in range(revisions)
+        )
+        if objects > max_objects:
+            raise _unsupported(f"the PDF has {objects} objects; at most {max_objects}")
+        root = reader.root
+        catalog_version = None
+        if "/Version" in root:
+            catalog_version = str(root["/Version"]).lstrip("/")
+        fields = 0
+        if "/AcroForm" in root:
+            for ref in root["/AcroForm"].get("/Fields", generic.ArrayObject()):
+                value = ref.get_object()
+                if isinstance(value, generic.DictionaryObject) and value.get("/FT") == "/Sig":
+                    fields += 1
+        intents: list[tuple[str, bool]] = []
+        for intent in root.get("/OutputIntents", generic.ArrayObject()):
+            intent = intent.get_object()
+            if isinstance(intent, generic.DictionaryObject):
+                intents.append((str(intent.get("/S", "")), "/DestOutputProfile" in intent))
+        info: dict[str, str] = {}
+        if "/Info" in reader.trailer:
+            info_dict = reader.trailer["/Info"]
+            if isinstance(info_dict, generic.DictionaryObject):
+                for key in _INFO_XMP:
+                    if key in info_dict:
+                        info[key] = str(info_dict[key])
+        xmp: dict[str, str] = {}
+        xmp_error = None
+        if "/Metadata" in root:
+            stream = root["/Metadata"]
+            if isinstance(stream, generic.StreamObject):
+                try:
+                    xmp = _read_xmp(stream.data)
+                except ValueError as exc:
+                    xmp_error = str(exc)
+    except PdfRefused:
+        raise
+    except misc.PdfError as exc:
+        raise _malformed(f"the PDF is damaged: {_short(exc)}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as exc:
+        raise _malformed(f"the PDF is damaged ({type(exc).__name__})") from None
+    return PdfFacts(
+        size=len(data),
+        header_version=header.group(1).decode(),
+        catalog_version=catalog_version,
+        encrypted=False,
+        objects=objects,
+        revisions=revisions,
+        signature_fields=fields,
+        pdfaid_part=xmp.get("pdfaid:part"),
+        pdfaid_conformance=xmp.get("pdfaid:conformance"),
+        output_intents=tuple(intents),
+        info=info,
+        xmp=xmp,
+        info_xmp_mismatches=tuple(_mismatches(info, xmp)),
+        xmp_error=xmp_error,
+    )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _read_xmp(data: bytes) -> dict[str, str]:
+    parser = etree.XMLParser(
+        resolve_entities=False, load_dtd=False, no_network=True, huge_tree=False
+    )
+    try:
+        root = etree.fromstring(data.strip(b"\x00 \r\n\t"), parser=parser)
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"the XMP metadata is not well-formed: {exc.msg}") from None
+    found: dict[str, str] = {}
+    for description in root.iter(f"{_RDF}Description"):
+        for name, value in description.attrib.items():  # shorthand properties
+            prefixed = _prefixed(name)
+            if prefixed:
+                found.setdefault(prefixed, value.strip())
+        for child in description:
+            prefixed = _prefixed(child.tag) if isinstance(child.tag, str) else None
+            if not prefixed:
+                continue
+            items = child.findall(f".//{_RDF}li")
+            if items:
+                default = [
+                    li
+                    for li in items
+                    if li.get("{http://www.w3.org/XML/1998/namespace}lang") == "x-default"
+                ]
+                text = (default or items)[0].text or ""
+            else:
+                text = child.text or ""
+            found.setdefault(prefixed, text.strip())
+    return found
+
+
+def _prefixed(clark: str) -> str | None:
+    if not clark.startswith("{"):
+        return None
+    namespace, _, local = clark[1:].partition("}")
+    for prefix, uri in _NS.items():
+        if uri == namespace:
+            return f"{prefix}:{local}"
+    return None
+
+
+def _pdf_date(value: str) -> datetime | None:
+    match = re.match(
+        r"^D:(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?([Zz+\-])?(\d{2})?'?(\d{2})?'?$",
+        value.strip(),
+    )
+    if not match:
+        return None
+    year, month, day, hour, minute, second, sign, tz_h, tz_m = match.groups()
+    offset = timedelta(hours=int(tz_h or 0), minutes=int(tz_m or 0))
+    if sign == "-":
+        offset = -offset
+    return datetime(
+        int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+        int(second or 0), tzinfo=timezone(offset) if sign else UTC,
+    )  # fmt: skip
+
+
+def _xmp_date(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _mismatches(info: dict[str, str], xmp: dict[str, str]) -> list[str]:
+    problems = []
+    for key, value in info.items():
+        prop, kind = _INFO_XMP[key]
+        if prop not in xmp:
+            problems.append(f"Info {key} has no XMP {prop}")
+            continue
+        if kind == "date":
+            same = _pdf_date(value) is not None and _pdf_date(value) == _xmp_date(xmp[prop])
+        else:
+            same = value.strip() == xmp[prop]
+        if not same:
+            problems.append(f"Info {key} {value!r} differs from XMP {prop} {xmp[prop]!r}")
+    return problems
+
+
+# -- PDF/A ---------------------------------------------------------------------------
+
+
+def pdfa_problems(facts: PdfFacts) -> list[str]:
+    """Why *facts* do not look like PDF/A (empty: every checked marker is present)."""
+    problems = []
+    if facts.pdfaid_part is None:
+        problems.append(
+            facts.xmp_error or "no PDF/A identification (XMP pdfaid:part) in the metadata"
+        )
+    elif facts.pdfaid_part not in {"1", "2", "3", "4"}:
+        problems.append(f"unknown PDF/A part {facts.pdfaid_part!r}")
+    if not any(s == "/GTS_PDFA1" and profile for s, profile in facts.output_intents):
+        problems.append("no /GTS_PDFA1 OutputIntent with a destination profile")
+    problems.extend(facts.info_xmp_mismatches)
+    if facts.encrypted:
+        problems.append("the PDF is encrypted")
+    return problems
+
+
+def pdfa_regressions(before: PdfFacts, after: PdfFacts) -> list[str]:
+    """What signing broke of the PDF/A markers *before* had."""
+    problems = []
+    if (before.pdfaid_part, before.pdfaid_conformance) != (
+        after.pdfaid_part,
+        after.pdfaid_conformance,
+    ):
+        problems.append(f"PDF/A identification changed from {before.pdfa} to {after.pdfa}")
+    if before.output_intents != after.output_intents:
+        problems.append("the OutputIntents changed")
+    if before.version != after.version:
+        problems.append(f"the PDF version changed from {before.version} to {after.version}")
+    if after.info_xmp_mismatches and not before.info_xmp_mismatches:
+        problems.extend(after.info_xmp_mismatches)
+    if after.encrypted:
+        problems.append("the output is encrypted")
+    return problems
+
+
+# -- the worker pool -------------------------------------------------------------------
+
+
+def _limit_worker(memory: int) -> None:
+    try:
+        import resource
+    except ImportError:  # Windows: no rlimits; the deadline still applies
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+
+def _inspect_in_worker(data: bytes, max_objects: int) -> PdfFacts:
+    try:
+        return inspect_pdf(data, max_objects)
+    except MemoryError:
+        raise _unsupported("reading the PDF needs more memory than allowed") from None
+
+
+class PdfInspector:
+    """Runs :func:`inspect_pdf` in worker processes with a memory ceiling and a deadline."""
+
+    def __init__(self, limits: PdfLimits = PdfLimits()) -> None:
+        self.limits = limits
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: workers do not inherit the daemon's threads, sessions or keys
+            # (spawn where there is none, i.e. Windows).
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(
+                    ["sidecar.signing.pdf_checks", "pyhanko.pdf_utils.reader"]
+                )
+            else:
+                context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.limits.workers,
+                mp_context=context,
+                initializer=_limit_worker,
+                initargs=(self.limits.worker_memory,),
+            )
+        return self._pool
+
+    async def inspect(self, data: bytes) -> PdfFacts:
+        """The facts of a caller's PDF, or :class:`PdfRefused`."""
+        quick_guard(data, self.limits)
+        loop = asyncio.get_running_loop()
+        pool = self._ensure_pool()
+        future = loop.run_in_executor(pool, _inspect_in_worker, data, self.limits.max_objects)
+        try:
+            return await asyncio.wait_for(future, self.limits.timeout)
+        except TimeoutError:
+            log.warning("reading a PDF took over %.0f s: worker stopped", self.limits.timeout)
+            self._discard(pool)
+            raise _unsupported(
+                f"the PDF could not be read within {self.limits.timeout:g} s"
+            ) from None
+        except BrokenProcessPool:
+            log.warning("a PDF worker died (memory ceiling?): pool restarted")
+            self._discard(pool)
+            raise _unsupported("reading the PDF needs more memory than allowed") from None
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        # A worker stuck in a parse cannot be interrupted: stop the processes.
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        if self._pool is pool:
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
