@@ -9,7 +9,12 @@ with_tests=0
 
 packages=(softhsm2 opensc openssl python3-venv)
 if [ "$with_tests" = 1 ]; then
-  packages+=(xmlsec1 poppler-utils nodejs npm)
+  packages+=(xmlsec1 poppler-utils nodejs npm systemd)  # systemd: systemd-analyze verify
+fi
+if [ "$with_tests" = 1 ]; then
+  # tests/test_docs_status.py drives Debian's chromium; tests/test_examples.py runs Java 17.
+  packages+=(chromium)
+  command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
 fi
 
 missing=()

@@ -72,6 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_commands.add_parser("check", help="load the file and report problems")
     config_option(check)
+
+    status = commands.add_parser("status", help="the daemon's health, or a status page link")
+    status.add_argument(
+        "--open", action="store_true", help="print a link that signs the status page (/) in"
+    )
+    status.add_argument("--json", action="store_true", help="the health report as JSON")
+    status.add_argument("--port", type=int, help="the daemon's port, if not the configured one")
+    config_option(status)
+
+    doctor = commands.add_parser("doctor", help="check the installation; name what is broken")
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    doctor.add_argument("--sandbox", action="store_true", help="also check the sandbox PKI")
+    config_option(doctor)
+
+    from .service.commands import add_service_parser
+
+    add_service_parser(commands)
+    from .cns.commands import add_parsers as add_cns_parsers
+
+    add_cns_parsers(commands, config_option)
     return parser
 
 
@@ -187,6 +207,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args, paths)
         if args.command == "keys":
             return _keys(args, paths)
+        if args.command == "status":
+            from .status import status_command
+
+            settings = _settings(paths, args.config)
+            if args.port is not None:
+                server = dataclasses.replace(settings.server, port=args.port)
+                settings = dataclasses.replace(settings, server=server)
+            return status_command(
+                settings, paths, open_link=args.open, as_json=args.json, out=sys.stdout,
+                err=sys.stderr,
+            )  # fmt: skip
+        if args.command == "doctor":
+            from .doctor.cli import doctor_command
+
+            return doctor_command(
+                paths,
+                config_file=args.config,
+                sandbox=args.sandbox,
+                as_json=args.json,
+                out=sys.stdout,
+            )
+        if args.command == "service":
+            from .service.commands import service_command
+
+            return service_command(args, paths)
+        if args.command in ("audit", "outbox"):
+            from .cns.commands import run as cns_command
+
+            return cns_command(args, _settings(paths, args.config), paths)
         if args.command == "config":
             settings = _settings(paths, args.config)
             print(f"configuration OK: {settings.source or 'defaults (no file)'}")

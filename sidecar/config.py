@@ -30,6 +30,7 @@ __all__ = [
     "SandboxSettings",
     "ServerSettings",
     "Settings",
+    "SigningSettings",
     "TrustSettings",
     "TsaSettings",
     "load_settings",
@@ -356,6 +357,39 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class SigningSettings:
+    """``[signing]``: PDF signing defaults, form profiles, and bounds on reading PDFs."""
+
+    #: Level of ``POST /v1/pdf/sign`` without ``?level=`` (the DSR asks B-LT).
+    pdf_level: Literal["B-B", "B-T", "B-LT", "B-LTA"] = "B-LT"
+    #: Directories of profile TOML files, after the bundled ``profiles/``; a profile
+    #: here replaces a bundled one of the same name (e.g. the CNS's fee-note XSD).
+    profile_dirs: tuple[Path, ...] = ()
+    #: A caller's PDF is parsed in a worker process with these bounds.
+    pdf_max_objects: int = field(default=200_000, metadata={"check": _positive})
+    pdf_parse_timeout: float = field(default=10.0, metadata={"check": _positive})
+    pdf_worker_memory: int = field(default=1024**3, metadata={"parse": parse_size})
+    pdf_workers: int = field(default=2, metadata={"check": _positive})
+    #: Level of ``POST /v1/xml/sign`` without ``?level=`` or a profile's level.
+    xml_level: Literal["B-B", "B-T", "B-LT", "B-LTA"] = "B-LT"
+    #: XAdES SignaturePolicyIdentifier (the CNS may demand one): the policy's OID,
+    #: the base64 digest of the policy document, its algorithm and where it is published.
+    xml_policy_id: str | None = None
+    xml_policy_digest: str | None = None
+    xml_policy_digest_algorithm: Literal["sha256", "sha384", "sha512"] = "sha256"
+    xml_policy_uri: str | None = None
+    #: XAdES SignerRole/ClaimedRoles, e.g. ["médecin"].
+    xml_signer_roles: tuple[str, ...] = ()
+    #: Sign a document that is already signed (parallel signatures, each excluding
+    #: the others with an XPath filter); refused (422 already_signed) otherwise.
+    xml_allow_parallel: bool = False
+    #: XPath of the element the signature is appended to (default: the root), with
+    #: its prefixes as "prefix=namespace-uri" strings.
+    xml_signature_parent: str | None = None
+    xml_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration."""
 
@@ -367,6 +401,7 @@ class Settings:
     trust: TrustSettings = field(default_factory=TrustSettings)
     #: ``[[keys]]``: the signing keys; in sandbox mode, none means the sandbox's.
     keys: tuple[KeyConfig, ...] = ()
+    signing: SigningSettings = field(default_factory=SigningSettings)
     #: The file the settings came from, if any (not a TOML key).
     source: Path | None = field(default=None, metadata={"internal": True})
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -18,8 +19,9 @@ from .api.app import create_app
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .paths import Paths
+from .service.notify import watchdog
 
-__all__ = ["StartupError", "check_binding", "run"]
+__all__ = ["StartupError", "check_binding", "run", "serve"]
 
 log = logging.getLogger("sidecar.server")
 
@@ -70,7 +72,13 @@ def _notify_systemd(state: str) -> None:
         sock.sendto(state.encode(), address)
 
 
-async def _serve(settings: Settings, paths: Paths, sandbox: bool) -> None:
+async def _serve(
+    settings: Settings,
+    paths: Paths,
+    sandbox: bool,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
     server = settings.server
     ssl_context = check_binding(server, settings.source)
     store = ClientStore(paths.clients_file)
@@ -83,13 +91,9 @@ async def _serve(settings: Settings, paths: Paths, sandbox: bool) -> None:
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_timeout
     )
     await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
-            signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+    if stop is None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
     try:
         site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context)
         try:
@@ -103,12 +107,41 @@ async def _serve(settings: Settings, paths: Paths, sandbox: bool) -> None:
         host = f"[{server.host}]" if ":" in server.host else server.host
         log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
         _notify_systemd("READY=1")
-        await stop.wait()
+        if ready is not None:
+            ready()
+        async with watchdog():  # WATCHDOG=1 pings while the loop runs (WatchdogSec=)
+            await stop.wait()
         log.info("stopping: finishing requests under way")
         _notify_systemd("STOPPING=1")
     finally:
         await runner.cleanup()
     log.info("stopped")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+            signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+
+
+async def serve(
+    settings: Settings,
+    paths: Paths,
+    *,
+    sandbox: bool,
+    stop: asyncio.Event,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until *stop* is set, calling *ready* once listening.
+
+    For a host without signals (the Windows service). Raises
+    :class:`~sidecar.config.ConfigError` and :class:`StartupError`.
+    """
+    paths.ensure()
+    await _serve(settings, paths, sandbox, stop, ready)
 
 
 def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:

@@ -99,21 +99,46 @@ async def test_openapi_describes_every_route_and_marks_unbuilt(api: Api) -> None
                 assert operation["security"], (method, path)
 
 
-async def test_unbuilt_routes_answer_501_never_success(api: Api) -> None:
+async def test_unbuilt_routes_answer_501_never_success(
+    api_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A contract route without a handler answers 501 and says so in openapi.json.
+
+    Every route is built now; take two handlers away to keep the mechanism honest
+    for the routes the contract will grow.
+    """
+    from sidecar.api import app as app_module
+
+    missing = {"signXml", "getMessage"}
+    handlers = {k: v for k, v in app_module.HANDLERS.items() if k not in missing}
+    monkeypatch.setattr(app_module, "HANDLERS", handlers)
+    api = await api_factory()
+    spec = await (await api.client.get("/openapi.json")).json()
+    unbuilt = {
+        op["operationId"]
+        for entry in spec["paths"].values()
+        for op in entry.values()
+        if not op["x-sidecar-implemented"]
+    }
+    assert unbuilt == missing
+    for op in CONTRACT:
+        if op.operation_id not in missing:
+            continue
+        concrete = op.path.replace("{uuid}", str(uuid.uuid4()))
+        headers = api.auth()
+        if op.request_types:
+            headers["Content-Type"] = op.request_types[0]
+        response = await api.client.request(op.method, concrete, data=b"", headers=headers)
+        assert response.status == 501, (op.path, await response.text())
+        assert (await response.json())["code"] == "not_implemented"
+
+
+async def test_every_contract_route_is_built(api: Api) -> None:
     spec = await (await api.client.get("/openapi.json")).json()
     unbuilt = [
-        (method.upper(), path)
+        (method, path)
         for path, entry in spec["paths"].items()
         for method, op in entry.items()
         if not op["x-sidecar-implemented"]
     ]
-    assert unbuilt, "every route is built: this test has nothing left to guard"
-    for method, path in unbuilt:
-        concrete = path.replace("{uuid}", str(uuid.uuid4())).replace("{profile}", "fee-note")
-        op = next(o for o in CONTRACT if o.path == path and o.method == method)
-        headers = api.auth()
-        if op.request_types:
-            headers["Content-Type"] = next(t for t in op.request_types if t != "*/*")
-        response = await api.client.request(method, concrete, data=b"", headers=headers)
-        assert response.status == 501, (method, path, await response.text())
-        assert (await response.json())["code"] == "not_implemented"
+    assert unbuilt == []

@@ -12,12 +12,15 @@ from aiohttp import web
 
 from .. import __version__
 from ..clients import ClientStore
+from ..cns.subsystem import cns_context
 from ..config import Settings
 from ..health import CheckResult
 from ..paths import Paths
 from ..sandbox.pki import SandboxPKI, ensure_sandbox_pki
 from ..sandbox.services import serve_sandbox_pki
-from . import service, signing_keys
+from . import cns, docs, forms, observe, pdf, service, signing_keys, timestamps
+from . import verify as verify_api
+from . import xml as xml_api
 from .contract import CONTRACT
 from .guards import Handler, middlewares, not_implemented, route_operations
 from .keys import (
@@ -39,6 +42,13 @@ log = logging.getLogger("sidecar.app")
 HANDLERS: Mapping[str, Handler] = {
     **service.HANDLERS,
     **signing_keys.HANDLERS,
+    **timestamps.HANDLERS,
+    **pdf.HANDLERS,
+    **forms.HANDLERS,
+    **xml_api.HANDLERS,
+    **verify_api.HANDLERS,
+    **cns.HANDLERS,
+    **observe.HANDLERS,
 }
 
 #: Where ``serve --sandbox`` generates its PKI; absent when not in sandbox mode.
@@ -49,6 +59,9 @@ SANDBOX_DIR = web.AppKey("sandbox_dir", Path)
 #: order, run after the HTTP session and the sandbox are up.
 SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     signing_keys.keys_context,
+    timestamps.trust_context,
+    pdf.signing_context,
+    cns_context,
 ]
 
 
@@ -121,6 +134,8 @@ def create_app(
         route = app.router.add_route(op.method, op.path, handler)
         operations[route] = op
     app[route_operations] = operations
+    observe.install(app)  # app[METRICS], before the subsystems that report to it
+    docs.add_routes(app)  # /, /docs and their assets: outside the contract
     app.cleanup_ctx.append(_http_session)
     if sandbox_pki is not None:
         app[SANDBOX_PKI] = sandbox_pki

@@ -27,6 +27,7 @@ from .keys import (
     REQUEST_ID,
     SETTINGS,
 )
+from .observe import observe_requests
 from .problems import Problem, problem_for, problem_response
 
 __all__ = ["middlewares", "read_body", "route_operations"]
@@ -273,4 +274,5 @@ def not_implemented(op: Operation) -> Handler:
 
 
 def middlewares() -> list[Any]:
-    return [errors_and_ids, host_and_origin, authenticate, body_rules]
+    # observe_requests sits inside the error middleware so that it sees every Problem.
+    return [errors_and_ids, observe_requests, host_and_origin, authenticate, body_rules]
