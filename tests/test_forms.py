@@ -84,6 +84,11 @@ async def test_fee_note_recipe(
     report = await response.json()
     (xml_signature,) = report["signatures"]
     assert xml_signature["level"] == "B-LT" and xml_signature["indication"] == "TOTAL_PASSED"
+    # ...and the form's embedded PDF, reported with it.
+    assert report["profile"] == "fee-note"
+    (embedded_signature,) = report["embedded_pdf"]["signatures"]
+    assert embedded_signature["format"] == "PAdES" and embedded_signature["level"] == "B-B"
+    assert embedded_signature["details"]["intact"] is True
 
     # The embedded PDF: still PDF/A-2b, and PAdES-B by poppler and by us.
     found = embedded_pdf(parsed.tree, registry)

@@ -1,15 +1,16 @@
 """``POST /v1/verify``: one EN 319 102-1 report per signature of an XML or PDF document.
 
 Dispatches on the Content-Type: XML to :func:`sidecar.signing.xades_verify.verify_xml`,
-PDF to :func:`sidecar.signing.pades_verify.verify_pdf` (imported when first needed;
-501 while it is not there). Validation uses only what the document carries — the
+PDF to :func:`sidecar.signing.pades_verify.verify_pdf`, parsed first in the bounded PDF
+worker. A standardized form (an XML whose profile embeds a PDF) is reported twice over:
+its XAdES signature, and the embedded PDF's PAdES signature under ``embedded_pdf``.
+Validation uses only what the document carries — the
 certificates, CRLs and OCSP responses embedded in it — against the trust layer's
 anchors: that is what says whether a B-LT signature is really long-term.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -17,11 +18,14 @@ from typing import Any
 from aiohttp import web
 from asn1crypto import x509
 
+from ..signing.forms import embedded_pdf
+from ..signing.pades_verify import verify_pdf
 from ..signing.report import SignatureReport
 from ..signing.xades_verify import VerificationPolicy, verify_xml
+from ..signing.xml_safety import parse_xml
 from .guards import read_body
 from .keys import SANDBOX_PKI, SETTINGS
-from .problems import Problem
+from .pdf import PADES, PROFILES
 from .timestamps import TRUST
 from .xml import xml_problem  # noqa: F401 - registers the XML problem mappers
 
@@ -49,23 +53,24 @@ def _report_json(reports: Sequence[SignatureReport], kind: str) -> dict[str, Any
 
 
 async def verify_document(request: web.Request) -> web.Response:
-    """``verify``: ``{"format", "signatures": [report...]}``."""
+    """``verify``: ``{"format", "signatures": [report...]}`` (+ ``embedded_pdf`` for a form)."""
     body = await read_body(request)
-    roots = _trust_roots(request.app)
-    limits = request.app[SETTINGS].limits
-    if request.content_type in _XML:
-        policy = VerificationPolicy(trust_roots=roots, max_size=limits.xml)
-        reports = await verify_xml(body, policy)
-        return web.json_response(_report_json(reports, "xml"))
-    try:
-        pades_verify = importlib.import_module("sidecar.signing.pades_verify")
-        verify_pdf = pades_verify.verify_pdf
-    except (ImportError, AttributeError):
-        raise Problem(
-            501, "not_implemented", "PDF verification is not built in this version"
-        ) from None
-    reports = await verify_pdf(body, trust_roots=roots)
-    return web.json_response(_report_json(reports, "pdf"))
+    app = request.app
+    roots = _trust_roots(app)
+    inspector = app[PADES].inspector
+    if request.content_type not in _XML:
+        reports = await verify_pdf(body, trust_roots=roots, inspector=inspector)
+        return web.json_response(_report_json(reports, "pdf"))
+    policy = VerificationPolicy(trust_roots=roots, max_size=app[SETTINGS].limits.xml)
+    answer = _report_json(await verify_xml(body, policy), "xml")
+    # verify_xml has refused anything unsafe already; this parse only finds the PDF.
+    found = embedded_pdf(parse_xml(body, max_size=policy.max_size).tree, app[PROFILES])
+    if found is not None:
+        profile, pdf = found
+        pdf_reports = await verify_pdf(pdf, trust_roots=roots, inspector=inspector)
+        answer["profile"] = profile.name
+        answer["embedded_pdf"] = _report_json(pdf_reports, "pdf")
+    return web.json_response(answer)
 
 
 HANDLERS = {"verify": verify_document}

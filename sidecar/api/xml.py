@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ..config import SigningSettings
-from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
 from ..signing.report import Level
 from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
@@ -34,6 +31,7 @@ from ..signing.xades import (
 from ..signing.xml_safety import ForbiddenDtd, MalformedXml, XmlInputError, XmlLimitExceeded
 from .guards import read_body
 from .keys import SETTINGS
+from .pdf import PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
@@ -115,20 +113,9 @@ def xades_options(
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _profiles(directories: tuple[Path, ...]) -> ProfileRegistry:
-    return ProfileRegistry.load(directories)
-
-
 def _profile_level(request: web.Request, name: str) -> Level | None:
     """The XML level of profile ``name`` (404 when there is no such profile)."""
-    directories = (BUNDLED_PROFILE_DIR, *request.app[SETTINGS].signing.profile_dirs)
-    try:
-        registry = _profiles(directories)
-    except ProfileError as exc:
-        log.error("profiles cannot be loaded: %s", exc)
-        raise Problem(404, "not_found", f"profile {name!r} cannot be loaded") from None
-    profile = registry.get(name)
+    profile = request.app[PROFILES].get(name)
     if profile is None:
         raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
     return profile.xml_level
