@@ -15,6 +15,8 @@ from pathlib import Path
 
 from asn1crypto import pem, x509
 
+from ..data import resource_dir
+
 __all__ = [
     "ANCHOR_SUFFIXES",
     "AnchorError",
@@ -61,15 +63,11 @@ def _parse(der: bytes) -> x509.Certificate:
 
 
 def bundled_anchor_dir() -> Path | None:
-    """sidecar's ``certs/`` directory, when this installation has one."""
-    # Source checkout layout; a wheel will carry it as package data (see certs/README.md).
-    for candidate in (
-        Path(__file__).resolve().parents[1] / "certs",
-        Path(__file__).resolve().parents[2] / "certs",
-    ):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """sidecar's ``certs/`` directory (the checkout's, or the wheel's copy), if present."""
+    try:
+        return resource_dir("certs")
+    except FileNotFoundError:
+        return None
 
 
 def _directory_files(directory: Path) -> list[Path]:
