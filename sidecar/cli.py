@@ -68,6 +68,26 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--sandbox", action="store_true", help="the sandbox's keys")
         config_option(sub)
 
+    sign = commands.add_parser(
+        "sign", help="sign XML/PDF files with the daemon's engines (no daemon needed)"
+    )
+    sign.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    sign.add_argument("--level", choices=("B-B", "B-T", "B-LT", "B-LTA"))
+    sign.add_argument("--key", help="key id (sidecar keys list); the default key otherwise")
+    sign.add_argument("--profile", help="form profile: run the form recipe (e.g. fee-note)")
+    sign.add_argument("--pdf", type=Path, help="with --profile: the form's PDF to embed")
+    sign.add_argument("--reason", help="PDF: reason shown in the signature")
+    sign.add_argument("--location", help="PDF: location shown in the signature")
+    sign.add_argument(
+        "--out", type=Path, help="output file (one input) or directory; default NAME.signed.EXT"
+    )
+    verify = commands.add_parser("verify", help="report the signatures of XML/PDF files")
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument("--json", action="store_true")
+    for sub in (sign, verify):
+        sub.add_argument("--sandbox", action="store_true", help="the sandbox's keys and PKI")
+        config_option(sub)
+
     config = commands.add_parser("config", help="check the configuration")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = config_commands.add_parser("check", help="load the file and report problems")
@@ -194,6 +214,51 @@ async def _keys_async(args: argparse.Namespace, settings: Settings, paths: Paths
         await registry.close()
 
 
+def _documents(args: argparse.Namespace, paths: Paths) -> int:
+    import asyncio
+
+    from .batch import SignRequest, sign_files, verify_files
+
+    settings = _settings(paths, args.config)
+    configure_logging("warning", settings.log.format)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        print(f"sidecar: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.command == "verify":
+        return asyncio.run(
+            verify_files(
+                settings, paths, args.files, sandbox=args.sandbox, as_json=args.json, out=sys.stdout
+            )
+        )
+    if args.pdf is not None and not args.profile:
+        print("sidecar: --pdf goes with --profile (the form recipe)", file=sys.stderr)
+        return 2
+    request = SignRequest(
+        level=args.level,
+        key=args.key,
+        profile=args.profile,
+        pdf=args.pdf,
+        reason=args.reason,
+        location=args.location,
+    )
+    try:
+        return asyncio.run(
+            sign_files(
+                settings,
+                paths,
+                args.files,
+                request,
+                sandbox=args.sandbox,
+                output=args.out,
+                out=sys.stdout,
+            )
+        )
+    except ValueError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -207,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args, paths)
         if args.command == "keys":
             return _keys(args, paths)
+        if args.command in ("sign", "verify"):
+            return _documents(args, paths)
         if args.command == "status":
             from .status import status_command
 

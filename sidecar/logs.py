@@ -112,3 +112,7 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
     root.setLevel(level.upper())
     # aiohttp's access logger would print its own format; we log requests ourselves.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pyHanko warns, with a traceback, about every chain it cannot validate while it
+    # verifies: that is a finding of the report, not an event of the daemon.
+    if level.lower() != "debug":
+        logging.getLogger("pyhanko").setLevel(logging.ERROR)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -110,12 +110,14 @@ def create_app(
     sandbox_dir: Path | None = None,
     sandbox_pki: SandboxPKI | None = None,
     client_store: ClientStore | None = None,
+    subsystems: Sequence[Callable[[web.Application], AsyncIterator[None]]] | None = None,
 ) -> web.Application:
     """Build the daemon's application. Nothing is started until it runs.
 
     *sandbox_dir* makes the app generate and serve the sandbox PKI itself
     (``serve --sandbox``); *sandbox_pki* hands it one that is already served (the
-    test suite's session-wide sandbox).
+    test suite's session-wide sandbox). *subsystems* narrows :data:`SUBSYSTEMS` for
+    a command that needs only some (``sidecar sign`` has no use for the CNS outbox).
     """
     limits = settings.limits
     app = web.Application(
@@ -143,5 +145,5 @@ def create_app(
         app[SANDBOX_DIR] = sandbox_dir
         app.cleanup_ctx.append(_sandbox)
     # In dependency order: each may use what the ones before it put into the app.
-    app.cleanup_ctx.extend(SUBSYSTEMS)
+    app.cleanup_ctx.extend(SUBSYSTEMS if subsystems is None else subsystems)
     return app

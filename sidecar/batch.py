@@ -1,0 +1,267 @@
+"""``sidecar sign`` and ``sidecar verify``: the daemon's engines on files, no daemon needed.
+
+The commands start the application the daemon runs — keys, trust layer, profiles,
+engines — on an ephemeral loopback port with a one-off client, and send each file
+through the routes a caller would use. A file therefore gets exactly what the HTTP
+API would give it: the same checks, levels and errors, and no second code path to
+keep in step with the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+from aiohttp import web
+
+from .api.app import create_app
+from .api.pdf import signing_context
+from .api.signing_keys import keys_context
+from .api.timestamps import trust_context
+from .clients import ClientStore, Scope
+from .config import Settings
+from .paths import Paths
+from .progress import Progress
+from .sandbox.pki import ensure_sandbox_pki
+
+__all__ = ["SignRequest", "local_daemon", "sign_files", "verify_files"]
+
+_XML = "application/xml"
+_PDF = "application/pdf"
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    """What to do with each file of ``sidecar sign``."""
+
+    level: str | None = None
+    key: str | None = None
+    #: A form profile: the file goes through the form recipe (``--pdf`` adds the PDF part).
+    profile: str | None = None
+    pdf: Path | None = None
+    reason: str | None = None
+    location: str | None = None
+
+
+def _kind(data: bytes) -> str:
+    return _PDF if data.lstrip()[:5] == b"%PDF-" else _XML
+
+
+def _answered(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+@contextlib.asynccontextmanager
+async def local_daemon(
+    settings: Settings, paths: Paths, *, sandbox: bool
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """The engines behind a loopback HTTP session authorised to sign and verify."""
+    with tempfile.TemporaryDirectory(prefix="sidecar-cli-") as scratch:
+        store = ClientStore(Path(scratch) / "clients.json")
+        token = store.create("cli", frozenset({Scope.SIGN, Scope.VERIFY}))
+        sandbox_kwargs: dict[str, Any] = {}
+        if sandbox:
+            pki = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: ensure_sandbox_pki(
+                    paths.sandbox_dir, host=settings.sandbox.host, port=settings.sandbox.port
+                ),
+            )
+            # A running `serve --sandbox` already serves the sandbox's TSA/OCSP/CRL.
+            if _answered(pki.host, pki.port):
+                sandbox_kwargs["sandbox_pki"] = pki
+            else:
+                sandbox_kwargs["sandbox_dir"] = paths.sandbox_dir
+        app = create_app(
+            settings,
+            paths,
+            client_store=store,
+            subsystems=[keys_context, trust_context, signing_context],
+            **sandbox_kwargs,
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            async with aiohttp.ClientSession(
+                f"http://127.0.0.1:{port}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=300),
+            ) as session:
+                yield session
+        finally:
+            await runner.cleanup()
+
+
+def _default_output(source: Path) -> Path:
+    return source.with_name(f"{source.stem}.signed{source.suffix}")
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    # A signed file is either wholly there or not there: never half-written.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def _problem_text(response: aiohttp.ClientResponse) -> str:
+    try:
+        problem = await response.json(content_type=None)
+        return f"{problem.get('detail')} ({problem.get('code')})"
+    except (ValueError, aiohttp.ContentTypeError):
+        return f"HTTP {response.status}"
+
+
+async def _sign_one(
+    session: aiohttp.ClientSession, source: Path, request: SignRequest
+) -> tuple[bytes | None, str]:
+    data = await asyncio.to_thread(source.read_bytes)
+    kind = _kind(data)
+    params = {
+        name: value
+        for name, value in (
+            ("level", request.level),
+            ("key", request.key),
+            ("reason", request.reason),
+            ("location", request.location),
+        )
+        if value
+    }
+    if kind == _XML and request.profile:
+        params.pop("level", None)
+        url = f"/v1/forms/{request.profile}/sign"
+        body: Any
+        if request.pdf is not None:
+            body = aiohttp.FormData()
+            body.add_field("xml", data, content_type=_XML, filename=source.name)
+            body.add_field(
+                "pdf", request.pdf.read_bytes(), content_type=_PDF, filename=request.pdf.name
+            )
+            headers = {}
+        else:
+            body, headers = data, {"Content-Type": _XML}
+    else:
+        if kind == _XML:
+            params.pop("reason", None)
+            params.pop("location", None)
+        url = "/v1/xml/sign" if kind == _XML else "/v1/pdf/sign"
+        body, headers = data, {"Content-Type": kind}
+    async with session.post(url, params=params, data=body, headers=headers) as response:
+        if response.status != 200:
+            return None, await _problem_text(response)
+        level = response.headers.get("X-Signature-Level", "?")
+        return await response.read(), f"signed at {level}"
+
+
+async def sign_files(
+    settings: Settings,
+    paths: Paths,
+    files: Sequence[Path],
+    request: SignRequest,
+    *,
+    sandbox: bool,
+    output: Path | None,
+    out: TextIO,
+) -> int:
+    """Sign each file; ``output`` is a file (one input) or a directory. Exit status."""
+    output_dir = output is not None and await asyncio.to_thread(output.is_dir)
+    if output is not None and len(files) > 1 and not output_dir:
+        raise ValueError(f"{output} must be an existing directory when signing several files")
+    failures = 0
+    async with local_daemon(settings, paths, sandbox=sandbox) as session:
+        with Progress(len(files), "signing", unit="file") as progress:
+            for source in files:
+                signed, note = await _sign_one(session, source, request)
+                if signed is None:
+                    failures += 1
+                    print(f"{source}: refused: {note}", file=out)
+                else:
+                    if output is None:
+                        target = _default_output(source)
+                    elif output_dir:
+                        target = output / _default_output(source).name
+                    else:
+                        target = output
+                    await asyncio.to_thread(_write_atomically, target, signed)
+                    print(f"{source}: {note} -> {target}", file=out)
+                progress.advance(note=source.name, failed=signed is None)
+    return 1 if failures else 0
+
+
+async def verify_files(
+    settings: Settings,
+    paths: Paths,
+    files: Sequence[Path],
+    *,
+    sandbox: bool,
+    as_json: bool,
+    out: TextIO,
+) -> int:
+    """Report each file's signatures; exit 0 only when every one is TOTAL_PASSED."""
+    results: list[dict[str, Any]] = []
+    all_passed = True
+    async with local_daemon(settings, paths, sandbox=sandbox) as session:
+        with Progress(len(files), "verifying", unit="file") as progress:
+            for source in files:
+                data = await asyncio.to_thread(source.read_bytes)
+                async with session.post(
+                    "/v1/verify", data=data, headers={"Content-Type": _kind(data)}
+                ) as response:
+                    if response.status != 200:
+                        all_passed = False
+                        results.append(
+                            {"file": str(source), "error": await _problem_text(response)}
+                        )
+                    else:
+                        report = await response.json()
+                        # A form's embedded PDF is PAdES-B by design (the XML's B-LT
+                        # protects it): the document's own signatures decide.
+                        own = report["signatures"]
+                        passed = bool(own) and all(r["indication"] == "TOTAL_PASSED" for r in own)
+                        all_passed = all_passed and passed
+                        results.append({"file": str(source), "report": report})
+                progress.advance(note=source.name)
+    if as_json:
+        print(json.dumps(results, indent=2), file=out)
+        return 0 if all_passed else 1
+    for result in results:
+        if "error" in result:
+            print(f"{result['file']}: cannot be verified: {result['error']}", file=out)
+            continue
+        report = result["report"]
+        signatures = report["signatures"]
+        if not signatures:
+            print(f"{result['file']}: no signature", file=out)
+        for signature in signatures:
+            print(_line(result["file"], signature), file=out)
+        for signature in report.get("embedded_pdf", {}).get("signatures", []):
+            print(_line(result["file"] + " (embedded PDF)", signature), file=out)
+    return 0 if all_passed else 1
+
+
+def _line(file: str, signature: dict[str, Any]) -> str:
+    sub = f"/{signature['sub_indication']}" if signature.get("sub_indication") else ""
+    return (
+        f"{file}: {signature['format']} {signature['level']} "
+        f"{signature['indication']}{sub} — {signature.get('signer') or 'unknown signer'}"
+    )
