@@ -105,3 +105,33 @@ def test_cli_keys_list_and_test(
         timeout=120,
     )
     assert missing.returncode == 2 and "nobody" in missing.stderr
+
+
+async def test_signing_with_a_locked_key_is_423_and_recovers(
+    api_factory, sandbox_pki: SandboxPKI, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A PKCS#12 file whose passphrase is wrong (a locked key) answers 423 with the
+    reason; the passphrase fixed in the OS secret store, the same daemon signs."""
+    import keyring
+
+    from tests.fixtures.softhsm import MemoryKeyring
+
+    signer = sandbox_pki.signers["sandbox-rsa"]
+    store = MemoryKeyring()
+    previous = keyring.get_keyring()
+    keyring.set_keyring(store)
+    try:
+        store.set_password("sidecar", "dr-locked", "not-the-passphrase")
+        locked = KeyConfig(id="dr-locked", backend="pkcs12", path=signer.p12)
+        api = await api_factory(Settings(keys=(locked,)))
+        headers = {"Content-Type": "application/xml", **api.auth("signer")}
+        response = await api.client.post("/v1/xml/sign?level=B-B", data=b"<a/>", headers=headers)
+        assert response.status == 423
+        problem = await response.json()
+        assert problem["code"] == "key_locked" and problem["reason"] == "passphrase_incorrect"
+        assert "not-the-passphrase" not in json.dumps(problem)
+        store.set_password("sidecar", "dr-locked", signer.p12_passphrase)
+        response = await api.client.post("/v1/xml/sign?level=B-B", data=b"<a/>", headers=headers)
+        assert response.status == 200, await response.text()
+    finally:
+        keyring.set_keyring(previous)

@@ -113,7 +113,7 @@ def fee_note_signer(app: web.Application) -> Callable[[bytes], Awaitable[bytes]]
         profile = app[PROFILES].get("fee-note")
         if profile is None:
             raise Problem(404, "not_found", "no profile 'fee-note'")
-        signer = app[KEY_REGISTRY].get(None)
+        signer = await app[KEY_REGISTRY].acquire(None)
         signed = await sign_form(
             profile, xml, None, signer, pades=app[PADES], sign_xml=xades_for(app)
         )
@@ -128,7 +128,7 @@ async def sign_form_document(request: web.Request) -> web.Response:
     profile = app[PROFILES].get(name)
     if profile is None:
         raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
-    signer = app[KEY_REGISTRY].get(request.query.get("key") or None)
+    signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
     body = await read_body(request)
     pdf: bytes | None = None
     if request.content_type == "multipart/form-data":

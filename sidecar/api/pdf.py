@@ -114,7 +114,7 @@ async def sign_pdf(request: web.Request) -> web.Response:
     """PAdES-sign the body (application/pdf) at ``?level=`` (default B-LT)."""
     app = request.app
     options = pdf_options(request, app[SETTINGS].signing.pdf_level)
-    signer = app[KEY_REGISTRY].get(request.query.get("key") or None)
+    signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
     body = await read_body(request)
     signed = await app[PADES].sign(body, signer, options)
     log.info(

@@ -133,7 +133,7 @@ async def sign_xml_document(request: web.Request) -> web.Response:
         if raw_level not in _LEVELS:
             raise bad_parameter("level", f"one of {', '.join(_LEVELS)} (got {raw_level!r})")
         level = _LEVELS[raw_level]
-    signer = request.app[KEY_REGISTRY].get(request.query.get("key") or None)
+    signer = await request.app[KEY_REGISTRY].acquire(request.query.get("key") or None)
     try:
         options = xades_options(settings)
     except ValueError as exc:

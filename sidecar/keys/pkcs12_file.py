@@ -76,7 +76,8 @@ class Pkcs12Signer(Signer):
                     ) from None
                 raise KeyLocked(
                     "passphrase_incorrect",
-                    f"key {self.id!r}: the passphrase does not open {path} "
+                    # No path: this detail is an API answer (423), not a log line.
+                    f"key {self.id!r}: the passphrase does not open its PKCS#12 file "
                     "(or the file is damaged)",
                     key_id=self.id,
                 ) from None

@@ -68,6 +68,13 @@ class KeyRegistry:
             except Exception:
                 logger.exception("closing key %s failed", signer.id)
 
+    async def acquire(self, key_id: str | None = None) -> Signer:
+        """:meth:`get`, then :meth:`Signer.ready`: the signer, able to sign now, or
+        :class:`KeyLocked` / :class:`CertificateNotValid` saying why not."""
+        signer = self.get(key_id)
+        await signer.ready()
+        return signer
+
     def get(self, key_id: str | None = None) -> Signer:
         """The signer ``key_id``, or the default one when ``key_id`` is ``None``."""
         if key_id is None:

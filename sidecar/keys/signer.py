@@ -139,9 +139,17 @@ class Signer(ABC):
         call = functools.partial(self.sign_blocking, data, digest=digest, pss=pss)
         return await loop.run_in_executor(self._executor, call)
 
-    def sign_blocking(self, data: bytes, *, digest: str = "sha256", pss: bool = False) -> bytes:
-        """The blocking form of :meth:`sign`; thread-safe."""
-        hash_algorithm(digest)  # reject unknown digests before touching the token
+    async def ready(self) -> None:
+        """Make sure the key can sign now, off the event loop: unlock it if it is not
+        (a key whose last unlock failed is retried here) and check its certificate.
+
+        Engines read the certificate before they sign: they call this first, so that a
+        token put back or a passphrase fixed works without a restart.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._ready_blocking)
+
+    def _ready_blocking(self) -> None:
         if not self._is_unlocked():
             try:
                 self._unlock()
@@ -149,6 +157,11 @@ class Signer(ABC):
                 self._note_locked(exc)
                 raise
         self.check_validity()
+
+    def sign_blocking(self, data: bytes, *, digest: str = "sha256", pss: bool = False) -> bytes:
+        """The blocking form of :meth:`sign`; thread-safe."""
+        hash_algorithm(digest)  # reject unknown digests before touching the token
+        self._ready_blocking()
         if pss and not self.key_type.startswith("rsa"):
             raise UnsupportedAlgorithm(f"key {self.id!r} is {self.key_type}: PSS needs RSA")
         try:
