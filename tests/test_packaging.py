@@ -178,7 +178,6 @@ def install_sh(root: Path, wheel: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(not shutil.which("systemd-sysusers"), reason="needs systemd-sysusers")
 def test_installer_upgrade_keeps_configuration_tokens_and_stores(
     wheel: Path, tmp_path: Path
 ) -> None:
