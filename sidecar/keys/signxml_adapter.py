@@ -8,7 +8,7 @@ thread (which it should anyway: it is CPU-bound), never on the event loop.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NoReturn, Self
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
@@ -32,7 +32,25 @@ def _no_export() -> NoReturn:
     raise UnsupportedAlgorithm("the private key of a signer cannot be exported")
 
 
-class SignerRsaKey(rsa.RSAPrivateKey):
+class _NotExportable:
+    """What both wrappers share: no export, and copies are the same token-backed key."""
+
+    def private_bytes(
+        self,
+        encoding: ser.Encoding,
+        format: ser.PrivateFormat,
+        encryption_algorithm: ser.KeySerializationEncryption,
+    ) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
+
+class SignerRsaKey(_NotExportable, rsa.RSAPrivateKey):
     """An RSA "private key" whose ``sign`` goes to a :class:`Signer`."""
 
     def __init__(self, signer: Signer) -> None:
@@ -72,22 +90,8 @@ class SignerRsaKey(rsa.RSAPrivateKey):
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
         _no_export()
 
-    def private_bytes(
-        self,
-        encoding: ser.Encoding,
-        format: ser.PrivateFormat,
-        encryption_algorithm: ser.KeySerializationEncryption,
-    ) -> bytes:
-        _no_export()
 
-    def __copy__(self) -> SignerRsaKey:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> SignerRsaKey:
-        return self
-
-
-class SignerEcKey(ec.EllipticCurvePrivateKey):
+class SignerEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
     """An EC "private key" whose ``sign`` goes to a :class:`Signer` (returns DER)."""
 
     def __init__(self, signer: Signer) -> None:
@@ -118,20 +122,6 @@ class SignerEcKey(ec.EllipticCurvePrivateKey):
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         _no_export()
-
-    def private_bytes(
-        self,
-        encoding: ser.Encoding,
-        format: ser.PrivateFormat,
-        encryption_algorithm: ser.KeySerializationEncryption,
-    ) -> bytes:
-        _no_export()
-
-    def __copy__(self) -> SignerEcKey:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> SignerEcKey:
-        return self
 
 
 def as_cryptography_key(signer: Signer) -> SignerRsaKey | SignerEcKey:
