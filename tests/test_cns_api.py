@@ -1,20 +1,48 @@
-"""CNS routes against the simulator on loopback: deposit, cancel, idempotency, errors."""
+"""CNS routes against the simulator on loopback: deposit, cancel, idempotency, errors;
+an unsigned fee note signed by the daemon and checked by the simulator with our verifier."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Awaitable, Callable
 
+from lxml import etree
+
+from sidecar.api.observe import METRICS
+from sidecar.cns.subsystem import AUDIT_JOURNAL, CNS
+from sidecar.sandbox import SandboxPKI
+from sidecar.signing.report import Indication, Level
+from sidecar.signing.xades_verify import VerificationPolicy, verify_xml
+from sidecar.trust import load_certificates
 from tests.fixtures.cns import (
     FeeNotes,
     SimulatorThread,
     cns_settings,
     fee_note_xml,
+    sandbox_cns_settings,
+    unsigned_fee_note,
     wait_status,
     xml_headers,
 )
 from tests.fixtures.daemon import Api
+
+FN = "{urn:sidecar:standin:cns:fee-note:1}"
+
+
+def counter(api: Api, name: str, **labels: str) -> float:
+    """A counter's value on the daemon's /metrics registry (0 when never incremented)."""
+    value = api.client.app[METRICS].registry.get_sample_value(f"{name}_total", labels)
+    return value or 0.0
+
+
+async def verify_b_lt(document: bytes, pki: SandboxPKI) -> None:
+    """Our verifier, the sandbox's roots, the embedded data only: TOTAL_PASSED at B-LT."""
+    policy = VerificationPolicy(trust_roots=load_certificates(pki.roots_pem))
+    (report,) = await verify_xml(document, policy)
+    assert report.indication == Indication.TOTAL_PASSED, report
+    assert report.level == Level.B_LT, report
 
 
 async def deposit(api: Api, body: bytes) -> tuple[int, dict]:
@@ -119,6 +147,12 @@ async def test_503_five_times_then_delivered_once(
     assert message["attempts"] == 6
     assert cns_simulator.simulator.requests[note_uuid] == 6
     assert cns_simulator.simulator.booking_counts[note_uuid] == 1
+    # /metrics saw each exchange and the message's life.
+    assert counter(cns_api, "sidecar_upstream_requests", upstream="cns", outcome="error") == 5
+    assert counter(cns_api, "sidecar_upstream_requests", upstream="cns", outcome="ok") >= 1
+    assert counter(cns_api, "sidecar_cns_messages", operation="deposit", result="queued") == 1
+    assert counter(cns_api, "sidecar_cns_messages", operation="deposit", result="retried") == 5
+    assert counter(cns_api, "sidecar_cns_messages", operation="deposit", result="delivered") == 1
 
 
 async def test_rejected_message_shows_the_cns_reasons(
@@ -157,6 +191,7 @@ async def test_retry_budget_spent_is_failed(
 
 
 async def test_unsigned_fee_note_is_refused_without_a_signer(cns_api: Api) -> None:
+    # This daemon has no signing key: it cannot sign, and never fakes it.
     note_uuid = str(uuid.uuid4())
     status, problem = await deposit(cns_api, fee_note_xml(note_uuid))
     assert status == 422
@@ -164,6 +199,95 @@ async def test_unsigned_fee_note_is_refused_without_a_signer(cns_api: Api) -> No
     assert "sign it first" in problem["detail"]
     missing = await cns_api.client.get(f"/v1/cns/messages/{note_uuid}", headers=cns_api.auth())
     assert missing.status == 404
+
+
+async def test_unsigned_fee_note_is_signed_once_and_delivered_at_b_lt(
+    api_factory: Callable[..., Awaitable[Api]],
+    sandbox_services: SandboxPKI,
+    real_cns_simulator: SimulatorThread,
+    fee_note_pdf: bytes,
+) -> None:
+    api = await api_factory(
+        sandbox_cns_settings(real_cns_simulator.url), sandbox_pki=sandbox_services
+    )
+    note_uuid = str(uuid.uuid4())
+    body = unsigned_fee_note(note_uuid, fee_note_pdf)
+    # Posted five times at once: one signature, one row, one booking.
+    results = await asyncio.gather(*(deposit(api, body) for _ in range(5)))
+    assert {status for status, _ in results} == {202}
+    assert {answer["uuid"] for _, answer in results} == {note_uuid}
+    message = await wait_status(api, note_uuid, {"delivered", "rejected", "failed"})
+    assert message["status"] == "delivered", message
+    assert message["level"] == "B-LT"
+
+    outbox = api.client.app[CNS].outbox
+    stored = (await outbox.run(outbox.get, note_uuid, with_body=True)).body
+    booked = real_cns_simulator.simulator.bookings[note_uuid]
+    assert booked == stored != body
+    await verify_b_lt(booked, sandbox_services)
+    # The recipe signed the embedded PDF/A too (PAdES), and kept the caller's UUID.
+    root = etree.fromstring(booked)
+    assert root.findtext(f"{FN}UUID") == note_uuid
+    assert b"/ByteRange" in base64.b64decode(root.findtext(f"{FN}Document") or "")
+
+    # Re-posting the same unsigned body: the first answer, not a second signature.
+    again, answer = await deposit(api, body)
+    assert again == 202 and answer["status"] == "delivered"
+    assert (await outbox.run(outbox.get, note_uuid, with_body=True)).body == stored
+    assert real_cns_simulator.simulator.booking_counts[note_uuid] == 1
+    assert counter(api, "sidecar_signatures", format="xades", level="B-LT") == 1
+    assert counter(api, "sidecar_signatures", format="pades", level="B-B") == 1
+    assert counter(api, "sidecar_cns_messages", operation="deposit", result="delivered") == 1
+    assert counter(api, "sidecar_upstream_requests", upstream="cns", outcome="ok") >= 1
+
+    # The journal holds the daemon's own signature, with its key and level.
+    journal = api.client.app[AUDIT_JOURNAL]
+    signed = [e for e in journal.entries() if e.operation == "sign.fee-note"]
+    assert len(signed) == 1
+    assert (signed[0].uuid, signed[0].key_id, signed[0].level) == (
+        note_uuid,
+        "sandbox-rsa",
+        "B-LT",
+    )
+    assert journal.verify().ok
+
+
+async def test_fee_notes_the_recipe_or_the_cns_refuses(
+    api_factory: Callable[..., Awaitable[Api]],
+    sandbox_services: SandboxPKI,
+    real_cns_simulator: SimulatorThread,
+    fee_note_pdf: bytes,
+    fee_notes: FeeNotes,
+) -> None:
+    api = await api_factory(
+        sandbox_cns_settings(real_cns_simulator.url), sandbox_pki=sandbox_services
+    )
+    # Against the profile's XSD (Total is a decimal): refused before signing, nothing queued.
+    bad = str(uuid.uuid4())
+    status, problem = await deposit(api, unsigned_fee_note(bad, fee_note_pdf, total="lots"))
+    assert status == 422 and problem["code"] == "schema_violation", problem
+    assert problem["profile"] == "fee-note" and problem["errors"]
+    # The profile wants the PDF/A: a deposit without it embedded is refused.
+    no_pdf = str(uuid.uuid4())
+    status, problem = await deposit(api, unsigned_fee_note(no_pdf, None))
+    assert status == 400 and problem["parameter"] == "pdf", problem
+    assert "Document" in problem["detail"]
+    # No UUID: the daemon does not make one up (a re-post would be a second fee note).
+    status, problem = await deposit(api, unsigned_fee_note("", fee_note_pdf))
+    assert status == 422 and problem["code"] == "invalid_uuid"
+    for note_uuid in (bad, no_pdf):
+        missing = await api.client.get(f"/v1/cns/messages/{note_uuid}", headers=api.auth())
+        assert missing.status == 404
+    assert counter(api, "sidecar_signatures", format="xades", level="B-LT") == 0
+
+    # Signed by the caller, but plain XMLDSig in another format: the CNS (our verifier
+    # and the profile's XSD in the simulator) refuses it, with its reasons.
+    note_uuid, stand_in = fee_notes.make()
+    assert (await deposit(api, stand_in))[0] == 202
+    message = await wait_status(api, note_uuid, {"rejected", "delivered", "failed"})
+    assert message["status"] == "rejected"
+    assert message["reasons"][0]["code"] == "XSD"
+    assert not real_cns_simulator.simulator.bookings
 
 
 async def test_bad_documents(cns_api: Api, fee_notes: FeeNotes) -> None:

@@ -12,10 +12,11 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.fixtures.cns import FeeNotes, SimulatorThread
+from tests.fixtures.cns import FeeNotes, SimulatorThread, unsigned_fee_note
 from tests.fixtures.daemon import DaemonProcess
 from tests.fixtures.sandbox import free_port
 
@@ -155,16 +156,27 @@ def test_sigterm_requeues_or_finishes_deliveries_under_way(
 
 
 def test_serve_sandbox_runs_its_own_simulator(
-    tmp_path: Path, daemon_factory: Callable[..., DaemonProcess], fee_notes: FeeNotes
+    tmp_path: Path,
+    daemon_factory: Callable[..., DaemonProcess],
+    fee_notes: FeeNotes,
+    fee_note_pdf: bytes,
 ) -> None:
+    """``serve --sandbox``: the daemon signs an unsigned fee note with its sandbox key,
+    and its simulator checks it as the CNS would (fee-note XSD, our XAdES verifier with
+    the sandbox's roots, B-LT), refusing a stand-in signed with plain XMLDSig."""
     cns_port = free_port()
     config = tmp_path / "sidecar.toml"
     config.write_text(f"[sandbox]\nport = {free_port()}\ncns_port = {cns_port}\n")
     home = tmp_path / "home"
     daemon = daemon_factory(home, "--sandbox", "--config", str(config))
-    note_uuid, body = fee_notes.make()
-    assert post_note(daemon, body) == 202
-    wait_all_delivered(home, {note_uuid}, timeout=30)
+    note_uuid = str(uuid.uuid4())
+    assert post_note(daemon, unsigned_fee_note(note_uuid, fee_note_pdf)) == 202
+    stand_in_uuid, stand_in = fee_notes.make()
+    assert post_note(daemon, stand_in) == 202
+    deadline = time.monotonic() + 60
+    while statuses(home) != {note_uuid: "delivered", stand_in_uuid: "rejected"}:
+        assert time.monotonic() < deadline, statuses(home)
+        time.sleep(0.2)
     with urllib.request.urlopen(f"http://127.0.0.1:{cns_port}/_simulator/stats") as response:
         stats = json.loads(response.read())
     assert stats["booking_counts"] == {note_uuid: 1}

@@ -1,28 +1,21 @@
 """The outbox and the worker without HTTP in front: durability settings, recovery,
-ordering, backoff, the offline mode."""
+ordering, backoff. (The offline mode, with a real TSA going down: test_cns_offline.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import random
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from sidecar.api import app as app_module
 from sidecar.cns.outbox import DuplicateUuid, InvalidState, Outbox, Status
-from sidecar.cns.subsystem import CNS, FEE_NOTE_UPGRADER
-from sidecar.cns.worker import TimestampUnavailable, backoff_delay
+from sidecar.cns.worker import backoff_delay
 from sidecar.config import CnsSettings
-from tests.fixtures.cns import FeeNotes, SimulatorThread, cns_settings, wait_status, xml_headers
-from tests.fixtures.daemon import Api
 
 UUID_A = "3f2b8c1e-6d4a-4b7e-9c2d-1a5e8f7b6c3d"
 UUID_B = "9a1c7e2b-4f3d-4e8a-b6c5-2d9f0e1a3b4c"
@@ -128,53 +121,3 @@ def test_cli_list_and_retry(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "outbox.sqlite3")
     assert db.execute("SELECT status, attempts FROM messages").fetchone() == ("queued", 0)
     db.close()
-
-
-class FlakyTsa:
-    """Stands in for the XAdES engine's B-B → B-LT upgrade, which does not exist yet;
-    "down" is the TSA being unreachable. It marks the document so the test can see
-    that what the CNS received is the upgraded one."""
-
-    def __init__(self) -> None:
-        self.down = True
-        self.calls = 0
-
-    async def __call__(self, document: bytes) -> tuple[bytes, str]:
-        self.calls += 1
-        if self.down:
-            raise TimestampUnavailable("TSA unreachable")
-        return document.replace(b"</FeeNote>", b"<!-- upgraded --></FeeNote>"), "B-LT"
-
-
-async def test_offline_mode_holds_then_delivers_after_the_upgrade(
-    api_factory: Callable[..., Awaitable[Api]],
-    cns_simulator: SimulatorThread,
-    fee_notes: FeeNotes,
-) -> None:
-    tsa = FlakyTsa()
-
-    # The signing subsystem will set the seam in its context, before the CNS one runs.
-    async def plug_in_upgrader(app: web.Application) -> AsyncIterator[None]:
-        app[FEE_NOTE_UPGRADER] = tsa
-        yield
-
-    app_module.SUBSYSTEMS.insert(0, plug_in_upgrader)
-    try:
-        api = await api_factory(cns_settings(cns_simulator.url, defer_timestamp=True))
-    finally:
-        app_module.SUBSYSTEMS.remove(plug_in_upgrader)
-    worker = api.client.app[CNS].worker
-    assert worker is not None and worker.upgrader is tsa
-    worker.poll_seconds = 0.05
-    note_uuid, body = fee_notes.make()  # B-B: no SignatureTimeStamp
-    response = await api.client.post("/v1/cns/fee-notes", data=body, headers=xml_headers(api))
-    assert response.status == 202
-    assert (await response.json())["status"] == "awaiting_timestamp"
-    while tsa.calls < 3:
-        await asyncio.sleep(0.05)
-    held = await wait_status(api, note_uuid, {"awaiting_timestamp"})
-    assert held["level"] == "B-B" and note_uuid not in cns_simulator.simulator.requests
-    tsa.down = False
-    delivered = await wait_status(api, note_uuid, {"delivered"})
-    assert delivered["level"] == "B-LT"
-    assert b"<!-- upgraded -->" in cns_simulator.simulator.bookings[note_uuid]

@@ -11,8 +11,19 @@ import pytest
 from lxml import etree
 from signxml import XMLVerifier
 
-from sidecar.cns.simulator import CnsSimulator, check_signature_present, serve_simulator
-from tests.fixtures.cns import FeeNotes, fee_note_xml
+from sidecar.cns.simulator import (
+    CnsSimulator,
+    check_signature_present,
+    serve_simulator,
+    xades_verifier,
+)
+from sidecar.keys import Signer
+from sidecar.sandbox import SandboxPKI
+from sidecar.signing.report import Level
+from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from sidecar.signing.xades import sign_xml
+from sidecar.trust import TrustServices
+from tests.fixtures.cns import FeeNotes, fee_note_profile_xsd, fee_note_xml, unsigned_fee_note
 
 
 async def send(url: str, body: bytes, key: str) -> tuple[int, bytes]:
@@ -82,6 +93,63 @@ async def test_a_real_verifier_plugs_in(fee_notes: FeeNotes, stand_in_xsd: Path)
         status, answer = await send(url, tampered, other_uuid)
     assert status == 422 and reasons(answer)[0][0] == "SIGNATURE"
     assert list(simulator.bookings) == [note_uuid]
+
+
+async def test_our_xades_verifier_and_the_profile_xsd(
+    xades_signers: dict[str, Signer],
+    xades_trust: TrustServices,
+    sandbox_pki: SandboxPKI,
+    fee_notes: FeeNotes,
+) -> None:
+    """What the sandbox's simulator checks: the fee-note XSD, then XAdES TOTAL_PASSED
+    at B-LT or above with our verifier and the sandbox's roots."""
+
+    async def fee_note(level: Level) -> tuple[str, bytes]:
+        note_uuid = str(uuid.uuid4())
+        signed = await sign_xml(
+            unsigned_fee_note(note_uuid, None),
+            xades_signers["pkcs12-rsa"],
+            level,
+            timestamps=TrustTimestampSource(xades_trust.tsa),
+            validation_data=TrustValidationDataSource(xades_trust.revocation),
+        )
+        return note_uuid, signed
+
+    simulator = CnsSimulator(
+        xsd=fee_note_profile_xsd(), verifier=xades_verifier(sandbox_pki.roots_pem)
+    )
+    async with serve_simulator(simulator) as url:
+        good_uuid, good = await fee_note(Level.B_LT)
+        assert (await send(url, good, good_uuid))[0] == 200
+
+        b_b_uuid, b_b = await fee_note(Level.B_B)
+        status, answer = await send(url, b_b, b_b_uuid)
+        assert status == 422
+        # Offline, with no revocation data embedded, a B-B cannot be decided.
+        assert reasons(answer)[0][0] == "SIGNATURE"
+        assert "INDETERMINATE/TRY_LATER" in str(reasons(answer)[0][1])
+
+        tampered_uuid, signed = await fee_note(Level.B_LT)
+        tampered = signed.replace(b">83.85</Total>", b">93.85</Total>")
+        status, answer = await send(url, tampered, tampered_uuid)
+        assert status == 422 and reasons(answer)[0][0] == "SIGNATURE"
+        assert "TOTAL_FAILED" in str(reasons(answer)[0][1])
+
+        # Plain XMLDSig of a valid fee note: no XAdES, no timestamp, refused.
+        plain_uuid = str(uuid.uuid4())
+        plain = fee_notes.sign(unsigned_fee_note(plain_uuid, None))
+        status, answer = await send(url, plain, plain_uuid)
+        assert status == 422 and reasons(answer)[0][0] == "SIGNATURE"
+
+        # The stand-in test format is not the profile's: the XSD refuses it first.
+        stand_in_uuid, stand_in = fee_notes.make()
+        status, answer = await send(url, stand_in, stand_in_uuid)
+        assert status == 422 and reasons(answer)[0][0] == "XSD"
+    assert list(simulator.bookings) == [good_uuid]
+    # The minimum level is a setting: B-LTA refuses the B-LT one.
+    stricter = xades_verifier(sandbox_pki.roots_pem, minimum="B-LTA")
+    (reason,) = await stricter(good)  # type: ignore[misc]
+    assert reason.endswith("level B-LT, B-LTA required")
 
 
 async def test_faults(fee_notes: FeeNotes) -> None:

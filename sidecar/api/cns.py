@@ -1,8 +1,24 @@
 """CNS routes (API.md): fee-note deposit and cancellation through the outbox,
-message status, and the synchronous PID v2 requests.
+message status, and the synchronous PID v2 requests; and :func:`fee_note_context`,
+the subsystem that lets the deposit sign and timestamp fee notes itself.
+
+A fee note deposited unsigned is signed with the ``fee-note`` profile's recipe
+(XSD, XAdES-B-LT, the default key) before it is persisted. It must carry its UUID
+(the daemon does not fill it in here: a UUID made at each post would make a re-post
+a second fee note) and, as the profile has a PDF, its PDF/A embedded (base64) in
+``Document``: the recipe PAdES-signs that PDF, embeds it back and signs the XML.
+An empty ``Document`` is refused (400 ``bad_parameter``, ``parameter: pdf``), a
+document the XSD refuses too (422 ``schema_violation``): nothing is queued. The
+idempotency key is the body *as posted*: re-posting the same unsigned body answers
+the first deposit, never signs again.
+
+Offline mode (``cns.defer_timestamp``): with the TSA or the revocation data out of
+reach, the fee note is signed B-B and held ``awaiting_timestamp``; the worker raises
+it to B-LT with :func:`sidecar.signing.xades.augment_xml` once the TSA is back.
 
 Codes besides API.md's stable ones (an extension, nothing existing changed):
-``unsigned_document`` (422: the fee note must be signed first), ``invalid_uuid``
+``unsigned_document`` (422: the fee note must be signed first: this daemon has no
+signing key or no ``fee-note`` profile), ``invalid_uuid``
 (422: no RFC 4122 v4 UUID in the message), ``not_cancellable`` (409: the deposit
 was rejected or failed, the CNS has nothing to cancel), ``cns_rejected`` (422: the
 CNS refused a PID v2 request; ``errors`` holds its reasons).
@@ -11,7 +27,10 @@ CNS refused a PID v2 request; ``errors`` holds its reasons).
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 import uuid as uuid_module
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -28,13 +47,33 @@ from ..cns.documents import (
     signature_level,
 )
 from ..cns.outbox import DuplicateUuid, InvalidState, Message, Status, UnknownMessage
-from ..cns.subsystem import AUDIT_JOURNAL, CNS, FEE_NOTE_UPGRADER, SIGN_FEE_NOTE, CnsRuntime
+from ..cns.subsystem import (
+    AUDIT_JOURNAL,
+    CNS,
+    FEE_NOTE_UPGRADER,
+    SIGN_FEE_NOTE,
+    CnsRuntime,
+    SignedFeeNote,
+)
 from ..cns.transport import CnsTimeout, CnsTransport, CnsUnreachable, PidKind
+from ..cns.worker import TimestampUnavailable
+from ..signing.forms import FormError
+from ..signing.report import Level
+from ..signing.sources import UpstreamFailure
+from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from ..signing.xades import augment_xml
+from .forms import fee_note_signer
 from .guards import read_body
 from .keys import CLIENT, SETTINGS
+from .observe import METRICS
+from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter
+from .signing_keys import KEY_REGISTRY
+from .timestamps import TRUST
 
-__all__ = ["HANDLERS"]
+__all__ = ["HANDLERS", "fee_note_context"]
+
+log = logging.getLogger("sidecar.cns")
 
 #: Seconds a caller is told to wait when the CNS cannot be reached.
 RETRY_AFTER = "30"
@@ -92,7 +131,8 @@ def _duplicate(existing: Message) -> Problem:
 
 
 async def deposit_fee_note(request: web.Request) -> web.Response:
-    """Persist the fee note, then 202: accepted means on disk (API.md, Idempotency)."""
+    """Persist the fee note (signing it first if it is not), then 202: accepted means
+    on disk (API.md, Idempotency)."""
     runtime = _runtime(request)
     settings = request.app[SETTINGS].cns
     _transport(runtime)
@@ -105,47 +145,45 @@ async def deposit_fee_note(request: web.Request) -> web.Response:
     # Idempotency is on what the caller sent, before any signing.
     digest = hashlib.sha256(body).hexdigest()
     outbox = runtime.outbox
-    existing = await outbox.run(outbox.get, note_uuid)
-    if existing is not None:
-        if existing.digest != digest or existing.operation != "deposit":
-            raise _duplicate(existing)
-        return _accepted(existing)
-    document = body
-    if not is_signed(root):
-        sign = request.app.get(SIGN_FEE_NOTE)
-        if sign is None:
-            raise Problem(
-                422,
-                "unsigned_document",
-                "the fee note is not signed (no ds:Signature) and this daemon cannot sign "
-                "it with the fee-note profile yet: sign it first (POST /v1/forms/fee-note/sign)",
-            )
-        document = await sign(body)
-        try:
-            root = parse_message(document)
-        except DocumentError as exc:  # our own signer's output: a bug, not the caller's
-            raise Problem(500, "internal_error", "the signed fee note is unusable") from exc
-    level = signature_level(root)
-    awaiting = (
-        settings.defer_timestamp
-        and level in _LEVELS_BELOW_LT
-        and request.app.get(FEE_NOTE_UPGRADER) is not None
-    )
-    try:
-        message, created = await outbox.run(
-            outbox.enqueue_deposit,
-            note_uuid,
-            document,
-            digest,
-            client=_client(request),
-            level=level,
-            awaiting_timestamp=awaiting,
+    async with runtime.deposit_lock(note_uuid):
+        existing = await outbox.run(outbox.get, note_uuid)
+        if existing is not None:
+            if existing.digest != digest or existing.operation != "deposit":
+                raise _duplicate(existing)
+            return _accepted(existing)
+        document = body
+        signed: SignedFeeNote | None = None
+        if not is_signed(root):
+            signed = await _sign(request, body, note_uuid)
+            document = signed.xml
+            try:
+                root = parse_message(document)
+            except DocumentError as exc:  # our own signer's output: a bug, not the caller's
+                raise Problem(500, "internal_error", "the signed fee note is unusable") from exc
+        level = signature_level(root)
+        awaiting = (
+            settings.defer_timestamp
+            and level in _LEVELS_BELOW_LT
+            and request.app.get(FEE_NOTE_UPGRADER) is not None
         )
-    except DuplicateUuid as exc:
-        raise _duplicate(exc.existing) from None
+        try:
+            message, created = await outbox.run(
+                outbox.enqueue_deposit,
+                note_uuid,
+                document,
+                digest,
+                client=_client(request),
+                level=level,
+                awaiting_timestamp=awaiting,
+            )
+        except DuplicateUuid as exc:
+            raise _duplicate(exc.existing) from None
     if created:
         assert runtime.worker is not None
         runtime.worker.wake()
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.cns_message("deposit", message.status.value)
         await request.app[AUDIT_JOURNAL].append_async(
             "cns.deposit.accept",
             message.status.value,
@@ -153,9 +191,52 @@ async def deposit_fee_note(request: web.Request) -> web.Response:
             uuid=message.id,
             digest=digest,
             level=level,
-            detail={"bytes": len(document), "signed_here": document is not body},
+            detail={"bytes": len(document), "signed_here": signed is not None},
         )
     return _accepted(message)
+
+
+async def _sign(request: web.Request, body: bytes, note_uuid: str) -> SignedFeeNote:
+    """Sign an unsigned fee note with the ``fee-note`` recipe; journal the signature."""
+    sign = request.app.get(SIGN_FEE_NOTE)
+    if sign is None:
+        raise Problem(
+            422,
+            "unsigned_document",
+            "the fee note is not signed (no ds:Signature) and this daemon cannot sign "
+            "it (no signing key or no 'fee-note' profile): sign it first "
+            "(POST /v1/forms/fee-note/sign)",
+        )
+    try:
+        signed = await sign(body)
+    except FormError as exc:
+        if exc.reason != "pdf_missing":
+            raise
+        raise Problem(
+            400,
+            "bad_parameter",
+            "the fee note's PDF/A must be embedded (base64) in its Document element: "
+            "a deposit is one XML document",
+            parameter="pdf",
+            reason=exc.reason,
+        ) from None
+    try:
+        same_uuid = message_uuid(parse_message(signed.xml)) == note_uuid
+    except DocumentError:
+        same_uuid = False
+    if not same_uuid:  # the recipe keeps a caller's UUID: anything else is a bug
+        raise Problem(500, "internal_error", "signing changed the fee note's UUID")
+    await request.app[AUDIT_JOURNAL].append_async(
+        "sign.fee-note",
+        "signed",
+        client=_client(request),
+        uuid=note_uuid,
+        digest=hashlib.sha256(signed.xml).hexdigest(),
+        key_id=signed.key_id,
+        level=signed.level,
+        detail={"pdf_level": signed.pdf_level, "profile": "fee-note"},
+    )
+    return signed
 
 
 def _uuid_parameter(request: web.Request) -> str:
@@ -183,6 +264,9 @@ async def cancel_fee_note(request: web.Request) -> web.Response:
     if created:
         assert runtime.worker is not None
         runtime.worker.wake()
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.cns_message("cancel", message.status.value)
         await request.app[AUDIT_JOURNAL].append_async(
             "cns.cancel.accept",
             message.status.value,
@@ -257,6 +341,13 @@ def _pid(kind: PidKind) -> Any:
         digest = hashlib.sha256(body).hexdigest()
 
         async def record(outcome: str, **detail: Any) -> None:
+            metrics = request.app.get(METRICS)
+            if metrics is not None:
+                status = detail.get("cns_status") or 0
+                result = "delivered" if 200 <= status < 300 else "rejected"
+                if outcome != "answered" or status >= 500:
+                    result = "failed"
+                metrics.cns_message(f"pid_{kind}", result)
             await journal.append_async(
                 f"cns.pid.{kind}",
                 outcome,
@@ -297,6 +388,57 @@ def _pid(kind: PidKind) -> Any:
         )
 
     return handler
+
+
+async def fee_note_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem, after signing and before ``cns_context``: the deposit's signing seams.
+
+    :data:`SIGN_FEE_NOTE` when there is a default key and a ``fee-note`` profile;
+    :data:`FEE_NOTE_UPGRADER` (offline mode) when there is a TSA.
+    """
+    registry = app.get(KEY_REGISTRY)
+    profiles = app.get(PROFILES)
+    metrics = app.get(METRICS)
+    defer = app[SETTINGS].cns.defer_timestamp
+    if (
+        registry is not None
+        and registry.default_id is not None
+        and profiles is not None
+        and profiles.get("fee-note") is not None
+        and PADES in app
+    ):
+        recipe = fee_note_signer(app, fallback_level=Level.B_B if defer else None)
+
+        async def sign_fee_note(xml: bytes) -> SignedFeeNote:
+            started = time.perf_counter()
+            form, key_id = await recipe(xml)
+            xml_level = form.xml_level.value if form.xml_level else ""
+            pdf_level = form.pdf_level.value if form.pdf_level else None
+            # Counted here: this signature is made by the deposit, not by a signing route.
+            if metrics is not None:
+                if pdf_level:
+                    metrics.signature_made("pades", pdf_level)
+                if xml_level:
+                    metrics.signature_made("xades", xml_level, time.perf_counter() - started)
+            return SignedFeeNote(form.xml, xml_level, key_id, pdf_level)
+
+        app[SIGN_FEE_NOTE] = sign_fee_note
+    trust = app.get(TRUST)
+    if trust is not None and trust.tsa.endpoints:
+        timestamps = TrustTimestampSource(trust.tsa)
+        validation = TrustValidationDataSource(trust.revocation)
+
+        async def upgrade(xml: bytes) -> tuple[bytes, str]:
+            try:
+                upgraded = await augment_xml(
+                    xml, Level.B_LT, timestamps=timestamps, validation_data=validation
+                )
+            except UpstreamFailure as exc:
+                raise TimestampUnavailable(f"{exc.service}: {exc.detail}") from exc
+            return upgraded, Level.B_LT.value
+
+        app[FEE_NOTE_UPGRADER] = upgrade
+    yield
 
 
 HANDLERS = {

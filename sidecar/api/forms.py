@@ -7,6 +7,7 @@ with the PDF already embedded where the profile says. Answer: the signed XML, wi
 
 from __future__ import annotations
 
+import dataclasses
 import email.parser
 import email.policy
 import logging
@@ -15,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..keys import Signer
-from ..signing.forms import FormError, SchemaViolation, XmlSignFunction, sign_form
+from ..signing.forms import FormError, SchemaViolation, SignedForm, XmlSignFunction, sign_form
 from ..signing.profiles import Profile
 from ..signing.report import Level
+from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import sign_xml
 from .guards import read_body
@@ -104,20 +106,51 @@ def xades_for(app: web.Application) -> XmlSignFunction:
     return xades
 
 
-def fee_note_signer(app: web.Application) -> Callable[[bytes], Awaitable[bytes]]:
-    """``async (xml) -> xml``: the ``fee-note`` recipe with the default key, for the CNS
-    deposit of an unsigned fee note (``sidecar.cns.subsystem.SIGN_FEE_NOTE``). The PDF
-    must already be embedded. Not installed here: the lead decides (see the report)."""
+def fee_note_signer(
+    app: web.Application, *, fallback_level: Level | None = None
+) -> Callable[[bytes], Awaitable[tuple[SignedForm, str]]]:
+    """``async (xml) -> (signed form, key id)``: the ``fee-note`` recipe with the default
+    key, for the CNS deposit of an unsigned fee note (installed as
+    ``sidecar.cns.subsystem.SIGN_FEE_NOTE`` by :func:`sidecar.api.cns.fee_note_context`).
+    The PDF must already be embedded.
 
-    async def sign(xml: bytes) -> bytes:
+    *fallback_level* (the CNS offline mode): when the TSA or the revocation data cannot
+    be had (:class:`UpstreamFailure` ``unavailable``/``timeout``), the XML is signed at
+    this level instead; the result's ``xml_level`` says which level was made."""
+    xades = xades_for(app)
+
+    async def sign(xml: bytes) -> tuple[SignedForm, str]:
         profile = app[PROFILES].get("fee-note")
         if profile is None:
             raise Problem(404, "not_found", "no profile 'fee-note'")
         signer = await app[KEY_REGISTRY].acquire(None)
+        made: list[Level] = []
+
+        async def sign_xml_with_fallback(
+            document: bytes, key: Signer, level: Level, form: Profile
+        ) -> bytes:
+            try:
+                signed = await xades(document, key, level, form)
+            except UpstreamFailure as exc:
+                if fallback_level is None or exc.kind == "error":
+                    raise
+                log.warning(
+                    "fee note signed at %s, %s unreachable (%s): held for a timestamp",
+                    fallback_level.value,
+                    exc.service,
+                    exc.detail,
+                )
+                signed = await xades(document, key, fallback_level, form)
+                level = fallback_level
+            made.append(level)
+            return signed
+
         signed = await sign_form(
-            profile, xml, None, signer, pades=app[PADES], sign_xml=xades_for(app)
+            profile, xml, None, signer, pades=app[PADES], sign_xml=sign_xml_with_fallback
         )
-        return signed.xml
+        if made:
+            signed = dataclasses.replace(signed, xml_level=made[-1])
+        return signed, signer.id
 
     return sign
 

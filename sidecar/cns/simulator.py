@@ -7,7 +7,9 @@ name). Every request but ``GET /health`` carries ``Idempotency-Key: <UUID>``.
 ``POST /fee-notes`` (dépôt)
     Body: the signed fee note. Checks, in order: well-formed (no DTD), the profile's
     XSD (if one is configured), the signature (the pluggable verifier), the UUID in
-    the document equals the idempotency key and is an RFC 4122 v4 UUID.
+    the document equals the idempotency key and is an RFC 4122 v4 UUID. The sandbox
+    (``serve --sandbox``) checks the ``fee-note`` profile's XSD and verifies with
+    :func:`xades_verifier`: our XAdES validator, the sandbox's roots, at least B-LT.
     ``200 <DepositAnswer><UUID/><Status>booked</Status><Reference/></DepositAnswer>``,
     or ``422 <Rejection><UUID/><Reason code="...">text</Reason>...</Rejection>``.
 ``DELETE /fee-notes/{uuid}`` (annulation)
@@ -66,6 +68,7 @@ __all__ = [
     "SignatureVerifier",
     "check_signature_present",
     "serve_simulator",
+    "xades_verifier",
 ]
 
 log = logging.getLogger("sidecar.cns.simulator")
@@ -129,7 +132,7 @@ class Faults:
 def check_signature_present(document: bytes) -> list[str]:
     """The default verifier: an XMLDSig ``Signature`` that is complete and well-formed.
 
-    It proves nothing about the signer — the XAdES engine plugs in the real verifier.
+    It proves nothing about the signer: :func:`xades_verifier` is the real check.
     """
     try:
         root = etree.fromstring(document, parser=_parser())
@@ -154,6 +157,47 @@ def check_signature_present(document: bytes) -> list[str]:
         if not ok:
             reasons.append("ds:SignatureValue missing or not base64")
     return reasons
+
+
+def xades_verifier(
+    trust_roots: Path | Sequence[Any], *, minimum: str = "B-LT"
+) -> SignatureVerifier:
+    """The real check: every XAdES signature TOTAL_PASSED at *minimum* or above,
+    validated by :func:`sidecar.signing.xades_verify.verify_xml` with *trust_roots*
+    (a PEM file, or asn1crypto certificates) and the data the document embeds only,
+    as the CNS would with what it receives."""
+    # Imported here: the simulator alone (e.g. as a stand-alone script with the
+    # presence check) needs none of the signing stack.
+    from ..signing.report import Indication, Level
+    from ..signing.xades_verify import VerificationPolicy, verify_xml
+    from ..signing.xml_safety import XmlInputError
+    from ..trust import load_certificates
+
+    roots = load_certificates(trust_roots) if isinstance(trust_roots, Path) else list(trust_roots)
+    policy = VerificationPolicy(trust_roots=roots)
+    order = [level.value for level in (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)]
+    if minimum not in order:
+        raise ValueError(f"minimum must be one of {', '.join(order)}")
+
+    async def verify(document: bytes) -> list[str]:
+        try:
+            reports = await verify_xml(document, policy)
+        except XmlInputError as exc:
+            return [f"document refused before validation: {exc}"]
+        if not reports:
+            return ["no ds:Signature"]
+        reasons = []
+        for report in reports:
+            name = report.signature_id or "signature"
+            if report.indication != Indication.TOTAL_PASSED:
+                sub = f"/{report.sub_indication.value}" if report.sub_indication else ""
+                why = f": {report.messages[0]}" if report.messages else ""
+                reasons.append(f"{name}: {report.indication.value}{sub}{why}")
+            elif order.index(report.level.value) < order.index(minimum):
+                reasons.append(f"{name}: level {report.level.value}, {minimum} required")
+        return reasons
+
+    return verify
 
 
 def _parser() -> etree.XMLParser:
@@ -499,16 +543,22 @@ async def serve_simulator(
 
 
 def main() -> None:
-    """``python -m sidecar.cns.simulator --port 7422 [--xsd FILE]``: a stand-alone simulator."""
+    """``python -m sidecar.cns.simulator --port 7422 [--xsd FILE] [--roots PEM]``: a
+    stand-alone simulator (without ``--roots``, only a signature's presence is checked)."""
     parser = argparse.ArgumentParser(description="sidecar's CNS simulator")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7422)
     parser.add_argument("--xsd", type=Path)
+    parser.add_argument(
+        "--roots", type=Path, help="PEM trust anchors: verify XAdES at B-LT with them"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
 
     async def run() -> None:
-        async with serve_simulator(CnsSimulator(xsd=args.xsd), args.host, args.port) as url:
+        verifier = xades_verifier(args.roots) if args.roots else None
+        simulator = CnsSimulator(xsd=args.xsd, verifier=verifier)
+        async with serve_simulator(simulator, args.host, args.port) as url:
             log.info("CNS simulator at %s", url)
             await asyncio.Event().wait()
 

@@ -8,33 +8,42 @@ loopback from the same process and points the transport at it.
 
 Seams the signing work plugs into (set them in a context that runs before this one):
 
-- :data:`SIGN_FEE_NOTE`: ``async (xml) -> xml``, signs an unsigned fee note with the
-  ``fee-note`` profile. Absent: an unsigned deposit is refused (422
-  ``unsigned_document``), never signed with something fake.
+- :data:`SIGN_FEE_NOTE`: ``async (xml) -> SignedFeeNote``, signs an unsigned fee
+  note with the ``fee-note`` profile's recipe and the default key (in offline mode
+  at B-B when the TSA or the revocation data cannot be had). Absent (no key, no
+  profile): an unsigned deposit is refused (422 ``unsigned_document``), never
+  signed with something fake. Set by :func:`sidecar.api.cns.fee_note_context`.
 - :data:`FEE_NOTE_UPGRADER`: ``async (xml) -> (xml, level)``, adds the timestamp and
   validation data to a B-B fee note held ``awaiting_timestamp`` (offline mode,
   ``cns.defer_timestamp``); raises :class:`~sidecar.cns.worker.TimestampUnavailable`
   while the TSA is down.
 - :data:`AUDIT_JOURNAL`: the journal every signature and delivery is written to.
+
+In sandbox mode the served simulator checks what the CNS would: the ``fee-note``
+profile's XSD (or ``cns.simulator_xsd``) and the XAdES signature with our verifier,
+the sandbox's roots, at least B-LT.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from ..api.keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
+from ..api.observe import METRICS
 from ..audit import AuditJournal
 from ..config import ConfigError
 from ..health import CheckResult
 from .commands import audit_path
 from .outbox import Outbox
-from .simulator import CnsSimulator, serve_simulator
+from .simulator import CnsSimulator, serve_simulator, xades_verifier
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
 
@@ -45,12 +54,26 @@ __all__ = [
     "SIGN_FEE_NOTE",
     "CnsRuntime",
     "FeeNoteSigner",
+    "SignedFeeNote",
     "cns_context",
 ]
 
 log = logging.getLogger("sidecar.cns")
 
-FeeNoteSigner = Callable[[bytes], Awaitable[bytes]]
+
+@dataclass(frozen=True)
+class SignedFeeNote:
+    """A fee note the daemon signed itself, and what with."""
+
+    xml: bytes
+    #: The XAdES level reached (``B-LT``; ``B-B`` in offline mode with the TSA down).
+    level: str
+    key_id: str
+    #: The embedded PDF's PAdES level, if the profile has a PDF.
+    pdf_level: str | None = None
+
+
+FeeNoteSigner = Callable[[bytes], Awaitable[SignedFeeNote]]
 
 #: Outbox age past which the health check says ``degraded``.
 STALE_SECONDS = 3600.0
@@ -67,6 +90,21 @@ class CnsRuntime:
     simulator_url: str | None = None
     #: Why there is no transport, for the answers and the health check.
     unavailable: str = ""
+    _deposit_locks: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def deposit_lock(self, uuid: str) -> AsyncIterator[None]:
+        """One deposit of a given UUID at a time (in this process): two posts of the
+        same unsigned fee note must not both be signed."""
+        lock, users = self._deposit_locks.setdefault(uuid, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._deposit_locks[uuid]
 
 
 CNS = web.AppKey("cns", CnsRuntime)
@@ -97,8 +135,12 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
     simulator_server = None
     try:
         sandbox_url = None
-        if SANDBOX_PKI in app and cns.environment == "sandbox" and not cns.base_urls.sandbox:
-            runtime.simulator = CnsSimulator(xsd=cns.simulator_xsd)
+        pki = app.get(SANDBOX_PKI)
+        if pki is not None and cns.environment == "sandbox" and not cns.base_urls.sandbox:
+            runtime.simulator = CnsSimulator(
+                xsd=cns.simulator_xsd or _fee_note_xsd(app),
+                verifier=xades_verifier(pki.roots_pem),
+            )
             port = settings.sandbox.cns_port if _in_served_sandbox(app) else 0
             simulator_server = serve_simulator(runtime.simulator, settings.sandbox.host, port)
             sandbox_url = runtime.simulator_url = await simulator_server.__aenter__()
@@ -110,7 +152,9 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
             log.warning("CNS forwarding disabled: %s", exc)
         else:
             try:
-                runtime.transport = CnsTransport(cns, base_url, app[HTTP_SESSION])
+                runtime.transport = CnsTransport(
+                    cns, base_url, app[HTTP_SESSION], metrics=app.get(METRICS)
+                )
             except CnsConfigError as exc:
                 raise ConfigError(settings.source, "cns", str(exc)) from None
             runtime.worker = DeliveryWorker(
@@ -119,6 +163,7 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
                 cns,
                 audit=journal,
                 upgrader=app.get(FEE_NOTE_UPGRADER),
+                metrics=app.get(METRICS),
             )
             await runtime.worker.start()
             log.info("CNS forwarding to %s (%s)", base_url, cns.environment)
@@ -133,6 +178,14 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
         outbox.close()
         if own_journal:
             journal.close()
+
+
+def _fee_note_xsd(app: web.Application) -> Path | None:
+    from ..api.pdf import PROFILES  # the API package imports this module
+
+    registry = app.get(PROFILES)
+    profile = registry.get("fee-note") if registry is not None else None
+    return profile.xsd if profile is not None else None
 
 
 def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:

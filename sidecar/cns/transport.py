@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -41,6 +41,9 @@ from lxml import etree
 
 from ..config import CnsAuth, CnsOperation, CnsSettings, CnsTls
 from ..logs import register_secret
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics, UpstreamOutcome
 
 __all__ = [
     "CnsAnswer",
@@ -294,10 +297,14 @@ class CnsTransport:
         settings: CnsSettings,
         base_url: str,
         session: aiohttp.ClientSession,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.base_url = base_url.rstrip("/")
         self._session = session
+        #: Every exchange is counted and timed as upstream ``cns`` (``/metrics``).
+        self.metrics = metrics
         self._ssl = build_ssl_context(settings.tls)
         self._tokens = _TokenSource(settings.auth, self._ssl)
 
@@ -365,6 +372,10 @@ class CnsTransport:
         client_timeout = aiohttp.ClientTimeout(
             total=time_limit, connect=min(self.settings.connect_timeout, time_limit)
         )
+        started = time.perf_counter()
+        outcome: UpstreamOutcome = "ok"
+        message: str | None = None
+        answer: CnsAnswer | None = None
         try:
             async with self._session.request(
                 op.method,
@@ -376,9 +387,20 @@ class CnsTransport:
                 allow_redirects=False,
             ) as response:
                 data = await response.read()
-                return CnsAnswer(response.status, response.content_type, data)
+                answer = CnsAnswer(response.status, response.content_type, data)
         except TimeoutError:
+            outcome, message = "timeout", f"{op.method} {op.path}"
             raise CnsTimeout(f"{op.method} {op.path}: no answer within {time_limit:g} s") from None
         except aiohttp.ClientError as exc:
             # Refused, reset, dropped after the request, TLS failure: no answer.
+            outcome, message = "unavailable", f"{op.method} {op.path}: {type(exc).__name__}"
             raise CnsUnreachable(f"{op.method} {op.path}: {type(exc).__name__}") from None
+        finally:
+            # Nothing recorded for a call cancelled on the way (a stopping daemon).
+            if self.metrics is not None and (answer is not None or outcome != "ok"):
+                if answer is not None and (answer.status >= 500 or answer.status in (401, 403)):
+                    # A refusal of the content (other 4xx) is the CNS working as it should.
+                    outcome, message = "error", f"{op.method} {op.path}: HTTP {answer.status}"
+                self.metrics.upstream_done("cns", outcome, time.perf_counter() - started, message)
+        assert answer is not None  # every other way out raised
+        return answer

@@ -26,11 +26,15 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..audit import AuditJournal
 from ..config import CnsSettings
 from .outbox import Message, Operation, Outbox, Status
 from .transport import CnsAnswer, CnsTransport, CnsTransportError
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
 
 __all__ = [
     "RETRYABLE_STATUSES",
@@ -86,6 +90,7 @@ class DeliveryWorker:
         *,
         audit: AuditJournal | None = None,
         upgrader: Upgrader | None = None,
+        metrics: Metrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.outbox = outbox
@@ -93,6 +98,8 @@ class DeliveryWorker:
         self.settings = settings
         self.audit = audit
         self.upgrader = upgrader
+        #: ``sidecar_cns_messages{operation, result}``: final states, retries, upgrades.
+        self.metrics = metrics
         self._rng = rng or random.SystemRandom()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -144,6 +151,7 @@ class DeliveryWorker:
                 if free > 0:
                     claimed, closed = await self.outbox.run(self.outbox.claim, free)
                     for message in closed:
+                        self._count(message.operation, "failed")
                         await self._journal(
                             f"cns.{message.operation}",
                             "failed",
@@ -199,6 +207,7 @@ class DeliveryWorker:
             error=outcome.error,
             retry_at=retry_at,
         )
+        self._count(message.operation, "retried" if final.status == Status.QUEUED else final.status)
         log.info(
             "%s %s attempt %d: %s%s",
             message.operation,
@@ -249,7 +258,19 @@ class DeliveryWorker:
             except TimestampUnavailable as exc:
                 log.info("fee note %s still awaiting a timestamp: %s", message.id, exc)
                 return  # the TSA is down for all of them; try again later
+            except Exception as exc:
+                # Never upgradable (a revoked certificate, no XAdES signature to extend):
+                # waiting longer will not help, and it must not hold the others back.
+                error = f"cannot be upgraded to B-LT: {type(exc).__name__}: {exc}"
+                log.warning("fee note %s %s", message.id, error)
+                await self.outbox.run(self.outbox.finish, message.id, Status.FAILED, error=error)
+                self._count(message.operation, "failed")
+                await self._journal(
+                    "cns.timestamp_upgrade", "failed", uuid=message.id, detail={"error": error}
+                )
+                continue
             await self.outbox.run(self.outbox.timestamped, message.id, body, level)
+            self._count(message.operation, "timestamped")
             await self._journal(
                 "cns.timestamp_upgrade",
                 "queued",
@@ -257,6 +278,10 @@ class DeliveryWorker:
                 level=level,
                 digest=hashlib.sha256(body).hexdigest(),
             )
+
+    def _count(self, operation: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cns_message(str(operation), str(result))
 
     async def _journal(self, operation: str, outcome: str, **fields: object) -> None:
         if self.audit is None:

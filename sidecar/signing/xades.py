@@ -23,6 +23,7 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ from .xades_properties import (
     add_revocation_values,
     add_signature_timestamp,
     archive_timestamp_input,
+    find_qualifying_properties,
     signature_timestamp_input,
 )
 from .xml_safety import (
@@ -61,12 +63,14 @@ from .xmldsig import (
     C14N_EXCL,
     C14N_INCL,
     DIGEST_URIS,
+    DIGESTS,
     DS,
     PARALLEL_XPATH,
     XPATH_FILTER,
     ds,
     without_signatures,
     xades,
+    xades141,
 )
 
 __all__ = [
@@ -74,7 +78,9 @@ __all__ = [
     "PlacementError",
     "SignaturePolicy",
     "XadesOptions",
+    "augment_xml",
     "sign_xml",
+    "xades_level",
 ]
 
 logger = logging.getLogger("sidecar.signing.xades")
@@ -471,13 +477,242 @@ async def _collect(
     token_certificates: Sequence[asn1_x509.Certificate],
 ) -> ValidationData:
     """Validation data for the signer's chain and the TSA's, fetched concurrently."""
+    chain = [signer.certificate, *signer.chain]
+    return await _collect_for(source, chain, tsa_certificate, token_certificates)
+
+
+async def _collect_for(
+    source: ValidationDataSource,
+    chain: Sequence[asn1_x509.Certificate],
+    tsa_certificate: asn1_x509.Certificate | None,
+    token_certificates: Sequence[asn1_x509.Certificate],
+) -> ValidationData:
+    """:func:`_collect` for a chain given as certificates (leaf first)."""
     if tsa_certificate is None:
         raise UpstreamFailure(
             "error", "tsa", "the timestamp token does not carry the TSA's certificate"
         )
     tsa_der = tsa_certificate.dump()
     signer_side, tsa_side = await asyncio.gather(
-        source.collect([signer.certificate, *signer.chain]),
+        source.collect(list(chain)),
         source.collect([tsa_certificate, *(c for c in token_certificates if c.dump() != tsa_der)]),
     )
     return signer_side.merge(tsa_side)
+
+
+# -- augmentation: B-B (or B-T) to a higher level -----------------------------
+
+
+def xades_level(signature: etree._Element) -> Level:
+    """The level a signature's unsigned properties reach, read from the structure only
+    (no validation: :func:`~sidecar.signing.xades_verify.verify_xml` judges)."""
+    usp = signature.find(f".//{xades('UnsignedSignatureProperties')}")
+    if usp is None or usp.find(xades("SignatureTimeStamp")) is None:
+        return Level.B_B
+    if usp.find(xades141("ArchiveTimeStamp")) is not None:
+        return Level.B_LTA
+    if usp.find(xades("CertificateValues")) is not None and (
+        usp.find(xades("RevocationValues")) is not None
+    ):
+        return Level.B_LT
+    return Level.B_T
+
+
+@dataclass
+class _Augmentation:
+    """Where new unsigned properties go in the signed bytes.
+
+    Only appends: the new elements become the last children of ``container`` (the
+    QualifyingProperties, or an UnsignedSignatureProperties already present), so
+    every byte of the signed document stays where it was and nothing signed changes.
+    """
+
+    original: ParsedXml
+    signature_id: str
+    #: ``"qualifying"`` or ``"unsigned"`` (UnsignedSignatureProperties).
+    container: str
+    #: Children the container has in the original bytes.
+    kept: int
+    max_depth: int
+    #: The augmented document, once :meth:`splice` ran.
+    result: ParsedXml | None = None
+
+    def find_container(self, signature: etree._Element) -> etree._Element:
+        props = find_qualifying_properties(signature)
+        if props is None:  # checked before: the signature is ours to augment
+            raise RuntimeError("the QualifyingProperties disappeared")
+        if self.container == "qualifying":
+            return props
+        found = props.find(f"{xades('UnsignedProperties')}/{xades('UnsignedSignatureProperties')}")
+        if found is None:
+            raise RuntimeError("the UnsignedSignatureProperties disappeared")
+        return found
+
+    def signature_in(self, parsed: ParsedXml) -> etree._Element:
+        found = [s for s in parsed.root.iter(ds("Signature")) if s.get("Id") == self.signature_id]
+        if len(found) != 1:
+            raise XmlInputError(f"no single ds:Signature with Id {self.signature_id!r}")
+        return found[0]
+
+    def splice(self, signature: etree._Element) -> etree._Element:
+        """The original bytes with the container's new children appended; parsed back,
+        the signature in the new tree is returned (and :attr:`result` set)."""
+        container = self.find_container(signature)
+        payload = "".join(
+            _without_inherited_declarations(
+                etree.tostring(child, encoding="unicode", with_tail=False), container
+            )
+            for child in list(container)[self.kept :]
+        ).encode(self.original.encoding, errors="xmlcharrefreplace")
+        data = self.original.data
+        original_container = self.find_container(self.signature_in(self.original))
+        span = self.original.span_of(original_container)
+        tag_end, empty = span.start_tag(data)
+        if empty:
+            name = data[span.start + 1 : tag_end - 2].split()[0]
+            head = data[: tag_end - 2].rstrip() + b">"
+            data = head + payload + b"</" + name + b">" + data[tag_end:]
+        else:
+            data = data[: span.end] + payload + data[span.end :]
+        self.result = parse_xml(data, max_size=len(data) + 1, max_depth=self.max_depth)
+        return self.signature_in(self.result)
+
+
+def _start_augmentation(
+    document: bytes, signature_id: str | None, options: XadesOptions
+) -> tuple[_Augmentation, etree._Element]:
+    parsed = parse_xml(document, max_size=options.max_size, max_depth=options.max_depth + 16)
+    if not parsed.ascii_compatible:
+        raise XmlInputError(
+            f"documents encoded in {parsed.encoding} are not supported: use UTF-8 or ISO-8859-1"
+        )
+    signatures = [
+        s
+        for s in parsed.root.iter(ds("Signature"))
+        if not any(a.tag == ds("Signature") for a in s.iterancestors())
+        and (signature_id is None or s.get("Id") == signature_id)
+    ]
+    if len(signatures) != 1:
+        which = f"with Id {signature_id!r}" if signature_id else "(give its Id)"
+        raise XmlInputError(
+            f"the document has {len(signatures)} ds:Signature {which}: cannot tell which to augment"
+        )
+    signature = signatures[0]
+    props = find_qualifying_properties(signature)
+    if props is None or not signature.get("Id"):
+        raise XmlInputError("the signature is not a XAdES signature (no QualifyingProperties)")
+    unsigned = props.find(xades("UnsignedProperties"))
+    if unsigned is None:
+        container, holder = "qualifying", props
+    else:
+        usp = unsigned.find(xades("UnsignedSignatureProperties"))
+        if usp is None:
+            # Appending would put it after UnsignedDataObjectProperties, against the XSD.
+            raise XmlInputError(
+                "the signature has UnsignedProperties without UnsignedSignatureProperties"
+            )
+        container, holder = "unsigned", usp
+    augmentation = _Augmentation(
+        parsed, signature.get("Id", ""), container, len(holder), options.max_depth + 16
+    )
+    return augmentation, signature
+
+
+def _signer_chain(signature: etree._Element) -> list[asn1_x509.Certificate]:
+    """The certificates in KeyInfo, the one SigningCertificate(V2) names first."""
+    certificates = [
+        asn1_x509.Certificate.load(base64.b64decode("".join((e.text or "").split())))
+        for e in signature.iterfind(f"{ds('KeyInfo')}/{ds('X509Data')}/{ds('X509Certificate')}")
+    ]
+    if not certificates:
+        raise XmlInputError("the signature carries no certificate in ds:KeyInfo")
+    for holder in ("SigningCertificateV2", "SigningCertificate"):
+        cert_digest = signature.find(f".//{xades(holder)}/{xades('Cert')}/{xades('CertDigest')}")
+        if cert_digest is None:
+            continue
+        method = cert_digest.find(ds("DigestMethod"))
+        algorithm = DIGESTS.get("" if method is None else method.get("Algorithm", ""))
+        expected = base64.b64decode(
+            "".join((cert_digest.findtext(ds("DigestValue")) or "").split())
+        )
+        for index, cert in enumerate(certificates):
+            if algorithm and hashlib.new(algorithm, cert.dump()).digest() == expected:
+                return [cert, *certificates[:index], *certificates[index + 1 :]]
+    raise XmlInputError("no certificate in ds:KeyInfo matches the SigningCertificate digest")
+
+
+async def augment_xml(
+    document: bytes,
+    level: Level = Level.B_LT,
+    options: XadesOptions | None = None,
+    *,
+    timestamps: TimestampSource | None,
+    validation_data: ValidationDataSource | None = None,
+    signature_id: str | None = None,
+    executor: Executor | None = None,
+) -> bytes:
+    """Raise an existing XAdES signature (B-B or B-T) to ``level`` (B-T, B-LT, B-LTA).
+
+    What EN 319 132-1 lets be added later is added: the SignatureTimeStamp (now,
+    over the existing SignatureValue), CertificateValues and RevocationValues,
+    and the archive timestamp. They go, as new last children, into the
+    signature's QualifyingProperties (or its UnsignedSignatureProperties): the
+    document's bytes are otherwise kept as they are, so the signed parts, their
+    digests and the SignatureValue are untouched. A signature already at
+    ``level`` or above is returned unchanged.
+
+    The signature is not validated here (the caller signed it, or verifies it);
+    errors as :func:`sign_xml`, :class:`XmlInputError` for a document without one
+    XAdES signature to augment.
+    """
+    options = options or XadesOptions()
+    if level not in (Level.B_T, Level.B_LT, Level.B_LTA):
+        raise ValueError("a signature is augmented to B-T, B-LT or B-LTA")
+    if timestamps is None:
+        raise UpstreamFailure("unavailable", "tsa", f"{level} needs a TSA and none is configured")
+    if level in (Level.B_LT, Level.B_LTA) and validation_data is None:
+        raise UpstreamFailure(
+            "unavailable", "revocation", f"{level} needs revocation data and no source is set"
+        )
+    loop = asyncio.get_running_loop()
+
+    def run(fn, *args):  # type: ignore[no-untyped-def]
+        return loop.run_in_executor(executor, functools.partial(fn, *args))
+
+    augmentation, signature = await run(_start_augmentation, document, signature_id, options)
+    current = xades_level(signature)
+    if _LEVELS.index(current) >= _LEVELS.index(level):
+        return document
+
+    if current == Level.B_B:
+        token = await timestamps.timestamp(
+            signature_timestamp_input(signature, C14N_EXCL), options.digest
+        )
+        try:
+            contents = read_token(token)
+        except ValueError as exc:
+            raise UpstreamFailure("error", "tsa", f"the TSA's token is unreadable: {exc}") from None
+        add_signature_timestamp(signature, token, C14N_EXCL)
+        tsa_certificate, token_certificates = contents.tsa_certificate, contents.certificates
+    else:
+        stamp = signature.find(f".//{xades('SignatureTimeStamp')}/{xades('EncapsulatedTimeStamp')}")
+        assert stamp is not None  # B-T: xades_level found it
+        contents = read_token(base64.b64decode("".join((stamp.text or "").split())))
+        tsa_certificate, token_certificates = contents.tsa_certificate, contents.certificates
+
+    if level in (Level.B_LT, Level.B_LTA) and current in (Level.B_B, Level.B_T):
+        assert validation_data is not None
+        chain = _signer_chain(signature)
+        data = await _collect_for(validation_data, chain, tsa_certificate, token_certificates)
+        add_certificate_values(signature, data.certificates)
+        add_revocation_values(signature, data.crls, data.ocsp_responses)
+    signature = await run(augmentation.splice, signature)
+
+    if level == Level.B_LTA:
+        archive_input = await run(archive_timestamp_input, signature, C14N_INCL)
+        archive_token = await timestamps.timestamp(archive_input, options.digest)
+        add_archive_timestamp(signature, archive_token, C14N_INCL)
+        signature = await run(augmentation.splice, signature)
+
+    assert augmentation.result is not None
+    return augmentation.result.data

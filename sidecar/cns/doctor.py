@@ -1,0 +1,216 @@
+"""``sidecar doctor``'s CNS checks: can we reach the CNS and get in; is the outbox moving.
+
+- ``cns``: the configured environment's base URL, the TLS client certificate and the
+  bearer/OAuth2 step (``[cns]``), then the health operation. Refused or unresolved
+  connection, no answer, 401/403 (credentials) and 5xx (maintenance) each get their
+  own words and fix. With ``--sandbox`` and no sandbox URL configured: the simulator
+  ``serve --sandbox`` runs on ``[sandbox] cns_port``.
+- ``outbox``: read-only look at the outbox database: how old the oldest message not
+  yet settled is, and how many gave up (``failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..doctor import DoctorCheck, DoctorContext, Finding
+from .commands import outbox_path
+from .transport import CnsConfigError, CnsTimeout, CnsTransport, CnsUnreachable, resolve_base_url
+
+__all__ = ["DOCTOR_CHECKS", "check_cns", "check_outbox"]
+
+#: Oldest message not settled: a warning past an hour, broken past a day.
+PENDING_WARN_SECONDS = 3600.0
+PENDING_FAIL_SECONDS = 86400.0
+
+
+async def check_cns(ctx: DoctorContext) -> list[Finding]:
+    if ctx.settings is None:
+        return [Finding("cns", "skip", "not checked: the configuration does not load")]
+    cns = ctx.settings.cns
+    sandbox_url = None
+    if ctx.sandbox and cns.environment == "sandbox":
+        sandbox = ctx.settings.sandbox
+        sandbox_url = f"http://{sandbox.host}:{sandbox.cns_port}"
+    try:
+        base_url = resolve_base_url(cns, sandbox_url)
+    except CnsConfigError as exc:
+        if cns.environment == "sandbox":
+            return [Finding("cns", "skip", f"CNS forwarding is not configured: {exc}")]
+        return [
+            Finding(
+                "cns",
+                "fail",
+                str(exc),
+                fix=f"set [cns.base_urls] {cns.environment} to the CNS address you were given",
+            )
+        ]
+    data = {"url": base_url, "environment": cns.environment, "auth": cns.auth.mode}
+    try:
+        transport = CnsTransport(cns, base_url, ctx.session)
+    except CnsConfigError as exc:
+        return [
+            Finding(
+                "cns",
+                "fail",
+                str(exc),
+                fix="correct [cns.tls] / [cns.auth] (files, environment variables)",
+                data=data,
+            )
+        ]
+    host = urlsplit(base_url).hostname or base_url
+    reach_fix = (
+        "start the sandbox daemon (sidecar serve --sandbox): it serves the CNS simulator"
+        if sandbox_url is not None and base_url == sandbox_url
+        else f"check the network, proxy and firewall towards {host}; the CNS may also "
+        "be in a maintenance window (deposits wait in the outbox meanwhile)"
+    )
+    try:
+        async with asyncio.timeout(ctx.timeout):
+            answer = await transport.probe()
+    except (CnsTimeout, TimeoutError):
+        return [
+            Finding(
+                "cns",
+                "fail",
+                f"the CNS at {base_url} did not answer in time",
+                fix=reach_fix,
+                data=data,
+            )
+        ]
+    except CnsUnreachable as exc:
+        return [
+            Finding(
+                "cns",
+                "fail",
+                f"the CNS at {base_url} cannot be reached ({exc})",
+                fix=reach_fix,
+                data=data,
+            )
+        ]
+    data["status"] = answer.status
+    if answer.status in (401, 403):
+        return [
+            Finding(
+                "cns",
+                "fail",
+                f"the CNS at {base_url} refuses our credentials (HTTP {answer.status})",
+                fix="check [cns.auth] (client id and secret, or the token) and the client "
+                "certificate in [cns.tls]; the practice must be enrolled for this environment",
+                data=data,
+            )
+        ]
+    if answer.status >= 500:
+        return [
+            Finding(
+                "cns",
+                "fail",
+                f"the CNS at {base_url} answers HTTP {answer.status} (down or in maintenance)",
+                fix="try again later; deposits wait in the outbox and are sent when it is back",
+                data=data,
+            )
+        ]
+    if answer.status >= 400:
+        return [
+            Finding(
+                "cns",
+                "warn",
+                f"the CNS at {base_url} answers its health check with HTTP {answer.status}",
+                fix="check the health path in [cns.wire]",
+                data=data,
+            )
+        ]
+    signed_in = " (authenticated)" if cns.auth.mode != "none" else ""
+    return [Finding("cns", "ok", f"the CNS at {base_url} answers{signed_in}", data=data)]
+
+
+def _read_outbox(path: Path) -> tuple[dict[str, int], float | None]:
+    # Read-only: the doctor must never create, migrate or lock the daemon's database.
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        counts = dict(db.execute("SELECT status, count(*) FROM messages GROUP BY status"))
+        (oldest,) = db.execute(
+            "SELECT min(created_at) FROM messages "
+            "WHERE status IN ('queued', 'sending', 'awaiting_timestamp')"
+        ).fetchone()
+    finally:
+        db.close()
+    return counts, oldest
+
+
+async def check_outbox(ctx: DoctorContext) -> list[Finding]:
+    if ctx.settings is None:
+        return [Finding("outbox", "skip", "not checked: the configuration does not load")]
+    path = outbox_path(ctx.settings, ctx.paths)
+    if not path.exists():
+        return [Finding("outbox", "ok", "no outbox yet: nothing was sent to the CNS")]
+    try:
+        counts, oldest = await asyncio.to_thread(_read_outbox, path)
+    except sqlite3.Error as exc:
+        return [
+            Finding(
+                "outbox",
+                "fail",
+                f"the outbox {path} cannot be read: {exc}",
+                fix="look at the daemon's log; do not delete the file (it holds fee notes "
+                "not yet delivered)",
+                data={"path": str(path)},
+            )
+        ]
+    age = max(0.0, ctx.now().timestamp() - oldest) if oldest is not None else 0.0
+    pending = sum(counts.get(s, 0) for s in ("queued", "sending", "awaiting_timestamp"))
+    failed = counts.get("failed", 0)
+    data = {
+        "path": str(path),
+        "counts": counts,
+        "pending": pending,
+        "oldest_pending_seconds": round(age, 1),
+        "failed": failed,
+    }
+    findings = []
+    if age > PENDING_WARN_SECONDS:
+        findings.append(
+            Finding(
+                "outbox:pending",
+                "fail" if age > PENDING_FAIL_SECONDS else "warn",
+                f"{pending} message(s) waiting, the oldest for {_duration(age)}",
+                fix="the cns check says whether the CNS can be reached; "
+                "'sidecar outbox list' shows each message's last error",
+                data=data,
+            )
+        )
+    if failed:
+        findings.append(
+            Finding(
+                "outbox:failed",
+                "warn",
+                f"{failed} message(s) failed: the retry budget was spent",
+                fix="'sidecar outbox list --status failed' shows why; once the cause is "
+                "fixed, 'sidecar outbox retry UUID' sends one again",
+                data=data,
+            )
+        )
+    if not findings:
+        findings.append(
+            Finding(
+                "outbox",
+                "ok",
+                f"{pending} message(s) waiting, {counts.get('delivered', 0)} delivered",
+                data=data,
+            )
+        )
+    return findings
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
+
+
+DOCTOR_CHECKS: list[tuple[str, DoctorCheck]] = [("cns", check_cns), ("outbox", check_outbox)]
