@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/bench_xades.py [--seconds 5] [--size 20000]
 
-Everything runs on loopback in this one process: the sandbox PKI (OCSP/CRL), a fast
-TSA (pyHanko's DummyTimeStamper with the sandbox TSA's key loaded once: certomancer's
-own TSA reloads its key per request, ~50 ms of CPU), and the daemon (the real app,
-real guards and token, real trust layer with its revocation cache). Printed per case:
-n, p50, p95 (ms) and forms/s, next to the same-run baselines: raw signxml (the B-B
-core alone, in memory) and the TSA round trip alone (the TSA's share of B-T and up).
-The HTTP client shares the daemon's event loop, so HTTP figures are pessimistic.
+Everything runs on loopback: the sandbox PKI (OCSP/CRL) and the daemon (the real app,
+real guards and token, real trust layer with its caches) in this process; a fast TSA
+(bench/fast_tsa.py: the sandbox TSA's key loaded once — certomancer's own TSA reloads
+it per request, ~50 ms of CPU) in a child process, as a real TSA is elsewhere. Printed
+per case: n, p50, p95 (ms) and forms/s, next to the same-run baselines: raw signxml
+(the B-B core alone, in memory) and the TSA round trip alone, raw (HTTP only) and
+checked (our client: nonce, imprint, CMS signature, TSA path...) — the TSA's share
+of B-T and up. The HTTP client shares the daemon's event loop, so HTTP figures are
+pessimistic.
 """
 
 from __future__ import annotations
@@ -24,15 +26,9 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from asn1crypto import cms, core, pem, tsp
-from asn1crypto import keys as asn1_keys
-from asn1crypto import x509 as asn1_x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.serialization import pkcs12
+from fast_tsa import running_fast_tsa
 from lxml import etree
-from pyhanko.sign.general import as_signing_certificate, simple_cms_attribute
-from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
 from signxml import SignatureConstructionMethod
 from signxml.xades import XAdESSigner
 
@@ -46,6 +42,7 @@ from sidecar.signing.report import Level
 from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from sidecar.signing.xades import sign_xml
 from sidecar.trust import open_trust
+from sidecar.trust.tsa import make_request
 
 C14N_1_0 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
 
@@ -56,51 +53,6 @@ def make_form(size: int) -> bytes:
     line = b'  <Act code="C1" date="2026-01-15"><Amount currency="EUR">42.00</Amount></Act>\n'
     body = line * max(1, (size - len(head)) // len(line))
     return head + body + b"</FeeNote>\n"
-
-
-def _load_pem(path: Path) -> bytes:
-    return pem.unarmor(path.read_bytes())[2]
-
-
-class _FastTimeStamper(DummyTimeStamper):
-    """pyHanko's test TSA with its key parsed once (its own re-parses it per token)."""
-
-    def __init__(self, *, tsa_cert: asn1_x509.Certificate, tsa_key: asn1_keys.PrivateKeyInfo):
-        super().__init__(tsa_cert=tsa_cert, tsa_key=tsa_key)
-        self._key = serialization.load_der_private_key(tsa_key.dump(), password=None)
-
-    def _sign_tst_info(self, tst_info_data, md_algorithm, dt):  # type: ignore[no-untyped-def]
-        digest = hashlib.new(md_algorithm, tst_info_data).digest()
-        attrs = cms.CMSAttributes(
-            [
-                simple_cms_attribute("content_type", "tst_info"),
-                simple_cms_attribute("signing_time", cms.Time({"utc_time": core.UTCTime(dt)})),
-                simple_cms_attribute("signing_certificate", as_signing_certificate(self.tsa_cert)),
-                simple_cms_attribute("message_digest", digest),
-            ]
-        )
-        algorithm = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}[md_algorithm]
-        return self._key.sign(attrs.dump(), PKCS1v15(), algorithm), attrs
-
-
-async def start_fast_tsa(pki_dir: Path) -> tuple[str, web.AppRunner]:
-    cert = asn1_x509.Certificate.load(_load_pem(pki_dir / "certs" / "tsa.pem"))
-    key = asn1_keys.PrivateKeyInfo.load(_load_pem(pki_dir / "keys" / "tsa.key.pem"))
-    stamper = _FastTimeStamper(tsa_cert=cert, tsa_key=key)
-
-    async def handle(request: web.Request) -> web.Response:
-        req = tsp.TimeStampReq.load(await request.read())
-        resp = await stamper.async_request_tsa_response(req)
-        return web.Response(body=resp.dump(), content_type="application/timestamp-reply")
-
-    app = web.Application()
-    app.router.add_post("/tsa", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return f"http://127.0.0.1:{port}/tsa", runner
 
 
 async def measure(
@@ -136,9 +88,8 @@ async def main(seconds: float, size: int) -> None:
         pki = ensure_sandbox_pki(home / "pki", port=_free_port())
         form = make_form(size)
         async with serve_sandbox_pki(pki):
-            tsa_url, tsa_runner = await start_fast_tsa(pki.directory)
-            results = await _run(home, pki, tsa_url, form, seconds)
-            await tsa_runner.cleanup()
+            with running_fast_tsa(pki.directory) as tsa_url:
+                results = await _run(home, pki, tsa_url, form, seconds)
     print(f"\nXAdES bench: {len(form)} byte form, {seconds:.0f} s per case\n")
     print(f"{'case':<44}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'forms/s':>10}")
     for row in results:
@@ -146,6 +97,14 @@ async def main(seconds: float, size: int) -> None:
             f"{row['case']:<44}{row['n']:>6}{row['p50']:>10.2f}{row['p95']:>10.2f}"
             f"{row['per_s']:>10.1f}"
         )
+    by_case = {str(row["case"]): row for row in results}
+    raw = float(by_case["baseline: TSA round trip (raw HTTP)"]["p50"])
+    checked = float(by_case["baseline: TSA round trip (checked)"]["p50"])
+    print("\nB-LT p50 over the TSA round trip (raw HTTP / checked):")
+    for name, row in by_case.items():
+        if "B-LT" in name:
+            p50 = float(row["p50"])
+            print(f"  {name:<42}{p50 - raw:>+8.2f} ms  {p50 - checked:>+8.2f} ms")
 
 
 def _free_port() -> int:
@@ -210,6 +169,15 @@ async def _run(
     ):
         timestamps = TrustTimestampSource(trust.tsa)
         validation = TrustValidationDataSource(trust.revocation)
+        query = make_request(hashlib.sha256(form).digest(), "sha256").dump()
+
+        async def raw_tsa() -> None:
+            async with session.post(
+                tsa_url, data=query, headers={"Content-Type": "application/timestamp-query"}
+            ) as response:
+                await response.read()
+
+        results.append(await measure("baseline: TSA round trip (raw HTTP)", raw_tsa, seconds))
         results.append(
             await measure(
                 "baseline: TSA round trip (checked)", lambda: timestamps.timestamp(form), seconds

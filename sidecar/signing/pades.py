@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from asn1crypto import cms
 from pyhanko.pdf_utils import misc
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
@@ -188,6 +189,32 @@ class _PreservingWriter(IncrementalPdfFileWriter):
         super().register_extension(ext)
 
 
+class _DefiniteSignerInfo(cms.SignerInfo):
+    """A SignerInfo we build, written without asn1crypto's indefinite-length guess.
+
+    asn1crypto takes any header whose last byte is 0x80 for an indefinite length
+    (a SignerInfo of 0x0a80 = 2688 bytes, an RSA-2048 signature with the sandbox
+    TSA's token, is one) and then re-encodes the whole value, signed attributes
+    and timestamp token included, on every dump: 20-30 ms per PAdES signature, and
+    pyHanko dumps it several times. The SignerInfo is ours, built definite-length,
+    so its header is simply recomputed from its contents.
+    """
+
+    def dump(self, force: bool = False) -> bytes:
+        if not force:
+            self._header = None
+        return super().dump(force)
+
+
+class _PadesSignerAdapter(PyHankoSignerAdapter):
+    """The key adapter, with the SignerInfo written as it was built (see above)."""
+
+    def signer_info(self, digest_algorithm: str, signed_attrs, signature):  # type: ignore[no-untyped-def]
+        info = super().signer_info(digest_algorithm, signed_attrs, signature)
+        info.__class__ = _DefiniteSignerInfo  # same layout: only dump() differs
+        return info
+
+
 def _stamp_style(stamp: VisibleStamp) -> TextStampStyle:
     return TextStampStyle(
         stamp_text=stamp.text,
@@ -222,7 +249,7 @@ class PadesEngine:
         if adapter is None:
             if len(self._adapters) > 64:
                 self._adapters.clear()
-            adapter = self._adapters[key] = PyHankoSignerAdapter(signer)
+            adapter = self._adapters[key] = _PadesSignerAdapter(signer)
         return adapter
 
     def _check_level(self, level: Level) -> None:

@@ -14,6 +14,28 @@ this module adds is a cache shared by every validation context of the process:
   responder blips, an entry still inside its validity is used — B-LT can still be
   produced until the data's own ``nextUpdate``.
 
+Above that cache, :meth:`RevocationService.revocation_info` keeps the *validated*
+result of each chain (path to an anchor, revocation status of every certificate, the
+data to embed), so that a burst of signatures validates each chain once:
+
+- keyed by the chain as given (the SHA-256 of each certificate, in order) and the
+  anchor set; the OCSP/CRL cache entries the validation read are recorded with the
+  exact DER values it saw (the *revocation data identity*);
+- reused only while every one of those cache entries still holds the very same
+  values and none has reached its refresh point (``nextUpdate`` less the refresh
+  margin), and while every certificate of the path (OCSP responders included) is
+  inside its validity period; capped at ``max_validity`` like the data itself;
+- a result built on data served stale (refresh failed, data still inside its own
+  ``nextUpdate``) is not kept: the next call validates again;
+- failures (revoked, no path, no data) are never kept;
+- concurrent calls for one chain share one validation (single flight).
+
+So a reused result is exactly what a new validation would find from the same cached
+data: the embedded OCSP responses and CRLs are always inside their
+thisUpdate/nextUpdate window (EN 319 102-1 freshness), and a certificate revoked
+after a validation is caught as soon as its status is refreshed (at the latest at
+the refresh point of the data that said it was good).
+
 Engines call :meth:`RevocationService.revocation_info` for a chain (the signer's or
 the TSA's) or take :meth:`RevocationService.validation_context` for pyHanko.
 """
@@ -74,11 +96,14 @@ __all__ = [
     "RevocationService",
     "RevocationUnavailable",
     "RevocationValues",
+    "ValidationStats",
 ]
 
 log = logging.getLogger("sidecar.trust.revocation")
 
 Kind = Literal["ocsp", "crl"]
+#: Validated chains kept at most (signers and TSAs of one installation: a handful).
+_MAX_VALIDATED = 256
 
 #: Every certificate of the chain below the anchor needs OCSP or CRL data (B-LT).
 REQUIRE_REVINFO = CertRevTrustPolicy(
@@ -120,6 +145,28 @@ class CacheStats:
     fetch_failures: int = 0
     #: Lookups answered from an entry past its refresh point because the fetch failed.
     stale_served: int = 0
+
+
+@dataclass
+class ValidationStats:
+    #: Chain validations run (pyhanko-certvalidator, revocation checked per certificate).
+    validations: int = 0
+    #: :meth:`RevocationService.revocation_info` calls answered by a still-current result.
+    reused: int = 0
+    #: Calls that waited for a validation already running for the same chain.
+    joined: int = 0
+
+
+@dataclass(frozen=True)
+class _Validated:
+    """A chain validated with revocation data, and what that result rests on."""
+
+    values: RevocationValues
+    anchors: TrustAnchors
+    #: The cache entries the validation read, each with the DER values it saw.
+    sources: tuple[tuple[Kind, str, tuple[bytes, ...]], ...]
+    #: Reused strictly before this instant (see the module docstring).
+    until: datetime
 
 
 @dataclass(frozen=True)
@@ -231,6 +278,19 @@ class RevocationCache:
     def __len__(self) -> int:
         return len(self._memory)
 
+    def now(self) -> datetime:
+        """The cache's clock (injectable for tests); every expiry here is on it."""
+        return self._now()
+
+    @property
+    def max_validity(self) -> timedelta:
+        return self._max_validity
+
+    def current(self, kind: Kind, key: str) -> tuple[tuple[bytes, ...], datetime] | None:
+        """The DER values held for *key* and their refresh point, without fetching."""
+        entry = self._memory.get((kind, key))
+        return None if entry is None else (entry.ders, entry.refresh_at)
+
     async def obtain(
         self,
         kind: Kind,
@@ -325,6 +385,8 @@ class _CachingOCSPFetcher(OCSPFetcher):
         self._service = service
         self._budget = budget
         self._responses: dict[bytes, list[ocsp.OCSPResponse]] = {}
+        #: Cache entries read, with the values obtained (what a validation rests on).
+        self.sources: dict[tuple[Kind, str], tuple[bytes, ...]] = {}
 
     async def fetch(
         self, cert: x509.Certificate | cms.AttributeCertificateV2, authority: Authority
@@ -341,7 +403,9 @@ class _CachingOCSPFetcher(OCSPFetcher):
                 return [(await fetcher.fetch(cert, authority)).dump()]
 
         key = _cert_key(cert)
-        (der,) = await service.cache.obtain("ocsp", key, download)
+        ders = await service.cache.obtain("ocsp", key, download)
+        self.sources[("ocsp", key)] = ders
+        (der,) = ders
         response = ocsp.OCSPResponse.load(der)
         self._responses.setdefault(issuer_serial(cert), []).append(response)
         return response
@@ -362,6 +426,7 @@ class _CachingCRLFetcher(CRLFetcher):
         self._service = service
         self._budget = budget
         self._by_cert: dict[bytes, list[crl.CertificateList]] = {}
+        self.sources: dict[tuple[Kind, str], tuple[bytes, ...]] = {}
 
     async def fetch(
         self, cert: x509.Certificate | cms.AttributeCertificateV2, *, use_deltas: bool | None = None
@@ -390,6 +455,7 @@ class _CachingCRLFetcher(CRLFetcher):
         # Keyed by where the CRLs come from: every certificate of the CA shares them.
         key = ("delta:" if deltas else "") + " ".join(urls)
         ders = await service.cache.obtain("crl", key, download)
+        self.sources[("crl", key)] = ders
         lists = [crl.CertificateList.load(der) for der in ders]
         self._by_cert[issuer_serial(cert)] = lists
         return lists
@@ -431,6 +497,10 @@ class RevocationService:
         self.cache = cache
         self.timeout = timeout
         self._limits = limits
+        # Validated chains (see the module docstring for what makes one reusable).
+        self._validated: dict[tuple[bytes, ...], _Validated] = {}
+        self._validating: dict[tuple[bytes, ...], asyncio.Task[RevocationValues]] = {}
+        self.validation_stats = ValidationStats()
 
     @asynccontextmanager
     async def observe(self, upstream: str) -> AsyncIterator[None]:
@@ -481,17 +551,69 @@ class RevocationService:
     async def revocation_info(self, chain: Sequence[x509.Certificate | bytes]) -> RevocationValues:
         """Validate *chain* (leaf first) with revocation data for each certificate.
 
+        A result still current (module docstring: same cached OCSP/CRL values, none
+        at its refresh point, every certificate inside its validity) is returned
+        without validating again; concurrent calls for one chain share one validation.
+
         Raises :class:`CertificateRevoked`, :class:`RevocationUnavailable` (no data
         reachable or cached) or :class:`RevocationError` (no path to an anchor...).
         """
         certs = [c if isinstance(c, x509.Certificate) else x509.Certificate.load(c) for c in chain]
         if not certs:
             raise ValueError("an empty chain has no revocation data")
-        context = self.validation_context(other_certs=certs[1:])
+        key = tuple(c.sha256 for c in certs)
+        known = self._validated.get(key)
+        if known is not None and self._still_current(known):
+            self.validation_stats.reused += 1
+            return known.values
+        task = self._validating.get(key)
+        if task is None:
+            task = asyncio.create_task(self._validate(key, certs))
+            self._validating[key] = task
+            task.add_done_callback(lambda t: self._validated_settled(key, t))
+        else:
+            self.validation_stats.joined += 1
+        # A caller that gives up must not cancel the validation the others wait for.
+        return await asyncio.shield(task)
+
+    def forget_validated(self) -> None:
+        """Drop every kept validation result (the next call per chain validates again)."""
+        self._validated.clear()
+
+    def _still_current(self, known: _Validated) -> bool:
+        if known.anchors is not self.anchors or not self.cache.now() < known.until:
+            return False
+        for kind, key, ders in known.sources:
+            held = self.cache.current(kind, key)
+            # Refreshed since (new values) or dropped: what the result rests on changed.
+            if held is None or held[0] != ders:
+                return False
+        return True
+
+    def _validated_settled(
+        self, key: tuple[bytes, ...], task: asyncio.Task[RevocationValues]
+    ) -> None:
+        self._validating.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters may all have gone
+
+    async def _validate(
+        self, key: tuple[bytes, ...], certs: list[x509.Certificate]
+    ) -> RevocationValues:
+        anchors = self.anchors
+        fetchers = self.fetchers()
+        context = ValidationContext(
+            trust_roots=list(anchors.certificates),
+            other_certs=certs[1:],
+            allow_fetching=True,
+            fetchers=fetchers,
+            revinfo_policy=REQUIRE_REVINFO,
+        )
         validator = CertificateValidator(
             certs[0], intermediate_certs=certs[1:], validation_context=context
         )
         subject = certs[0].subject.human_friendly
+        self.validation_stats.validations += 1
         try:
             path = await validator.async_validate_path()
         except RevokedError as exc:
@@ -503,16 +625,55 @@ class RevocationService:
 
         ocsps = [r.dump() for r in context.ocsps]
         crls = [c.dump() for c in context.crls]
-        unique: dict[bytes, bytes] = {}
+        unique: dict[bytes, x509.Certificate] = {}
         for cert in path.iter_certs(include_root=True):
-            unique.setdefault(cert.sha256, cert.dump())
+            unique.setdefault(cert.sha256, cert)
         for response in context.ocsps:
             basic = response.basic_ocsp_response
             for cert in basic["certs"] or ():
-                unique.setdefault(cert.sha256, cert.dump())
-        return RevocationValues(
+                unique.setdefault(cert.sha256, cert)
+        values = RevocationValues(
             ocsp_responses=tuple(dict.fromkeys(ocsps)),
             crls=tuple(dict.fromkeys(crls)),
-            certificates=tuple(unique.values()),
+            certificates=tuple(c.dump() for c in unique.values()),
             path=path,
         )
+        ocsp_fetcher, crl_fetcher = fetchers.ocsp_fetcher, fetchers.crl_fetcher
+        assert isinstance(ocsp_fetcher, _CachingOCSPFetcher)
+        assert isinstance(crl_fetcher, _CachingCRLFetcher)
+        sources = {**ocsp_fetcher.sources, **crl_fetcher.sources}
+        until = self._reusable_until(sources, unique.values())
+        if until is not None:
+            self._keep(
+                key,
+                _Validated(
+                    values, anchors, tuple((k, n, d) for (k, n), d in sources.items()), until
+                ),
+            )
+        return values
+
+    def _reusable_until(
+        self,
+        sources: dict[tuple[Kind, str], tuple[bytes, ...]],
+        certs: Iterable[x509.Certificate],
+    ) -> datetime | None:
+        """Until when a validation resting on *sources* and *certs* may be reused, if at all."""
+        now = self.cache.now()
+        limits = [now + self.cache.max_validity]
+        for (kind, key), ders in sources.items():
+            held = self.cache.current(kind, key)
+            if held is None or held[0] != ders:
+                return None  # served stale or refreshed meanwhile: do not build on it
+            limits.append(held[1])
+        limits.extend(c.not_valid_after for c in certs)
+        until = min(limits)
+        return until if now < until else None
+
+    def _keep(self, key: tuple[bytes, ...], validated: _Validated) -> None:
+        if len(self._validated) >= _MAX_VALIDATED:
+            now = self.cache.now()
+            for stale in [k for k, v in self._validated.items() if not now < v.until]:
+                del self._validated[stale]
+            while len(self._validated) >= _MAX_VALIDATED:
+                del self._validated[next(iter(self._validated))]
+        self._validated[key] = validated

@@ -8,6 +8,18 @@ a critical extended key usage that is exactly ``timeStamping`` (RFC 3161 section
 purpose: once the signature is known good, a large difference means *our* clock is
 off (a classic workstation fault), and the message says so.
 
+The TSA's certificate path is the one costly part, and the same for every token of
+one TSA certificate: :class:`TsaPathCache` keeps it (see there for what and how
+long). A token signed by a certificate whose path is kept still gets every per-token
+check — nonce, imprint, policy, the CMS signature with its signed attributes
+(message digest, content type, ESS signing certificate), the algorithm policy,
+the EKU, genTime inside the validity of every certificate of the path, the clock.
+
+Tokens are kept with the exact bytes the TSA signed (:class:`ReceivedContentInfo`):
+asn1crypto re-encodes a structure whose length happens to end in 0x80 (it takes it
+for an indefinite length), which costs a full re-encoding of the token each time a
+CMS object holding it is written, and would alter a token not in strict DER.
+
 TSAs are tried in configuration order. Each has its own timeout, a bounded number of
 attempts for transient failures (refused/reset connection, HTTP 5xx) and a
 :class:`~sidecar.trust.breaker.CircuitBreaker`, so a dead TSA is skipped without a
@@ -33,16 +45,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiohttp
-from asn1crypto import cms, tsp, x509
+from asn1crypto import cms, parser, tsp, x509
+from cryptography.hazmat.primitives import hashes
+from pyhanko.sign.general import extract_signer_info
 from pyhanko.sign.timestamps import TimeStamper
 from pyhanko.sign.timestamps.common_utils import TimestampRequestError
-from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
+from pyhanko.sign.validation.generic_cms import validate_sig_integrity, validate_tst_signed_data
+from pyhanko.sign.validation.utils import CMSAlgorithmUsagePolicy
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import CertificateFetchError
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpCertificateFetcher
 from pyhanko_certvalidator.fetchers.api import FetchLimits
 from pyhanko_certvalidator.fetchers.common_utils import FetchBudget
+from pyhanko_certvalidator.policy_decl import DisallowWeakAlgorithmsPolicy
 from pyhanko_certvalidator.registry import SimpleCertificateStore
+from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
 from ..config import BreakerSettings, TsaSettings
 from ..logs import register_secret
@@ -52,11 +69,13 @@ from .breaker import BreakerStatus, CircuitBreaker
 __all__ = [
     "DIGEST_SIZES",
     "CheckedTimeStamper",
+    "ReceivedContentInfo",
     "RelayedReply",
     "TimeStampClient",
     "TimeStampToken",
     "TsaEndpoint",
     "TsaError",
+    "TsaPathCache",
     "TsaRejected",
     "TsaReplyError",
     "TsaStatus",
@@ -203,6 +222,151 @@ def _read_password(settings: TsaSettings, environ: Mapping[str, str]) -> str:
     raise ValueError(f"TSA {settings.url}: username given without password_env or password_file")
 
 
+class ReceivedContentInfo(cms.ContentInfo):
+    """A ``ContentInfo`` as received from its signer: :meth:`dump` gives those bytes.
+
+    asn1crypto re-encodes a value whose header ends in 0x80 (it takes any such
+    length for an indefinite one) and, with it, everything inside; a token is
+    signed data and must travel unchanged, and re-encoding it each time a CMS
+    object holding it is written is most of what PAdES signing costs otherwise.
+    """
+
+    _received: bytes | None = None
+
+    @classmethod
+    def received(cls, der: bytes) -> ReceivedContentInfo:
+        value = cls.load(der, strict=True)
+        value._received = der
+        return value
+
+    def dump(self, force: bool = False) -> bytes:
+        if self._received is not None:
+            return self._received
+        return super().dump(force)
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self._received = None  # changed: no longer what was received
+        super().__setitem__(key, value)
+
+    def _copy(self, other: ReceivedContentInfo, copy_func: Callable[..., object]) -> None:
+        super()._copy(other, copy_func)
+        self._received = getattr(other, "_received", None)
+
+
+@dataclass
+class TsaPathStats:
+    #: Full checks (CMS signature and path validation by pyHanko).
+    validations: int = 0
+    #: Tokens whose TSA certificate path was taken from the cache.
+    reused: int = 0
+
+
+@dataclass(frozen=True)
+class _TsaPath:
+    chain: tuple[x509.Certificate, ...]
+    anchors: TrustAnchors
+    #: Every certificate of the path is valid from ``valid_from`` to ``valid_to``.
+    valid_from: datetime
+    valid_to: datetime
+    #: Monotonic clock reading after which the entry is validated again.
+    expires: float
+
+
+class TsaPathCache:
+    """Validated TSA certificate paths, so that a token costs its own checks only.
+
+    What is kept, per TSA certificate (its DER) and anchor set: the path pyHanko
+    validated for a token from that certificate to one of the anchors (PKIX path
+    validation: each certificate's signature, names, basic constraints, the TSA
+    certificate's key usage and ``timeStamping`` EKU) and the interval in which
+    every certificate of the path is valid. Nothing in it depends on the token
+    but the time, so a later token is accepted with that path when its genTime
+    falls inside the interval; otherwise it is validated in full again.
+
+    Replies arriving together share the first one's path validation (single
+    flight per TSA certificate) rather than each validating the same path.
+
+    How long: ``ttl`` seconds (one hour by default), or until the anchors change
+    (another :class:`TrustAnchors` object). Revocation is not part of it: the
+    reply check never looks at the TSA's revocation status (no fetching on the hot
+    path); B-LT collects and checks the TSA chain's revocation data with
+    :meth:`~sidecar.trust.revocation.RevocationService.revocation_info`, cached
+    by the revocation data's own validity.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 3600.0,
+        max_entries: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._paths: dict[bytes, _TsaPath] = {}
+        self._pending: dict[bytes, asyncio.Future[None]] = {}
+        self.stats = TsaPathStats()
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def clear(self) -> None:
+        self._paths.clear()
+
+    def lookup(
+        self, cert: x509.Certificate, anchors: TrustAnchors, at: datetime
+    ) -> tuple[x509.Certificate, ...] | None:
+        """The kept chain (*cert* first) usable for a token of genTime *at*, if any."""
+        entry = self._paths.get(cert.sha256)
+        if entry is None:
+            return None
+        if entry.anchors is not anchors or self._clock() >= entry.expires:
+            del self._paths[cert.sha256]
+            return None
+        if not entry.valid_from <= at <= entry.valid_to:
+            return None
+        return entry.chain
+
+    def validating(self, cert: x509.Certificate) -> bool:
+        """Whether a full check of a token from *cert* is under way."""
+        return cert.sha256 in self._pending
+
+    async def settled(self, cert: x509.Certificate) -> None:
+        """Wait for the full check under way for *cert* (whatever its outcome)."""
+        pending = self._pending.get(cert.sha256)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def start(self, cert: x509.Certificate) -> Callable[[], None]:
+        """Mark a full check for *cert* as under way; call the result when it ends."""
+        key = cert.sha256
+        pending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, pending)
+
+        def settle() -> None:
+            if self._pending.get(key) is pending:
+                del self._pending[key]
+            if not pending.done():
+                pending.set_result(None)
+
+        return settle
+
+    def remember(self, chain: Sequence[x509.Certificate], anchors: TrustAnchors) -> None:
+        """Keep *chain* (TSA certificate first, anchor last), just validated against *anchors*."""
+        if not chain:
+            return
+        if len(self._paths) >= self._max_entries:
+            self._paths.pop(next(iter(self._paths)))
+        self._paths[chain[0].sha256] = _TsaPath(
+            chain=tuple(chain),
+            anchors=anchors,
+            valid_from=max(c.not_valid_before for c in chain),
+            valid_to=min(c.not_valid_after for c in chain),
+            expires=self._clock() + self._ttl,
+        )
+
+
 @dataclass(frozen=True)
 class TimeStampToken:
     """A checked RFC 3161 token: the DER ``ContentInfo`` and what it says."""
@@ -324,8 +488,12 @@ async def check_reply(
     other_certs: Sequence[x509.Certificate] = (),
     fetch_issuers: IssuerFetcher | None = None,
     now: datetime | None = None,
+    paths: TsaPathCache | None = None,
 ) -> TimeStampToken:
     """Check a TimeStampResp against the request that asked for it.
+
+    *paths* keeps validated TSA certificate paths between calls (see
+    :class:`TsaPathCache`); without it every reply gets a full path validation.
 
     Raises :class:`TsaRejected` for a refusal and :class:`TsaReplyError` (with
     ``reason`` one of ``malformed``, ``nonce_mismatch``, ``imprint_mismatch``,
@@ -352,7 +520,7 @@ async def check_reply(
             fail_info=fail_info,
         )
     try:
-        token: cms.ContentInfo = response["time_stamp_token"]
+        token: cms.ContentInfo = ReceivedContentInfo.received(_token_der(response_der))
         if token["content_type"].native != "signed_data":
             raise ValueError("the token is not CMS SignedData")
         signed_data: cms.SignedData = token["content"]
@@ -386,10 +554,31 @@ async def check_reply(
         )
 
     gen_time: datetime = tst_info["gen_time"].native
-    certs = list(other_certs)
-    if fetch_issuers is not None:
-        certs += await _missing_issuers(signed_data, certs, anchors, fetch_issuers)
-    chain = await _check_signature(signed_data, asked, gen_time, url, anchors, certs, fail)
+    signer = _designated_certificate(signed_data) if paths is not None else None
+    chain = None
+    if paths is not None and signer is not None:
+        chain = paths.lookup(signer, anchors, gen_time)
+        if chain is None and paths.validating(signer):
+            # A burst: the first reply's path validation is under way; share it.
+            await paths.settled(signer)
+            chain = paths.lookup(signer, anchors, gen_time)
+    if chain is not None:
+        assert paths is not None
+        paths.stats.reused += 1
+        _check_token_signature(signed_data, chain[0], gen_time, fail)
+    else:
+        settle = paths.start(signer) if paths is not None and signer is not None else None
+        try:
+            certs = list(other_certs)
+            if fetch_issuers is not None:
+                certs += await _missing_issuers(signed_data, certs, anchors, fetch_issuers)
+            chain = await _check_signature(signed_data, asked, gen_time, url, anchors, certs, fail)
+            if paths is not None:
+                paths.stats.validations += 1
+                paths.remember(chain, anchors)
+        finally:
+            if settle is not None:
+                settle()
     _check_tsa_eku(chain[0], fail)
 
     local = now or datetime.now(UTC)
@@ -489,6 +678,89 @@ def complete_chain(response_der: bytes, token: TimeStampToken) -> bytes:
         return der
     except (ValueError, TypeError, KeyError):
         return response_der
+
+
+def _token_der(response_der: bytes) -> bytes:
+    """The TimeStampToken's own bytes inside a TimeStampResp (status, then token)."""
+    _, _, _, _, body, _ = parser.parse(response_der, strict=True)
+    status_length = parser.peek(body)
+    token = body[status_length:]
+    if not token or parser.peek(token) != len(token):
+        raise ValueError("no single time-stamp token after the status")
+    return token
+
+
+def _designated_certificate(signed_data: cms.SignedData) -> x509.Certificate | None:
+    """The certificate the token carries that its ``sid`` designates, if exactly found.
+
+    As pyHanko identifies the signer (issuer and serial, or key identifier);
+    :func:`validate_sig_integrity` then checks it against the ESS signing-certificate
+    attribute. Anything unusual: None, and the full check reports what is wrong.
+    """
+    try:
+        sid = extract_signer_info(signed_data)["sid"]
+        for choice in signed_data["certificates"] or ():
+            if choice.name == "certificate" and _designates(sid, choice.chosen):
+                cert: x509.Certificate = choice.chosen
+                return cert
+    except Exception:  # malformed: left to the full check, which says what is wrong
+        return None
+    return None
+
+
+def _designates(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
+    if sid.name == "issuer_and_serial_number":
+        return bool(
+            sid.chosen["serial_number"].native == cert.serial_number
+            and sid.chosen["issuer"].dump() == cert.issuer.dump()
+        )
+    return bool(sid.chosen.native == cert.key_identifier)
+
+
+_TOKEN_ALGORITHMS = CMSAlgorithmUsagePolicy.lift_policy(DisallowWeakAlgorithmsPolicy())
+
+
+def _check_token_signature(
+    signed_data: cms.SignedData,
+    cert: x509.Certificate,
+    gen_time: datetime,
+    fail: Callable[[str, str], TsaReplyError],
+) -> None:
+    """The per-token part of :func:`validate_tst_signed_data`, the path being known good.
+
+    The algorithm policy at genTime (pyHanko's default for a ValidationContext), then
+    the signed attributes (CMSAlgorithmProtection, ESS signing certificate, content
+    type ``tst_info``, message digest over the encapsulated TSTInfo) and the signature.
+    """
+    try:
+        signer_info = extract_signer_info(signed_data)
+        signature_algorithm = signer_info["signature_algorithm"]
+        digest_algorithm = signer_info["digest_algorithm"]
+        allowed = [
+            _TOKEN_ALGORITHMS.signature_algorithm_allowed(
+                signature_algorithm, moment=gen_time, public_key=cert.public_key
+            ),
+            _TOKEN_ALGORITHMS.digest_algorithm_allowed(digest_algorithm, moment=gen_time),
+            _TOKEN_ALGORITHMS.digest_combination_allowed(
+                signature_algo=signature_algorithm,
+                message_digest_algo=digest_algorithm,
+                moment=None,
+            ),
+        ]
+        refused = next((a for a in allowed if not a), None)
+        if refused is not None:
+            raise ValueError(refused.failure_reason or "an algorithm is not allowed")
+        md = hashes.Hash(get_pyca_cryptography_hash(digest_algorithm["algorithm"].native))
+        md.update(bytes(signed_data["encap_content_info"]["content"]))
+        intact, valid = validate_sig_integrity(
+            signer_info, cert, expected_content_type="tst_info", actual_digest=md.finalize()
+        )
+    except Exception as exc:  # pyHanko raises several unrelated types for broken CMS
+        raise fail(
+            "bad_signature", f"the token's CMS signature cannot be checked ({exc})"
+        ) from None
+    if not (intact and valid):
+        raise fail("bad_signature", "the token's CMS signature does not verify")
 
 
 async def _check_signature(
@@ -599,6 +871,8 @@ class TimeStampClient:
         # (no certificates inside) still be checked.
         self._known_certs = SimpleCertificateStore()
         self._timestamper: CheckedTimeStamper | None = None
+        #: Validated TSA certificate paths (what is kept and how long: TsaPathCache).
+        self.paths = TsaPathCache()
 
     @property
     def anchors(self) -> TrustAnchors:
@@ -749,6 +1023,7 @@ class TimeStampClient:
             expected_policy=endpoint.policy,
             other_certs=list(self._known_certs),
             fetch_issuers=self._fetch_issuers,
+            paths=self.paths,
         )
         for cert in token.chain:
             self._known_certs.register(cert)
