@@ -9,11 +9,9 @@ with_tests=0
 
 packages=(softhsm2 opensc openssl python3-venv)
 if [ "$with_tests" = 1 ]; then
-  packages+=(xmlsec1 poppler-utils nodejs npm systemd)  # systemd: systemd-analyze verify
-fi
-if [ "$with_tests" = 1 ]; then
-  # tests/test_docs_status.py drives Debian's chromium; tests/test_examples.py runs Java 17.
-  packages+=(chromium)
+  # Independent validators (xmlsec1, pdfsig, xadesjs on Node), systemd-analyze for the
+  # unit, Debian's chromium for the status page test, Java 17 for the Java example.
+  packages+=(xmlsec1 poppler-utils nodejs npm systemd chromium)
   command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
 fi
 
