@@ -16,6 +16,7 @@ from typing import TextIO
 from ..audit import AuditJournal
 from ..config import Settings
 from ..paths import Paths
+from ..progress import progress_iter
 from .outbox import InvalidState, Outbox, Status, UnknownMessage
 
 __all__ = ["add_parsers", "audit_path", "outbox_path", "run"]
@@ -78,7 +79,11 @@ def _audit(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
                 print(f"audit journal TAMPERED: {problem}", file=out)
             return 1
         try:
-            for entry in journal.entries(since=args.since):
+            # stdout is the data; the progress line goes to stderr on a terminal.
+            entries = progress_iter(
+                journal.entries(since=args.since), label="exporting", unit="entry"
+            )
+            for entry in entries:
                 print(json.dumps(entry.as_json(), ensure_ascii=False), file=out)
         except ValueError:
             print(f"sidecar: --since: not an RFC 3339 time: {args.since!r}", file=sys.stderr)
