@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from stats import summarize
 
 from sidecar.cns.outbox import Outbox
 
@@ -31,12 +32,7 @@ BODY = b"<FeeNote>" + b"x" * 6000 + b"</FeeNote>"  # a signed fee note is a few 
 
 
 def report(name: str, samples: list[float], wall: float) -> None:
-    samples = sorted(samples)
-    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
-    print(
-        f"{name:<40} median {statistics.median(samples) * 1000:8.3f} ms  "
-        f"p95 {p95 * 1000:8.3f} ms  {len(samples) / wall:9.1f}/s"
-    )
+    print(summarize(samples, wall).line(name))
 
 
 def bench_outbox(directory: Path, n: int) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ from certomancer.integrations.aiohttp_animator import build_animator_app
 from certomancer.registry import ArchLabel
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
+from stats import free_port, summarize
 
 from sidecar.sandbox import ensure_sandbox_pki, load_certomancer_config
 from sidecar.sandbox.pki import ARCH_LABEL
@@ -33,19 +32,8 @@ from sidecar.trust import RevocationCache, RevocationService, TrustAnchors, load
 from sidecar.trust.revocation import REQUIRE_REVINFO
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def report(name: str, samples: list[float], wall: float, ocsp: int) -> None:
-    samples = sorted(samples)
-    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
-    print(
-        f"{name:<34} median {statistics.median(samples) * 1000:8.2f} ms  "
-        f"p95 {p95 * 1000:8.2f} ms  {len(samples) / wall:8.1f}/s  OCSP requests {ocsp}"
-    )
+    print(summarize(samples, wall).line(name, 34, f"  OCSP requests {ocsp}"))
 
 
 async def main(n: int) -> None:

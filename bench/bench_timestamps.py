@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -21,24 +19,14 @@ from pathlib import Path
 
 import aiohttp
 from pyhanko.sign.timestamps import HTTPTimeStamper
+from stats import free_port, summarize
 
 from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
 from sidecar.trust import TimeStampClient, TrustAnchors, TsaEndpoint
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def report(name: str, samples: list[float], wall: float) -> None:
-    samples = sorted(samples)
-    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
-    print(
-        f"{name:<34} median {statistics.median(samples) * 1000:8.2f} ms  "
-        f"p95 {p95 * 1000:8.2f} ms  {len(samples) / wall:8.1f}/s"
-    )
+    print(summarize(samples, wall).line(name, 34))
 
 
 async def main(n: int) -> None:
