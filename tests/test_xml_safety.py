@@ -136,3 +136,42 @@ async def test_api_refuses_dtd_and_malformed(sandbox_api: Api, listener: Listene
         assert body["code"] == "malformed_xml"
         assert (body["line"], body["column"]) == (2, 6)
     assert listener.hits == 0
+
+
+def test_depth_beyond_lxml_bound_is_a_limit() -> None:
+    # lxml refuses more than 256 levels by itself: still reported as our bound.
+    deep = b"<a>" * 300 + b"</a>" * 300
+    with pytest.raises(XmlLimitExceeded):
+        parse_xml(deep, max_depth=128)
+    with pytest.raises(XmlLimitExceeded):
+        parse_xml(b"<a>" * 129 + b"</a>" * 129, max_depth=128)
+    assert parse_xml(b"<a>" * 128 + b"</a>" * 128, max_depth=128).root.tag == "a"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b"<a/>",
+        b"<a/>\r\n\n",
+        b"<a x='1'\n/>",
+        b"<a><b/>text</a>",
+        b'\xef\xbb\xbf<?xml version="1.0"?><!-- <b> --><?pi <c> ?>\n<p:a xmlns:p="u" x=">">'
+        b"<b/></p:a  >\n",
+        b"<a><![CDATA[</a>]]></a>",
+        b"<a><?pi </a>?></a>",
+        b"<a><b/></a><!-- </a> -->",  # a comment after the root: the full scan
+        b"<a><b/></a><?pi </a>?>",
+        b"<?xml version='1.0' encoding='ISO-8859-1'?><a>\xe9</a>",
+    ],
+)
+def test_root_span_matches_the_full_scan(document: bytes) -> None:
+    parsed = parse_xml(document)
+    quick = parsed.span_of(parsed.root)  # before the full scan ran
+    assert quick == parsed.spans[0]
+
+
+def test_spans_are_computed_only_when_needed() -> None:
+    parsed = parse_xml(b'<?xml version="1.0"?>\n<a>\n  <b/>\n</a>\n')
+    assert parsed.span_of(parsed.root).end == parsed.data.rindex(b"</a>")
+    assert "spans" not in vars(parsed)  # the document element needed no full scan
+    assert len(parsed.spans) == 2

@@ -146,6 +146,10 @@ class Signer(ABC):
         Engines read the certificate before they sign: they call this first, so that a
         token put back or a passphrase fixed works without a restart.
         """
+        if self._is_unlocked():
+            # Nothing to unlock: a date comparison, not worth a worker thread.
+            self.check_validity()
+            return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._ready_blocking)
 

@@ -46,9 +46,8 @@ def read_token(token: bytes) -> TokenContents:
         tsa_certificate = None
         for cert in certificates:
             if sid.name == "issuer_and_serial_number":
-                if (
-                    cert.issuer == sid.chosen["issuer"]
-                    and cert.serial_number == sid.chosen["serial_number"].native
+                if cert.serial_number == sid.chosen["serial_number"].native and _same_name(
+                    cert.issuer, sid.chosen["issuer"]
                 ):
                     tsa_certificate = cert
             elif cert.key_identifier == sid.chosen.native:
@@ -66,3 +65,8 @@ def read_token(token: bytes) -> TokenContents:
         raise
     except Exception as exc:  # asn1crypto raises many kinds on bad input
         raise ValueError(f"not a TimeStampToken: {exc}") from None
+
+
+def _same_name(a: x509.Name, b: x509.Name) -> bool:
+    """RFC 5280 name equality; identical DER (the usual case) spares its string preparation."""
+    return a.dump() == b.dump() or a == b

@@ -9,12 +9,17 @@ The caller's document is never re-serialised: the signature element is
 serialised alone and inserted into the original bytes just before the end tag
 of its parent (the root, or the element the profile's XPath selects), so the
 XML declaration, the encoding, the formatting, comments and CDATA sections are
-kept byte for byte. Every digest is computed on a tree parsed from those very
-bytes, which is what any verifier will parse.
+kept byte for byte. The document is parsed once, on input: the data reference
+digests that tree (parsed from the caller's very bytes, which is what any
+verifier will parse); the signature is built, timestamped and completed in
+memory and serialised once at the end (B-LTA alone parses the signed document
+back, for its archive timestamp's input).
 
 Entry point: :func:`sign_xml`. It is ``async``: the signing (signxml, and the
-key itself, which may be a token) runs in an executor; only the timestamp and
-revocation fetches run on the loop.
+key itself, which may be a token) runs in an executor, never on the event loop
+(a worker thread costs ~1 ms of CPU per form in GIL contention — measured; the
+rule is kept anyway: a signature must never stall the loop); only the timestamp
+and revocation fetches, and cheap in-memory edits, run on the loop.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import base64
 import dataclasses
 import functools
 import hashlib
+import itertools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -55,6 +61,7 @@ from .xades_properties import (
 from .xml_safety import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_SIZE,
+    ElementSpan,
     ParsedXml,
     XmlInputError,
     parse_xml,
@@ -173,6 +180,17 @@ class _SidecarXAdESSigner(XAdESSigner):
         self._document = document
         self._options = options
         self._signing_time = signing_time
+        #: The copy of the document made for this signature (see :meth:`get_root`).
+        self.work: etree._Element | None = None
+
+    def get_root(self, data):  # type: ignore[no-untyped-def]
+        # signxml copies its input (serialise, parse) twice: the tree to put the
+        # signature in, and the data reference's input (which _build_sig replaces by
+        # the original document). The work copy is a parsed document of its own, made
+        # for this signature only: it can take the signature as it is.
+        if data is not None and data is self.work:
+            return data
+        return super().get_root(data)
 
     # signxml hook: the payload of each reference.
     def _build_sig(self, sig_root, references, c14n_inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -294,9 +312,11 @@ class _Draft:
     """The document being signed: the original bytes and where the signature goes."""
 
     original: ParsedXml
+    #: The target's position in document order, and its tags' offsets.
     target_index: int
+    target_span: ElementSpan
     max_depth: int
-    #: The current signed document (original + signature) and its parse.
+    #: The signed document (original + signature) parsed back: B-LTA only.
     signed: ParsedXml | None = None
     signature_id: str = ""
 
@@ -308,7 +328,7 @@ class _Draft:
         )
         payload = text.encode(self.original.encoding, errors="xmlcharrefreplace")
         data = self.original.data
-        span = self.original.spans[self.target_index]
+        span = self.target_span
         tag_end, empty = span.start_tag(data)
         if empty:
             # <a .../> becomes <a ...>signature</a>: the only change outside the signature.
@@ -360,16 +380,21 @@ def _prepare(document: bytes, options: XadesOptions) -> _Draft:
     target = _placement_target(parsed, options)
     index = next(i for i, e in enumerate(parsed.root.iter(etree.Element)) if e is target)
     # The signature itself nests 8 levels below its parent.
-    return _Draft(parsed, index, options.max_depth + 16)
+    return _Draft(parsed, index, parsed.span_of(target), options.max_depth + 16)
 
 
 def _sign_b_b(draft: _Draft, signer: Signer, options: XadesOptions) -> etree._Element:
-    """Blocking: the B-B signature, spliced into the document; returns it in the new tree."""
+    """Blocking: the B-B signature, in signxml's copy of the document (not spliced yet).
+
+    Its unsigned properties can be added to it as is: the spliced bytes, parsed
+    back, give the same element (same in-scope namespaces, same text).
+    """
     original = draft.original
-    # signxml re-parses what it is given: hand it a copy with a placeholder where
-    # the signature goes (it digests self._document, the untouched original).
+    # signxml puts the signature into what it is given: hand it a copy with a
+    # placeholder where the signature goes (it digests self._document, the
+    # untouched original; get_root takes this copy as it is).
     work = etree.fromstring(etree.tostring(original.root))
-    target = list(work.iter(etree.Element))[draft.target_index]
+    target = _nth_element(work, draft.target_index)
     etree.SubElement(target, ds("Signature"), nsmap={"ds": DS}, Id="placeholder")
     chain = [signer.crypto_certificate] + [
         x509.load_der_x509_certificate(c.dump()) for c in signer.chain
@@ -380,16 +405,50 @@ def _sign_b_b(draft: _Draft, signer: Signer, options: XadesOptions) -> etree._El
         signing_time=datetime.now(UTC),
         algorithm=_signature_algorithm(signer, options.digest),
     )
+    xml_signer.work = work
     root = xml_signer.sign(
         work, key=as_cryptography_key(signer), cert=chain, always_add_key_value=False
     )
     # The signature took the placeholder's place: the target's last child (elements
     # before it in document order, the target included, kept their positions).
-    signature = list(root.iter(etree.Element))[draft.target_index][-1]
+    signature = _nth_element(root, draft.target_index)[-1]
     if signature.tag != ds("Signature") or not signature.get("Id"):
         raise RuntimeError("signxml did not put the signature where the placeholder was")
     draft.signature_id = signature.get("Id", "")
-    return _reparse(draft, signature)
+    if any(s.get("Id") == draft.signature_id for s in original.root.iter(ds("Signature"))):
+        raise RuntimeError("the signature Id is not unique in the signed document")
+    return signature
+
+
+def _nth_element(root: etree._Element, index: int) -> etree._Element:
+    """The ``index``-th element of ``root``'s subtree in document order (0: ``root``)."""
+    return next(itertools.islice(root.iter(etree.Element), index, None))
+
+
+def _prepare_and_sign(
+    document: bytes, signer: Signer, options: XadesOptions
+) -> tuple[_Draft, etree._Element]:
+    """Blocking: the input parsed and checked, then its B-B signature (one executor hop:
+    each costs about as much CPU as parsing a 20 KB form)."""
+    draft = _prepare(document, options)
+    return draft, _sign_b_b(draft, signer, options)
+
+
+def _signed_b_b(document: bytes, signer: Signer, options: XadesOptions) -> bytes:
+    """Blocking: the B-B signed document."""
+    draft, signature = _prepare_and_sign(document, signer, options)
+    return draft.splice(signature)
+
+
+def _archive_input(draft: _Draft, signature: etree._Element) -> tuple[etree._Element, bytes]:
+    """Blocking: the signed document parsed back, and its archive timestamp's input."""
+    signature = _reparse(draft, signature)
+    return signature, archive_timestamp_input(signature, C14N_INCL)
+
+
+#: Below this size, splicing the signature in (copying the bytes) costs less than
+#: an executor hop, and is done on the loop.
+_SPLICE_ON_LOOP = 1024**2
 
 
 def _reparse(draft: _Draft, signature: etree._Element) -> etree._Element:
@@ -433,14 +492,14 @@ async def sign_xml(
         )
     loop = asyncio.get_running_loop()
 
-    def run(fn, *args):  # type: ignore[no-untyped-def]
-        return loop.run_in_executor(executor, functools.partial(fn, *args))
+    async def run(fn, *args):  # type: ignore[no-untyped-def]
+        return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
-    draft: _Draft = await run(_prepare, document, options)
-    signature: etree._Element = await run(_sign_b_b, draft, signer, options)
     if level == Level.B_B:
-        assert draft.signed is not None
-        return draft.signed.data
+        return await run(_signed_b_b, document, signer, options)
+    draft: _Draft
+    signature: etree._Element
+    draft, signature = await run(_prepare_and_sign, document, signer, options)
 
     assert timestamps is not None
     imprint_input = signature_timestamp_input(signature, C14N_EXCL)
@@ -458,16 +517,17 @@ async def sign_xml(
         )
         add_certificate_values(signature, data.certificates)
         add_revocation_values(signature, data.crls, data.ocsp_responses)
-    signature = await run(_reparse, draft, signature)
 
     if level == Level.B_LTA:
-        archive_input = await run(archive_timestamp_input, signature, C14N_INCL)
+        # The archive timestamp covers the references' output: the whole document
+        # as a verifier parses it (top-level comments and PIs included).
+        signature, archive_input = await run(_archive_input, draft, signature)
         archive_token = await timestamps.timestamp(archive_input, options.digest)
         add_archive_timestamp(signature, archive_token, C14N_INCL)
-        signature = await run(_reparse, draft, signature)
 
-    assert draft.signed is not None
-    return draft.signed.data
+    if len(document) <= _SPLICE_ON_LOOP:
+        return draft.splice(signature)
+    return await run(draft.splice, signature)
 
 
 async def _collect(
@@ -533,8 +593,10 @@ class _Augmentation:
     container: str
     #: Children the container has in the original bytes.
     kept: int
+    #: The container's tags in the original bytes (taken before the tree is added to).
+    container_span: ElementSpan
     max_depth: int
-    #: The augmented document, once :meth:`splice` ran.
+    #: The augmented document parsed back, once :meth:`splice` ran.
     result: ParsedXml | None = None
 
     def find_container(self, signature: etree._Element) -> etree._Element:
@@ -554,9 +616,8 @@ class _Augmentation:
             raise XmlInputError(f"no single ds:Signature with Id {self.signature_id!r}")
         return found[0]
 
-    def splice(self, signature: etree._Element) -> etree._Element:
-        """The original bytes with the container's new children appended; parsed back,
-        the signature in the new tree is returned (and :attr:`result` set)."""
+    def render(self, signature: etree._Element) -> bytes:
+        """The original bytes with the container's new children appended."""
         container = self.find_container(signature)
         payload = "".join(
             _without_inherited_declarations(
@@ -565,8 +626,7 @@ class _Augmentation:
             for child in list(container)[self.kept :]
         ).encode(self.original.encoding, errors="xmlcharrefreplace")
         data = self.original.data
-        original_container = self.find_container(self.signature_in(self.original))
-        span = self.original.span_of(original_container)
+        span = self.container_span
         tag_end, empty = span.start_tag(data)
         if empty:
             name = data[span.start + 1 : tag_end - 2].split()[0]
@@ -574,6 +634,11 @@ class _Augmentation:
             data = head + payload + b"</" + name + b">" + data[tag_end:]
         else:
             data = data[: span.end] + payload + data[span.end :]
+        return data
+
+    def splice(self, signature: etree._Element) -> etree._Element:
+        """:meth:`render`, parsed back: the signature in the new tree (:attr:`result` set)."""
+        data = self.render(signature)
         self.result = parse_xml(data, max_size=len(data) + 1, max_depth=self.max_depth)
         return self.signature_in(self.result)
 
@@ -613,7 +678,12 @@ def _start_augmentation(
             )
         container, holder = "unsigned", usp
     augmentation = _Augmentation(
-        parsed, signature.get("Id", ""), container, len(holder), options.max_depth + 16
+        parsed,
+        signature.get("Id", ""),
+        container,
+        len(holder),
+        parsed.span_of(holder),
+        options.max_depth + 16,
     )
     return augmentation, signature
 
@@ -706,13 +776,11 @@ async def augment_xml(
         data = await _collect_for(validation_data, chain, tsa_certificate, token_certificates)
         add_certificate_values(signature, data.certificates)
         add_revocation_values(signature, data.crls, data.ocsp_responses)
-    signature = await run(augmentation.splice, signature)
 
     if level == Level.B_LTA:
+        signature = await run(augmentation.splice, signature)
         archive_input = await run(archive_timestamp_input, signature, C14N_INCL)
         archive_token = await timestamps.timestamp(archive_input, options.digest)
         add_archive_timestamp(signature, archive_token, C14N_INCL)
-        signature = await run(augmentation.splice, signature)
 
-    assert augmentation.result is not None
-    return augmentation.result.data
+    return await run(augmentation.render, signature)

@@ -6,12 +6,19 @@ Two parsers look at it:
 1. expat (``xml.parsers.expat``), which never opens a file or a URL by itself,
    reads the document once: a ``<!DOCTYPE`` stops it at once (before any
    internal subset is processed, so a billion-laughs or an XXE payload is
-   never expanded nor fetched); it measures the depth, and it records the byte
-   offsets of every element's tags — what lets the XAdES engine insert a
-   signature without re-serialising (and so reformatting) the caller's
-   document.
+   never expanded nor fetched). This pass has no per-element Python callback
+   (it runs at C speed); only when it, or lxml, refuses the document is it
+   run again with them, so that every refusal is reported exactly as expat
+   sees it (depth bound, line and column).
 2. lxml then builds the tree with entity resolution, DTD loading and network
-   access all off.
+   access all off; the depth bound is checked on that tree (one compiled
+   XPath).
+
+The byte offsets of every element's tags — what lets the XAdES engine insert
+a signature without re-serialising (and so reformatting) the caller's
+document — are recorded by a second expat pass with callbacks, run only when
+:attr:`ParsedXml.spans` is first needed; the document element's offsets, the
+common case, are found without it (:meth:`ParsedXml.span_of`).
 
 Errors are typed: :class:`ForbiddenDtd` (API: 422 ``forbidden_dtd``),
 :class:`MalformedXml` with line and column (400 ``malformed_xml``),
@@ -21,6 +28,7 @@ Errors are typed: :class:`ForbiddenDtd` (API: 422 ``forbidden_dtd``),
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from dataclasses import dataclass
 from xml.parsers import expat
@@ -102,10 +110,9 @@ class ParsedXml:
 
     data: bytes
     tree: etree._ElementTree
-    #: Every element's tag offsets, in document order (the order of ``root.iter()``).
-    spans: tuple[ElementSpan, ...]
     #: The encoding the bytes are in (Python codec name), from the BOM or the declaration.
     encoding: str
+    max_depth: int = DEFAULT_MAX_DEPTH
 
     @property
     def ascii_compatible(self) -> bool:
@@ -116,12 +123,62 @@ class ParsedXml:
     def root(self) -> etree._Element:
         return self.tree.getroot()
 
+    @functools.cached_property
+    def spans(self) -> tuple[ElementSpan, ...]:
+        """Every element's tag offsets, in document order (the order of ``root.iter()``).
+
+        Computed on first use (an expat pass with a callback per element): they
+        describe :attr:`data`, so take them before adding elements to :attr:`tree`.
+        """
+        spans = _scan(self.data, self.max_depth)
+        if sum(1 for _ in self.root.iter(etree.Element)) != len(spans):
+            # Both parsers must see the same elements, or offsets would point elsewhere.
+            raise MalformedXml("the document parses inconsistently", line=None, column=None)
+        return spans
+
     def span_of(self, element: etree._Element) -> ElementSpan:
         """The byte offsets of ``element`` (which must belong to :attr:`tree`)."""
-        for index, candidate in enumerate(self.root.iter(etree.Element)):
+        root = self.root
+        if element is root and "spans" not in self.__dict__:
+            span = _root_span(self.data, root) if self.ascii_compatible else None
+            if span is not None:
+                return span
+        for index, candidate in enumerate(root.iter(etree.Element)):
             if candidate is element:
                 return self.spans[index]
         raise ValueError("the element is not part of this document")
+
+
+#: What may precede the document element (no DOCTYPE: refused): a BOM, the XML
+#: declaration, comments, processing instructions, white space (XML 1.0, [22]-[27]).
+_PROLOG = re.compile(rb"(?:\xef\xbb\xbf)?(?:[ \t\r\n]+|<!--.*?-->|<\?.*?\?>)*", re.DOTALL)
+#: The document element's end tag at the very end of the document (white space after).
+_LAST_END_TAG = re.compile(rb"</([^\s>]+)[ \t\r\n]*>[ \t\r\n]*\Z")
+
+
+def _root_span(data: bytes, root: etree._Element) -> ElementSpan | None:
+    """The document element's span from its two ends, without a full scan.
+
+    ``None`` (scan instead) unless the document ends with the root's end tag
+    (nothing but white space after it: no comment or PI that could hold a ``</``),
+    or is an empty-element root.
+    """
+    start = _PROLOG.match(data).end()  # type: ignore[union-attr] # always matches
+    name = (f"{root.prefix}:" if root.prefix else "") + etree.QName(root).localname
+    qname = name.encode("utf-8")
+    if data[start : start + 1 + len(qname)] != b"<" + qname:
+        return None
+    tail = data.rstrip(b" \t\r\n")
+    if len(root) == 0 and tail.endswith(b"/>"):
+        # Possibly <root .../>: let the start tag's own pattern say so.
+        end, empty = ElementSpan(start, start).start_tag(data)
+        if empty:
+            return ElementSpan(start, end) if not data[end:].strip(b" \t\r\n") else None
+    at = tail.rfind(b"</")
+    match = _LAST_END_TAG.match(data, at) if at > start else None
+    if match is None or match.group(1) != qname:
+        return None
+    return ElementSpan(start, at)
 
 
 class _StopParsing(Exception):
@@ -148,6 +205,41 @@ def _detect_encoding(data: bytes) -> str:
         return codecs.lookup(name).name
     except LookupError:
         raise MalformedXml(f"unknown encoding {name!r}", line=1, column=1) from None
+
+
+def _check_fast(data: bytes) -> None:
+    """The expat pass without per-element callbacks: refuse any DOCTYPE, check well-formedness.
+
+    Raises :class:`ForbiddenDtd` itself; any other refusal is left to :func:`_scan`
+    (``_Refused``), which reports it as it always has.
+    """
+    parser = expat.ParserCreate(namespace_separator=" ")
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+
+    def doctype(*_: object) -> None:
+        raise ForbiddenDtd("DOCTYPE declarations (DTDs, entities) are not accepted")
+
+    def entity(*_: object) -> None:
+        raise ForbiddenDtd("entity declarations are not accepted")
+
+    parser.StartDoctypeDeclHandler = doctype
+    parser.EntityDeclHandler = entity
+    parser.UnparsedEntityDeclHandler = entity
+    parser.ExternalEntityRefHandler = lambda *_: 0  # type: ignore[assignment]
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError:
+        raise _Refused from None
+
+
+class _Refused(Exception):
+    """The fast pass refused the document: :func:`_scan` says why."""
+
+
+@functools.lru_cache(maxsize=16)
+def _too_deep(max_depth: int) -> etree.XPath:
+    """An element nested ``max_depth + 1`` deep exists (the document element is depth 1)."""
+    return etree.XPath("boolean(" + "/*" * (max_depth + 1) + ")")
 
 
 def _scan(data: bytes, max_depth: int) -> tuple[ElementSpan, ...]:
@@ -213,16 +305,21 @@ def parse_xml(
     if not data.strip():
         raise MalformedXml("the document is empty", line=1, column=1)
     encoding = _detect_encoding(data)
-    spans = _scan(data, max_depth)
+    try:
+        _check_fast(data)
+    except _Refused:
+        _scan(data, max_depth)  # raises the precise refusal
+        raise MalformedXml("not well-formed", line=None, column=None) from None
     try:
         tree = etree.fromstring(data, parser=_lxml_parser()).getroottree()
     except etree.XMLSyntaxError as exc:
+        # A depth beyond lxml's own bound (256) is ours to report.
+        _scan(data, max_depth)
         line, column = exc.position if exc.position else (None, None)
         raise MalformedXml(exc.msg or "not well-formed", line=line, column=column) from None
     docinfo = tree.docinfo
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
         raise ForbiddenDtd("DOCTYPE declarations (DTDs, entities) are not accepted")
-    if sum(1 for _ in tree.getroot().iter(etree.Element)) != len(spans):
-        # Both parsers must see the same elements, or offsets would point elsewhere.
-        raise MalformedXml("the document parses inconsistently", line=None, column=None)
-    return ParsedXml(data, tree, spans, encoding)
+    if _too_deep(max_depth)(tree):
+        raise XmlLimitExceeded(f"the document nests deeper than {max_depth} elements")
+    return ParsedXml(data, tree, encoding, max_depth)
