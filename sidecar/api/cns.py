@@ -112,6 +112,28 @@ def _document_problem(exc: DocumentError) -> Problem:
     return Problem(422, "schema_violation", exc.detail)
 
 
+async def _announce(
+    request: web.Request,
+    runtime: CnsRuntime,
+    message: Message,
+    operation: str,
+    **journal: Any,
+) -> None:
+    """A newly accepted message: wake the worker, count it, journal it."""
+    assert runtime.worker is not None
+    runtime.worker.wake()
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.cns_message(operation, message.status.value)
+    await request.app[AUDIT_JOURNAL].append_async(
+        f"cns.{operation}.accept",
+        message.status.value,
+        client=message.client,
+        uuid=message.id,
+        **journal,
+    )
+
+
 def _accepted(message: Message, status: int = 202) -> web.Response:
     url = f"/v1/cns/messages/{message.id}"
     body: dict[str, Any] = {"uuid": message.id, "status": message.status.value, "status_url": url}
@@ -179,16 +201,11 @@ async def deposit_fee_note(request: web.Request) -> web.Response:
         except DuplicateUuid as exc:
             raise _duplicate(exc.existing) from None
     if created:
-        assert runtime.worker is not None
-        runtime.worker.wake()
-        metrics = request.app.get(METRICS)
-        if metrics is not None:
-            metrics.cns_message("deposit", message.status.value)
-        await request.app[AUDIT_JOURNAL].append_async(
-            "cns.deposit.accept",
-            message.status.value,
-            client=message.client,
-            uuid=message.id,
+        await _announce(
+            request,
+            runtime,
+            message,
+            "deposit",
             digest=digest,
             level=level,
             detail={"bytes": len(document), "signed_here": signed is not None},
@@ -262,18 +279,7 @@ async def cancel_fee_note(request: web.Request) -> web.Response:
     except InvalidState as exc:
         raise Problem(409, "not_cancellable", str(exc), uuid=note_uuid) from None
     if created:
-        assert runtime.worker is not None
-        runtime.worker.wake()
-        metrics = request.app.get(METRICS)
-        if metrics is not None:
-            metrics.cns_message("cancel", message.status.value)
-        await request.app[AUDIT_JOURNAL].append_async(
-            "cns.cancel.accept",
-            message.status.value,
-            client=message.client,
-            uuid=message.id,
-            detail={"fee_note": note_uuid},
-        )
+        await _announce(request, runtime, message, "cancel", detail={"fee_note": note_uuid})
     return _accepted(message)
 
 
