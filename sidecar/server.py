@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from .api.app import create_app
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .paths import Paths
-from .service.notify import watchdog
+from .service.notify import notify, watchdog
 
 __all__ = ["StartupError", "check_binding", "run", "serve"]
 
@@ -61,17 +59,6 @@ def check_binding(server: ServerSettings, source: object = None) -> ssl.SSLConte
     return context
 
 
-def _notify_systemd(state: str) -> None:
-    """``sd_notify`` without libsystemd: one datagram to $NOTIFY_SOCKET."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or not hasattr(socket, "AF_UNIX"):
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), address)
-
-
 async def _serve(
     settings: Settings,
     paths: Paths,
@@ -106,13 +93,13 @@ async def _serve(
         scheme = "https" if ssl_context else "http"
         host = f"[{server.host}]" if ":" in server.host else server.host
         log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
-        _notify_systemd("READY=1")
+        notify("READY=1")
         if ready is not None:
             ready()
         async with watchdog():  # WATCHDOG=1 pings while the loop runs (WatchdogSec=)
             await stop.wait()
         log.info("stopping: finishing requests under way")
-        _notify_systemd("STOPPING=1")
+        notify("STOPPING=1")
     finally:
         await runner.cleanup()
     log.info("stopped")
