@@ -7,6 +7,8 @@ from datetime import datetime
 
 from asn1crypto import cms, tsp, x509
 
+from ..trust.tsa import designates
+
 __all__ = ["TokenContents", "read_token"]
 
 
@@ -43,15 +45,7 @@ def read_token(token: bytes) -> TokenContents:
         )
         (signer_info,) = signed_data["signer_infos"]
         sid = signer_info["sid"]
-        tsa_certificate = None
-        for cert in certificates:
-            if sid.name == "issuer_and_serial_number":
-                if cert.serial_number == sid.chosen["serial_number"].native and _same_name(
-                    cert.issuer, sid.chosen["issuer"]
-                ):
-                    tsa_certificate = cert
-            elif cert.key_identifier == sid.chosen.native:
-                tsa_certificate = cert
+        tsa_certificate = next((c for c in reversed(certificates) if designates(sid, c)), None)
         return TokenContents(
             signed_data=signed_data,
             tst_info=tst_info,
@@ -65,8 +59,3 @@ def read_token(token: bytes) -> TokenContents:
         raise
     except Exception as exc:  # asn1crypto raises many kinds on bad input
         raise ValueError(f"not a TimeStampToken: {exc}") from None
-
-
-def _same_name(a: x509.Name, b: x509.Name) -> bool:
-    """RFC 5280 name equality; identical DER (the usual case) spares its string preparation."""
-    return a.dump() == b.dump() or a == b

@@ -700,7 +700,7 @@ def _designated_certificate(signed_data: cms.SignedData) -> x509.Certificate | N
     try:
         sid = extract_signer_info(signed_data)["sid"]
         for choice in signed_data["certificates"] or ():
-            if choice.name == "certificate" and _designates(sid, choice.chosen):
+            if choice.name == "certificate" and designates(sid, choice.chosen):
                 cert: x509.Certificate = choice.chosen
                 return cert
     except Exception:  # malformed: left to the full check, which says what is wrong
@@ -708,11 +708,17 @@ def _designated_certificate(signed_data: cms.SignedData) -> x509.Certificate | N
     return None
 
 
-def _designates(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
+def designates(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
+    """Whether a CMS ``sid`` names *cert* (issuer and serial, or subject key identifier).
+
+    Names compare by DER first (the usual case), then by RFC 5280 equality, which
+    spares the string preparation that dominates the cost of the second.
+    """
     if sid.name == "issuer_and_serial_number":
+        issuer = sid.chosen["issuer"]
         return bool(
             sid.chosen["serial_number"].native == cert.serial_number
-            and sid.chosen["issuer"].dump() == cert.issuer.dump()
+            and (issuer.dump() == cert.issuer.dump() or issuer == cert.issuer)
         )
     return bool(sid.chosen.native == cert.key_identifier)
 
