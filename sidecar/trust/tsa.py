@@ -45,12 +45,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiohttp
-from asn1crypto import cms, parser, tsp, x509
+from asn1crypto import cms, core, parser, tsp, x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from pyhanko.sign.general import extract_signer_info
+from pyhanko.sign.general import check_ess_certid, extract_signer_info
 from pyhanko.sign.timestamps import TimeStamper
 from pyhanko.sign.timestamps.common_utils import TimestampRequestError
-from pyhanko.sign.validation.generic_cms import validate_sig_integrity, validate_tst_signed_data
+from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
 from pyhanko.sign.validation.utils import CMSAlgorithmUsagePolicy
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import CertificateFetchError
@@ -59,6 +60,10 @@ from pyhanko_certvalidator.fetchers.api import FetchLimits
 from pyhanko_certvalidator.fetchers.common_utils import FetchBudget
 from pyhanko_certvalidator.policy_decl import DisallowWeakAlgorithmsPolicy
 from pyhanko_certvalidator.registry import SimpleCertificateStore
+from pyhanko_certvalidator.sig_validate import (
+    DefaultSignatureValidator,
+    SignatureValidationContext,
+)
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
 from ..config import BreakerSettings, TsaSettings
@@ -694,7 +699,7 @@ def _designated_certificate(signed_data: cms.SignedData) -> x509.Certificate | N
     """The certificate the token carries that its ``sid`` designates, if exactly found.
 
     As pyHanko identifies the signer (issuer and serial, or key identifier);
-    :func:`validate_sig_integrity` then checks it against the ESS signing-certificate
+    :func:`_check_token_signature` then checks it against the ESS signing-certificate
     attribute. Anything unusual: None, and the full check reports what is wrong.
     """
     try:
@@ -724,6 +729,42 @@ def designates(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
 
 
 _TOKEN_ALGORITHMS = CMSAlgorithmUsagePolicy.lift_policy(DisallowWeakAlgorithmsPolicy())
+_SIGNATURES = DefaultSignatureValidator()
+#: Signed attributes a token may carry once at most, and those it must carry.
+_SINGLE = ("content_type", "message_digest", "signing_certificate", "signing_certificate_v2")
+_SINGLE += ("cms_algorithm_protection",)
+_REQUIRED = ("content_type", "message_digest")
+
+
+class _EssMatches:
+    """Which ESS signing-certificate values name which certificates, remembered.
+
+    Every token of a TSA carries the same attribute; matching it (a certificate
+    digest, then an RFC 5280 comparison of the issuer's name) is the costliest
+    step of a token's check, and its answer depends on those two values only.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._known: dict[tuple[bytes, bytes], bool] = {}
+        self._max_entries = max_entries
+
+    def match(self, attribute: cms.CMSAttribute, cert: x509.Certificate) -> bool:
+        key = (attribute.dump(), cert.sha256)
+        known = self._known.get(key)
+        if known is None:
+            value = attribute["values"][0]
+            if attribute["type"].native == "signing_certificate_v2":
+                certid = tsp.SigningCertificateV2.load(value.dump())["certs"][0]
+            else:
+                certid = tsp.SigningCertificate.load(value.dump())["certs"][0]
+            known = bool(check_ess_certid(cert, certid))
+            if len(self._known) >= self._max_entries:
+                self._known.pop(next(iter(self._known)))
+            self._known[key] = known
+        return known
+
+
+_ESS = _EssMatches()
 
 
 def _check_token_signature(
@@ -734,9 +775,11 @@ def _check_token_signature(
 ) -> None:
     """The per-token part of :func:`validate_tst_signed_data`, the path being known good.
 
-    The algorithm policy at genTime (pyHanko's default for a ValidationContext), then
-    the signed attributes (CMSAlgorithmProtection, ESS signing certificate, content
-    type ``tst_info``, message digest over the encapsulated TSTInfo) and the signature.
+    The checks of pyHanko's ``validate_sig_integrity``, in one pass over the signed
+    attributes: the algorithm policy at genTime (pyHanko's default for a
+    ValidationContext); content type ``tst_info``; the message digest over the
+    encapsulated TSTInfo; the ESS signing certificate (SigningCertificateV2
+    preferred) naming ``cert``; CMSAlgorithmProtection, if present; the signature.
     """
     try:
         signer_info = extract_signer_info(signed_data)
@@ -756,12 +799,50 @@ def _check_token_signature(
         refused = next((a for a in allowed if not a), None)
         if refused is not None:
             raise ValueError(refused.failure_reason or "an algorithm is not allowed")
+        signed_attrs = signer_info["signed_attrs"]
+        if signed_attrs is core.VOID:
+            raise ValueError("the token has no signed attributes")
+        # The bytes as received: the signature is over them, not over a re-encoding.
+        signed_bytes = signed_attrs.untag().dump()
+        found: dict[str, cms.CMSAttribute] = {}
+        for attribute in signed_attrs:
+            name = attribute["type"].native
+            if name in _SINGLE:
+                if name in found or len(attribute["values"]) != 1:
+                    raise ValueError(f"the {name} attribute is not single-valued")
+                found[name] = attribute
+        missing = [name for name in _REQUIRED if name not in found]
+        if missing:
+            raise ValueError(f"the signed attributes lack {', '.join(missing)}")
+        if found["content_type"]["values"][0].native != "tst_info":
+            raise ValueError("the signed content type is not tst_info")
         md = hashes.Hash(get_pyca_cryptography_hash(digest_algorithm["algorithm"].native))
         md.update(bytes(signed_data["encap_content_info"]["content"]))
-        intact, valid = validate_sig_integrity(
-            signer_info, cert, expected_content_type="tst_info", actual_digest=md.finalize()
-        )
-    except Exception as exc:  # pyHanko raises several unrelated types for broken CMS
+        intact = found["message_digest"]["values"][0].native == md.finalize()
+        ess = found.get("signing_certificate_v2") or found.get("signing_certificate")
+        if ess is not None and not _ESS.match(ess, cert):
+            raise ValueError("the ESS signing certificate does not name the TSA's certificate")
+        protection = found.get("cms_algorithm_protection")
+        if protection is not None:
+            protected = protection["values"][0]
+            if protected["digest_algorithm"].native != digest_algorithm.native or (
+                protected["signature_algorithm"].native != signature_algorithm.native
+            ):
+                raise ValueError("CMSAlgorithmProtection does not match the algorithms used")
+        try:
+            _SIGNATURES.validate_signature(
+                signer_info["signature"].native,
+                signed_bytes,
+                cert.public_key,
+                signature_algorithm,
+                context=SignatureValidationContext(
+                    contextual_md_algorithm=digest_algorithm["algorithm"].native
+                ),
+            )
+            valid = True
+        except InvalidSignature:
+            valid = False
+    except Exception as exc:  # asn1crypto and pyHanko raise several unrelated types
         raise fail(
             "bad_signature", f"the token's CMS signature cannot be checked ({exc})"
         ) from None
