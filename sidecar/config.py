@@ -84,6 +84,11 @@ def _positive(value: float) -> None:
         raise ValueError(f"must be more than 0 (got {value})")
 
 
+def _not_negative(value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"must be 0 or more (got {value})")
+
+
 def _origin(value: tuple[str, ...]) -> None:
     for origin in value:
         if origin == "*" or not re.match(r"^https?://[^/\s]+$", origin):
@@ -372,6 +377,10 @@ class SigningSettings:
     pdf_workers: int = field(default=2, metadata={"check": _positive})
     #: Level of ``POST /v1/xml/sign`` without ``?level=`` or a profile's level.
     xml_level: Literal["B-B", "B-T", "B-LT", "B-LTA"] = "B-LT"
+    #: Worker processes that draft XAdES signatures (the CPU-bound part; the key
+    #: signs in the daemon): unset, one per CPU core beyond the first (at least
+    #: one, at most four); 0, none (drafted in a thread of the daemon's process).
+    xml_workers: int | None = field(default=None, metadata={"check": _not_negative})
     #: XAdES SignaturePolicyIdentifier (the CNS may demand one): the policy's OID,
     #: the base64 digest of the policy document, its algorithm and where it is published.
     xml_policy_id: str | None = None

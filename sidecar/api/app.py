@@ -61,6 +61,7 @@ SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     signing_keys.keys_context,
     timestamps.trust_context,
     pdf.signing_context,
+    xml_api.xml_context,
     cns.fee_note_context,  # the deposit's signing seams, before cns_context reads them
     cns_context,
 ]

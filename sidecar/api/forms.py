@@ -28,7 +28,7 @@ from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
-from .xml import xades_options
+from .xml import xades_options, xml_workers
 
 __all__ = ["HANDLERS", "fee_note_signer", "sign_form_document", "xades_for"]
 
@@ -100,7 +100,13 @@ def xades_for(app: web.Application) -> XmlSignFunction:
                 timestamps = TrustTimestampSource(trust.tsa)
             validation = TrustValidationDataSource(trust.revocation)
         return await sign_xml(
-            document, key, level, options, timestamps=timestamps, validation_data=validation
+            document,
+            key,
+            level,
+            options,
+            timestamps=timestamps,
+            validation_data=validation,
+            workers=xml_workers(app),
         )
 
     return xades

@@ -6,6 +6,10 @@ The engine (:mod:`sidecar.signing.xades`) does the work; this module maps its
 typed errors to problems: refused XML (400/422), unknown key or profile (404),
 locked key (423, mapped by the keys' module), and an unavailable TSA or
 revocation service for the asked level (502/503/504 — never a lower level).
+
+:func:`xml_context` (in ``SUBSYSTEMS``) starts the worker processes that draft
+XAdES signatures (``[signing] xml_workers``); every route that signs XML passes
+them to the engine (:func:`xml_workers`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +27,7 @@ from ..config import SigningSettings
 from ..signing.report import Level
 from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from ..signing.workers import WorkerPool
 from ..signing.xades import (
     AlreadySigned,
     PlacementError,
@@ -36,11 +43,50 @@ from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
 
-__all__ = ["HANDLERS", "sign_xml_document", "xades_options", "xml_problem"]
+__all__ = [
+    "HANDLERS",
+    "XML_WORKERS",
+    "sign_xml_document",
+    "xades_options",
+    "xml_context",
+    "xml_problem",
+    "xml_workers",
+]
 
 log = logging.getLogger("sidecar.signing")
 
 _LEVELS = {level.value: level for level in (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)}
+
+#: The processes drafting XAdES signatures; absent: drafted in threads.
+XML_WORKERS = web.AppKey("xml_workers", WorkerPool)
+
+
+def _worker_count(settings: SigningSettings) -> int:
+    if settings.xml_workers is not None:
+        return settings.xml_workers
+    # The event loop's process keeps one core busy (HTTP, TSA, revocation, the key).
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+async def xml_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem: the XAdES drafting workers, started before the first request."""
+    count = _worker_count(app[SETTINGS].signing)
+    if count == 0:
+        yield
+        return
+    workers = WorkerPool("XAdES", workers=count)
+    await workers.start()
+    app[XML_WORKERS] = workers
+    log.info("XAdES: %d drafting worker process(es)", count)
+    try:
+        yield
+    finally:
+        workers.close()
+
+
+def xml_workers(app: web.Application) -> WorkerPool | None:
+    """The drafting workers to hand :func:`~sidecar.signing.xades.sign_xml`, if started."""
+    return app.get(XML_WORKERS)
 
 
 def xml_problem(exc: XmlInputError) -> Problem:
@@ -146,7 +192,13 @@ async def sign_xml_document(request: web.Request) -> web.Response:
             timestamps = TrustTimestampSource(trust.tsa)
         validation = TrustValidationDataSource(trust.revocation)
     signed = await sign_xml(
-        body, signer, level, options, timestamps=timestamps, validation_data=validation
+        body,
+        signer,
+        level,
+        options,
+        timestamps=timestamps,
+        validation_data=validation,
+        workers=xml_workers(request.app),
     )
     log.info("signed an XML document at %s with key %s", level.value, signer.id)
     return web.Response(

@@ -2,14 +2,17 @@
 
 signxml wants a ``cryptography`` private key and only calls ``sign``,
 ``key_size``, ``public_key()`` and, for EC, ``curve``. These wrappers pass the
-call through to :meth:`Signer.sign_blocking`, so signxml must run in a worker
-thread (which it should anyway: it is CPU-bound), never on the event loop.
+call through to ``sign_blocking`` of a :class:`BlockingSigner` (a
+:class:`Signer`, or anything with the same three members), so signxml must run
+in a worker thread (which it should anyway: it is CPU-bound), never on the
+event loop.
 """
 
 from __future__ import annotations
 
-from typing import NoReturn, Self
+from typing import NoReturn, Protocol, Self
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -17,9 +20,20 @@ from cryptography.hazmat.primitives.asymmetric import padding as _padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from .errors import UnsupportedAlgorithm
-from .signer import Signer
 
-__all__ = ["SignerEcKey", "SignerRsaKey", "as_cryptography_key"]
+__all__ = ["BlockingSigner", "SignerEcKey", "SignerRsaKey", "as_cryptography_key"]
+
+
+class BlockingSigner(Protocol):
+    """What the wrappers use of a :class:`~sidecar.keys.signer.Signer`."""
+
+    @property
+    def key_type(self) -> str: ...
+
+    @property
+    def crypto_certificate(self) -> x509.Certificate: ...
+
+    def sign_blocking(self, data: bytes, *, digest: str = "sha256", pss: bool = False) -> bytes: ...
 
 
 def _digest_name(algorithm: object) -> str:
@@ -51,9 +65,9 @@ class _NotExportable:
 
 
 class SignerRsaKey(_NotExportable, rsa.RSAPrivateKey):
-    """An RSA "private key" whose ``sign`` goes to a :class:`Signer`."""
+    """An RSA "private key" whose ``sign`` goes to a :class:`BlockingSigner`."""
 
-    def __init__(self, signer: Signer) -> None:
+    def __init__(self, signer: BlockingSigner) -> None:
         self._signer = signer
         public = signer.crypto_certificate.public_key()
         assert isinstance(public, rsa.RSAPublicKey)
@@ -92,9 +106,9 @@ class SignerRsaKey(_NotExportable, rsa.RSAPrivateKey):
 
 
 class SignerEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
-    """An EC "private key" whose ``sign`` goes to a :class:`Signer` (returns DER)."""
+    """An EC "private key" whose ``sign`` goes to a :class:`BlockingSigner` (returns DER)."""
 
-    def __init__(self, signer: Signer) -> None:
+    def __init__(self, signer: BlockingSigner) -> None:
         self._signer = signer
         public = signer.crypto_certificate.public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -124,7 +138,7 @@ class SignerEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
         _no_export()
 
 
-def as_cryptography_key(signer: Signer) -> SignerRsaKey | SignerEcKey:
+def as_cryptography_key(signer: BlockingSigner) -> SignerRsaKey | SignerEcKey:
     """The wrapper that fits the signer's key type."""
     if signer.key_type.startswith("rsa"):
         return SignerRsaKey(signer)

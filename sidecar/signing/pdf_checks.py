@@ -17,17 +17,14 @@ Two concerns:
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
-import multiprocessing
 import re
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
 from lxml import etree
+
+from .workers import WorkerLost, WorkerPool
 
 __all__ = [
     "PdfFacts",
@@ -38,8 +35,6 @@ __all__ = [
     "pdfa_problems",
     "pdfa_regressions",
 ]
-
-log = logging.getLogger("sidecar.signing.pdf")
 
 _NS = {
     "x": "adobe:ns:meta/",
@@ -393,14 +388,6 @@ def pdfa_regressions(before: PdfFacts, after: PdfFacts) -> list[str]:
 # -- the worker pool -------------------------------------------------------------------
 
 
-def _limit_worker(memory: int) -> None:
-    try:
-        import resource
-    except ImportError:  # Windows: no rlimits; the deadline still applies
-        return
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-
 def _inspect_in_worker(data: bytes, max_objects: int) -> PdfFacts:
     try:
         return inspect_pdf(data, max_objects)
@@ -413,57 +400,21 @@ class PdfInspector:
 
     def __init__(self, limits: PdfLimits = PdfLimits()) -> None:
         self.limits = limits
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _ensure_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver: workers do not inherit the daemon's threads, sessions or keys
-            # (spawn where there is none, i.e. Windows).
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(
-                    ["sidecar.signing.pdf_checks", "pyhanko.pdf_utils.reader"]
-                )
-            else:
-                context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.limits.workers,
-                mp_context=context,
-                initializer=_limit_worker,
-                initargs=(self.limits.worker_memory,),
-            )
-        return self._pool
+        self._workers = WorkerPool("PDF", workers=limits.workers, memory=limits.worker_memory)
 
     async def inspect(self, data: bytes) -> PdfFacts:
         """The facts of a caller's PDF, or :class:`PdfRefused`."""
         quick_guard(data, self.limits)
-        loop = asyncio.get_running_loop()
-        pool = self._ensure_pool()
-        future = loop.run_in_executor(pool, _inspect_in_worker, data, self.limits.max_objects)
         try:
-            return await asyncio.wait_for(future, self.limits.timeout)
+            return await self._workers.run(
+                _inspect_in_worker, data, self.limits.max_objects, deadline=self.limits.timeout
+            )
         except TimeoutError:
-            log.warning("reading a PDF took over %.0f s: worker stopped", self.limits.timeout)
-            self._discard(pool)
             raise _unsupported(
                 f"the PDF could not be read within {self.limits.timeout:g} s"
             ) from None
-        except BrokenProcessPool:
-            log.warning("a PDF worker died (memory ceiling?): pool restarted")
-            self._discard(pool)
+        except WorkerLost:
             raise _unsupported("reading the PDF needs more memory than allowed") from None
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        # A worker stuck in a parse cannot be interrupted: stop the processes.
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        if self._pool is pool:
-            self._pool = None
-
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._workers.close()

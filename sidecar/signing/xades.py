@@ -39,6 +39,11 @@ from datetime import UTC, datetime
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from signxml import SignatureConstructionMethod
@@ -49,6 +54,7 @@ from ..keys.signxml_adapter import as_cryptography_key
 from .report import Level
 from .sources import TimestampSource, UpstreamFailure, ValidationData, ValidationDataSource
 from .tst import read_token
+from .workers import WorkerLost, WorkerPool
 from .xades_properties import (
     add_archive_timestamp,
     add_certificate_values,
@@ -64,6 +70,7 @@ from .xml_safety import (
     ElementSpan,
     ParsedXml,
     XmlInputError,
+    XmlLimitExceeded,
     parse_xml,
 )
 from .xmldsig import (
@@ -86,6 +93,7 @@ __all__ = [
     "SignaturePolicy",
     "XadesOptions",
     "augment_xml",
+    "draft_signature",
     "sign_xml",
     "xades_level",
 ]
@@ -255,12 +263,12 @@ class _SidecarXAdESSigner(XAdESSigner):
             etree.SubElement(qualifier, xades("SPURI")).text = policy.uri
 
 
-def _signature_algorithm(signer: Signer, digest: str) -> str:
-    if signer.key_type.startswith("rsa"):
+def _signature_algorithm(key_type: str, digest: str) -> str:
+    if key_type.startswith("rsa"):
         return f"rsa-{digest}"
-    if signer.key_type.startswith("ec"):
+    if key_type.startswith("ec"):
         return f"ecdsa-{digest}"
-    raise ValueError(f"key type {signer.key_type} is not supported for XAdES")
+    raise ValueError(f"key type {key_type} is not supported for XAdES")
 
 
 def _placement_target(parsed: ParsedXml, options: XadesOptions) -> etree._Element:
@@ -307,60 +315,80 @@ def _check_existing_signatures(parsed: ParsedXml, options: XadesOptions) -> None
                 )
 
 
-@dataclass
-class _Draft:
-    """The document being signed: the original bytes and where the signature goes."""
+@dataclass(frozen=True)
+class _Placement:
+    """Where the signature goes in the caller's bytes (plain values: made in a worker)."""
 
-    original: ParsedXml
-    #: The target's position in document order, and its tags' offsets.
-    target_index: int
+    encoding: str
+    #: The target's tags in the caller's bytes.
     target_span: ElementSpan
+    #: The target's in-scope namespaces: the signature does not repeat them.
+    target_nsmap: tuple[tuple[str | None, str], ...]
+    #: The target's position in document order.
+    target_index: int
     max_depth: int
-    #: The signed document (original + signature) parsed back: B-LTA only.
-    signed: ParsedXml | None = None
-    signature_id: str = ""
+    signature_id: str
 
-    def splice(self, signature: etree._Element) -> bytes:
-        """The original bytes with ``signature`` as the last child of the target."""
+    def splice(self, document: bytes, signature: etree._Element) -> bytes:
+        """``document`` with ``signature`` as the last child of the target."""
         text = _without_inherited_declarations(
             etree.tostring(signature, encoding="unicode", with_tail=False),
-            signature.getparent(),
+            dict(self.target_nsmap),
         )
-        payload = text.encode(self.original.encoding, errors="xmlcharrefreplace")
-        data = self.original.data
+        payload = text.encode(self.encoding, errors="xmlcharrefreplace")
         span = self.target_span
-        tag_end, empty = span.start_tag(data)
+        tag_end, empty = span.start_tag(document)
         if empty:
             # <a .../> becomes <a ...>signature</a>: the only change outside the signature.
-            name = self._qualified_name(span.start)
-            head = data[: tag_end - 2].rstrip() + b">"
-            return head + payload + b"</" + name + b">" + data[tag_end:]
-        return data[: span.end] + payload + data[span.end :]
+            name = _qualified_name(document, span.start)
+            head = document[: tag_end - 2].rstrip() + b">"
+            return head + payload + b"</" + name + b">" + document[tag_end:]
+        return document[: span.end] + payload + document[span.end :]
 
-    def _qualified_name(self, start: int) -> bytes:
-        data = self.original.data
-        end = start + 1
-        while end < len(data) and data[end : end + 1] not in b" \t\r\n/>":
-            end += 1
-        return data[start + 1 : end]
+
+def _qualified_name(data: bytes, start: int) -> bytes:
+    end = start + 1
+    while end < len(data) and data[end : end + 1] not in b" \t\r\n/>":
+        end += 1
+    return data[start + 1 : end]
+
+
+@dataclass(frozen=True)
+class _Drafted:
+    """A B-B signature complete but for its SignatureValue: what drafting returns.
+
+    Drafting (parsing, canonicalising, digesting: all the CPU of a B-B signature but
+    the key's own operation) needs no key, so it can run in a worker process; the key
+    then signs :attr:`signed_info` where it lives (a token cannot follow a document
+    into another process, and a software key need not).
+    """
+
+    placement: _Placement
+    #: The ds:Signature serialised alone (its in-scope namespaces declared on it).
+    signature: bytes
+    #: The canonical SignedInfo: what the key signs.
+    signed_info: bytes
+    #: The digest the signature algorithm hashes with.
+    digest: str
+    #: ECDSA: the byte length of r and of s in the SignatureValue; 0 for RSA.
+    ec_size: int = 0
 
 
 _START_TAG_END = re.compile(r"""(?:[^>"']|"[^"]*"|'[^']*')*>""")
 
 
-def _without_inherited_declarations(text: str, parent: etree._Element | None) -> str:
+def _without_inherited_declarations(text: str, in_scope: Mapping[str | None, str]) -> str:
     """Drop the namespace declarations lxml copies onto a serialised subtree's top.
 
-    Those the parent already has in scope with the same URI are redundant once the
-    subtree is put back under it; keeping them would only clutter the signature.
+    Those already in scope (``in_scope``: the parent's) with the same URI are
+    redundant once the subtree is put back under it; keeping them would only clutter
+    the signature.
     """
-    if parent is None:
-        return text
     match = _START_TAG_END.match(text)
     if match is None:  # pragma: no cover - lxml always writes a start tag
         return text
     head = match.group(0)
-    for prefix, uri in parent.nsmap.items():
+    for prefix, uri in in_scope.items():
         name = f"xmlns:{prefix}" if prefix else "xmlns"
         head = head.replace(f' {name}="{_attr_escape(uri)}"', "", 1)
     return head + text[match.end() :]
@@ -370,7 +398,29 @@ def _attr_escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
 
 
-def _prepare(document: bytes, options: XadesOptions) -> _Draft:
+class _SignedInfoRecorder:
+    """Stands in for the key while drafting: keeps what it is asked to sign.
+
+    It answers with a placeholder of the right shape (an RSA signature is as long
+    as the modulus; an ECDSA one is DER, which signxml converts); the real value
+    replaces it in :func:`_completed`.
+    """
+
+    def __init__(self, certificate: x509.Certificate, key_type: str) -> None:
+        self.crypto_certificate = certificate
+        self.key_type = key_type
+        self.signed: tuple[bytes, str] | None = None
+
+    def sign_blocking(self, data: bytes, *, digest: str = "sha256", pss: bool = False) -> bytes:
+        self.signed = (data, digest)
+        public = self.crypto_certificate.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            return bytes(public.key_size // 8)
+        return encode_dss_signature(1, 1)
+
+
+def _prepare(document: bytes, options: XadesOptions) -> tuple[ParsedXml, int, ElementSpan]:
+    """The caller's document parsed and checked; the signature's parent (index, span)."""
     parsed = parse_xml(document, max_size=options.max_size, max_depth=options.max_depth)
     if not parsed.ascii_compatible:
         raise XmlInputError(
@@ -379,45 +429,63 @@ def _prepare(document: bytes, options: XadesOptions) -> _Draft:
     _check_existing_signatures(parsed, options)
     target = _placement_target(parsed, options)
     index = next(i for i, e in enumerate(parsed.root.iter(etree.Element)) if e is target)
-    # The signature itself nests 8 levels below its parent.
-    return _Draft(parsed, index, parsed.span_of(target), options.max_depth + 16)
+    return parsed, index, parsed.span_of(target)
 
 
-def _sign_b_b(draft: _Draft, signer: Signer, options: XadesOptions) -> etree._Element:
-    """Blocking: the B-B signature, in signxml's copy of the document (not spliced yet).
-
-    Its unsigned properties can be added to it as is: the spliced bytes, parsed
-    back, give the same element (same in-scope namespaces, same text).
-    """
-    original = draft.original
+def draft_signature(
+    document: bytes,
+    chain: Sequence[bytes],
+    key_type: str,
+    options: XadesOptions,
+    signing_time: datetime,
+) -> _Drafted:
+    """Blocking, pure (runs in a worker process): the B-B signature of ``document``
+    by the holder of ``chain`` (DER certificates, the signer's first), but for its
+    SignatureValue."""
+    parsed, target_index, target_span = _prepare(document, options)
     # signxml puts the signature into what it is given: hand it a copy with a
     # placeholder where the signature goes (it digests self._document, the
     # untouched original; get_root takes this copy as it is).
-    work = etree.fromstring(etree.tostring(original.root))
-    target = _nth_element(work, draft.target_index)
+    work = etree.fromstring(etree.tostring(parsed.root))
+    target = _nth_element(work, target_index)
     etree.SubElement(target, ds("Signature"), nsmap={"ds": DS}, Id="placeholder")
-    chain = [signer.crypto_certificate] + [
-        x509.load_der_x509_certificate(c.dump()) for c in signer.chain
-    ]
+    certificates = [x509.load_der_x509_certificate(der) for der in chain]
+    recorder = _SignedInfoRecorder(certificates[0], key_type)
     xml_signer = _SidecarXAdESSigner(
-        document=original.tree,
+        document=parsed.tree,
         options=options,
-        signing_time=datetime.now(UTC),
-        algorithm=_signature_algorithm(signer, options.digest),
+        signing_time=signing_time,
+        algorithm=_signature_algorithm(key_type, options.digest),
     )
     xml_signer.work = work
     root = xml_signer.sign(
-        work, key=as_cryptography_key(signer), cert=chain, always_add_key_value=False
+        work, key=as_cryptography_key(recorder), cert=certificates, always_add_key_value=False
     )
     # The signature took the placeholder's place: the target's last child (elements
     # before it in document order, the target included, kept their positions).
-    signature = _nth_element(root, draft.target_index)[-1]
-    if signature.tag != ds("Signature") or not signature.get("Id"):
+    signature = _nth_element(root, target_index)[-1]
+    signature_id = signature.get("Id", "")
+    if signature.tag != ds("Signature") or not signature_id or recorder.signed is None:
         raise RuntimeError("signxml did not put the signature where the placeholder was")
-    draft.signature_id = signature.get("Id", "")
-    if any(s.get("Id") == draft.signature_id for s in original.root.iter(ds("Signature"))):
+    if any(s.get("Id") == signature_id for s in parsed.root.iter(ds("Signature"))):
         raise RuntimeError("the signature Id is not unique in the signed document")
-    return signature
+    signed_info, digest = recorder.signed
+    placement = _Placement(
+        encoding=parsed.encoding,
+        target_span=target_span,
+        target_nsmap=tuple(signature.getparent().nsmap.items()),  # type: ignore[union-attr]
+        target_index=target_index,
+        # The signature itself nests 8 levels below its parent.
+        max_depth=options.max_depth + 16,
+        signature_id=signature_id,
+    )
+    public = certificates[0].public_key()
+    ec_size = 0
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        ec_size = (public.curve.key_size + 7) // 8
+    return _Drafted(
+        placement, etree.tostring(signature, with_tail=False), signed_info, digest, ec_size
+    )
 
 
 def _nth_element(root: etree._Element, index: int) -> etree._Element:
@@ -425,42 +493,55 @@ def _nth_element(root: etree._Element, index: int) -> etree._Element:
     return next(itertools.islice(root.iter(etree.Element), index, None))
 
 
-def _prepare_and_sign(
-    document: bytes, signer: Signer, options: XadesOptions
-) -> tuple[_Draft, etree._Element]:
-    """Blocking: the input parsed and checked, then its B-B signature (one executor hop:
-    each costs about as much CPU as parsing a 20 KB form)."""
-    draft = _prepare(document, options)
-    return draft, _sign_b_b(draft, signer, options)
+#: Our own serialisation read back: no DTD, no entities, no network.
+_OWN_XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
-def _signed_b_b(document: bytes, signer: Signer, options: XadesOptions) -> bytes:
-    """Blocking: the B-B signed document."""
-    draft, signature = _prepare_and_sign(document, signer, options)
-    return draft.splice(signature)
+def _completed(drafted: _Drafted, value: bytes) -> etree._Element:
+    """The drafted signature with the key's ``value`` as its SignatureValue."""
+    if drafted.ec_size:
+        # The key gives DER; XMLDSig (RFC 4050) wants r and s side by side, fixed length.
+        r, s = decode_dss_signature(value)
+        value = r.to_bytes(drafted.ec_size, "big") + s.to_bytes(drafted.ec_size, "big")
+    signature = etree.fromstring(drafted.signature, parser=_OWN_XML)
+    node = signature.find(ds("SignatureValue"))
+    if node is None:  # pragma: no cover - drafted by us
+        raise RuntimeError("the drafted signature has no SignatureValue")
+    node.text = base64.b64encode(value).decode("ascii")
+    return signature
 
 
-def _archive_input(draft: _Draft, signature: etree._Element) -> tuple[etree._Element, bytes]:
-    """Blocking: the signed document parsed back, and its archive timestamp's input."""
-    signature = _reparse(draft, signature)
-    return signature, archive_timestamp_input(signature, C14N_INCL)
+async def _draft(
+    workers: WorkerPool | None,
+    executor: Executor | None,
+    document: bytes,
+    signer: Signer,
+    options: XadesOptions,
+) -> _Drafted:
+    """:func:`draft_signature` in a worker process (or, without ``workers``, a thread)."""
+    await signer.ready()
+    chain = [signer.certificate.dump(), *(c.dump() for c in signer.chain)]
+    args = (document, chain, signer.key_type, options, datetime.now(UTC))
+    if workers is None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(draft_signature, *args))
+    for attempt in (1, 2):
+        try:
+            return await workers.run(draft_signature, *args)
+        except WorkerLost:
+            # Drafting holds nothing (no key, no state): a lost worker loses nothing,
+            # and a fresh one tries once more; twice is the document.
+            if attempt == 2:
+                raise XmlLimitExceeded(
+                    "drafting the signature exhausted a worker process (memory ceiling)"
+                ) from None
+    raise AssertionError("unreachable")
 
 
-#: Below this size, splicing the signature in (copying the bytes) costs less than
-#: an executor hop, and is done on the loop.
-_SPLICE_ON_LOOP = 1024**2
-
-
-def _reparse(draft: _Draft, signature: etree._Element) -> etree._Element:
-    """Splice ``signature`` into the original bytes and parse the result back."""
-    data = draft.splice(signature)
-    draft.signed = parse_xml(data, max_size=len(data) + 1, max_depth=draft.max_depth)
-    found = [
-        s for s in draft.signed.root.iter(ds("Signature")) if s.get("Id") == draft.signature_id
-    ]
-    if len(found) != 1:
-        raise RuntimeError("the signature Id is not unique in the signed document")
-    return found[0]
+async def _signed(drafted: _Drafted, signer: Signer) -> etree._Element:
+    """The drafted signature, signed by ``signer`` (off the event loop: the key's executor)."""
+    value = await signer.sign(drafted.signed_info, digest=drafted.digest)
+    return _completed(drafted, value)
 
 
 async def sign_xml(
@@ -472,8 +553,13 @@ async def sign_xml(
     timestamps: TimestampSource | None = None,
     validation_data: ValidationDataSource | None = None,
     executor: Executor | None = None,
+    workers: WorkerPool | None = None,
 ) -> bytes:
     """Sign ``document`` with an enveloped XAdES signature at ``level``.
+
+    The signature is drafted (:func:`draft_signature`) in one of ``workers``' processes,
+    or without them in ``executor`` (a thread); the key signs in its own executor; the
+    timestamps and revocation data are fetched on the event loop.
 
     Raises :class:`~sidecar.signing.xml_safety.XmlInputError` subclasses for
     refused input (:class:`AlreadySigned`, :class:`PlacementError` included),
@@ -495,20 +581,19 @@ async def sign_xml(
     async def run(fn, *args):  # type: ignore[no-untyped-def]
         return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
-    if level == Level.B_B:
-        return await run(_signed_b_b, document, signer, options)
-    draft: _Draft
-    signature: etree._Element
-    draft, signature = await run(_prepare_and_sign, document, signer, options)
+    drafted = await _draft(workers, executor, document, signer, options)
+    signature = await _signed(drafted, signer)
+    placement = drafted.placement
 
-    assert timestamps is not None
-    imprint_input = signature_timestamp_input(signature, C14N_EXCL)
-    token = await timestamps.timestamp(imprint_input, options.digest)
-    try:
-        contents = read_token(token)
-    except ValueError as exc:
-        raise UpstreamFailure("error", "tsa", f"the TSA's token is unreadable: {exc}") from None
-    add_signature_timestamp(signature, token, C14N_EXCL)
+    if level != Level.B_B:
+        assert timestamps is not None
+        imprint_input = signature_timestamp_input(signature, C14N_EXCL)
+        token = await timestamps.timestamp(imprint_input, options.digest)
+        try:
+            contents = read_token(token)
+        except ValueError as exc:
+            raise UpstreamFailure("error", "tsa", f"the TSA's token is unreadable: {exc}") from None
+        add_signature_timestamp(signature, token, C14N_EXCL)
 
     if level in (Level.B_LT, Level.B_LTA):
         assert validation_data is not None
@@ -521,13 +606,32 @@ async def sign_xml(
     if level == Level.B_LTA:
         # The archive timestamp covers the references' output: the whole document
         # as a verifier parses it (top-level comments and PIs included).
-        signature, archive_input = await run(_archive_input, draft, signature)
+        assert timestamps is not None
+        signature, archive_input = await run(_archive_input, placement, document, signature)
         archive_token = await timestamps.timestamp(archive_input, options.digest)
         add_archive_timestamp(signature, archive_token, C14N_INCL)
 
     if len(document) <= _SPLICE_ON_LOOP:
-        return draft.splice(signature)
-    return await run(draft.splice, signature)
+        return placement.splice(document, signature)
+    return await run(placement.splice, document, signature)
+
+
+#: Below this size, splicing the signature in (copying the bytes) costs less than
+#: an executor hop, and is done on the loop.
+_SPLICE_ON_LOOP = 1024**2
+
+
+def _archive_input(
+    placement: _Placement, document: bytes, signature: etree._Element
+) -> tuple[etree._Element, bytes]:
+    """Blocking: the signed document parsed back (the signature in it), and its archive
+    timestamp's input."""
+    data = placement.splice(document, signature)
+    signed = parse_xml(data, max_size=len(data) + 1, max_depth=placement.max_depth)
+    found = [s for s in signed.root.iter(ds("Signature")) if s.get("Id") == placement.signature_id]
+    if len(found) != 1:
+        raise RuntimeError("the signature Id is not unique in the signed document")
+    return found[0], archive_timestamp_input(found[0], C14N_INCL)
 
 
 async def _collect(
@@ -621,7 +725,7 @@ class _Augmentation:
         container = self.find_container(signature)
         payload = "".join(
             _without_inherited_declarations(
-                etree.tostring(child, encoding="unicode", with_tail=False), container
+                etree.tostring(child, encoding="unicode", with_tail=False), container.nsmap
             )
             for child in list(container)[self.kept :]
         ).encode(self.original.encoding, errors="xmlcharrefreplace")

@@ -74,6 +74,14 @@ class MalformedXml(XmlInputError):
         self.column = column
         self.reason = detail
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Raised in worker processes: it must survive pickling, keyword arguments included.
+        return (_malformed, (self.reason, self.line, self.column))
+
+
+def _malformed(detail: str, line: int | None, column: int | None) -> MalformedXml:
+    return MalformedXml(detail, line=line, column=column)
+
 
 class XmlLimitExceeded(XmlInputError):
     """The document is larger or deeper than the configured bounds."""

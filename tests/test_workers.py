@@ -1,0 +1,134 @@
+"""Worker processes: results and errors cross back, a dead or stuck worker is replaced,
+and the XAdES drafting survives a killed worker without losing the request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.keys import Signer
+from sidecar.signing.report import Indication, Level
+from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from sidecar.signing.workers import WorkerLost, WorkerPool
+from sidecar.signing.xades import sign_xml
+from sidecar.signing.xades_verify import VerificationPolicy, verify_xml
+from sidecar.signing.xml_safety import MalformedXml, parse_xml
+from sidecar.trust import TrustServices
+from tests.fixtures.xades import FORM
+
+
+@pytest.fixture
+async def pool() -> WorkerPool:
+    workers = WorkerPool("test", workers=1)
+    await workers.start()
+    yield workers  # type: ignore[misc]
+    workers.close()
+
+
+def _pids(pool: WorkerPool) -> list[int]:
+    return [p.pid for p in getattr(pool._pool, "_processes", {}).values()]
+
+
+async def test_results_and_errors_cross_back(pool: WorkerPool) -> None:
+    assert await pool.run(os.getpid) != os.getpid()
+    bad = b"<a>\n  <b></a>"
+    with pytest.raises(MalformedXml) as here:
+        parse_xml(bad)
+    with pytest.raises(MalformedXml) as there:
+        await pool.run(parse_xml, bad)
+    assert there.value.line == here.value.line == 2
+    assert there.value.column == here.value.column
+    assert there.value.detail == here.value.detail
+
+
+async def test_a_dead_worker_is_reported_then_replaced(pool: WorkerPool) -> None:
+    first = await pool.run(os.getpid)
+    with pytest.raises(WorkerLost):
+        await pool.run(os._exit, 3)
+    second = await pool.run(os.getpid)
+    assert second != first
+
+
+async def test_a_stuck_worker_is_stopped_at_the_deadline(pool: WorkerPool) -> None:
+    stuck = _pids(pool)
+    with pytest.raises(TimeoutError):
+        await pool.run(time.sleep, 30, deadline=0.3)
+    for pid in stuck:
+        _wait_gone(pid)
+    assert await pool.run(sum, [1, 2]) == 3
+
+
+def _wait_gone(pid: int) -> None:
+    for _ in range(500):  # SIGKILL was sent: it goes within moments, not 30 s
+        if not _alive(pid):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"worker {pid} still runs")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_drafting_survives_a_killed_worker(
+    pool: WorkerPool, xades_signers: dict[str, Signer], xades_trust: TrustServices
+) -> None:
+    """kill -9 of the drafting worker between two requests: the next request's draft
+    finds the pool broken, a fresh worker drafts it again, the signature is whole."""
+    (pid,) = _pids(pool)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    document = await sign_xml(
+        FORM,
+        xades_signers["pkcs12-ec"],
+        Level.B_LT,
+        timestamps=TrustTimestampSource(xades_trust.tsa),
+        validation_data=TrustValidationDataSource(xades_trust.revocation),
+        workers=pool,
+    )
+    assert _pids(pool) and pid not in _pids(pool)
+    (report,) = await verify_xml(
+        document, VerificationPolicy(trust_roots=xades_trust.anchors.certificates)
+    )
+    assert (report.level, report.indication) == (Level.B_LT, Indication.TOTAL_PASSED), report
+
+
+def test_workers_do_not_run_the_main_script_again(tmp_path: Path) -> None:
+    """A launcher script without an ``if __name__ == "__main__"`` guard runs once, not
+    once more per worker (multiprocessing's spawn and forkserver would re-run it)."""
+    marker = tmp_path / "runs"
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, os
+            from sidecar.signing.workers import WorkerPool
+
+            with open({str(marker)!r}, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+
+            async def go():
+                pool = WorkerPool("launcher", workers=2)
+                await pool.start()
+                print(await pool.run(os.getpid))
+                pool.close()
+
+            asyncio.run(go())
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(marker.read_text().split()) == 1
+    assert int(done.stdout.strip()) != done.returncode  # a worker's pid was printed
