@@ -76,7 +76,7 @@ def _wait_gone(pid: int) -> None:
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except OSError:  # gone (ENOENT), or going while being read (ESRCH)
         return False
     return state not in ("Z", "X")
 
@@ -132,3 +132,39 @@ def test_workers_do_not_run_the_main_script_again(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert len(marker.read_text().split()) == 1
     assert int(done.stdout.strip()) != done.returncode  # a worker's pid was printed
+
+
+def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
+    """kill -9 of the daemon: its workers (and the forkserver they came from) end too,
+    rather than wait forever on a queue nobody writes to any more."""
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os, sys
+            from sidecar.signing.workers import WorkerPool
+
+            async def go():
+                pool = WorkerPool("orphans", workers=2)
+                await pool.start()
+                pids = [p.pid for p in pool._pool._processes.values()]
+                pids.append(await pool.run(os.getppid))  # the forkserver
+                print(" ".join(map(str, pids)), flush=True)
+                await asyncio.sleep(600)
+
+            if __name__ == "__main__":
+                asyncio.run(go())
+            """
+        )
+    )
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        *workers, forkserver = map(int, daemon.stdout.readline().split())
+        assert len(workers) == 2 and all(_alive(pid) for pid in [*workers, forkserver])
+        assert forkserver != daemon.pid
+    finally:
+        daemon.kill()
+        daemon.wait()
+    for pid in [*workers, forkserver]:
+        _wait_gone(pid)

@@ -26,7 +26,11 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import os
+import select
 import sys
+import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -51,7 +55,9 @@ class WorkerLost(RuntimeError):
     """A worker process died while running a step (memory ceiling reached, killed)."""
 
 
-def _limit_memory(memory: int | None) -> None:
+def _start_worker(memory: int | None, daemon_pid: int) -> None:
+    """Initializer of every worker: its memory ceiling, and its end with the daemon's."""
+    _exit_with(daemon_pid)
     if memory is None:
         return
     try:
@@ -59,6 +65,44 @@ def _limit_memory(memory: int | None) -> None:
     except ImportError:  # Windows: no rlimits; deadlines still apply
         return
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+
+def _exit_with(daemon_pid: int) -> None:
+    """End this worker when the daemon's process ends, however it ends.
+
+    A pool's workers otherwise outlive a daemon killed with SIGKILL (or by a crash):
+    each waits forever on a queue whose writing end it holds itself, and keeps the
+    forkserver alive with it. A thread waits for the daemon's end: on a pidfd where
+    there is one (Linux; immune to the pid being reused), on the parent's handle
+    where the daemon is the parent (spawn, i.e. Windows), else by polling.
+    """
+    parent = multiprocessing.parent_process()
+    wait: Callable[[], object]
+    if parent is not None and parent.pid == daemon_pid:
+        wait = parent.join
+    elif hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(daemon_pid)
+        except ProcessLookupError:  # already gone
+            os._exit(0)
+        wait = functools.partial(select.select, [pidfd], [], [])
+    else:
+
+        def wait() -> None:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(daemon_pid, 0)
+                except ProcessLookupError:
+                    return
+                except PermissionError:  # alive, another user's (pid reused): keep on
+                    continue
+
+    def watch() -> None:
+        wait()
+        os._exit(0)  # nothing to flush: a worker holds no state of its own
+
+    threading.Thread(target=watch, name="daemon-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -104,8 +148,8 @@ class WorkerPool:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=context,
-                initializer=_limit_memory,
-                initargs=(self.memory,),
+                initializer=_start_worker,
+                initargs=(self.memory, os.getpid()),
             )
         return self._pool
 
