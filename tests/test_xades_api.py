@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from sidecar.config import Settings, TrustSettings, TsaSettings
+import aiohttp
+import pytest
+
+from sidecar.api.xml import XML_WORKERS
+from sidecar.config import (
+    ConfigError,
+    Settings,
+    SigningSettings,
+    TrustSettings,
+    TsaSettings,
+    load_settings,
+)
 from sidecar.sandbox import SandboxPKI
+from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
+from sidecar.signing.xades import draft_signature
 from tests.fixtures.daemon import Api
 from tests.fixtures.trust import DeadTsa
 from tests.fixtures.xades import FORM, xmlsec1_verify
 
 XML = {"Content-Type": "application/xml"}
+FEE_NOTE_XML = (BUNDLED_PROFILE_DIR / "samples" / "fee-note.xml").read_bytes()
 
 
 async def test_sign_then_verify(sandbox_api: Api, sandbox_services: SandboxPKI) -> None:
@@ -80,3 +95,54 @@ async def test_tsa_down_is_never_a_lower_level(
     assert dead.accepted >= 1
     response = await api.client.post("/v1/xml/sign?level=B-B", data=FORM, headers=headers)
     assert response.status == 200
+
+
+async def test_drafting_goes_to_the_configured_workers(
+    api_factory: Callable[..., Awaitable[Api]], sandbox_services: SandboxPKI, fee_note_pdf: bytes
+) -> None:
+    """``[signing] xml_workers``: N worker processes draft (the XML sign route and the
+    form recipe both use them); 0 drafts in a thread of the daemon. Same output."""
+    signed: dict[int, bytes] = {}
+    for count in (2, 0):
+        api = await api_factory(
+            Settings(signing=SigningSettings(xml_workers=count)), sandbox_pki=sandbox_services
+        )
+        app = api.client.app
+        drafted: list[object] = []
+        if count:
+            workers = app[XML_WORKERS]
+            assert workers.workers == count
+            real = workers.run
+
+            async def recording(fn, *args, _real=real, _seen=drafted, **kwargs):  # type: ignore[no-untyped-def]
+                _seen.append(fn)
+                return await _real(fn, *args, **kwargs)
+
+            workers.run = recording  # type: ignore[method-assign]
+        else:
+            assert app.get(XML_WORKERS) is None
+        headers = {**api.auth("signer"), **XML}
+        response = await api.client.post("/v1/xml/sign?level=B-T", data=FORM, headers=headers)
+        assert response.status == 200, await response.text()
+        signed[count] = await response.read()
+        form = aiohttp.FormData()
+        form.add_field("xml", FEE_NOTE_XML, filename="f.xml", content_type="application/xml")
+        form.add_field("pdf", fee_note_pdf, filename="f.pdf", content_type="application/pdf")
+        response = await api.client.post(
+            "/v1/forms/fee-note/sign", data=form, headers=api.auth("signer")
+        )
+        assert response.status == 200, await response.text()
+        assert drafted == ([draft_signature] * 2 if count else [])
+        done = xmlsec1_verify(signed[count], sandbox_services.roots_pem)
+        assert done.returncode == 0, done.stderr
+    # Same document, same signer: only the values that change per signature differ.
+    assert len(signed[2]) - len(signed[0]) in range(-16, 17)
+
+
+def test_a_negative_worker_count_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.toml"
+    config.write_text("[signing]\nxml_workers = -1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert "signing.xml_workers" in str(caught.value)
+    assert "0 or more" in str(caught.value)
