@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import hashlib
 import importlib.util
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fast_tsa import running_fast_tsa
+from stats import free_port, summarize
 
 from sidecar.api.app import create_app
 from sidecar.clients import ClientStore, Scope
@@ -74,16 +74,15 @@ async def measure(name: str, seconds: float, op: Callable[[], Awaitable[object]]
 def report(
     name: str, samples: list[float], baseline: float | None = None, raw: float | None = None
 ) -> None:
-    samples = sorted(samples)
-    p50 = statistics.median(samples) * 1000
-    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))] * 1000
-    rate = len(samples) / sum(samples)
-    extra = f"   {p50 - baseline:+7.1f} ms over baseline" if baseline is not None else ""
-    if baseline is not None and raw is not None:
-        extra += f" ({p50 - raw:+.1f} over the raw round trip)"
-    print(
-        f"{name:<44} n={len(samples):<5} p50={p50:7.1f} ms  p95={p95:7.1f} ms  {rate:7.1f}/s{extra}"
-    )
+    """One line: the samples (sequential, so throughput is n over their sum), and the
+    p50 over the TSA round trip (checked, then raw) when given."""
+    summary = summarize(samples)
+    extra = ""
+    if baseline is not None:
+        extra = f"   {summary.p50_ms - baseline:+7.1f} ms over baseline"
+        if raw is not None:
+            extra += f" ({summary.p50_ms - raw:+.1f} over the raw round trip)"
+    print(summary.line(name, 46, extra))
 
 
 _ONE_SHOT = """
@@ -123,18 +122,13 @@ def cli_baseline(
 async def main(seconds: float, size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        pki = ensure_sandbox_pki(root / "pki", port=port)
+        pki = ensure_sandbox_pki(root / "pki", port=free_port())
         pdf = make_pdfa(size)
         fee_xml = (SAMPLES / "fee-note.xml").read_bytes()
         print(f"PDF/A input: {len(pdf)} bytes; {seconds:g} s per case")
         async with serve_sandbox_pki(pki):
             tsa_child = running_fast_tsa(pki.directory)
-            tsa_url = tsa_child.__enter__()
+            tsa_url = tsa_child.__enter__().url
             trust_settings = TrustSettings(tsa=(TsaSettings(url=tsa_url),))
             rsa = pki.signers["sandbox-rsa"]
             signer = create_signer(
@@ -171,14 +165,14 @@ async def main(seconds: float, size: int) -> None:
 
                 raw = await measure("raw TSA round trip", seconds, raw_tsa)
                 report("baseline: TSA round trip alone (raw HTTP)", raw)
-                raw_p50 = statistics.median(raw) * 1000
+                raw_p50 = summarize(raw).p50_ms
                 tsa = await measure(
                     "TSA round trip", seconds, lambda: trust.tsa.timestamp_data(b"x", "sha256")
                 )
                 report("baseline: TSA round trip alone (checked)", tsa)
                 guard = await measure("guard", seconds, lambda: inspector.inspect(pdf))
                 report("baseline: guarded PDF read (worker)", guard)
-                tsa_p50 = statistics.median(tsa) * 1000
+                tsa_p50 = summarize(tsa).p50_ms
                 for level in (Level.B_B, Level.B_T, Level.B_LT):
                     samples = await measure(
                         level.value, seconds,

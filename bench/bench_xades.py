@@ -1,18 +1,22 @@
 """XAdES signing throughput: B-B and B-LT, in process and through HTTP, vs raw signxml.
 
-    .venv/bin/python bench/bench_xades.py [--seconds 5] [--size 20000]
+    .venv/bin/python bench/bench_xades.py [--seconds 5] [--size 20000] [--workers N]
 
-Everything runs on loopback: the sandbox PKI (OCSP/CRL) and the daemon (the real app,
-real guards and token, real trust layer with its caches) in this process; a fast TSA
-(bench/fast_tsa.py: the sandbox TSA's key loaded once — certomancer's own TSA reloads
-it per request, ~50 ms of CPU) in a child process, as a real TSA is elsewhere. Printed
-per case: n, p50, p95 (ms), forms/s and this process's CPU time per form (all its
-threads; the TSA child's excluded; for HTTP cases it includes the benchmark's own
-client), next to the same-run baselines: raw signxml
-(the B-B core alone, in memory) and the TSA round trip alone, raw (HTTP only) and
-checked (our client: nonce, imprint, CMS signature, TSA path...) — the TSA's share
-of B-T and up. The HTTP client shares the daemon's event loop, so HTTP figures are
-pessimistic.
+Everything runs on this machine, on loopback: the sandbox PKI (OCSP/CRL) and the
+daemon (the real app, real guards and token, real trust layer with its caches, its
+XAdES drafting workers) in this process and its workers; a fast TSA (bench/fast_tsa.py:
+the sandbox TSA's key loaded once, about 0.7 ms of CPU a reply — certomancer's own TSA
+reloads its key per request, ~50 ms of CPU) in a child process, as a real TSA is
+elsewhere. The HTTP client is this process too, on the daemon's event loop: HTTP
+figures carry the client's cost, and everything shares the machine's cores.
+
+Printed per case: n, p50, p95 (ms), forms/s, and CPU per form in ms — this process
+(all its threads: the daemon's loop, the key, the client), the drafting workers, and
+the TSA — next to the same-run baselines: raw signxml (the B-B core alone, in memory,
+in a thread) and the TSA round trip alone, raw (HTTP only) and checked (our client:
+nonce, imprint, CMS signature, TSA path...) — the TSA's share of B-T and up. The
+engine cases call :func:`sidecar.signing.xades.sign_xml` with a worker pool as the
+daemon does; "threads" rows draft in a thread instead (``[signing] xml_workers = 0``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import statistics
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -33,15 +38,18 @@ from fast_tsa import running_fast_tsa
 from lxml import etree
 from signxml import SignatureConstructionMethod
 from signxml.xades import XAdESSigner
+from stats import cpu_seconds, free_port, summarize
 
 from sidecar.api.app import create_app
+from sidecar.api.xml import XML_WORKERS
 from sidecar.clients import ClientStore, Scope
-from sidecar.config import Settings, TrustSettings, TsaSettings
+from sidecar.config import Settings, SigningSettings, TrustSettings, TsaSettings
 from sidecar.keys import KeyConfig, create_signer
 from sidecar.paths import Paths
 from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
 from sidecar.signing.report import Level
 from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from sidecar.signing.workers import WorkerPool
 from sidecar.signing.xades import sign_xml
 from sidecar.trust import open_trust
 from sidecar.trust.tsa import make_request
@@ -57,11 +65,40 @@ def make_form(size: int) -> bytes:
     return head + body + b"</FeeNote>\n"
 
 
+@dataclass(frozen=True)
+class Processes:
+    """Whose CPU time a case is charged: the drafting workers' and the TSA's processes."""
+
+    tsa: int
+    workers: Callable[[], list[int]] = list
+
+
+def _worker_pids(pool: WorkerPool | None) -> list[int]:
+    executor = getattr(pool, "_pool", None)
+    return [p.pid for p in getattr(executor, "_processes", {}).values()]
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    n: int
+    p50: float
+    p95: float
+    per_s: float
+    cpu_here: float
+    cpu_workers: float
+    cpu_tsa: float
+
+
 async def measure(
-    name: str, call: Callable[[], Awaitable[object]], seconds: float, concurrency: int = 1
-) -> dict[str, float | str]:
+    name: str,
+    call: Callable[[], Awaitable[object]],
+    seconds: float,
+    processes: Processes,
+    concurrency: int = 1,
+) -> Row:
     for _ in range(3):
-        await call()  # warm caches (revocation data, connections)
+        await call()  # warm caches (revocation data, connections, workers)
     times: list[float] = []
     deadline = time.perf_counter() + seconds
 
@@ -71,58 +108,66 @@ async def measure(
             await call()
             times.append(time.perf_counter() - started)
 
+    workers = processes.workers()
     started = time.perf_counter()
-    cpu_started = time.process_time()
+    cpu_here = time.process_time()
+    cpu_workers = cpu_seconds(workers)
+    cpu_tsa = cpu_seconds([processes.tsa])
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    times.sort()
-    return {
-        "case": name,
-        "n": len(times),
-        "p50": statistics.median(times) * 1000,
-        "p95": times[int(0.95 * (len(times) - 1))] * 1000,
-        "per_s": len(times) / elapsed,
-        "cpu": cpu / len(times) * 1000,
-    }
+    summary = summarize(times, elapsed)
+    per_form = 1000 / summary.n
+    return Row(
+        case=name,
+        n=summary.n,
+        p50=summary.p50_ms,
+        p95=summary.p95_ms,
+        per_s=summary.per_second,
+        cpu_here=(time.process_time() - cpu_here) * per_form,
+        cpu_workers=(cpu_seconds(workers) - cpu_workers) * per_form,
+        cpu_tsa=(cpu_seconds([processes.tsa]) - cpu_tsa) * per_form,
+    )
 
 
-async def main(seconds: float, size: int) -> None:
+async def main(seconds: float, size: int, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        pki = ensure_sandbox_pki(home / "pki", port=_free_port())
+        pki = ensure_sandbox_pki(home / "pki", port=free_port())
         form = make_form(size)
         async with serve_sandbox_pki(pki):
-            with running_fast_tsa(pki.directory) as tsa_url:
-                results = await _run(home, pki, tsa_url, form, seconds)
-    print(f"\nXAdES bench: {len(form)} byte form, {seconds:.0f} s per case\n")
-    print(f"{'case':<44}{'n':>6}{'p50 ms':>10}{'p95 ms':>10}{'forms/s':>10}{'CPU ms':>10}")
-    for row in results:
+            with running_fast_tsa(pki.directory) as tsa:
+                rows = await _run(home, pki, tsa.url, Processes(tsa.pid), form, seconds, workers)
+    print(
+        f"\nXAdES bench: {len(form)} byte form, {seconds:g} s per case, "
+        f"{workers} drafting worker(s), {os.cpu_count()} CPU core(s)\n"
+    )
+    print(
+        f"{'case':<40}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'forms/s':>9}"
+        f"{'CPU ms/form: here':>19}{'workers':>9}{'TSA':>7}"
+    )
+    for row in rows:
         print(
-            f"{row['case']:<44}{row['n']:>6}{row['p50']:>10.2f}{row['p95']:>10.2f}"
-            f"{row['per_s']:>10.1f}{row['cpu']:>10.2f}"
+            f"{row.case:<40}{row.n:>6}{row.p50:>9.2f}{row.p95:>9.2f}{row.per_s:>9.1f}"
+            f"{row.cpu_here:>19.2f}{row.cpu_workers:>9.2f}{row.cpu_tsa:>7.2f}"
         )
-    by_case = {str(row["case"]): row for row in results}
-    raw = float(by_case["baseline: TSA round trip (raw HTTP)"]["p50"])
-    checked = float(by_case["baseline: TSA round trip (checked)"]["p50"])
+    by_case = {row.case: row for row in rows}
+    raw = by_case["baseline: TSA round trip (raw HTTP)"].p50
+    checked = by_case["baseline: TSA round trip (checked)"].p50
     print("\nB-LT p50 over the TSA round trip (raw HTTP / checked):")
     for name, row in by_case.items():
         if "B-LT" in name:
-            p50 = float(row["p50"])
-            print(f"  {name:<42}{p50 - raw:>+8.2f} ms  {p50 - checked:>+8.2f} ms")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+            print(f"  {name:<40}{row.p50 - raw:>+8.2f} ms  {row.p50 - checked:>+8.2f} ms")
 
 
 async def _run(
-    home: Path, pki, tsa_url: str, form: bytes, seconds: float
-) -> list[dict[str, float | str]]:  # type: ignore[no-untyped-def]
+    home: Path,
+    pki,  # type: ignore[no-untyped-def]
+    tsa_url: str,
+    processes: Processes,
+    form: bytes,
+    seconds: float,
+    workers: int,
+) -> list[Row]:
     signer_files = pki.signers["sandbox-rsa"]
     signer = create_signer(
         KeyConfig(
@@ -134,7 +179,7 @@ async def _run(
         )
     )
     signer.open()
-    results: list[dict[str, float | str]] = []
+    rows: list[Row] = []
 
     # Baseline 1: raw signxml XAdES B-B with the key in memory.
     key, cert, extra = pkcs12.load_key_and_certificates(
@@ -154,15 +199,23 @@ async def _run(
         return etree.tostring(root)
 
     loop = asyncio.get_running_loop()
-    results.append(
+    rows.append(
         await measure(
-            "baseline: raw signxml B-B (executor)",
+            "baseline: raw signxml B-B (thread)",
             lambda: loop.run_in_executor(None, raw_signxml),
             seconds,
+            processes,
         )
     )
 
-    settings = Settings(trust=TrustSettings(bundled_anchors=False, tsa=(TsaSettings(url=tsa_url),)))
+    settings = Settings(
+        trust=TrustSettings(bundled_anchors=False, tsa=(TsaSettings(url=tsa_url),)),
+        signing=SigningSettings(xml_workers=workers),
+    )
+    pool = WorkerPool("bench", workers=workers) if workers else None
+    if pool is not None:
+        await pool.start()
+    with_pool = Processes(processes.tsa, lambda: _worker_pids(pool))
     async with (
         aiohttp.ClientSession() as session,
         open_trust(
@@ -182,26 +235,41 @@ async def _run(
             ) as response:
                 await response.read()
 
-        results.append(await measure("baseline: TSA round trip (raw HTTP)", raw_tsa, seconds))
-        results.append(
+        rows.append(
+            await measure("baseline: TSA round trip (raw HTTP)", raw_tsa, seconds, processes)
+        )
+        rows.append(
             await measure(
-                "baseline: TSA round trip (checked)", lambda: timestamps.timestamp(form), seconds
+                "baseline: TSA round trip (checked)",
+                lambda: timestamps.timestamp(form),
+                seconds,
+                processes,
             )
         )
+        cases = [("engine", pool)] + ([("engine, threads", None)] if pool else [])
         for level in (Level.B_B, Level.B_LT):
-            for concurrency in (1, 16):
-                results.append(
-                    await measure(
-                        f"engine {level.value} in process, c={concurrency}",
-                        lambda level=level: sign_xml(
-                            form, signer, level, timestamps=timestamps, validation_data=validation
-                        ),
-                        seconds,
-                        concurrency,
+            for label, drafting in cases:
+                for concurrency in (1, 16):
+                    rows.append(
+                        await measure(
+                            f"{label} {level.value}, c={concurrency}",
+                            lambda level=level, drafting=drafting: sign_xml(
+                                form,
+                                signer,
+                                level,
+                                timestamps=timestamps,
+                                validation_data=validation,
+                                workers=drafting,
+                            ),
+                            seconds,
+                            with_pool,
+                            concurrency,
+                        )
                     )
-                )
+    if pool is not None:
+        pool.close()
 
-    # Through HTTP: the real app (guards, token, keys and trust subsystems).
+    # Through HTTP: the real app (guards, token, keys, trust and XAdES subsystems).
     paths = Paths(config_dir=home / "d", data_dir=home / "d", log_dir=home / "d" / "logs")
     paths.ensure()
     store = ClientStore(paths.clients_file)
@@ -209,8 +277,9 @@ async def _run(
     app = create_app(settings, paths, client_store=store, sandbox_pki=pki)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    daemon = Processes(processes.tsa, lambda: _worker_pids(app.get(XML_WORKERS)))
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/xml"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as client:
         for level in ("B-B", "B-LT"):
@@ -225,17 +294,29 @@ async def _run(
                     await response.read()
 
             for concurrency in (1, 16):
-                results.append(
-                    await measure(f"HTTP {level}, c={concurrency}", post, seconds, concurrency)
+                rows.append(
+                    await measure(
+                        f"HTTP {level}, c={concurrency}", post, seconds, daemon, concurrency
+                    )
                 )
     await runner.cleanup()
     signer.close()
-    return results
+    return rows
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--size", type=int, default=20_000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=_default_workers(),
+        help="drafting worker processes (0: threads); default as the daemon's",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.size))
+    asyncio.run(main(args.seconds, args.size, args.workers))

@@ -6,7 +6,7 @@ little more than the signature's cost (about 1 ms of CPU: :class:`FastTimeStampe
 Running it in a child process keeps its CPU off the benchmarked process's GIL; on a
 2-core machine it still shares the cores, so its cost is kept small.
 
-    with running_fast_tsa(pki_dir) as url: ...      # from a benchmark
+    with running_fast_tsa(pki_dir) as tsa: ...      # from a benchmark (tsa.url, tsa.pid)
     python bench/fast_tsa.py PKI_DIR PORT           # what that runs
 """
 
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -148,9 +149,16 @@ def serve(pki_dir: Path, port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+@dataclass(frozen=True)
+class RunningTsa:
+    url: str
+    #: The TSA's process (for its CPU time).
+    pid: int
+
+
 @contextlib.contextmanager
-def running_fast_tsa(pki_dir: Path) -> Iterator[str]:
-    """Start the TSA in a child process; its URL while the block runs."""
+def running_fast_tsa(pki_dir: Path) -> Iterator[RunningTsa]:
+    """Start the TSA in a child process; where it answers while the block runs."""
     port = free_port()
     child = subprocess.Popen([sys.executable, __file__, str(pki_dir), str(port)])
     try:
@@ -163,7 +171,7 @@ def running_fast_tsa(pki_dir: Path) -> Iterator[str]:
                 if child.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the benchmark TSA did not start") from None
                 time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/tsa"
+        yield RunningTsa(f"http://127.0.0.1:{port}/tsa", child.pid)
     finally:
         child.terminate()
         child.wait(timeout=10)

@@ -7,12 +7,13 @@ them on ``sys.path``.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "free_port", "summarize"]
+__all__ = ["Summary", "cpu_seconds", "free_port", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user and system) used so far by these processes (Linux: /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or not Linux: not counted
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
