@@ -33,13 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from asn1crypto import cms
+from asn1crypto import cms, tsp
 from pyhanko.pdf_utils import misc
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.pdf_utils.writer import DeveloperExtension
-from pyhanko.sign import fields, signers
-from pyhanko.sign.general import SigningError
+from pyhanko.sign import attributes, fields, signers
+from pyhanko.sign.general import SigningError, as_signing_certificate_v2
 from pyhanko.sign.signers.pdf_signer import (
     DSSContentSettings,
     SigDSSPlacementPreference,
@@ -206,11 +206,51 @@ class _DefiniteSignerInfo(cms.SignerInfo):
         return super().dump(force)
 
 
+class _FixedAttribute(attributes.CMSAttributeProvider):
+    """A signed attribute whose value is known in advance."""
+
+    def __init__(self, attribute_type: str, value: object) -> None:
+        self.attribute_type = attribute_type
+        self._value = value
+
+    async def build_attr_value(self, dry_run: bool = False) -> object:
+        return self._value
+
+
 class _PadesSignerAdapter(PyHankoSignerAdapter):
-    """The key adapter, with the SignerInfo written as it was built (see above)."""
+    """The key adapter, with the CMS parts it builds encoded once.
+
+    asn1crypto re-encodes a value built from Python values on every ``dump()``, its
+    whole subtree included (the mutation flag of a built value is never cleared),
+    and pyHanko dumps the signed attributes and the SignerInfo several times per
+    signature: ~8,000 encodings of the same names and algorithm identifiers, most of
+    a PAdES-B signature's CPU. Each part is therefore read back from its own
+    encoding once built — the same bytes, kept — and the SignerInfo is written as
+    it was built (see :class:`_DefiniteSignerInfo`).
+    """
+
+    _ess: tsp.SigningCertificateV2 | None = None
+
+    def _signed_attr_providers(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # The signing-certificate-v2 value (the certificate's digest, issuer name and
+        # serial) is the same for every signature with this key: encoded once. Its
+        # issuer name nests SETs, which asn1crypto sorts by re-encoding them, level
+        # by level, on each dump: ~1,400 encodings per dump when built afresh.
+        for provider in super()._signed_attr_providers(*args, **kwargs):
+            if isinstance(provider, attributes.SigningCertificateV2Provider):
+                if self._ess is None:
+                    built = as_signing_certificate_v2(provider.signing_cert)
+                    self._ess = tsp.SigningCertificateV2.load(built.dump())
+                provider = _FixedAttribute("signing_certificate_v2", self._ess)
+            yield provider
+
+    async def signed_attrs(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        attrs = await super().signed_attrs(*args, **kwargs)
+        return cms.CMSAttributes.load(attrs.dump())
 
     def signer_info(self, digest_algorithm: str, signed_attrs, signature):  # type: ignore[no-untyped-def]
         info = super().signer_info(digest_algorithm, signed_attrs, signature)
+        info = cms.SignerInfo.load(info.dump())
         info.__class__ = _DefiniteSignerInfo  # same layout: only dump() differs
         return info
 
