@@ -168,3 +168,38 @@ def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
         daemon.wait()
     for pid in [*workers, forkserver]:
         _wait_gone(pid)
+
+
+def test_without_a_pidfd_a_worker_polls_for_the_daemon(tmp_path: Path) -> None:
+    """Where pidfd_open is refused (a seccomp filter, an old kernel), the worker polls
+    for the daemon's end instead, and still ends with it."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time
+            from sidecar.signing import workers
+
+            def refused(pid, flags=0):
+                raise PermissionError(1, "Operation not permitted")
+
+            os.pidfd_open = refused
+            workers._exit_with(int(sys.argv[1]))
+            print("watching", flush=True)
+            time.sleep(60)
+            sys.exit(3)
+            """
+        )
+    )
+    daemon = subprocess.Popen(["sleep", "60"])
+    worker = subprocess.Popen(
+        [sys.executable, str(script), str(daemon.pid)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == "watching\n"
+        daemon.kill()
+        daemon.wait()  # reaped: a zombie would still answer kill(pid, 0)
+        assert worker.wait(timeout=20) == 0  # its own end, not the sleep's exit 3
+    finally:
+        worker.kill()
+        daemon.kill()

@@ -76,8 +76,21 @@ def _exit_with(daemon_pid: int) -> None:
     there is one (Linux; immune to the pid being reused), on the parent's handle
     where the daemon is the parent (spawn, i.e. Windows), else by polling.
     """
+
+    def poll() -> None:
+        if os.name == "nt":  # os.kill would end the process: never poll there
+            threading.Event().wait()
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(daemon_pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:  # alive, another user's (pid reused): keep on
+                continue
+
     parent = multiprocessing.parent_process()
-    wait: Callable[[], object]
+    wait: Callable[[], object] = poll
     if parent is not None and parent.pid == daemon_pid:
         wait = parent.join
     elif hasattr(os, "pidfd_open"):
@@ -85,18 +98,10 @@ def _exit_with(daemon_pid: int) -> None:
             pidfd = os.pidfd_open(daemon_pid)
         except ProcessLookupError:  # already gone
             os._exit(0)
-        wait = functools.partial(select.select, [pidfd], [], [])
-    else:
-
-        def wait() -> None:
-            while True:
-                time.sleep(1.0)
-                try:
-                    os.kill(daemon_pid, 0)
-                except ProcessLookupError:
-                    return
-                except PermissionError:  # alive, another user's (pid reused): keep on
-                    continue
+        except OSError:  # a seccomp filter or an old kernel: poll instead
+            pass
+        else:
+            wait = functools.partial(select.select, [pidfd], [], [])
 
     def watch() -> None:
         wait()
