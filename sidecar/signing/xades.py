@@ -11,15 +11,21 @@ of its parent (the root, or the element the profile's XPath selects), so the
 XML declaration, the encoding, the formatting, comments and CDATA sections are
 kept byte for byte. The document is parsed once, on input: the data reference
 digests that tree (parsed from the caller's very bytes, which is what any
-verifier will parse); the signature is built, timestamped and completed in
-memory and serialised once at the end (B-LTA alone parses the signed document
-back, for its archive timestamp's input).
+verifier will parse). B-LTA alone parses the signed document back, for its
+archive timestamp's input.
 
-Entry point: :func:`sign_xml`. It is ``async``: the signing (signxml, and the
-key itself, which may be a token) runs in an executor, never on the event loop
-(a worker thread costs ~1 ms of CPU per form in GIL contention — measured; the
-rule is kept anyway: a signature must never stall the loop); only the timestamp
-and revocation fetches, and cheap in-memory edits, run on the loop.
+Entry point: :func:`sign_xml`, ``async``, in three steps, none of them CPU-bound
+on the event loop:
+
+1. :func:`draft_signature` — parsing, checks, canonicalisation, digests: all of a
+   B-B signature's CPU but the key's — in a worker process (see
+   :mod:`.workers`; without one, in a thread). It needs no key: signxml signs
+   with a stand-in that keeps the canonical SignedInfo.
+2. The key signs that SignedInfo where it lives, in its own executor (a token
+   cannot follow the document into another process; no key material ever does).
+3. On the loop: the SignatureValue set in the drafted signature (read back from
+   its ~4 KB of XML), the timestamp and revocation data fetched and added, and
+   the signature spliced into the caller's bytes.
 """
 
 from __future__ import annotations
