@@ -19,7 +19,7 @@ from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationD
 from sidecar.signing.workers import WorkerLost, WorkerPool
 from sidecar.signing.xades import sign_xml
 from sidecar.signing.xades_verify import VerificationPolicy, verify_xml
-from sidecar.signing.xml_safety import MalformedXml, parse_xml
+from sidecar.signing.xml_safety import MalformedXml, XmlLimitExceeded, parse_xml
 from sidecar.trust import TrustServices
 from tests.fixtures.xades import FORM
 
@@ -203,3 +203,25 @@ def test_without_a_pidfd_a_worker_polls_for_the_daemon(tmp_path: Path) -> None:
     finally:
         worker.kill()
         daemon.kill()
+
+
+async def test_a_document_that_ends_its_worker_twice_is_refused(
+    xades_signers: dict[str, Signer],
+) -> None:
+    """Drafting is tried twice, each time on a fresh worker; a document that ends both
+    is refused (``XmlLimitExceeded``: 422 xml_limits), not retried for ever.
+
+    A worker that dies at that exact point on demand is a fault no real part gives
+    reliably: this pool stands in for one whose workers are killed while drafting.
+    """
+
+    class Dying(WorkerPool):
+        attempts = 0
+
+        async def run(self, fn, /, *args, deadline=None):  # type: ignore[no-untyped-def]
+            type(self).attempts += 1
+            raise WorkerLost("a XAdES worker process died")
+
+    with pytest.raises(XmlLimitExceeded, match="twice"):
+        await sign_xml(FORM, xades_signers["pkcs12-rsa"], Level.B_B, workers=Dying("x", workers=1))
+    assert Dying.attempts == 2

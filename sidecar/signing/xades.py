@@ -499,7 +499,8 @@ def _nth_element(root: etree._Element, index: int) -> etree._Element:
     return next(itertools.islice(root.iter(etree.Element), index, None))
 
 
-#: Our own serialisation read back: no DTD, no entities, no network.
+#: Our own serialisation read back: no DTD, no entities, no network. Used on the
+#: event loop's thread only (an lxml parser must not be shared between threads).
 _OWN_XML = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
@@ -539,7 +540,8 @@ async def _draft(
             # and a fresh one tries once more; twice is the document.
             if attempt == 2:
                 raise XmlLimitExceeded(
-                    "drafting the signature exhausted a worker process (memory ceiling)"
+                    "drafting the signature of this document ended its worker process "
+                    "twice (out of memory?)"
                 ) from None
     raise AssertionError("unreachable")
 
