@@ -20,15 +20,20 @@ import hashlib
 import sqlite3
 import sys
 import tempfile
-import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from stats import summarize
+from stats import summarize, timed, timed_sync
 
 from sidecar.cns.outbox import Outbox
 
 BODY = b"<FeeNote>" + b"x" * 6000 + b"</FeeNote>"  # a signed fee note is a few kB
+
+
+def _deposit(outbox: Outbox, digest: str) -> Callable[[], object]:
+    """One deposit as the API makes it."""
+    return lambda: outbox.enqueue_deposit(str(uuid.uuid4()), BODY, digest, client="bench")
 
 
 def report(name: str, samples: list[float], wall: float) -> None:
@@ -38,28 +43,16 @@ def report(name: str, samples: list[float], wall: float) -> None:
 def bench_outbox(directory: Path, n: int) -> None:
     outbox = Outbox(directory / "full.sqlite3")
     digest = hashlib.sha256(BODY).hexdigest()
-    samples = []
-    start = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        outbox.enqueue_deposit(str(uuid.uuid4()), BODY, digest, client="bench")
-        samples.append(time.perf_counter() - t)
-    report("outbox, synchronous=FULL", samples, time.perf_counter() - start)
+    report("outbox, synchronous=FULL", *timed_sync(_deposit(outbox, digest), n))
 
     async def concurrent() -> None:
-        samples.clear()
-
         async def one() -> None:
-            t = time.perf_counter()
             await outbox.run(
                 outbox.enqueue_deposit, str(uuid.uuid4()), BODY, digest, client="bench"
             )
-            samples.append(time.perf_counter() - t)
 
-        begin = time.perf_counter()
-        for _ in range(n // 8):
-            await asyncio.gather(*(one() for _ in range(8)))
-        report("outbox via its thread, 8 concurrent", samples, time.perf_counter() - begin)
+        samples, wall = await timed(one, n=n, concurrency=8)
+        report("outbox via its thread, 8 concurrent", samples, wall)
 
     asyncio.run(concurrent())
     outbox.close()
@@ -74,23 +67,12 @@ def bench_baseline(directory: Path, n: int, name: str, synchronous: str, schema:
         outbox = Outbox(directory / f"{synchronous}.sqlite3")
         outbox._db.execute(f"PRAGMA synchronous={synchronous}")
         digest = hashlib.sha256(BODY).hexdigest()
-        samples = []
-        start = time.perf_counter()
-        for _ in range(n):
-            t = time.perf_counter()
-            outbox.enqueue_deposit(str(uuid.uuid4()), BODY, digest, client="bench")
-            samples.append(time.perf_counter() - t)
-        report(name, samples, time.perf_counter() - start)
+        report(name, *timed_sync(_deposit(outbox, digest), n))
         outbox.close()
         return
     db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, body BLOB)")
-    samples = []
-    start = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        db.execute("INSERT INTO t VALUES (?, ?)", (str(uuid.uuid4()), BODY))
-        samples.append(time.perf_counter() - t)
-    report(name, samples, time.perf_counter() - start)
+    insert = lambda: db.execute("INSERT INTO t VALUES (?, ?)", (str(uuid.uuid4()), BODY))  # noqa: E731
+    report(name, *timed_sync(insert, n))
     db.close()
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fast_tsa import running_fast_tsa
-from stats import free_port, summarize
+from stats import free_port, summarize, timed
 
 from sidecar.api.app import create_app
 from sidecar.clients import ClientStore, Scope
@@ -63,12 +63,7 @@ def make_pdfa(size: int) -> bytes:
 
 async def measure(name: str, seconds: float, op: Callable[[], Awaitable[object]]) -> list[float]:
     await op()  # warm-up: caches, pools, first timestamp (pyHanko's size estimate)
-    samples: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(samples) < 5:
-        start = time.perf_counter()
-        await op()
-        samples.append(time.perf_counter() - start)
+    samples, _ = await timed(op, seconds=seconds, at_least=5)
     return samples
 
 

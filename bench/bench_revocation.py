@@ -15,7 +15,6 @@ import asyncio
 import collections
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
@@ -24,7 +23,7 @@ from certomancer.integrations.aiohttp_animator import build_animator_app
 from certomancer.registry import ArchLabel
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
-from stats import free_port, summarize
+from stats import free_port, summarize, timed
 
 from sidecar.sandbox import ensure_sandbox_pki, load_certomancer_config
 from sidecar.sandbox.pki import ARCH_LABEL
@@ -82,33 +81,13 @@ async def main(n: int) -> None:
                 ):
                     services.append(RevocationService(session, anchors, RevocationCache(None)))
                     counts.clear()
-                    samples: list[float] = []
-                    start = time.perf_counter()
-                    for _ in range(n):
-                        t0 = time.perf_counter()
-                        await once()
-                        samples.append(time.perf_counter() - t0)
-                    report(
-                        f"{name}, sequential", samples, time.perf_counter() - start, counts["ocsp"]
-                    )
+                    samples, wall = await timed(once, n=n)
+                    report(f"{name}, sequential", samples, wall, counts["ocsp"])
 
                     services.append(RevocationService(session, anchors, RevocationCache(None)))
                     counts.clear()
-                    samples = []
-
-                    async def timed(once=once, samples=samples) -> None:  # type: ignore[no-untyped-def]
-                        t0 = time.perf_counter()
-                        await once()
-                        samples.append(time.perf_counter() - t0)
-
-                    start = time.perf_counter()
-                    await asyncio.gather(*(timed() for _ in range(n)))
-                    report(
-                        f"{name}, burst of {n}",
-                        samples,
-                        time.perf_counter() - start,
-                        counts["ocsp"],
-                    )
+                    samples, wall = await timed(once, n=n, concurrency=n)
+                    report(f"{name}, burst of {n}", samples, wall, counts["ocsp"])
         finally:
             await runner.cleanup()
 

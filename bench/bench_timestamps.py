@@ -14,12 +14,11 @@ import asyncio
 import hashlib
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 from pyhanko.sign.timestamps import HTTPTimeStamper
-from stats import free_port, summarize
+from stats import free_port, summarize, timed
 
 from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
 from sidecar.trust import TimeStampClient, TrustAnchors, TsaEndpoint
@@ -44,13 +43,7 @@ async def main(n: int) -> None:
                 ("pyHanko HTTPTimeStamper", lambda: baseline.async_timestamp(digest, "sha256")),
                 ("sidecar checked client", lambda: client.timestamp(digest)),
             ):
-                samples: list[float] = []
-                start = time.perf_counter()
-                for _ in range(n):
-                    t0 = time.perf_counter()
-                    await once()
-                    samples.append(time.perf_counter() - t0)
-                report(name, samples, time.perf_counter() - start)
+                report(name, *await timed(once, n=n))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from fast_tsa import running_fast_tsa
 from lxml import etree
 from signxml import SignatureConstructionMethod
 from signxml.xades import XAdESSigner
-from stats import cpu_seconds, free_port, summarize
+from stats import cpu_seconds, free_port, summarize, timed
 
 from sidecar.api.app import create_app
 from sidecar.api.xml import XML_WORKERS
@@ -99,22 +99,11 @@ async def measure(
 ) -> Row:
     for _ in range(3):
         await call()  # warm caches (revocation data, connections, workers)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await call()
-            times.append(time.perf_counter() - started)
-
     workers = processes.workers()
-    started = time.perf_counter()
     cpu_here = time.process_time()
     cpu_workers = cpu_seconds(workers)
     cpu_tsa = cpu_seconds([processes.tsa])
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    times, elapsed = await timed(call, seconds=seconds, concurrency=concurrency)
     summary = summarize(times, elapsed)
     per_form = 1000 / summary.n
     return Row(

@@ -6,14 +6,16 @@ them on ``sys.path``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Summary", "cpu_seconds", "free_port", "summarize"]
+__all__ = ["Summary", "cpu_seconds", "free_port", "summarize", "timed", "timed_sync"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,52 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(
+    call: Callable[[], Awaitable[object]],
+    *,
+    n: int | None = None,
+    seconds: float | None = None,
+    concurrency: int = 1,
+    at_least: int = 0,
+) -> tuple[list[float], float]:
+    """Latencies (seconds) of ``call``, and the wall time they took.
+
+    ``concurrency`` loops call it, one call at a time each, until ``n`` calls have
+    started or ``seconds`` have passed (and at least ``at_least`` calls are done).
+    A burst: ``n=k, concurrency=k``.
+    """
+    samples: list[float] = []
+    started = 0
+    deadline = None if seconds is None else time.perf_counter() + seconds
+
+    def more() -> bool:
+        if n is not None and started >= n:
+            return False
+        if deadline is not None and time.perf_counter() >= deadline:
+            return len(samples) < at_least
+        return True
+
+    async def loop() -> None:
+        nonlocal started
+        while more():
+            started += 1
+            begin = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - begin)
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return samples, time.perf_counter() - begin
+
+
+def timed_sync(call: Callable[[], object], n: int) -> tuple[list[float], float]:
+    """:func:`timed` for a blocking ``call``, ``n`` times in a row."""
+    samples: list[float] = []
+    begin = time.perf_counter()
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples, time.perf_counter() - begin
