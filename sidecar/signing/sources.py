@@ -20,6 +20,7 @@ from asn1crypto import x509
 
 __all__ = [
     "CertificateUnusable",
+    "Timestamp",
     "TimestampSource",
     "UpstreamFailure",
     "ValidationData",
@@ -62,12 +63,25 @@ class CertificateUnusable(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class Timestamp:
+    """A checked RFC 3161 token, and what the engines take from it (read once, when
+    the reply was checked)."""
+
+    #: The DER ``TimeStampToken`` (CMS ContentInfo).
+    token: bytes
+    #: The TSA's certificate, when the token carries it.
+    tsa_certificate: x509.Certificate | None
+    #: Every certificate the token carries.
+    certificates: tuple[x509.Certificate, ...]
+
+
 @runtime_checkable
 class TimestampSource(Protocol):
     """An RFC 3161 time-stamping service (with failover, if it has several TSAs)."""
 
-    async def timestamp(self, data: bytes, digest: str = "sha256") -> bytes:
-        """A DER ``TimeStampToken`` (CMS ContentInfo) over ``hash(data)``.
+    async def timestamp(self, data: bytes, digest: str = "sha256") -> Timestamp:
+        """A token over ``hash(data)``.
 
         The reply is already checked: status granted, nonce, message imprint,
         the TSA's signature and certificate chain. Raises :class:`UpstreamFailure`.

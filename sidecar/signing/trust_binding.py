@@ -23,7 +23,7 @@ from ..trust import (
     TsaTimeout,
     TsaUnavailable,
 )
-from .sources import CertificateUnusable, UpstreamFailure, ValidationData
+from .sources import CertificateUnusable, Timestamp, UpstreamFailure, ValidationData
 
 __all__ = ["TrustTimestampSource", "TrustValidationDataSource"]
 
@@ -37,7 +37,7 @@ class TrustTimestampSource:
     def __init__(self, client: TimeStampClient) -> None:
         self.client = client
 
-    async def timestamp(self, data: bytes, digest: str = "sha256") -> bytes:
+    async def timestamp(self, data: bytes, digest: str = "sha256") -> Timestamp:
         try:
             token = await self.client.timestamp(hashlib.new(digest, data).digest(), digest)
         except TsaUnavailable as exc:
@@ -48,7 +48,13 @@ class TrustTimestampSource:
             raise UpstreamFailure("timeout", "tsa", str(exc)) from exc
         except TsaError as exc:
             raise UpstreamFailure("error", "tsa", str(exc)) from exc
-        return token.der
+        carried = token.certificates
+        signer = token.signer.sha256
+        return Timestamp(
+            token=token.der,
+            tsa_certificate=next((c for c in carried if c.sha256 == signer), None),
+            certificates=carried,
+        )
 
 
 class TrustValidationDataSource:

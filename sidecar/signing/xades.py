@@ -596,18 +596,12 @@ async def sign_xml(
     if level != Level.B_B:
         assert timestamps is not None
         imprint_input = signature_timestamp_input(signature, C14N_EXCL)
-        token = await timestamps.timestamp(imprint_input, options.digest)
-        try:
-            contents = read_token(token)
-        except ValueError as exc:
-            raise UpstreamFailure("error", "tsa", f"the TSA's token is unreadable: {exc}") from None
-        add_signature_timestamp(signature, token, C14N_EXCL)
+        stamp = await timestamps.timestamp(imprint_input, options.digest)
+        add_signature_timestamp(signature, stamp.token, C14N_EXCL)
 
     if level in (Level.B_LT, Level.B_LTA):
         assert validation_data is not None
-        data = await _collect(
-            validation_data, signer, contents.tsa_certificate, contents.certificates
-        )
+        data = await _collect(validation_data, signer, stamp.tsa_certificate, stamp.certificates)
         add_certificate_values(signature, data.certificates)
         add_revocation_values(signature, data.crls, data.ocsp_responses)
 
@@ -616,8 +610,8 @@ async def sign_xml(
         # as a verifier parses it (top-level comments and PIs included).
         assert timestamps is not None
         signature, archive_input = await run(_archive_input, placement, document, signature)
-        archive_token = await timestamps.timestamp(archive_input, options.digest)
-        add_archive_timestamp(signature, archive_token, C14N_INCL)
+        archive = await timestamps.timestamp(archive_input, options.digest)
+        add_archive_timestamp(signature, archive.token, C14N_INCL)
 
     if len(document) <= _SPLICE_ON_LOOP:
         return placement.splice(document, signature)
@@ -867,15 +861,11 @@ async def augment_xml(
         return document
 
     if current == Level.B_B:
-        token = await timestamps.timestamp(
+        stamp = await timestamps.timestamp(
             signature_timestamp_input(signature, C14N_EXCL), options.digest
         )
-        try:
-            contents = read_token(token)
-        except ValueError as exc:
-            raise UpstreamFailure("error", "tsa", f"the TSA's token is unreadable: {exc}") from None
-        add_signature_timestamp(signature, token, C14N_EXCL)
-        tsa_certificate, token_certificates = contents.tsa_certificate, contents.certificates
+        add_signature_timestamp(signature, stamp.token, C14N_EXCL)
+        tsa_certificate, token_certificates = stamp.tsa_certificate, stamp.certificates
     else:
         stamp = signature.find(f".//{xades('SignatureTimeStamp')}/{xades('EncapsulatedTimeStamp')}")
         assert stamp is not None  # B-T: xades_level found it
@@ -892,7 +882,7 @@ async def augment_xml(
     if level == Level.B_LTA:
         signature = await run(augmentation.splice, signature)
         archive_input = await run(archive_timestamp_input, signature, C14N_INCL)
-        archive_token = await timestamps.timestamp(archive_input, options.digest)
-        add_archive_timestamp(signature, archive_token, C14N_INCL)
+        archive = await timestamps.timestamp(archive_input, options.digest)
+        add_archive_timestamp(signature, archive.token, C14N_INCL)
 
     return await run(augmentation.render, signature)

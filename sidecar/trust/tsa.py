@@ -413,6 +413,12 @@ class TimeStampToken:
     def signer(self) -> x509.Certificate:
         return self.chain[0]
 
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        """Every certificate the token itself carries (the chain may hold more)."""
+        choices = self.content_info["content"]["certificates"] or ()
+        return tuple(c.chosen for c in choices if c.name == "certificate")
+
 
 @dataclass(frozen=True)
 class RelayedReply:
