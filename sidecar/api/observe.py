@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from ..health import CheckResult
 from ..metrics import CONTENT_TYPE, CertificateExpiry, Metrics, OutboxStats
+from ..signing.report import BASELINE_LEVELS
 from .keys import HEALTH_CHECKS, OPERATION
 from .problems import Problem, problem_for
 
@@ -40,7 +41,7 @@ _SIGNATURE_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
     "signPdf": (("pades", "X-Signature-Level"),),
     "signForm": (("xades", "X-Signature-Level"), ("pades", "X-Pdf-Signature-Level")),
 }
-_LEVELS = frozenset({"B-B", "B-T", "B-LT", "B-LTA"})
+_LEVELS = frozenset(level.value for level in BASELINE_LEVELS)
 
 
 def route_label(request: web.Request) -> str:

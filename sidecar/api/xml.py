@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import SigningSettings
-from ..signing.report import Level
+from ..signing.report import BASELINE_LEVELS, Level
 from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.workers import WorkerPool
@@ -55,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger("sidecar.signing")
 
-_LEVELS = {level.value: level for level in (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)}
+_LEVELS = {level.value: level for level in BASELINE_LEVELS}
 
 #: The processes drafting XAdES signatures; absent: drafted in threads.
 XML_WORKERS = web.AppKey("xml_workers", WorkerPool)

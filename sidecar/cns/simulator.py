@@ -168,14 +168,14 @@ def xades_verifier(
     as the CNS would with what it receives."""
     # Imported here: the simulator alone (e.g. as a stand-alone script with the
     # presence check) needs none of the signing stack.
-    from ..signing.report import Indication, Level
+    from ..signing.report import BASELINE_LEVELS, Indication
     from ..signing.xades_verify import VerificationPolicy, verify_xml
     from ..signing.xml_safety import XmlInputError
     from ..trust import load_certificates
 
     roots = load_certificates(trust_roots) if isinstance(trust_roots, Path) else list(trust_roots)
     policy = VerificationPolicy(trust_roots=roots)
-    order = [level.value for level in (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)]
+    order = [level.value for level in BASELINE_LEVELS]
     if minimum not in order:
         raise ValueError(f"minimum must be one of {', '.join(order)}")
 

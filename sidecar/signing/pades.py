@@ -66,10 +66,9 @@ from .pdf_checks import (
     pdfa_regressions,
 )
 from .pdf_font import EmbeddedTrueTypeFactory
-from .report import Level
+from .report import BASELINE_LEVELS, Level
 
 __all__ = [
-    "PADES_LEVELS",
     "PadesEngine",
     "PadesError",
     "PadesOptions",
@@ -81,16 +80,15 @@ __all__ = [
 
 log = logging.getLogger("sidecar.signing.pades")
 
-PADES_LEVELS = (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)
-_ORDER = {level: index for index, level in enumerate(PADES_LEVELS)}
-
 
 def parse_level(value: str) -> Level:
     """``"B-LT"`` → :attr:`Level.B_LT`; ValueError for anything else."""
-    for level in PADES_LEVELS:
+    for level in BASELINE_LEVELS:
         if value.upper() == level.value:
             return level
-    raise ValueError(f"one of {', '.join(level.value for level in PADES_LEVELS)} (got {value!r})")
+    raise ValueError(
+        f"one of {', '.join(level.value for level in BASELINE_LEVELS)} (got {value!r})"
+    )
 
 
 class ValidationContextFactory(Protocol):
@@ -293,9 +291,9 @@ class PadesEngine:
         return adapter
 
     def _check_level(self, level: Level) -> None:
-        if _ORDER[level] >= _ORDER[Level.B_T] and self.timestamper is None:
+        if level.at_least(Level.B_T) and self.timestamper is None:
             raise PadesError("tsa_not_configured", f"{level.value} needs a TSA; none is configured")
-        if _ORDER[level] >= _ORDER[Level.B_LT] and self.validation_context is None:
+        if level.at_least(Level.B_LT) and self.validation_context is None:
             raise PadesError(
                 "revocation_unavailable", f"{level.value} needs revocation data; none configured"
             )
@@ -350,8 +348,8 @@ class PadesEngine:
         keep_version: bool,
     ) -> bytes:
         level = options.level
-        timestamped = _ORDER[level] >= _ORDER[Level.B_T]
-        long_term = _ORDER[level] >= _ORDER[Level.B_LT]
+        timestamped = level.at_least(Level.B_T)
+        long_term = level.at_least(Level.B_LT)
         context = self.validation_context() if long_term and self.validation_context else None
         metadata = signers.PdfSignatureMetadata(
             field_name=field_name,

@@ -45,7 +45,7 @@ from typing import Any, Literal
 from lxml import etree
 
 from ..data import resource_dir
-from .report import Level
+from .report import BASELINE_LEVELS, Level
 
 __all__ = [
     "BUNDLED_PROFILE_DIR",
@@ -72,7 +72,7 @@ BUNDLED_PROFILE_DIR = _bundled_dir()
 
 CNS_OPERATIONS = ("deposit", "pid_simulation", "pid_validation", "pid_contestation", "none")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_LEVELS = {level.value: level for level in (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)}
+_LEVELS = {level.value: level for level in BASELINE_LEVELS}
 
 
 class ProfileError(Exception):

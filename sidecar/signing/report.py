@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Indication", "Level", "SignatureReport", "SubIndication"]
+__all__ = ["BASELINE_LEVELS", "Indication", "Level", "SignatureReport", "SubIndication"]
 
 
 class Indication(StrEnum):
@@ -55,6 +55,15 @@ class Level(StrEnum):
     B_T = "B-T"
     B_LT = "B-LT"
     B_LTA = "B-LTA"
+
+    def at_least(self, other: Level) -> bool:
+        """Whether this level reaches ``other`` (each baseline level adds to the one before)."""
+        return _RANK[self] >= _RANK[other]
+
+
+#: The baseline levels, lowest first: the same four for XAdES and PAdES.
+BASELINE_LEVELS: tuple[Level, ...] = (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)
+_RANK = {Level.NONE: -1, **{level: rank for rank, level in enumerate(BASELINE_LEVELS)}}
 
 
 @dataclass

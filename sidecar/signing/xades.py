@@ -57,7 +57,7 @@ from signxml.xades import XAdESDataObjectFormat, XAdESSigner
 
 from ..keys.signer import Signer
 from ..keys.signxml_adapter import as_cryptography_key
-from .report import Level
+from .report import BASELINE_LEVELS, Level
 from .sources import TimestampSource, UpstreamFailure, ValidationData, ValidationDataSource
 from .tst import read_token
 from .workers import WorkerLost, WorkerPool
@@ -105,8 +105,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sidecar.signing.xades")
-
-_LEVELS = (Level.B_B, Level.B_T, Level.B_LT, Level.B_LTA)
 
 
 class AlreadySigned(XmlInputError):
@@ -576,8 +574,8 @@ async def sign_xml(
     data the level needs cannot be had — never a signature at a lower level.
     """
     options = options or XadesOptions()
-    if level not in _LEVELS:
-        raise ValueError(f"level must be one of {', '.join(_LEVELS)}")
+    if level not in BASELINE_LEVELS:
+        raise ValueError(f"level must be one of {', '.join(BASELINE_LEVELS)}")
     if level != Level.B_B and timestamps is None:
         raise UpstreamFailure("unavailable", "tsa", f"{level} needs a TSA and none is configured")
     if level in (Level.B_LT, Level.B_LTA) and validation_data is None:
@@ -857,7 +855,7 @@ async def augment_xml(
 
     augmentation, signature = await run(_start_augmentation, document, signature_id, options)
     current = xades_level(signature)
-    if _LEVELS.index(current) >= _LEVELS.index(level):
+    if current.at_least(level):
         return document
 
     if current == Level.B_B:
