@@ -12,7 +12,7 @@ from sidecar import __version__
 from sidecar.api.contract import CONTRACT
 from tests.fixtures.daemon import Api
 
-API_MD = Path(__file__).resolve().parents[2] / "shared" / "API.md"
+API_MD = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 async def test_health_public_and_minimal(sandbox_api: Api) -> None:
