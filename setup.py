@@ -15,6 +15,8 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 DATA_DIRS = ("profiles", "certs", "service")
+#: The versions CI tested, carried so that install.sh installs a wheel with them.
+DATA_FILES = ("constraints.txt",)
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
@@ -29,6 +31,8 @@ class BuildPyWithData(build_py):
                 target = Path(self.build_lib) / "sidecar" / "data" / name
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(source, target, ignore=IGNORE)
+        for name in DATA_FILES:
+            shutil.copy2(HERE / name, Path(self.build_lib) / "sidecar" / "data" / name)
 
 
 setup(cmdclass={"build_py": BuildPyWithData})

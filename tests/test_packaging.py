@@ -5,6 +5,7 @@ Linux installer installs it into an image root, and re-running it with a newer w
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -13,19 +14,22 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from sidecar import __version__
 from sidecar.migrations import Migration, migrate, schema_version
 from tests.fixtures.daemon import DaemonProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "constraints.txt")
 DATA_DIRS = ("profiles", "certs", "service")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "node_modules")
 
@@ -103,6 +107,66 @@ def test_wheel_carries_the_data_files(wheel: Path) -> None:
     assert any(n.startswith("sidecar/data/profiles/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sidecar = sidecar.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def read_pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a constraints file, by canonical name."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_wheel_carries_the_constraints_ci_tested(wheel: Path) -> None:
+    carried = zipfile.ZipFile(wheel).read("sidecar/data/constraints.txt").decode()
+    assert carried == (ROOT / "constraints.txt").read_text()
+
+
+def test_constraints_pin_what_ci_runs_within_the_declared_bounds() -> None:
+    """Every package of the test environment is pinned at the version installed here
+    (so CI runs exactly the lock), and every runtime dependency's pin lies within the
+    bounds pyproject.toml declares. A dependency added without `scripts/lock.sh`
+    fails here."""
+    pins = read_pins((ROOT / "constraints.txt").read_text())
+    installed = {
+        canonicalize_name(dist.metadata["Name"]): dist.version
+        for dist in importlib.metadata.distributions()
+    }
+    unlocked = {
+        name: version
+        for name, version in installed.items()
+        if name not in {"sidecar", "pip", "setuptools", "wheel"} and pins.get(name) != version
+    }
+    assert not unlocked, f"installed but not pinned at that version: {unlocked}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned"
+        assert requirement.specifier.contains(pins[name]), (text, pins[name])
+        assert any(spec.operator == "<" for spec in requirement.specifier), (
+            f"{text}: no tested upper bound"
+        )
+
+
+def test_installer_installs_with_the_wheels_constraints(tmp_path: Path) -> None:
+    """install.sh hands the wheel's constraints to pip: a wheel whose lock excludes its
+    own version cannot be installed (pip names the conflict)."""
+    source = copy_source(tmp_path / "src")
+    lock = source / "constraints.txt"
+    lock.write_text(lock.read_text() + "sidecar==0.0.0\n")
+    conflicting = build_wheel(source, tmp_path / "dist")
+    root = tmp_path / "image"
+    root.mkdir()
+    fresh_venv(root / "opt" / "sidecar")
+    result = install_sh(root, conflicting)
+    assert result.returncode != 0
+    assert "sidecar==0.0.0" in result.stderr or "conflict" in result.stderr.lower(), (
+        result.stderr
+    )
 
 
 def test_wheel_installs_and_runs_doctor_against_a_sandbox_daemon(

@@ -92,8 +92,24 @@ if [ -z "$target" ] && [ ! -x "$venv/bin/sidecar" ]; then
   fi
 fi
 if [ -n "$target" ]; then
+  # The versions CI tested (constraints.txt): in a source tree beside pyproject.toml, in
+  # a wheel as sidecar/data/constraints.txt. Without them pip would take whatever is
+  # newest on install day, which no test has seen.
+  constraints=$(mktemp)
+  trap 'rm -f "$constraints"' EXIT
+  if [ -d "$target" ]; then
+    cp "$target/constraints.txt" "$constraints"
+  else
+    "$venv/bin/python" - "$target" >"$constraints" <<'PY'
+import sys, zipfile
+try:
+    sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read("sidecar/data/constraints.txt").decode())
+except (OSError, KeyError, zipfile.BadZipFile) as exc:
+    sys.exit(f"install.sh: {sys.argv[1]} carries no constraints.txt ({exc}); build it anew")
+PY
+  fi
   # shellcheck disable=SC2086  # pip_args is a list of words on purpose
-  "$venv/bin/python" -m pip install -q --upgrade $pip_args "$target"
+  "$venv/bin/python" -m pip install -q --upgrade -c "$constraints" $pip_args "$target"
 fi
 version=$("$venv/bin/sidecar" --version)
 say "installed $version in $prefix"
