@@ -164,9 +164,7 @@ def test_installer_installs_with_the_wheels_constraints(tmp_path: Path) -> None:
     fresh_venv(root / "opt" / "sidecar")
     result = install_sh(root, conflicting)
     assert result.returncode != 0
-    assert "sidecar==0.0.0" in result.stderr or "conflict" in result.stderr.lower(), (
-        result.stderr
-    )
+    assert "sidecar==0.0.0" in result.stderr or "conflict" in result.stderr.lower(), result.stderr
 
 
 def test_wheel_installs_and_runs_doctor_against_a_sandbox_daemon(
