@@ -66,13 +66,14 @@ from .xml_safety import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, parse_xml
 from .xmldsig import (
     C14N_INCL,
     DIGESTS,
+    WEAK_DIGESTS,
     UnresolvableReference,
     UnsupportedAlgorithm,
     c14n,
     dereference,
     digest,
     ds,
-    element_by_id,
+    resolve_uri,
     xades,
     xades141,
 )
@@ -89,8 +90,18 @@ _SIGNATURE_METHODS: dict[str, tuple[str, str]] = {
     "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256": ("ec", "sha256"),
     "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384": ("ec", "sha384"),
     "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha512": ("ec", "sha512"),
+    # Known, checked, and too weak to prove anything (ETSI TS 119 312): see _Weak.
+    "http://www.w3.org/2000/09/xmldsig#rsa-sha1": ("rsa", "sha1"),
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha1": ("ec", "sha1"),
 }
-_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+#: Digests whose match proves nothing today (a weak signature is INDETERMINATE).
+_WEAK_HASHES = frozenset({"sha1"})
 _SIGNER_KEY_USAGE = KeyUsageConstraints(
     key_usage={"digital_signature", "non_repudiation"}, match_all_key_usages=False
 )
@@ -206,7 +217,8 @@ def _signing_certificate(
 
 def _verify_signature_value(
     signed_info: etree._Element, value: bytes, cert: x509.Certificate
-) -> None:
+) -> bool:
+    """Check the signature value; True when it holds but with a weak digest."""
     method_element = signed_info.find(ds("SignatureMethod"))
     method = "" if method_element is None else method_element.get("Algorithm", "")
     if method not in _SIGNATURE_METHODS:
@@ -242,18 +254,22 @@ def _verify_signature_value(
             SubIndication.SIG_CRYPTO_FAILURE,
             "the signature value does not verify with the signing certificate's key",
         ) from None
+    return digest_name in _WEAK_HASHES
 
 
 def _check_references(
     signature: etree._Element, signed_info: etree._Element, signed_properties: etree._Element
-) -> None:
-    covers_properties = covers_data = False
+) -> bool:
+    """Check every reference's digest; True when they hold but one uses a weak digest."""
+    covers_properties = covers_data = weak = False
     for reference in signed_info.iterfind(ds("Reference")):
         uri = reference.get("URI")
         method = reference.find(ds("DigestMethod"))
+        algorithm = "" if method is None else method.get("Algorithm", "")
+        weak = weak or algorithm in WEAK_DIGESTS
         try:
             octets = dereference(reference, signature)
-            actual = digest(octets, "" if method is None else method.get("Algorithm", ""))
+            actual = digest(octets, algorithm)
         except (UnsupportedAlgorithm, UnresolvableReference) as exc:
             raise _Failed(
                 Indication.TOTAL_FAILED, SubIndication.FORMAT_FAILURE, f"reference {uri!r}: {exc}"
@@ -265,18 +281,17 @@ def _check_references(
                 SubIndication.HASH_FAILURE,
                 f"the digest of {what} does not match: it was changed after signing",
             )
+        try:
+            target, _xpointer = resolve_uri(signature.getroottree(), uri or "")
+        except UnresolvableReference as exc:
+            raise _Failed(
+                Indication.TOTAL_FAILED, SubIndication.FORMAT_FAILURE, f"reference {uri!r}: {exc}"
+            ) from None
         if reference.get("Type") == _SIGNED_PROPERTIES_TYPE:
-            document = signature.getroottree()
-            if (
-                uri
-                and uri.startswith("#")
-                and element_by_id(document, uri[1:]) is signed_properties
-            ):
-                covers_properties = True
-        elif uri == "":
+            covers_properties = covers_properties or target is signed_properties
+        elif target is None:
             covers_data = True
-        elif uri is not None and uri.startswith("#"):
-            target = element_by_id(signature.getroottree(), uri[1:])
+        else:
             inside = target is signature or any(a is signature for a in target.iterancestors())
             covers_data = covers_data or not inside
     if not covers_properties:
@@ -291,6 +306,7 @@ def _check_references(
             SubIndication.SIGNED_DATA_NOT_FOUND,
             "no reference covers data outside the signature",
         )
+    return weak
 
 
 _SUBINDICATIONS_BY_NAME = {s.name: s for s in SubIndication}
@@ -452,7 +468,26 @@ async def _verify_one(signature: etree._Element, policy: VerificationPolicy) -> 
         report.messages.insert(0, failure.message)
         if failure.indication == Indication.TOTAL_FAILED:
             report.level = Level.NONE
+    except Exception as exc:
+        # Something in this signature that no check above foresaw: nothing is proven
+        # wrong, so not TOTAL_FAILED; the other signatures' reports stand.
+        logger.warning("XAdES signature %s: unexpected %r", signature.get("Id"), exc, exc_info=True)
+        report.indication = Indication.INDETERMINATE
+        report.sub_indication = SubIndication.FORMAT_FAILURE
+        report.level = Level.NONE
+        report.messages.insert(0, f"this signature could not be processed ({type(exc).__name__})")
     return report
+
+
+def _subject_text(cert: x509.Certificate) -> str:
+    """The signer's name for a person; asn1crypto's rendering fails on some strings."""
+    try:
+        return cert.subject.human_friendly
+    except (ValueError, TypeError, KeyError, UnicodeError):
+        try:
+            return cx509.load_der_x509_certificate(cert.dump()).subject.rfc4514_string()
+        except ValueError:
+            return "(a subject name that cannot be read)"
 
 
 async def _verify_into(
@@ -491,16 +526,26 @@ async def _verify_into(
             report.messages.append(f"SigningTime {signing_time!r} is not a valid time")
 
     cert = _signing_certificate(ssp, embedded.certificates)
-    report.signer = cert.subject.human_friendly
+    report.signer = _subject_text(cert)
     report.signer_certificate_serial = format(cert.serial_number, "x")
     checks["signing_certificate"] = "found"
 
-    _check_references(signature, signed_info, signed_properties)
+    weak = _check_references(signature, signed_info, signed_properties)
     checks["references"] = "ok"
-    _verify_signature_value(signed_info, _b64(value_element), cert)
+    weak = _verify_signature_value(signed_info, _b64(value_element), cert) or weak
     checks["signature_value"] = "ok"
     report.level = Level.B_B
     report.indication = Indication.TOTAL_PASSED
+    if weak:
+        # Intact, but SHA-1 proves nothing without a proof of existence from before
+        # it was withdrawn (EN 319 102-1 5.2.8, TS 119 312): not failed, not passed.
+        checks["algorithms"] = "SHA-1"
+        raise _Failed(
+            Indication.INDETERMINATE,
+            SubIndication.CRYPTO_CONSTRAINTS_FAILURE_NO_POE,
+            "the signature is intact, but uses SHA-1, which is too weak to rely on "
+            "without a proof of existence from before it was withdrawn",
+        )
 
     usp = signature.find(f".//{xades('UnsignedSignatureProperties')}")
     stamps = [] if usp is None else list(usp.iterfind(xades("SignatureTimeStamp")))

@@ -4,32 +4,41 @@ Names and algorithms from W3C XML Signature 1.1 and ETSI EN 319 132-1. Only the
 algorithms the engine produces or the CNS can send are known here; anything
 else is refused (:class:`UnsupportedAlgorithm`), never guessed.
 
-The reference processing model (:func:`dereference`) is deliberately narrow:
-same-document references only (``""`` or ``#Id``, with each Id unique in the
-document), and the transforms ``enveloped-signature``, the canonicalizations,
-and the XPath filter ``not(ancestor-or-self::ds:Signature)`` that parallel
-signatures use. It is what both the verifier (digests) and the B-LTA archive
-timestamp (whose input is the references' output) need.
+The reference processing model (:func:`dereference`) takes same-document
+references only (``""``, ``#Id`` with each Id unique in the document, and the
+XPointers ``#xpointer(/)`` and ``#xpointer(id('Id'))`` that XMLDSig recommends),
+and the transforms ``enveloped-signature``, XPath Filter 2.0, the XPath filter
+``not(ancestor-or-self::ds:Signature)`` that parallel signatures use, the
+canonicalizations and base64 (XMLDSig 6.6.2, which every implementation must
+support). A reference's node-set is kept as whole subtrees, the only shape these
+produce. It is what both the verifier (digests) and the B-LTA archive timestamp
+(whose input is the references' output) need.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
+import re
 from collections.abc import Iterator
 
 from lxml import etree
 
 __all__ = [
+    "BASE64",
     "C14N_EXCL",
     "C14N_INCL",
     "DIGESTS",
     "DS",
     "ENVELOPED",
     "PARALLEL_XPATH",
+    "WEAK_DIGESTS",
     "XADES",
     "XADES141",
     "XPATH_FILTER",
+    "XPATH_FILTER2",
     "UnresolvableReference",
     "UnsupportedAlgorithm",
     "c14n",
@@ -37,6 +46,7 @@ __all__ = [
     "digest",
     "ds",
     "element_by_id",
+    "resolve_uri",
     "without_signatures",
     "xades",
     "xades141",
@@ -52,6 +62,8 @@ C14N_EXCL = "http://www.w3.org/2001/10/xml-exc-c14n#"
 C14N_EXCL_COMMENTS = C14N_EXCL + "WithComments"
 ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 XPATH_FILTER = "http://www.w3.org/TR/1999/REC-xpath-19991116"
+XPATH_FILTER2 = "http://www.w3.org/2002/06/xmldsig-filter2"
+BASE64 = "http://www.w3.org/2000/09/xmldsig#base64"
 #: The one XPath filter expression accepted: every signature excluded from the
 #: data, so that signatures side by side (parallel) do not cover each other.
 PARALLEL_XPATH = "not(ancestor-or-self::ds:Signature)"
@@ -76,6 +88,10 @@ DIGESTS: dict[str, str] = {
     "http://www.w3.org/2001/04/xmlenc#sha512": "sha512",
 }
 DIGEST_URIS = {name: uri for uri, name in DIGESTS.items()}
+#: Digests XMLDSig defines that are too weak to rely on today (ETSI TS 119 312): a
+#: validator computes them, to tell a changed document from a weak one, but a match
+#: proves nothing (INDETERMINATE / CRYPTO_CONSTRAINTS_FAILURE_NO_POE).
+WEAK_DIGESTS: dict[str, str] = {"http://www.w3.org/2000/09/xmldsig#sha1": "sha1"}
 
 
 class UnsupportedAlgorithm(ValueError):
@@ -108,8 +124,9 @@ def c14n(node: etree._Element | etree._ElementTree, algorithm: str = C14N_INCL) 
 
 
 def digest(data: bytes, algorithm_uri: str) -> bytes:
+    """The digest named by ``algorithm_uri`` (a weak one included: see WEAK_DIGESTS)."""
     try:
-        name = DIGESTS[algorithm_uri]
+        name = DIGESTS.get(algorithm_uri) or WEAK_DIGESTS[algorithm_uri]
     except KeyError:
         raise UnsupportedAlgorithm(f"digest {algorithm_uri!r} is not supported") from None
     return hashlib.new(name, data).digest()
@@ -134,25 +151,6 @@ def element_by_id(document: etree._ElementTree, value: str) -> etree._Element:
     if len(found) > 1:
         raise UnresolvableReference(f"Id {value!r} is used by {len(found)} elements")
     return found[0]
-
-
-def _without(
-    document: etree._ElementTree, signature: etree._Element, *, all_signatures: bool
-) -> etree._ElementTree:
-    """A copy of the document without this signature (or without every signature)."""
-    clone = copy.deepcopy(document)
-    # Same position in the copy: walk the original and the copy in step.
-    originals = list(document.getroot().iter(etree.Element))
-    copies = list(clone.getroot().iter(etree.Element))
-    doomed = [
-        copies[index]
-        for index, element in enumerate(originals)
-        if (element is signature)
-        or (all_signatures and element.tag == ds("Signature") and _outermost_signature(element))
-    ]
-    for element in doomed:
-        _remove_keeping_tail(element)
-    return clone
 
 
 def without_signatures(document: etree._ElementTree) -> etree._ElementTree:
@@ -186,53 +184,195 @@ def dereference(reference: etree._Element, signature: etree._Element) -> bytes:
     uri = reference.get("URI")
     if uri is None:
         raise UnresolvableReference("a Reference without URI is not supported")
-    if uri == "":
-        target: etree._Element | etree._ElementTree = document
-    elif uri.startswith("#") and len(uri) > 1 and "(" not in uri:
-        target = element_by_id(document, uri[1:])
-    else:
-        raise UnresolvableReference(f"only same-document references are accepted (URI={uri!r})")
+    nodes, xpointer = _NodeSet.from_uri(document, uri)
 
     transforms = reference.findall(f"{ds('Transforms')}/{ds('Transform')}")
-    algorithms = [t.get("Algorithm", "") for t in transforms]
-    # Node-set transforms first (removing signatures), then at most one final c14n.
-    removal: str | None = None
+    # Node-set transforms first (taking signatures or filtered subtrees out), then at
+    # most one final transform that makes octets: a canonicalization or base64.
     index = 0
-    while index < len(algorithms) and algorithms[index] in (ENVELOPED, XPATH_FILTER):
-        if algorithms[index] == XPATH_FILTER:
-            expression = "".join(transforms[index].findtext(ds("XPath")) or "").strip()
+    while index < len(transforms) and transforms[index].get("Algorithm") in _NODE_SET_TRANSFORMS:
+        transform = transforms[index]
+        algorithm = transform.get("Algorithm")
+        if algorithm == ENVELOPED:
+            nodes.subtract([signature])
+        elif algorithm == XPATH_FILTER:
+            expression = "".join(transform.findtext(ds("XPath")) or "").strip()
             if expression != PARALLEL_XPATH:
                 raise UnsupportedAlgorithm(f"XPath transform {expression!r} is not supported")
-            removal = "all"
-        elif removal is None:
-            removal = "this"
+            nodes.subtract(
+                [e for e in document.getroot().iter(ds("Signature")) if _outermost_signature(e)]
+            )
+        else:
+            _filter2(nodes, transform)
         index += 1
-    rest = algorithms[index:]
+    rest = [t.get("Algorithm", "") for t in transforms[index:]]
     if len(rest) > 1:
-        raise UnsupportedAlgorithm(f"transform chain {algorithms!r} is not supported")
+        raise UnsupportedAlgorithm(
+            f"transform chain {[t.get('Algorithm', '') for t in transforms]!r} is not supported"
+        )
     method = rest[0] if rest else C14N_INCL
+    if method == BASE64:
+        return nodes.base64_decoded()
     if method not in _C14N:
         raise UnsupportedAlgorithm(f"transform {method!r} is not supported")
-    # Same-document references select their nodes without comments (XMLDSig
-    # 4.4.3.3): a #WithComments canonicalization cannot bring them back.
-    method = _WITHOUT_COMMENTS.get(method, method)
+    if not xpointer:
+        # A bare-name or empty URI selects its nodes without comments (XMLDSig
+        # 4.4.3.3): a #WithComments canonicalization cannot bring them back. An
+        # XPointer keeps them, for a canonicalization that keeps comments.
+        method = _WITHOUT_COMMENTS.get(method, method)
+    return nodes.canonicalize(method)
 
-    if removal is not None:
-        if uri != "" and not _contains(target, signature, removal == "all"):
-            # Removing nothing is allowed by XMLDSig, but c14n of the copy would
-            # lose the element's context: canonicalize the original instead.
-            return c14n(target, method)
-        clone = _without(document, signature, all_signatures=removal == "all")
-        if uri == "":
+
+def resolve_uri(document: etree._ElementTree, uri: str) -> tuple[etree._Element | None, bool]:
+    """What a same-document reference URI designates (``None``: the whole document),
+    and whether the URI is an XPointer (whose node-set keeps comments)."""
+    if uri == "":
+        return None, False
+    if uri == "#xpointer(/)":
+        return None, True
+    match = _XPOINTER_ID.match(uri[1:]) if uri.startswith("#") else None
+    if match:
+        return element_by_id(document, match.group(2)), True
+    if uri.startswith("#") and len(uri) > 1 and "(" not in uri:
+        return element_by_id(document, uri[1:]), False
+    raise UnresolvableReference(f"only same-document references are accepted (URI={uri!r})")
+
+
+#: Transforms whose output is a node-set (processed before the final one).
+_NODE_SET_TRANSFORMS = (ENVELOPED, XPATH_FILTER, XPATH_FILTER2)
+_XPOINTER_ID = re.compile(r"""^xpointer\(id\((['"])([^'"]+)\1\)\)$""")
+_FILTER2_OPERATIONS = ("intersect", "subtract", "union")
+
+
+class _NodeSet:
+    """A reference's node-set, as subtrees of the document: what a same-document URI
+    selects, less the subtrees that transforms take out, plus those a union puts back.
+
+    Whole subtrees are the only shapes XMLDSig's same-document URIs, the enveloped
+    transform, the parallel-signature XPath and XPath Filter 2.0 produce (Filter 2.0
+    works on subtrees by definition), so membership is decided per element from the
+    operations in order; every node of an element's content goes with its element.
+    """
+
+    def __init__(self, document: etree._ElementTree, apex: etree._Element | None) -> None:
+        self.document = document
+        #: (operation, subtree roots); ``None`` in a set stands for the document node.
+        self.operations: list[tuple[str, list[etree._Element | None]]] = [("intersect", [apex])]
+
+    @classmethod
+    def from_uri(cls, document: etree._ElementTree, uri: str) -> tuple[_NodeSet, bool]:
+        """The node-set of a same-document URI, and whether it is an XPointer."""
+        apex, xpointer = resolve_uri(document, uri)
+        return cls(document, apex), xpointer
+
+    def subtract(self, roots: list[etree._Element | None]) -> None:
+        self.operations.append(("subtract", roots))
+
+    def apply(self, operation: str, roots: list[etree._Element | None]) -> None:
+        self.operations.append((operation, roots))
+
+    def _includes(self, element: etree._Element | None, chain: frozenset[int]) -> bool:
+        """Membership of ``element`` (None: the document node's own children, the
+        top-level comments and PIs) whose ancestors-or-self are ``chain`` (ids)."""
+        included = True
+        for operation, roots in self.operations:
+            hit = any(root is None or (element is not None and id(root) in chain) for root in roots)
+            if operation == "intersect":
+                included = included and hit
+            elif operation == "subtract":
+                included = included and not hit
+            else:
+                included = included or hit
+        return included
+
+    def _shape(self) -> tuple[bool, list[etree._Element], list[etree._Element]]:
+        """(top-level nodes included, apexes, topmost excluded elements inside apexes)."""
+        apexes: list[etree._Element] = []
+        excluded: list[etree._Element] = []
+        excluded_ids: set[int] = set()
+        chains: dict[int, frozenset[int]] = {}
+        states: dict[int, bool] = {}
+        for element in self.document.getroot().iter():
+            parent = element.getparent()
+            chain = chains.get(id(parent), frozenset()) | {id(element)}
+            chains[id(element)] = chain
+            inside = states[id(element)] = self._includes(element, chain)
+            parent_inside = parent is not None and states[id(parent)]
+            if inside and not parent_inside:
+                if any(id(a) in excluded_ids for a in element.iterancestors()):
+                    # Put back inside a subtree that was taken out: a shape that
+                    # removing subtrees cannot render, and that no signer writes.
+                    raise UnsupportedAlgorithm("an XPath Filter 2.0 union inside a subtract")
+                apexes.append(element)
+            elif parent_inside and not inside:
+                excluded.append(element)
+                excluded_ids.add(id(element))
+        return self._includes(None, frozenset()), apexes, excluded
+
+    def _rendered(self) -> tuple[etree._ElementTree, list[etree._Element], bool]:
+        """A copy of the document without the excluded subtrees; its apexes; and
+        whether the whole document (with its top-level nodes) is the node-set."""
+        top_level, apexes, excluded = self._shape()
+        clone = copy.deepcopy(self.document)
+        positions = {id(e): i for i, e in enumerate(self.document.getroot().iter())}
+        copies = list(clone.getroot().iter())
+        for element in excluded:
+            _remove_keeping_tail(copies[positions[id(element)]])
+        root = self.document.getroot()
+        whole = top_level and len(apexes) == 1 and apexes[0] is root
+        return clone, [copies[positions[id(a)]] for a in apexes], whole
+
+    def canonicalize(self, method: str) -> bytes:
+        clone, apexes, whole = self._rendered()
+        if whole:
             return c14n(clone, method)
-        return c14n(element_by_id(clone, uri[1:]), method)
-    return c14n(target, method)
+        return b"".join(c14n(apex, method) for apex in apexes)
+
+    def base64_decoded(self) -> bytes:
+        """XMLDSig 6.6.2: the string value of the node-set's text nodes, decoded."""
+        _clone, apexes, _whole = self._rendered()
+        text = "".join("".join(apex.xpath("descendant-or-self::text()")) for apex in apexes)
+        try:
+            return base64.b64decode("".join(text.split()), validate=True)
+        except binascii.Error as exc:
+            raise UnresolvableReference(
+                f"the base64 transform's input is not base64: {exc}"
+            ) from None
 
 
-def _contains(
-    target: etree._Element | etree._ElementTree, signature: etree._Element, any_sig: bool
-) -> bool:
-    root = target.getroot() if isinstance(target, etree._ElementTree) else target
-    if any_sig:
-        return any(True for _ in root.iter(ds("Signature")))
-    return any(a is root for a in signature.iterancestors()) or signature is root
+def _filter2(nodes: _NodeSet, transform: etree._Element) -> None:
+    """XML-Signature XPath Filter 2.0: each XPath selects subtrees to intersect with,
+    subtract, or add back, in order. ``here()`` (the XPath element) is supported at
+    the start of an expression, ``/`` as the document and ``id('X')`` by Id."""
+    filters = transform.findall(f"{{{XPATH_FILTER2}}}XPath")
+    if not filters:
+        raise UnsupportedAlgorithm("an XPath Filter 2.0 transform without XPath")
+    for element in filters:
+        operation = element.get("Filter", "")
+        if operation not in _FILTER2_OPERATIONS:
+            raise UnsupportedAlgorithm(f"XPath Filter 2.0 operation {operation!r}")
+        expression = (element.text or "").strip()
+        nodes.apply(operation, _select(nodes.document, element, expression))
+
+
+def _select(
+    document: etree._ElementTree, here: etree._Element, expression: str
+) -> list[etree._Element | None]:
+    if expression == "/":
+        return [None]
+    match = re.fullmatch(r"""id\((['"])([^'"]+)\1\)""", expression)
+    if match:
+        return [element_by_id(document, match.group(2))]
+    namespaces = {k: v for k, v in here.nsmap.items() if k}
+    try:
+        if expression.startswith("here()"):
+            found = here.xpath("." + expression[len("here()") :], namespaces=namespaces)
+        elif "here()" in expression:
+            raise UnsupportedAlgorithm(f"XPath {expression!r}: here() only at the start")
+        else:
+            found = document.xpath(expression, namespaces=namespaces)
+    except etree.XPathError as exc:
+        raise UnsupportedAlgorithm(f"XPath {expression!r}: {exc}") from None
+    if not isinstance(found, list) or not all(isinstance(n, etree._Element) for n in found):
+        raise UnsupportedAlgorithm(f"XPath {expression!r} selects other than elements")
+    return list(found)
