@@ -107,6 +107,10 @@ __all__ = [
 logger = logging.getLogger("sidecar.signing.xades")
 
 
+#: The Id signxml looks for to place an enveloped signature (signer.py, "placeholder").
+_PLACEHOLDER_ID = "placeholder"
+
+
 class AlreadySigned(XmlInputError):
     """The document is signed and a parallel signature is not allowed (or would break it)."""
 
@@ -298,6 +302,18 @@ def _check_existing_signatures(parsed: ParsedXml, options: XadesOptions) -> None
     ]
     if not existing:
         return
+    if parsed.root.tag == ds("Signature"):
+        raise AlreadySigned(
+            "the document element is itself a signature (an enveloping signature): "
+            "there is no document beside it to sign"
+        )
+    if any(s.get("Id") == _PLACEHOLDER_ID for s in parsed.root.iter(ds("Signature"))):
+        # signxml fills a ds:Signature with this Id as its template: the caller's own
+        # would be taken for ours (or make two), so it is named, not guessed at.
+        raise PlacementError(
+            f"the document carries a ds:Signature with Id {_PLACEHOLDER_ID!r} (a signing "
+            "template): remove it, or sign the document without it"
+        )
     if not options.allow_parallel:
         raise AlreadySigned(
             f"the document already carries {len(existing)} signature(s) and the profile "
@@ -452,7 +468,7 @@ def draft_signature(
     # untouched original; get_root takes this copy as it is).
     work = etree.fromstring(etree.tostring(parsed.root))
     target = _nth_element(work, target_index)
-    etree.SubElement(target, ds("Signature"), nsmap={"ds": DS}, Id="placeholder")
+    etree.SubElement(target, ds("Signature"), nsmap={"ds": DS}, Id=_PLACEHOLDER_ID)
     certificates = [x509.load_der_x509_certificate(der) for der in chain]
     recorder = _SignedInfoRecorder(certificates[0], key_type)
     xml_signer = _SidecarXAdESSigner(
@@ -462,9 +478,18 @@ def draft_signature(
         algorithm=_signature_algorithm(key_type, options.digest),
     )
     xml_signer.work = work
-    root = xml_signer.sign(
-        work, key=as_cryptography_key(recorder), cert=certificates, always_add_key_value=False
-    )
+    try:
+        root = xml_signer.sign(
+            work, key=as_cryptography_key(recorder), cert=certificates, always_add_key_value=False
+        )
+    except etree.C14NError:
+        # libxml2 refuses to canonicalize some well-formed documents: a relative
+        # namespace URI (xmlns="namespace") is an error in C14N 1.0 (section 2.1).
+        # lxml's exception would not even cross the worker boundary (unpicklable).
+        raise XmlInputError(
+            "the document cannot be canonicalized (C14N) for signing; "
+            'a relative namespace URI such as xmlns="namespace" is the usual cause'
+        ) from None
     # The signature took the placeholder's place: the target's last child (elements
     # before it in document order, the target included, kept their positions).
     signature = _nth_element(root, target_index)[-1]
