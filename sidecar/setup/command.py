@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-import aiohttp
-
 from ..config import ConfigError, Settings, load_settings
 from ..keys import KeyLayerError, KeyLocked
 from ..keys.credentials import SecretUnavailable
@@ -119,24 +117,10 @@ def _tested_key(choice: KeyChoice, stash: SecretStash, ask: Prompter | None) -> 
 
 
 def _run_doctor(paths: Paths, file: Path) -> tuple[str, list[str]]:
-    from ..doctor import DoctorContext, load_context_settings, run_doctor
-    from ..doctor.cli import render_table
+    from ..doctor.cli import collect_report, render_table
 
-    async def run() -> tuple[str, list[str]]:
-        settings, source, error = load_context_settings(paths, file)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            context = DoctorContext(
-                paths=paths,
-                settings=settings,
-                sandbox=False,
-                session=session,
-                config_file=source,
-                config_error=error,
-            )
-            report = await run_doctor(context)
-        return render_table(report), [f.check for f in report.broken]
-
-    return asyncio.run(run())
+    report = asyncio.run(collect_report(paths, file, sandbox=False))
+    return render_table(report), [f.check for f in report.broken]
 
 
 def _gather(
