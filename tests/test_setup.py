@@ -186,8 +186,28 @@ def test_non_interactive_pkcs12_wrong_passphrase_writes_nothing(
     again = run_sidecar(setup_env, *flags, extra={"TEST_P12": P12_PASSPHRASE})
     assert again.returncode == 2 and "--force" in again.stderr
     assert file.read_bytes() == before
+    # --force replaces what setup asks about and keeps the rest of the file.
+    file.write_text(file.read_text() + '\n[log]\nlevel = "debug"\n')
     forced = run_sidecar(setup_env, *flags, "--force", extra={"TEST_P12": P12_PASSPHRASE})
     assert forced.returncode == 0, forced.stderr
+    assert tomllib.loads(file.read_text())["log"] == {"level": "debug"}
+
+
+def test_interactive_asks_before_replacing(setup_env: dict[str, str]) -> None:
+    file = config_of(setup_env)
+    file.write_text("[server]\nport = 7555\n")
+    child = pexpect.spawn(
+        sys.executable, ["-m", "sidecar", "setup"], env=setup_env, encoding="utf-8", timeout=60
+    )
+    try:
+        child.expect(r"sidecar\.toml exists\. Replace it\? \[y/N\]: ")
+        child.sendline("")
+        child.expect("nothing written")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 2
+    assert file.read_text() == "[server]\nport = 7555\n"
 
 
 def test_non_interactive_refuses_missing_answers(setup_env: dict[str, str]) -> None:
@@ -265,3 +285,21 @@ def test_interactive_on_a_terminal(
     assert stored(setup_env, "cns:test:token") == CNS_TOKEN
     check = run_sidecar(setup_env, "config", "check")
     assert check.returncode == 0, check.stderr
+
+
+def test_no_secret_store_writes_nothing(
+    setup_env: dict[str, str], pkcs12_files: dict[str, Path]
+) -> None:
+    # A machine where keyring finds no store at all (a Linux service without
+    # keyrings.alt): the secret would have nowhere to go, so nothing is written.
+    env = {**setup_env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    done = run_sidecar(
+        env,
+        "setup", "--non-interactive", "--p12", str(pkcs12_files["rsa"]),
+        "--p12-passphrase-env", "TEST_P12", "--no-tsa", "--no-cns",
+        extra={"TEST_P12": P12_PASSPHRASE},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "OS secret store is not available" in done.stderr
+    assert "docs/production.md" in done.stderr and P12_PASSPHRASE not in done.stderr
+    assert not config_of(setup_env).exists()

@@ -177,6 +177,8 @@ def setup_command(
     except (SetupAborted, ConfigError, KeyLayerError, SecretUnavailable) as exc:
         stash.undo()
         detail = getattr(exc, "detail", None) or str(exc)
+        if isinstance(exc, SecretUnavailable):
+            detail += " (docs/production.md, 'The OS secret store', says which to use)"
         err.write(f"sidecar setup: {detail}\nnothing written\n")
         return 2
     stash.keep()
