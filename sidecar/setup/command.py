@@ -82,7 +82,7 @@ def _start_from(target: Path, out: TextIO) -> Settings:
         return Settings()
 
 
-def _tested_key(choice: KeyChoice, stash: SecretStash, ask: Prompter | None) -> None:
+def _tested_key(choice: KeyChoice, stash: SecretStash, ask: Prompter | None, out: TextIO) -> None:
     """Store the key's secret, open the key and sign; interactive: retry the secret."""
     secret = choice.secret
     while True:
@@ -108,10 +108,10 @@ def _tested_key(choice: KeyChoice, stash: SecretStash, ask: Prompter | None) -> 
                 secret = Secret(secret.entry, secret.what, ask.secret(secret.what))
                 continue
             raise SetupAborted(message) from None
-        (ask.say if ask else print)(
+        out.write(
             f"key {info.id!r} signs: {info.subject}\n"
             f"    issued by {info.issuer}; {info.key_type}, expires "
-            f"{info.not_after:%Y-%m-%d}"
+            f"{info.not_after:%Y-%m-%d}\n"
         )
         return
 
@@ -124,11 +124,15 @@ def _run_doctor(paths: Paths, file: Path) -> tuple[str, list[str]]:
 
 
 def _gather(
-    args: argparse.Namespace, ask: Prompter | None, stash: SecretStash, base: Settings
+    args: argparse.Namespace,
+    ask: Prompter | None,
+    stash: SecretStash,
+    base: Settings,
+    out: TextIO,
 ) -> Settings:
     key = key_from_flags(args) if ask is None else key_interactively(ask, args)
     if key is not None:
-        _tested_key(key, stash, ask)
+        _tested_key(key, stash, ask, out)
     tsa, tsa_secrets = tsa_from_flags(args) if ask is None else tsa_interactively(ask)
     cns, cns_secrets = cns_from_flags(args) if ask is None else cns_interactively(ask)
     for secret in [*tsa_secrets, *cns_secrets]:
@@ -164,7 +168,7 @@ def setup_command(
         return 2
     stash = SecretStash()
     try:
-        settings = _gather(args, ask, stash, _start_from(target, out))
+        settings = _gather(args, ask, stash, _start_from(target, out), out)
         entries = stash.entries
         comment = (
             f"Written by 'sidecar setup' on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.\n"
@@ -181,6 +185,10 @@ def setup_command(
             detail += " (docs/production.md, 'The OS secret store', says which to use)"
         err.write(f"sidecar setup: {detail}\nnothing written\n")
         return 2
+    except KeyboardInterrupt:
+        stash.undo()
+        err.write("\nsidecar setup: interrupted; nothing written\n")
+        return 130
     stash.keep()
     out.write(f"\nwrote {target}\n")
     if args.no_doctor:

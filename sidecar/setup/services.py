@@ -8,6 +8,7 @@ named in the file (``password_keyring``, ``token_keyring``...).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +58,8 @@ def _tsa_entry(url: str) -> str:
     return f"tsa:{urlsplit(url).hostname or url}"
 
 
-def tsa_from_flags(args: Any) -> tuple[TsaSettings | None, list[Secret]]:
-    get = args.__dict__.get
+def tsa_from_flags(args: argparse.Namespace) -> tuple[TsaSettings | None, list[Secret]]:
+    get = vars(args).get
     if get("no_tsa"):
         return None, []
     if not get("tsa_url"):
@@ -116,8 +117,8 @@ def _cns(
     )
 
 
-def cns_from_flags(args: Any) -> tuple[CnsSettings | None, list[Secret]]:
-    get = args.__dict__.get
+def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[Secret]]:
+    get = vars(args).get
     if get("no_cns"):
         return None, []
     if not get("cns_url"):

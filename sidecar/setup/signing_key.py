@@ -8,6 +8,7 @@ PIN or passphrase read back from the OS secret store as the daemon will read it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 from dataclasses import dataclass
@@ -93,7 +94,9 @@ def describe_slots(module: Path, slots: list[SlotListing]) -> list[str]:
 
 def describe_machine(extra_modules: list[Path] | None = None) -> list[str]:
     """What ``sidecar setup --list`` prints: every module found and what it holds."""
-    modules = [FoundModule("given", p) for p in extra_modules or []] + find_modules()
+    given = [FoundModule("given", p) for p in extra_modules or []]
+    named = {m.path.resolve() for m in given}
+    modules = given + [m for m in find_modules() if m.path.resolve() not in named]
     if not modules:
         return ["no PKCS#11 module found at the usual places (is the token middleware installed?)"]
     lines: list[str] = []
@@ -169,9 +172,9 @@ def _pkcs11_config(
     )
 
 
-def key_from_flags(args: object) -> KeyChoice | None:
+def key_from_flags(args: argparse.Namespace) -> KeyChoice | None:
     """The key the flags describe; None with ``--no-key``."""
-    get = args.__dict__.get
+    get = vars(args).get
     if get("no_key"):
         return None
     if get("p12"):
@@ -235,8 +238,8 @@ def _choose_module(ask: Prompter, given: Path | None) -> Path:
     return Path(ask.ask("Path of the PKCS#11 module (.so/.dll/.dylib)")).expanduser()
 
 
-def _pkcs11_interactively(ask: Prompter, args: object) -> KeyChoice:
-    get = args.__dict__.get
+def _pkcs11_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice:
+    get = vars(args).get
     given = Path(get("module")) if get("module") else None
     while True:
         module = _choose_module(ask, given)
@@ -288,8 +291,8 @@ def _pkcs12_interactively(ask: Prompter) -> KeyChoice:
     return KeyChoice(config, Secret(config.secret_entry, "PKCS#12 passphrase", passphrase))
 
 
-def key_interactively(ask: Prompter, args: object) -> KeyChoice | None:
-    get = args.__dict__.get
+def key_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice | None:
+    get = vars(args).get
     if get("p12"):
         kind = 1
     elif get("module"):
