@@ -118,6 +118,8 @@ def test_non_interactive_softhsm_key_the_daemon_can_use(
     # The key signed during setup; doctor ran: only the daemon (not started) is broken.
     assert "key 'dr-rsa' signs: " in output and "Dr Test rsa" in output
     assert "sidecar doctor" in output and "BROKEN: daemon" in output, output
+    assert re.search(r"ok +key:dr-rsa +present and unlocked", output), output
+    assert re.search(r"ok +cns ", output), output  # the simulator, with the stored token
     assert done.returncode == 0, output
 
     file = config_of(setup_env)
@@ -230,13 +232,18 @@ def test_interactive_on_a_terminal(
     setup_env: dict[str, str], softhsm: SoftHsm, cns_simulator: SimulatorThread
 ) -> None:
     child = pexpect.spawn(
-        sys.executable,
-        ["-m", "sidecar", "setup", "--module", str(softhsm.module)],
-        env=setup_env,
-        encoding="utf-8",
-        timeout=120,
+        sys.executable, ["-m", "sidecar", "setup"], env=setup_env, encoding="utf-8", timeout=120
     )
     try:
+        child.expect(r"Where is the physician's signing key\?")
+        child.expect(r"choice \[1\]: ")
+        child.sendline("1")  # a smartcard or token
+        # The modules found at their usual places, SoftHSM2's among them.
+        child.expect(r"Which PKCS#11 module \(the token's middleware\)\?")
+        child.expect(r"choice \[1\]: ")
+        found = re.search(rf"(\d+)\) SoftHSM2: {re.escape(str(softhsm.module))}\r\n", child.before)
+        assert found is not None, child.before
+        child.sendline(found.group(1))
         child.expect(r"Which certificate signs\?\r\n")
         child.expect(r"choice \[1\]: ")
         menu = child.before
