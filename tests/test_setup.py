@@ -21,6 +21,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from sidecar.keys.discovery import find_modules
 from tests.fixtures.cns import SimulatorThread
 from tests.fixtures.daemon import DaemonProcess
 from tests.fixtures.sandbox import free_port
@@ -310,3 +311,28 @@ def test_no_secret_store_writes_nothing(
     assert "OS secret store is not available" in done.stderr
     assert "docs/production.md" in done.stderr and P12_PASSPHRASE not in done.stderr
     assert not config_of(setup_env).exists()
+
+
+def test_non_interactive_finds_the_module_and_names_the_key_by_id(
+    setup_env: dict[str, str],
+) -> None:
+    # No --module: the modules at their usual places are searched for the certificate.
+    done = run_sidecar(
+        setup_env,
+        "setup", "--non-interactive", "--token-label", MAIN_TOKEN, "--key-label", "ec",
+        "--pin-env", "TEST_PIN", "--no-tsa", "--no-cns", "--no-doctor",
+        extra={"TEST_PIN": MAIN_PIN},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (key,) = tomllib.loads(config_of(setup_env).read_text())["keys"]
+    softhsm_found = find_modules("SoftHSM2")[0].path
+    assert (key["id"], key["key_id"], key["module"]) == ("dr-test-ec", "02", str(softhsm_found))
+    assert "key_label" not in key  # by CKA_ID: a card's key label may differ from its cert's
+    missing = run_sidecar(
+        setup_env,
+        "setup", "--non-interactive", "--force", "--token-label", MAIN_TOKEN,
+        "--key-label", "nobody", "--pin-env", "TEST_PIN", "--no-tsa", "--no-cns",
+        extra={"TEST_PIN": MAIN_PIN},
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert "no certificate matches" in missing.stderr and "label 'rsa', id 01" in missing.stderr

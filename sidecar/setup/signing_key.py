@@ -151,7 +151,6 @@ def _pkcs11_config(
     *,
     key_name: str | None,
     description: str | None,
-    key_label: str | None,
     pin_source: str,
 ) -> KeyConfig:
     cert = candidate.certificate
@@ -164,10 +163,10 @@ def _pkcs11_config(
         module=candidate.module,
         token_label=token.label or None,
         token_serial=None if token.label else token.serial or None,
-        # The key is found by CKA_ID (a card's key and certificate share it); by
-        # label only when the token gives no id, or when asked for.
+        # The key is found by CKA_ID, which a card's key and certificate share (their
+        # labels may differ); by the certificate's label only when it has no id.
         key_id=cert.id_hex or None,
-        key_label=key_label if key_label is not None else (None if cert.id_hex else cert.label),
+        key_label=None if cert.id_hex else cert.label,
         pin_source=pin_source,  # type: ignore[arg-type]
     )
 
@@ -216,7 +215,6 @@ def key_from_flags(args: argparse.Namespace) -> KeyChoice | None:
         found[0],
         key_name=get("key_name"),
         description=get("description"),
-        key_label=get("key_label"),
         pin_source="pinpad" if pinpad else "keyring",
     )
     if pinpad:
@@ -265,9 +263,7 @@ def _pkcs11_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice:
     ):
         pin_source = "pinpad"
     name = ask.ask("Key id (what API callers name it)", suggest_key_id(chosen.certificate.subject))
-    config = _pkcs11_config(
-        chosen, key_name=name, description=None, key_label=None, pin_source=pin_source
-    )
+    config = _pkcs11_config(chosen, key_name=name, description=None, pin_source=pin_source)
     if pin_source == "pinpad":
         return KeyChoice(config, None)
     pin = ask.secret(f"PIN of token {chosen.token.label!r} (stored in the OS secret store)")
