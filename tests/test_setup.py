@@ -21,7 +21,15 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from sidecar.keys.discovery import find_modules
+from sidecar.config import Settings
+from sidecar.keys import KeyConfig
+from sidecar.keys.discovery import (
+    MODULE_CANDIDATES,
+    FoundModule,
+    ModuleCandidate,
+    find_modules,
+)
+from sidecar.setup.toml_out import render_settings
 from tests.fixtures.cns import SimulatorThread
 from tests.fixtures.daemon import DaemonProcess
 from tests.fixtures.sandbox import free_port
@@ -336,3 +344,38 @@ def test_non_interactive_finds_the_module_and_names_the_key_by_id(
     )  # fmt: skip
     assert missing.returncode == 2
     assert "no certificate matches" in missing.stderr and "label 'rsa', id 01" in missing.stderr
+
+
+def test_module_candidates_by_platform_each_file_once(tmp_path: Path) -> None:
+    library = tmp_path / "libgclib.so"
+    library.write_bytes(b"\x7fELF")
+    link = tmp_path / "pkcs11" / "libgclib.so"
+    link.parent.mkdir()
+    link.symlink_to(library)
+    candidates = [
+        ModuleCandidate("LuxTrust", "win32", str(library)),  # another platform's path
+        ModuleCandidate("LuxTrust", "linux", str(link)),
+        ModuleCandidate("LuxTrust", "linux", str(library)),  # the same file again
+        ModuleCandidate("OpenSC", "linux", str(tmp_path / "absent.so")),
+    ]
+    found = find_modules(candidates=candidates, platform="linux")
+    assert found == [FoundModule("LuxTrust", link)]
+    assert find_modules("OpenSC", candidates=candidates, platform="linux") == []
+    # The real list names the LuxTrust middleware on every platform.
+    for platform in ("win32", "linux", "darwin"):
+        assert any(c.platform == platform and "gclib" in c.path.lower() for c in MODULE_CANDIDATES)
+
+
+def test_written_text_round_trips_through_toml(tmp_path: Path) -> None:
+    key = KeyConfig(
+        id="dr-x",
+        backend="pkcs11",
+        module=Path(r"C:\Program Files\Gemalto\Classic Client\BIN\gclib.dll"),
+        token_label='LuxTrust "QES" ünï',
+        key_id="0a",
+    )
+    text = render_settings(Settings(keys=(key,)), comment="first\nsecond")
+    assert text.startswith("# first\n# second\n")
+    (written,) = tomllib.loads(text)["keys"]
+    assert written["module"] == str(key.module) and written["token_label"] == key.token_label
+    assert written["pin_source"] == "keyring"  # said, although the default
