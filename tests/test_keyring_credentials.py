@@ -45,40 +45,43 @@ def test_the_settings_exist_in_the_file(tmp_path: Path) -> None:
     assert settings.cns.tls.pkcs12_passphrase_keyring == "c"
 
 
-async def test_cns_bearer_and_pkcs12_passphrase_from_the_store(
-    platform: Platform, pki: Pki, memory_keyring: MemoryKeyring
-) -> None:
-    tls = CnsTls(pkcs12=pki.client_p12, pkcs12_passphrase_keyring="cns:test:pkcs12", ca_file=pki.ca)
-    auth = CnsAuth(mode="bearer", token_keyring="cns:test:token")
-    with pytest.raises(CnsConfigError, match="entry 'cns:test:pkcs12'"):
-        CnsTransport(settings_for(platform, tls, auth), platform.url, None)  # type: ignore[arg-type]
-    memory_keyring.set_password("sidecar", "cns:test:pkcs12", "p12-secret")
-    with pytest.raises(CnsConfigError, match="entry 'cns:test:token'"):
-        CnsTransport(settings_for(platform, tls, auth), platform.url, None)  # type: ignore[arg-type]
-    memory_keyring.set_password("sidecar", "cns:test:token", "bearer-from-store")
-    platform.current_token = "bearer-from-store"
-    async with aiohttp.ClientSession() as session:
-        transport = CnsTransport(
-            settings_for(platform, tls, auth), platform.url + "/api/v9", session
-        )
-        answer = await transport.deposit("3f2b8c1e-6d4a-4b7e-9c2d-1a5e8f7b6c3d", b"<n/>")
-    assert answer.status == 200 and platform.seen[0][0] == "practice-1234"
-
-
-async def test_cns_oauth2_client_secret_from_the_store(
-    platform: Platform, pki: Pki, memory_keyring: MemoryKeyring
-) -> None:
-    memory_keyring.set_password("sidecar", "cns:test:client-secret", "oauth-secret")
-    auth = CnsAuth(
+def _auth(mode: str, platform: Platform) -> CnsAuth:
+    if mode == "bearer":
+        platform.current_token = "bearer-from-store"
+        return CnsAuth(mode="bearer", token_keyring="cns:test:token")
+    return CnsAuth(
         mode="oauth2",
         token_url=platform.url + "/oauth/token",
         client_id="vendor-app",
         client_secret_keyring="cns:test:client-secret",
     )
-    tls = CnsTls(client_cert=pki.client_cert, client_key=pki.client_key, ca_file=pki.ca)
+
+
+@pytest.mark.parametrize(
+    ("mode", "secret_entry", "secret"),
+    [("bearer", "cns:test:token", "bearer-from-store"),
+     ("oauth2", "cns:test:client-secret", "oauth-secret")],
+)  # fmt: skip
+async def test_cns_credentials_from_the_store(
+    mode: str,
+    secret_entry: str,
+    secret: str,
+    platform: Platform,
+    pki: Pki,
+    memory_keyring: MemoryKeyring,
+) -> None:
+    """The client certificate's passphrase and the bearer token or OAuth2 client
+    secret, each from its entry; a missing entry is named at start."""
+    tls = CnsTls(pkcs12=pki.client_p12, pkcs12_passphrase_keyring="cns:test:pkcs12", ca_file=pki.ca)
+    settings = settings_for(platform, tls, _auth(mode, platform))
+    with pytest.raises(CnsConfigError, match="entry 'cns:test:pkcs12'"):
+        CnsTransport(settings, platform.url, None)  # type: ignore[arg-type]
+    memory_keyring.set_password("sidecar", "cns:test:pkcs12", "p12-secret")
+    with pytest.raises(CnsConfigError, match=f"entry '{secret_entry}'"):
+        CnsTransport(settings, platform.url, None)  # type: ignore[arg-type]
+    memory_keyring.set_password("sidecar", secret_entry, secret)
     async with aiohttp.ClientSession() as session:
-        transport = CnsTransport(
-            settings_for(platform, tls, auth), platform.url + "/api/v9", session
-        )
+        transport = CnsTransport(settings, platform.url + "/api/v9", session)
         answer = await transport.deposit("3f2b8c1e-6d4a-4b7e-9c2d-1a5e8f7b6c3d", b"<n/>")
-    assert answer.status == 200 and platform.token_fetches == 1
+    assert answer.status == 200 and platform.seen[0][0] == "practice-1234"
+    assert platform.token_fetches == (1 if mode == "oauth2" else 0)
