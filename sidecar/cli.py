@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     from .cns.commands import add_parsers as add_cns_parsers
 
     add_cns_parsers(commands, config_option)
+    from .setup.arguments import add_parser as add_setup_parser
+
+    add_setup_parser(commands, config_option)
     return parser
 
 
@@ -303,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cns.commands import run as cns_command
 
             return cns_command(args, _settings(paths, args.config), paths)
+        if args.command == "setup":
+            from .setup.command import setup_command
+
+            return setup_command(args, paths)
         if args.command == "config":
             settings = _settings(paths, args.config)
             print(f"configuration OK: {settings.source or 'defaults (no file)'}")

@@ -225,6 +225,8 @@ class CnsTls:
     pkcs12: Path | None = None
     #: Environment variable holding the PKCS#12 passphrase (never the passphrase itself).
     pkcs12_passphrase_env: str = ""
+    #: Or the entry holding it in the OS secret store (service "sidecar").
+    pkcs12_passphrase_keyring: str = ""
     #: CA bundle for the CNS's server certificate; the system store when absent.
     ca_file: Path | None = None
 
@@ -234,14 +236,17 @@ class CnsAuth:
     """``[cns.auth]``: the bearer token the eSanté platform wants, if any."""
 
     mode: Literal["none", "bearer", "oauth2"] = "none"
-    #: ``bearer``: environment variable or file holding the token.
+    #: ``bearer``: environment variable, file or OS secret store entry (service
+    #: "sidecar") holding the token.
     token_env: str = ""
     token_file: Path | None = None
+    token_keyring: str = ""
     #: ``oauth2``: client-credentials grant (RFC 6749 section 4.4).
     token_url: str = field(default="", metadata={"check": _url})
     client_id: str = ""
     client_secret_env: str = ""
     client_secret_file: Path | None = None
+    client_secret_keyring: str = ""
     scope: str = ""
 
 
@@ -305,10 +310,13 @@ class TsaSettings:
     #: TSA policy OID requested (``reqPolicy``) and demanded in the reply; the
     #: qualified policy comes with the CNS technical documentation.
     policy: str | None = field(default=None, metadata={"check": _oid})
-    #: HTTP basic auth: the user, and where the password is (never the password itself).
+    #: HTTP basic auth: the user, and where the password is (never the password itself):
+    #: an environment variable, a file, or an entry of the OS secret store (service
+    #: "sidecar", as the keys' PINs).
     username: str = ""
     password_env: str = ""
     password_file: Path | None = None
+    password_keyring: str = ""
     #: TLS client certificate (PEM, chain allowed) and its unencrypted key (PEM).
     client_cert: Path | None = None
     client_key: Path | None = None

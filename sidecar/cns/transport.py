@@ -145,7 +145,7 @@ def safe_parser() -> etree.XMLParser:
     )
 
 
-def _read_secret(env: str, file: Path | None, what: str) -> str:
+def _read_secret(env: str, file: Path | None, what: str, entry: str = "") -> str:
     if env:
         value = os.environ.get(env, "")
         if not value:
@@ -155,8 +155,15 @@ def _read_secret(env: str, file: Path | None, what: str) -> str:
             value = file.read_text().strip()
         except OSError as exc:
             raise CnsConfigError(f"{what}: cannot read {file.name}: {exc.strerror}") from None
+    elif entry:
+        from ..keys.credentials import SecretUnavailable, read_stored_secret
+
+        try:
+            value = read_stored_secret(entry, what)
+        except SecretUnavailable as exc:
+            raise CnsConfigError(f"{what}: {exc.detail}") from None
     else:
-        raise CnsConfigError(f"{what}: set an environment variable or a file")
+        raise CnsConfigError(f"{what}: set an environment variable, a file or a keyring entry")
     register_secret(value)
     return value
 
@@ -184,8 +191,13 @@ def build_ssl_context(tls: CnsTls) -> ssl.SSLContext | None:
             )
         elif tls.pkcs12 is not None:
             passphrase = (
-                _read_secret(tls.pkcs12_passphrase_env, None, "cns.tls.pkcs12_passphrase_env")
-                if tls.pkcs12_passphrase_env
+                _read_secret(
+                    tls.pkcs12_passphrase_env,
+                    None,
+                    "cns.tls PKCS#12 passphrase",
+                    tls.pkcs12_passphrase_keyring,
+                )
+                if tls.pkcs12_passphrase_env or tls.pkcs12_passphrase_keyring
                 else ""
             )
             key, cert, extra = pkcs12.load_key_and_certificates(
@@ -216,13 +228,18 @@ class _TokenSource:
         self._expires = 0.0
         self._lock = asyncio.Lock()
         if auth.mode == "bearer":
-            self._token = _read_secret(auth.token_env, auth.token_file, "cns.auth token")
+            self._token = _read_secret(
+                auth.token_env, auth.token_file, "cns.auth token", auth.token_keyring
+            )
             self._expires = float("inf")
         elif auth.mode == "oauth2":
             if not auth.token_url or not auth.client_id:
                 raise CnsConfigError("cns.auth: oauth2 needs token_url and client_id")
             self._secret = _read_secret(
-                auth.client_secret_env, auth.client_secret_file, "cns.auth client secret"
+                auth.client_secret_env,
+                auth.client_secret_file,
+                "cns.auth client secret",
+                auth.client_secret_keyring,
             )
 
     def invalidate(self) -> None:

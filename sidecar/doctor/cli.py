@@ -15,7 +15,7 @@ from .. import __version__
 from ..paths import Paths
 from . import DoctorContext, DoctorReport, load_context_settings, run_doctor
 
-__all__ = ["doctor_command", "render_table"]
+__all__ = ["collect_report", "doctor_command", "render_table"]
 
 _LABEL = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
@@ -46,7 +46,8 @@ def render_table(report: DoctorReport, width: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _run(paths: Paths, config_file: Path | None, sandbox: bool) -> DoctorReport:
+async def collect_report(paths: Paths, config_file: Path | None, sandbox: bool) -> DoctorReport:
+    """Every check's findings, without printing them (``sidecar setup`` shows them too)."""
     settings, file, error = load_context_settings(paths, config_file)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         ctx = DoctorContext(
@@ -64,7 +65,7 @@ def doctor_command(
     paths: Paths, *, config_file: Path | None, sandbox: bool, as_json: bool, out: TextIO
 ) -> int:
     """Exit status: 0 when nothing is broken (warnings allowed), 1 otherwise."""
-    report = asyncio.run(_run(paths, config_file, sandbox))
+    report = asyncio.run(collect_report(paths, config_file, sandbox))
     if as_json:
         out.write(json.dumps(report.as_json(), indent=2) + "\n")
     else:

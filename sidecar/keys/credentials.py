@@ -14,7 +14,14 @@ import keyring.errors
 
 from .config import KEYRING_SERVICE, KeyConfig
 
-__all__ = ["SecretUnavailable", "read_secret", "secret_is_generated"]
+__all__ = [
+    "SecretUnavailable",
+    "delete_stored_secret",
+    "read_secret",
+    "read_stored_secret",
+    "secret_is_generated",
+    "store_secret",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +62,52 @@ def read_secret(config: KeyConfig, kind: Literal["PIN", "passphrase"]) -> str | 
                 config.secret_entry,
             )
         return config.pin if kind == "PIN" else config.passphrase
-    entry = config.secret_entry
+    return read_stored_secret(config.secret_entry, kind)
+
+
+def read_stored_secret(entry: str, what: str) -> str:
+    """The secret stored under *entry* (service ``"sidecar"``) in the OS secret store.
+
+    *what* names it in the error ("PIN", "TSA password"...). Used for the keys' PINs
+    and passphrases and for the TSA and CNS credentials a configuration names with
+    ``*_keyring`` settings. Raises :class:`SecretUnavailable`.
+    """
     try:
         secret = keyring.get_password(KEYRING_SERVICE, entry)
     except keyring.errors.KeyringError as exc:
         raise SecretUnavailable(
             f"the OS secret store is not available ({type(exc).__name__}); "
-            f"store the {kind} under service {KEYRING_SERVICE!r}, entry {entry!r}"
+            f"store the {what} under service {KEYRING_SERVICE!r}, entry {entry!r}"
         ) from None
     if secret is None:
         raise SecretUnavailable(
-            f"no {kind} in the OS secret store under service {KEYRING_SERVICE!r}, entry {entry!r}"
+            f"no {what} in the OS secret store under service {KEYRING_SERVICE!r}, entry {entry!r}"
         )
     return secret
+
+
+def store_secret(entry: str, secret: str) -> None:
+    """Put *secret* under *entry* (service ``"sidecar"``) in the OS secret store.
+
+    Raises :class:`SecretUnavailable` when there is no usable secret store; the
+    message names the entry, never the secret.
+    """
+    try:
+        keyring.set_password(KEYRING_SERVICE, entry, secret)
+    except keyring.errors.KeyringError as exc:
+        raise SecretUnavailable(
+            f"the OS secret store is not available ({type(exc).__name__}) to store "
+            f"entry {entry!r} of service {KEYRING_SERVICE!r}"
+        ) from None
+
+
+def delete_stored_secret(entry: str) -> None:
+    """Remove *entry* from the OS secret store; an absent entry is not an error."""
+    try:
+        keyring.delete_password(KEYRING_SERVICE, entry)
+    except keyring.errors.PasswordDeleteError:
+        pass
+    except keyring.errors.KeyringError as exc:
+        raise SecretUnavailable(
+            f"the OS secret store is not available ({type(exc).__name__})"
+        ) from None

@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..keys.discovery import find_modules
 from .pki import SandboxError, SandboxPKI
 
 __all__ = ["SandboxToken", "ensure_sandbox_token", "find_softhsm_module"]
@@ -33,12 +34,6 @@ log = logging.getLogger("sidecar.sandbox")
 TOKEN_LABEL = "sidecar-sandbox"
 KEY_LABEL = "sandbox-rsa"
 KEY_ID = "01"
-_MODULE_CANDIDATES = (
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-)
 
 
 @dataclass(frozen=True)
@@ -54,10 +49,9 @@ class SandboxToken:
 
 
 def find_softhsm_module() -> Path | None:
-    for candidate in _MODULE_CANDIDATES:
-        if Path(candidate).is_file():
-            return Path(candidate)
-    return None
+    # The one list of module locations is the keys layer's (sidecar setup uses it too).
+    found = find_modules("SoftHSM2")
+    return found[0].path if found else None
 
 
 def _run(command: list[str], conf: Path) -> None:

@@ -185,7 +185,7 @@ class TsaEndpoint:
                     "TSA %s uses basic auth over plain http: the password travels in clear",
                     settings.url,
                 )
-        elif settings.password_env or settings.password_file:
+        elif settings.password_env or settings.password_file or settings.password_keyring:
             raise ValueError(f"TSA {settings.url}: a password is configured but no username")
         context = None
         if settings.client_cert is not None:
@@ -224,7 +224,17 @@ def _read_password(settings: TsaSettings, environ: Mapping[str, str]) -> str:
             raise ValueError(
                 f"TSA {settings.url}: cannot read password_file: {exc.strerror}"
             ) from None
-    raise ValueError(f"TSA {settings.url}: username given without password_env or password_file")
+    if settings.password_keyring:
+        from ..keys.credentials import SecretUnavailable, read_stored_secret
+
+        try:
+            return read_stored_secret(settings.password_keyring, "TSA password")
+        except SecretUnavailable as exc:
+            raise ValueError(f"TSA {settings.url}: {exc.detail}") from None
+    raise ValueError(
+        f"TSA {settings.url}: username given without password_env, password_file "
+        "or password_keyring"
+    )
 
 
 class ReceivedContentInfo(cms.ContentInfo):
