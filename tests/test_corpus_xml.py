@@ -113,3 +113,40 @@ async def test_every_document_can_be_signed_or_is_refused_clearly(parallel_api: 
 def _corpus_present() -> None:
     if not FILES:
         pytest.fail("tests/corpus/xml is empty")
+
+
+#: Verdicts on named corpus files, each for a reason the report must get right. The
+#: roots of these signers are not ours, so "intact" reads INDETERMINATE with a chain
+#: or TSA sub-indication; TOTAL_FAILED only where something is proven wrong.
+KNOWN = {
+    # A trusted-list signature: the parallel XPath filter with its own prefix (dsig:).
+    "signxml/xades/TEST_S1a_C1a_InTL_VALID.xml": ("INDETERMINATE", "NO_CERTIFICATE_CHAIN_FOUND"),
+    # C14N 1.1 transforms (the Czech plugtest sample): read, not a format failure.
+    "signxml/xades/Signature-X-CZ_SEF-4.xml": ("INDETERMINATE", "SIGNED_DATA_NOT_FOUND"),
+    # Enveloping: the signed data is a ds:Object of the signature itself.
+    "signxml/xades/X_AT_SIT_1.xml": ("INDETERMINATE", "NO_CERTIFICATE_CHAIN_FOUND"),
+    # SHA-1 throughout: intact, too weak.
+    "signxml/xades/document.signed.bes.ptcc.xml": (
+        "INDETERMINATE",
+        "CRYPTO_CONSTRAINTS_FAILURE_NO_POE",
+    ),
+    # Proven wrong: the SignedProperties reference was removed.
+    "signxml/xades/dss-signed-altered-signedPropsRemoved.xml": ("TOTAL_FAILED", "FORMAT_FAILURE"),
+    # An algorithm not implemented here: not proven wrong.
+    "signxml/xades/xades-unsupported-signature-algorithm.xml": (
+        "INDETERMINATE",
+        "CRYPTO_CONSTRAINTS_FAILURE",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+async def test_known_verdicts(name: str, sandbox_api: Api) -> None:
+    response = await sandbox_api.client.post(
+        "/v1/verify",
+        data=(CORPUS / name).read_bytes(),
+        headers={**sandbox_api.auth("verifier"), **XML},
+    )
+    assert response.status == 200
+    (signature, *_) = (await response.json())["signatures"]
+    assert (signature["indication"], signature["sub_indication"]) == KNOWN[name], signature

@@ -88,6 +88,7 @@ from .xmldsig import (
     PARALLEL_XPATH,
     XPATH_FILTER,
     ds,
+    is_parallel_xpath,
     without_signatures,
     xades,
     xades141,
@@ -323,12 +324,11 @@ def _check_existing_signatures(parsed: ParsedXml, options: XadesOptions) -> None
         for reference in signature.iterfind(f"{ds('SignedInfo')}/{ds('Reference')}"):
             if reference.get("URI") != "":
                 continue
-            expressions = [
-                (t.findtext(ds("XPath")) or "").strip()
+            if not any(
+                is_parallel_xpath(t.find(ds("XPath")))
                 for t in reference.iterfind(f"{ds('Transforms')}/{ds('Transform')}")
                 if t.get("Algorithm") == XPATH_FILTER
-            ]
-            if PARALLEL_XPATH not in expressions:
+            ):
                 raise AlreadySigned(
                     "an existing signature covers the whole document including any new "
                     "signature: adding one would invalidate it"

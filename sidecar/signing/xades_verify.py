@@ -67,6 +67,7 @@ from .xmldsig import (
     C14N_INCL,
     DIGESTS,
     WEAK_DIGESTS,
+    AmbiguousReference,
     UnresolvableReference,
     UnsupportedAlgorithm,
     c14n,
@@ -233,7 +234,10 @@ def _verify_signature_value(
     try:
         data = c14n(signed_info, c14n_method)
     except UnsupportedAlgorithm as exc:
-        raise _Failed(Indication.TOTAL_FAILED, SubIndication.FORMAT_FAILURE, str(exc)) from None
+        # Not implemented here is not proven wrong.
+        raise _Failed(
+            Indication.INDETERMINATE, SubIndication.CRYPTO_CONSTRAINTS_FAILURE, str(exc)
+        ) from None
     public_key = cx509.load_der_x509_certificate(cert.dump()).public_key()
     algorithm = _HASHES[digest_name]()
     try:
@@ -262,18 +266,40 @@ def _check_references(
 ) -> bool:
     """Check every reference's digest; True when they hold but one uses a weak digest."""
     covers_properties = covers_data = weak = False
+    # A reference whose data cannot be had (another document, a transform or digest
+    # not implemented here) proves nothing either way: it makes the verdict
+    # INDETERMINATE, unless another reference proves the document changed.
+    unavailable: list[_Failed] = []
     for reference in signed_info.iterfind(ds("Reference")):
         uri = reference.get("URI")
         method = reference.find(ds("DigestMethod"))
         algorithm = "" if method is None else method.get("Algorithm", "")
         weak = weak or algorithm in WEAK_DIGESTS
+        if algorithm not in DIGESTS and algorithm not in WEAK_DIGESTS:
+            unavailable.append(
+                _Failed(
+                    Indication.INDETERMINATE,
+                    SubIndication.CRYPTO_CONSTRAINTS_FAILURE,
+                    f"reference {uri!r}: digest {algorithm!r} is not accepted",
+                )
+            )
+            continue
         try:
-            octets = dereference(reference, signature)
-            actual = digest(octets, algorithm)
-        except (UnsupportedAlgorithm, UnresolvableReference) as exc:
+            target, _xpointer = resolve_uri(signature.getroottree(), uri or "")
+            actual = digest(dereference(reference, signature), algorithm)
+        except AmbiguousReference as exc:
             raise _Failed(
                 Indication.TOTAL_FAILED, SubIndication.FORMAT_FAILURE, f"reference {uri!r}: {exc}"
             ) from None
+        except (UnsupportedAlgorithm, UnresolvableReference) as exc:
+            unavailable.append(
+                _Failed(
+                    Indication.INDETERMINATE,
+                    SubIndication.SIGNED_DATA_NOT_FOUND,
+                    f"reference {uri!r}: {exc}",
+                )
+            )
+            continue
         if actual != _b64(reference.find(ds("DigestValue"))):
             what = "the signed data" if uri == "" else f"the element {uri}"
             raise _Failed(
@@ -281,19 +307,18 @@ def _check_references(
                 SubIndication.HASH_FAILURE,
                 f"the digest of {what} does not match: it was changed after signing",
             )
-        try:
-            target, _xpointer = resolve_uri(signature.getroottree(), uri or "")
-        except UnresolvableReference as exc:
-            raise _Failed(
-                Indication.TOTAL_FAILED, SubIndication.FORMAT_FAILURE, f"reference {uri!r}: {exc}"
-            ) from None
         if reference.get("Type") == _SIGNED_PROPERTIES_TYPE:
             covers_properties = covers_properties or target is signed_properties
         elif target is None:
             covers_data = True
+        elif target.tag == ds("Object") and target.getparent() is signature:
+            # An enveloping signature: its data is a ds:Object of its own.
+            covers_data = True
         else:
             inside = target is signature or any(a is signature for a in target.iterancestors())
             covers_data = covers_data or not inside
+    if unavailable:
+        raise unavailable[0]
     if not covers_properties:
         raise _Failed(
             Indication.TOTAL_FAILED,

@@ -39,6 +39,7 @@ __all__ = [
     "XADES141",
     "XPATH_FILTER",
     "XPATH_FILTER2",
+    "AmbiguousReference",
     "UnresolvableReference",
     "UnsupportedAlgorithm",
     "c14n",
@@ -46,6 +47,7 @@ __all__ = [
     "digest",
     "ds",
     "element_by_id",
+    "is_parallel_xpath",
     "resolve_uri",
     "without_signatures",
     "xades",
@@ -68,18 +70,26 @@ BASE64 = "http://www.w3.org/2000/09/xmldsig#base64"
 #: data, so that signatures side by side (parallel) do not cover each other.
 PARALLEL_XPATH = "not(ancestor-or-self::ds:Signature)"
 
-#: Canonicalization URI → (exclusive, with_comments). C14N 1.1 is left out on
-#: purpose: xadesjs rejects it, and lxml has no serializer for it.
+C14N11 = "http://www.w3.org/2006/12/xml-c14n11"
+C14N11_COMMENTS = C14N11 + "#WithComments"
+
+#: Canonicalization URI → (exclusive, with_comments). The signer never writes C14N
+#: 1.1 (xadesjs rejects it, and lxml has no serializer for it); the verifier reads
+#: it where it gives the same octets as C14N 1.0 (see :func:`c14n`).
 _C14N: dict[str, tuple[bool, bool]] = {
     C14N_INCL: (False, False),
     C14N_INCL_COMMENTS: (False, True),
     C14N_EXCL: (True, False),
     C14N_EXCL_COMMENTS: (True, True),
+    C14N11: (False, False),
+    C14N11_COMMENTS: (False, True),
 }
 _WITHOUT_COMMENTS = {
     C14N_INCL_COMMENTS: C14N_INCL,
     C14N_EXCL_COMMENTS: C14N_EXCL,
+    C14N11_COMMENTS: C14N11,
 }
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 #: Digest URI → hashlib name.
 DIGESTS: dict[str, str] = {
@@ -99,7 +109,11 @@ class UnsupportedAlgorithm(ValueError):
 
 
 class UnresolvableReference(ValueError):
-    """A ds:Reference that cannot be resolved safely (missing or duplicate Id...)."""
+    """A ds:Reference whose data cannot be had here (another document, a missing Id)."""
+
+
+class AmbiguousReference(UnresolvableReference):
+    """A ds:Reference to an Id that several elements carry: the wrapping attack."""
 
 
 def ds(name: str) -> str:
@@ -120,6 +134,13 @@ def c14n(node: etree._Element | etree._ElementTree, algorithm: str = C14N_INCL) 
         exclusive, comments = _C14N[algorithm]
     except KeyError:
         raise UnsupportedAlgorithm(f"canonicalization {algorithm!r} is not supported") from None
+    if algorithm in (C14N11, C14N11_COMMENTS) and isinstance(node, etree._Element):
+        # C14N 1.1 differs from 1.0 only where a subset's apex inherits xml:id or
+        # xml:base from an ancestor outside it (1.1 section 2.4): elsewhere their
+        # octets are the same, and only that case is refused.
+        for ancestor in node.iterancestors():
+            if any(ancestor.get(f"{{{_XML_NS}}}{name}") for name in ("id", "base")):
+                raise UnsupportedAlgorithm("C14N 1.1 of an element inheriting xml:id/xml:base")
     return etree.tostring(node, method="c14n", exclusive=exclusive, with_comments=comments)
 
 
@@ -149,7 +170,7 @@ def element_by_id(document: etree._ElementTree, value: str) -> etree._Element:
     if not found:
         raise UnresolvableReference(f"no element has Id {value!r}")
     if len(found) > 1:
-        raise UnresolvableReference(f"Id {value!r} is used by {len(found)} elements")
+        raise AmbiguousReference(f"Id {value!r} is used by {len(found)} elements")
     return found[0]
 
 
@@ -196,8 +217,8 @@ def dereference(reference: etree._Element, signature: etree._Element) -> bytes:
         if algorithm == ENVELOPED:
             nodes.subtract([signature])
         elif algorithm == XPATH_FILTER:
-            expression = "".join(transform.findtext(ds("XPath")) or "").strip()
-            if expression != PARALLEL_XPATH:
+            if not is_parallel_xpath(transform.find(ds("XPath"))):
+                expression = (transform.findtext(ds("XPath")) or "").strip()
                 raise UnsupportedAlgorithm(f"XPath transform {expression!r} is not supported")
             nodes.subtract(
                 [e for e in document.getroot().iter(ds("Signature")) if _outermost_signature(e)]
@@ -236,6 +257,19 @@ def resolve_uri(document: etree._ElementTree, uri: str) -> tuple[etree._Element 
     if uri.startswith("#") and len(uri) > 1 and "(" not in uri:
         return element_by_id(document, uri[1:]), False
     raise UnresolvableReference(f"only same-document references are accepted (URI={uri!r})")
+
+
+_PARALLEL_XPATH = re.compile(r"^not\(ancestor-or-self::([\w.-]+):Signature\)$")
+
+
+def is_parallel_xpath(element: etree._Element | None) -> bool:
+    """Whether an XPath filter is ``not(ancestor-or-self::P:Signature)`` with ``P``
+    bound to the XMLDSig namespace where it is written (any prefix, as other signers
+    choose their own: trusted lists use ``dsig``)."""
+    if element is None:
+        return False
+    match = _PARALLEL_XPATH.match((element.text or "").strip())
+    return match is not None and element.nsmap.get(match.group(1)) == DS
 
 
 #: Transforms whose output is a node-set (processed before the final one).
