@@ -63,7 +63,7 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
         ]
     host = urlsplit(base_url).hostname or base_url
     reach_fix = (
-        "start the sandbox daemon (sidecar serve --sandbox): it serves the CNS simulator"
+        f"{ctx.start_sandbox_hint()} (the sandbox daemon serves the CNS simulator)"
         if sandbox_url is not None and base_url == sandbox_url
         else f"check the network, proxy and firewall towards {host}; the CNS may also "
         "be in a maintenance window (deposits wait in the outbox meanwhile)"

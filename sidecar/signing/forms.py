@@ -39,6 +39,7 @@ __all__ = [
     "SchemaViolation",
     "SignedForm",
     "XmlSignFunction",
+    "check_profile",
     "embedded_pdf",
     "sign_form",
 ]
@@ -112,6 +113,17 @@ def _fill_uuid(tree: etree._ElementTree, profile: Profile) -> tuple[str | None, 
     return value or None, False
 
 
+def check_profile(
+    parsed: ParsedXml, profile: Profile, stage: Literal["input", "output"] = "input"
+) -> None:
+    """The document is the profile's: its root element, then its XSD. Wherever a
+    profile is named (the form recipe, ``POST /v1/xml/sign?profile=``) this is the check;
+    raises :class:`SchemaViolation` with every error."""
+    errors = validate_xml(parsed.tree, profile, parsed.data)
+    if errors:
+        raise SchemaViolation(profile.name, errors, stage)
+
+
 def _serialize(parsed: ParsedXml) -> bytes:
     encoding = parsed.tree.docinfo.encoding or "UTF-8"
     return etree.tostring(parsed.tree, xml_declaration=True, encoding=encoding)
@@ -154,9 +166,7 @@ async def sign_form(
         raise FormError("pdf_unexpected", f"the profile {profile.name!r} has no PDF")
 
     # Validate what the caller sent (UUID filled: line numbers are the caller's).
-    errors = validate_xml(parsed.tree, profile, parsed.data)
-    if errors:
-        raise SchemaViolation(profile.name, errors, "input")
+    check_profile(parsed, profile)
 
     pdf_level = None
     if pdf_element is not None and pdf is not None:
@@ -174,10 +184,7 @@ async def sign_form(
             raise FormError("xml_signing_unavailable", "no XAdES engine is configured")
         document = await sign_xml(document, signer, profile.xml_level, profile)
 
-    result = parse_xml(document)
-    errors = validate_xml(result.tree, profile, result.data)
-    if errors:
-        raise SchemaViolation(profile.name, errors, "output")
+    check_profile(parse_xml(document), profile, "output")
     return SignedForm(document, uuid, filled, pdf_level, profile.xml_level)
 
 
