@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--reason", help="PDF: reason shown in the signature")
     sign.add_argument("--location", help="PDF: location shown in the signature")
     sign.add_argument(
-        "--out", type=Path, help="output file (one input) or directory; default NAME.signed.EXT"
+        "--out",
+        help="output file (one input) or directory (several inputs, or a name ending in /: "
+        "made if missing); default NAME.signed.EXT next to each input",
     )
     verify = commands.add_parser("verify", help="report the signatures of XML/PDF files")
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -240,6 +242,12 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
     if args.pdf is not None and not args.profile:
         print("sidecar: --pdf goes with --profile (the form recipe)", file=sys.stderr)
         return 2
+    output = None if args.out is None else Path(args.out)
+    if output is not None and (len(args.files) > 1 or args.out.endswith(("/", os.sep))):
+        if output.exists() and not output.is_dir():
+            print(f"sidecar: --out {output} is a file, not a directory", file=sys.stderr)
+            return 2
+        output.mkdir(parents=True, exist_ok=True)
     request = SignRequest(
         level=args.level,
         key=args.key,
@@ -256,7 +264,7 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
                 args.files,
                 request,
                 sandbox=args.sandbox,
-                output=args.out,
+                output=output,
                 out=sys.stdout,
             )
         )

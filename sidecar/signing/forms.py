@@ -31,7 +31,7 @@ from lxml import etree
 from ..keys import Signer
 from .pades import PadesEngine, PadesOptions
 from .profiles import Profile, ProfileRegistry, SchemaError, validate_xml
-from .report import Level
+from .report import Indication, Level, SignatureReport, SubIndication
 from .xml_safety import ParsedXml, parse_xml
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "XmlSignFunction",
     "check_profile",
     "embedded_pdf",
+    "embedded_pdf_note",
     "sign_form",
 ]
 
@@ -218,3 +219,29 @@ def embedded_pdf(
                 "bad_base64", f"the PDF at {profile.pdf_xpath} is not valid base64"
             ) from None
     return None
+
+
+def embedded_pdf_note(report: SignatureReport, profile: Profile) -> str | None:
+    """Why an embedded PDF's signature that is not TOTAL_PASSED is nonetheless what the
+    form asks for, or None when it is not.
+
+    The DSR asks only PAdES-B of a PDF/A embedded in a signed XML: the XML's XAdES
+    signature covers the PDF's bytes and carries the timestamp and the validation data.
+    Such a PDF signature, intact and covering the whole file, is INDETERMINATE/TRY_LATER
+    for one reason only — it carries no revocation data — and that is by design, as long
+    as the profile does not itself ask for B-LT or more.
+    """
+    if report.indication is not Indication.INDETERMINATE:
+        return None
+    if report.sub_indication is not SubIndication.TRY_LATER:
+        return None
+    if profile.pdf_level.at_least(Level.B_LT) or not report.level.at_least(profile.pdf_level):
+        return None
+    if report.coverage != "entire_file":
+        return None
+    return (
+        f"PAdES-{profile.pdf_level.value.removeprefix('B-')} by design: the DSR asks only "
+        "PAdES-B of a PDF embedded in a signed XML; the XML's XAdES signature covers it "
+        "and carries the timestamp and validation data, so the PDF signature's own "
+        "INDETERMINATE/TRY_LATER (no revocation data in the PDF) is expected"
+    )
