@@ -168,7 +168,11 @@ def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
     try:
         _ensure_home(paths)
         asyncio.run(_serve(settings, paths, sandbox))
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
+        # Word for word what `sidecar config check` says of the same file.
+        print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 1
     return 0
