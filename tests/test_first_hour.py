@@ -21,6 +21,8 @@ import aiohttp
 import pytest
 
 from sidecar.cli import main
+from sidecar.cns.doctor import check_cns
+from sidecar.config import Settings
 from sidecar.doctor import DoctorContext, DoctorReport, Finding, run_doctor
 from sidecar.doctor.checks import check_daemon, check_permissions, check_sandbox
 from sidecar.paths import Paths
@@ -254,12 +256,17 @@ async def test_doctor_does_not_suggest_starting_a_running_sandbox(tmp_path: Path
     report = await run_checks(paths, [("sandbox", check_sandbox)], sandbox=True)
     fix = by_check(report)["sandbox"].fix
     assert "serve --sandbox" not in fix and f"pid {os.getpid()}" in fix
+    # Without --sandbox, the CNS check points at doctor --sandbox, not at starting one.
+    report = await run_checks(paths, [("cns", check_cns)], settings=Settings())
+    cns = by_check(report)["cns"]
+    assert "serve --sandbox" not in cns.summary + cns.fix
+    assert "doctor --sandbox" in cns.summary
 
 
 async def test_doctor_without_runtime_file_does_not_claim_a_daemon(
     tmp_path: Path, own_daemon: DaemonProcess
 ) -> None:
-    from sidecar.config import ServerSettings, Settings
+    from sidecar.config import ServerSettings
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

@@ -39,6 +39,14 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
         base_url = resolve_base_url(cns, sandbox_url)
     except CnsConfigError as exc:
         if cns.environment == "sandbox":
+            daemon = ctx.running_daemon()
+            if daemon is not None and daemon.sandbox:
+                # Not "run serve --sandbox": it runs, with its simulator.
+                summary = (
+                    f"the sandbox daemon (pid {daemon.pid}) serves the CNS simulator: "
+                    "'sidecar doctor --sandbox' checks it"
+                )
+                return [Finding("cns", "skip", summary)]
             return [Finding("cns", "skip", f"CNS forwarding is not configured: {exc}")]
         return [
             Finding(
