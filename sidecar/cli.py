@@ -172,6 +172,8 @@ def _keys(args: argparse.Namespace, paths: Paths) -> int:
 
     settings = _settings(paths, args.config)
     configure_logging("warning")
+    if args.sandbox:
+        paths.ensure_writable()  # the sandbox's PKI is made in the home
     return asyncio.run(_keys_async(args, settings, paths))
 
 
@@ -354,8 +356,19 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Exception as exc:
+        if not _is_sandbox_error(exc):
+            raise
+        print(f"sidecar: {exc}", file=sys.stderr)  # a port taken, a damaged sandbox...
+        return 1
     parser.print_help()
     return 2
+
+
+def _is_sandbox_error(exc: Exception) -> bool:
+    # Looked up only once raised: importing the sandbox costs a second at every start.
+    module = sys.modules.get("sidecar.sandbox.pki")
+    return module is not None and isinstance(exc, module.SandboxError)
 
 
 if __name__ == "__main__":
