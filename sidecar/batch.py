@@ -234,11 +234,7 @@ async def verify_files(
                         )
                     else:
                         report = await response.json()
-                        # A form's embedded PDF is PAdES-B by design (the XML's B-LT
-                        # protects it): the document's own signatures decide.
-                        own = report["signatures"]
-                        passed = bool(own) and all(r["indication"] == "TOTAL_PASSED" for r in own)
-                        all_passed = all_passed and passed
+                        all_passed = all_passed and _passed(report)
                         results.append({"file": str(source), "report": report})
                 progress.advance(note=source.name)
     if as_json:
@@ -256,7 +252,21 @@ async def verify_files(
             print(_line(result["file"], signature), file=out)
         for signature in report.get("embedded_pdf", {}).get("signatures", []):
             print(_line(result["file"] + " (embedded PDF)", signature), file=out)
+            if signature.get("note"):
+                print(f"    {signature['note']}: accepted", file=out)
     return 0 if all_passed else 1
+
+
+def _passed(report: dict[str, Any]) -> bool:
+    """Every signature of the document TOTAL_PASSED; a form's embedded PDF signature
+    also when the report accepts it as what the form asks (PAdES-B by design)."""
+    own = report["signatures"]
+    embedded = report.get("embedded_pdf", {}).get("signatures", [])
+    return (
+        bool(own)
+        and all(r["indication"] == "TOTAL_PASSED" for r in own)
+        and all(r.get("accepted") for r in embedded)
+    )
 
 
 def _line(file: str, signature: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from . import __version__
 from .clients import ClientStore, TokenError, parse_scopes
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
-from .paths import Paths, resolve_paths
+from .paths import HomeNotWritable, Paths, resolve_paths
 
 __all__ = ["main"]
 
@@ -79,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--reason", help="PDF: reason shown in the signature")
     sign.add_argument("--location", help="PDF: location shown in the signature")
     sign.add_argument(
-        "--out", type=Path, help="output file (one input) or directory; default NAME.signed.EXT"
+        "--out",
+        help="output file (one input) or directory (several inputs, or a name ending in /: "
+        "made if missing); default NAME.signed.EXT next to each input",
     )
     verify = commands.add_parser("verify", help="report the signatures of XML/PDF files")
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -104,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the installation; name what is broken")
     doctor.add_argument("--json", action="store_true", help="machine-readable report")
     doctor.add_argument("--sandbox", action="store_true", help="also check the sandbox PKI")
+    doctor.add_argument("--host", help="the daemon's address, if not the configured one")
+    doctor.add_argument("--port", type=int, help="the daemon's port, if not the configured one")
     config_option(doctor)
 
     from .service.commands import add_service_parser
@@ -141,6 +146,8 @@ def _serve(args: argparse.Namespace, paths: Paths, sandbox: bool) -> int:
 
 
 def _token(args: argparse.Namespace, paths: Paths) -> int:
+    if args.token_command in ("create", "revoke"):
+        paths.ensure_writable()
     store = ClientStore(paths.clients_file)
     if args.token_command == "create":
         token = store.create(args.name, parse_scopes(args.scope), replace=args.replace)
@@ -168,6 +175,8 @@ def _keys(args: argparse.Namespace, paths: Paths) -> int:
 
     settings = _settings(paths, args.config)
     configure_logging("warning")
+    if args.sandbox:
+        paths.ensure_writable()  # the sandbox's PKI is made in the home
     return asyncio.run(_keys_async(args, settings, paths))
 
 
@@ -224,6 +233,7 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
 
     settings = _settings(paths, args.config)
     configure_logging("warning", settings.log.format)
+    paths.ensure_writable()  # the trust layer's caches, the sandbox's PKI
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         print(f"sidecar: no such file: {', '.join(missing)}", file=sys.stderr)
@@ -237,6 +247,12 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
     if args.pdf is not None and not args.profile:
         print("sidecar: --pdf goes with --profile (the form recipe)", file=sys.stderr)
         return 2
+    output = None if args.out is None else Path(args.out)
+    if output is not None and (len(args.files) > 1 or args.out.endswith(("/", os.sep))):
+        if output.exists() and not output.is_dir():
+            print(f"sidecar: --out {output} is a file, not a directory", file=sys.stderr)
+            return 2
+        output.mkdir(parents=True, exist_ok=True)
     request = SignRequest(
         level=args.level,
         key=args.key,
@@ -253,7 +269,7 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
                 args.files,
                 request,
                 sandbox=args.sandbox,
-                output=args.out,
+                output=output,
                 out=sys.stdout,
             )
         )
@@ -263,6 +279,20 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`sidecar ... --json | head`): stop quietly, as Unix
+        # tools do; stdout goes to devnull so the interpreter's last flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     paths = resolve_paths()
@@ -280,13 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             from .status import status_command
 
-            settings = _settings(paths, args.config)
-            if args.port is not None:
-                server = dataclasses.replace(settings.server, port=args.port)
-                settings = dataclasses.replace(settings, server=server)
             return status_command(
-                settings, paths, open_link=args.open, as_json=args.json, out=sys.stdout,
-                err=sys.stderr,
+                _settings(paths, args.config), paths, open_link=args.open, as_json=args.json,
+                out=sys.stdout, err=sys.stderr, port=args.port,
             )  # fmt: skip
         if args.command == "doctor":
             from .doctor.cli import doctor_command
@@ -297,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sandbox=args.sandbox,
                 as_json=args.json,
                 out=sys.stdout,
+                host=args.host,
+                port=args.port,
             )
         if args.command == "service":
             from .service.commands import service_command
@@ -311,7 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return setup_command(args, paths)
         if args.command == "config":
+            from .server import validate_for_serve
+
             settings = _settings(paths, args.config)
+            validate_for_serve(settings)  # exactly what `serve` refuses
             print(f"configuration OK: {settings.source or 'defaults (no file)'}")
             return 0
     except ConfigError as exc:
@@ -320,8 +351,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2
+    except HomeNotWritable as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        # Whatever the up-front checks could not foresee (a log file elsewhere...).
+        where = exc.filename or "a file"
+        print(
+            f"sidecar: permission denied on {where}: run sidecar as the user who owns it "
+            "(the daemon's user), or fix its permissions",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:
+        if not _is_sandbox_error(exc):
+            raise
+        print(f"sidecar: {exc}", file=sys.stderr)  # a port taken, a damaged sandbox...
+        return 1
     parser.print_help()
     return 2
+
+
+def _is_sandbox_error(exc: Exception) -> bool:
+    # Looked up only once raised: importing the sandbox costs a second at every start.
+    module = sys.modules.get("sidecar.sandbox.pki")
+    return module is not None and isinstance(exc, module.SandboxError)
 
 
 if __name__ == "__main__":

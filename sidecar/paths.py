@@ -14,14 +14,46 @@ Three layouts, checked in this order:
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-__all__ = ["Paths", "resolve_paths"]
+__all__ = ["HomeNotWritable", "Paths", "resolve_paths", "unwritable_reason"]
 
 APP_NAME = "sidecar"
+
+
+class HomeNotWritable(Exception):
+    """A directory sidecar must write to cannot be written; the message says what to do."""
+
+    def __init__(self, directory: Path, reason: str) -> None:
+        self.directory = directory
+        self.reason = reason
+        super().__init__(
+            f"cannot write to {directory} ({reason}): run sidecar as the user who owns it "
+            f"(the daemon's user), or give this user write access to it "
+            f"(chown/chmod), or point SIDECAR_HOME at a directory of this user's"
+        )
+
+
+def unwritable_reason(directory: Path) -> str | None:
+    """Why *directory* cannot be written to, or None when a probe file could be created
+    and removed there. (Modes alone do not tell: root, ACLs, read-only mounts.)"""
+    probe = directory / f".sidecar-probe-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        return "it does not exist"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    try:
+        probe.unlink()
+    except OSError as exc:
+        return f"a file made there cannot be removed: {exc.strerror}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,6 +84,22 @@ class Paths:
         """Create the directories, private to the service's user."""
         for directory in (self.config_dir, self.data_dir, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def directories(self) -> tuple[Path, ...]:
+        """The distinct directories of this layout (one for ``SIDECAR_HOME`` but logs)."""
+        return tuple(dict.fromkeys((self.config_dir, self.data_dir, self.log_dir)))
+
+    def ensure_writable(self) -> None:
+        """Create the directories and prove each can be written to, or raise
+        :class:`HomeNotWritable` naming the first that cannot."""
+        for directory in self.directories():
+            try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise HomeNotWritable(directory, exc.strerror or type(exc).__name__) from None
+            reason = unwritable_reason(directory)
+            if reason is not None:
+                raise HomeNotWritable(directory, reason)
 
 
 def _first_dir(value: str) -> Path:

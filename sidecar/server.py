@@ -14,12 +14,14 @@ from aiohttp import web
 
 from . import __version__
 from .api.app import create_app
+from .api.keys import INSTANCE
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
-from .paths import Paths
+from .paths import HomeNotWritable, Paths
+from .runtime import new_runtime, remove_runtime, write_runtime
 from .service.notify import notify, watchdog
 
-__all__ = ["StartupError", "check_binding", "run", "serve"]
+__all__ = ["StartupError", "check_binding", "run", "serve", "validate_for_serve"]
 
 log = logging.getLogger("sidecar.server")
 
@@ -59,6 +61,20 @@ def check_binding(server: ServerSettings, source: object = None) -> ssl.SSLConte
     return context
 
 
+def validate_for_serve(settings: Settings) -> ssl.SSLContext | None:
+    """Everything ``serve`` checks in the configuration before it starts anything;
+    ``sidecar config check`` and ``doctor`` run exactly this. Raises ConfigError;
+    returns the TLS context to listen with, if any."""
+    from .api.xml import xades_options
+
+    context = check_binding(settings.server, settings.source)
+    try:
+        xades_options(settings.signing)
+    except ValueError as exc:
+        raise ConfigError(settings.source, "signing", str(exc)) from None
+    return context
+
+
 async def _serve(
     settings: Settings,
     paths: Paths,
@@ -67,12 +83,19 @@ async def _serve(
     ready: Callable[[], None] | None = None,
 ) -> None:
     server = settings.server
-    ssl_context = check_binding(server, settings.source)
+    ssl_context = validate_for_serve(settings)
     store = ClientStore(paths.clients_file)
     if ensure_default_client(store, paths.default_token_file):
         log.info("first start: client 'default' created, token in %s", paths.default_token_file)
     app = create_app(
         settings, paths, sandbox_dir=paths.sandbox_dir if sandbox else None, client_store=store
+    )
+    app[INSTANCE] = new_runtime(
+        host=server.host,
+        port=server.port,
+        tls=ssl_context is not None,
+        sandbox=sandbox,
+        version=__version__,
     )
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_timeout
@@ -93,6 +116,7 @@ async def _serve(
         scheme = "https" if ssl_context else "http"
         host = f"[{server.host}]" if ":" in server.host else server.host
         log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
+        write_runtime(paths, app[INSTANCE])
         notify("READY=1")
         if ready is not None:
             ready()
@@ -101,6 +125,7 @@ async def _serve(
         log.info("stopping: finishing requests under way")
         notify("STOPPING=1")
     finally:
+        remove_runtime(paths, app[INSTANCE])
         await runner.cleanup()
     log.info("stopped")
 
@@ -112,6 +137,13 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
             signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+
+
+def _ensure_home(paths: Paths) -> None:
+    try:
+        paths.ensure_writable()
+    except HomeNotWritable as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def serve(
@@ -127,16 +159,20 @@ async def serve(
     For a host without signals (the Windows service). Raises
     :class:`~sidecar.config.ConfigError` and :class:`StartupError`.
     """
-    paths.ensure()
+    _ensure_home(paths)
     await _serve(settings, paths, sandbox, stop, ready)
 
 
 def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
     """Serve until SIGTERM/SIGINT; the process's exit status."""
     try:
-        paths.ensure()
+        _ensure_home(paths)
         asyncio.run(_serve(settings, paths, sandbox))
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
+        # Word for word what `sidecar config check` says of the same file.
+        print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 1
     return 0

@@ -1,10 +1,15 @@
 """``sidecar status [--open]``: the daemon's health in a terminal, or a link to the page.
 
-Both need an admin token. The command runs as the service's user (it edits the
-clients file, as ``sidecar token`` does) and keeps the token of a client named
-``status`` (scope ``admin``) in ``status.token`` next to ``default.token`` (mode 0600).
+``sidecar status`` makes no credential. It shows the daemon's parts when it can
+prove it belongs to the daemon's installation — run as the daemon's user, it reads
+the key of the daemon's runtime file (:mod:`sidecar.runtime`) — or with the token
+an earlier ``--open`` kept; otherwise it shows the public status and says how to
+see more.
 
-``--open`` re-keys that client and prints ``http://127.0.0.1:PORT/#token=...``: the
+``--open`` (explicitly asked for) makes or re-keys a client named ``status`` (scope
+``admin``), keeps its token in ``status.token`` next to ``default.token`` (mode 0600,
+so the command runs as the service's user, as ``sidecar token`` does) and prints
+``http://127.0.0.1:PORT/#token=...``: the
 status page moves the token from the fragment (never sent to any server, never in a
 Referer) into the tab's sessionStorage and removes it from the address bar. Each
 ``--open`` invalidates the previous link. The browser is not launched by us: a URL
@@ -25,50 +30,59 @@ from .clients import ClientStore, Scope, _write_private
 from .config import Settings
 from .logs import register_secret
 from .paths import Paths
+from .runtime import INSTANCE_KEY_HEADER, DaemonRuntime, read_runtime
 
-__all__ = ["STATUS_CLIENT", "daemon_url", "status_command", "status_token"]
+__all__ = ["STATUS_CLIENT", "daemon_url", "kept_token", "open_link_token", "status_command"]
 
 #: The client whose token the status command and link use.
 STATUS_CLIENT = "status"
 
 
-def daemon_url(settings: Settings) -> str:
-    """Where this machine reaches the configured daemon."""
+def daemon_url(settings: Settings, runtime: DaemonRuntime | None = None) -> str:
+    """Where this machine reaches the daemon: the running one's address (its runtime
+    file), else the configured one."""
     server = settings.server
-    host = server.host
+    host, port, tls = server.host, server.port, server.tls_cert is not None
+    if runtime is not None:
+        host, port, tls = runtime.host, runtime.port, runtime.tls
     if host in ("0.0.0.0", ""):  # noqa: S104 - we connect, we do not bind
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     shown = f"[{host}]" if ":" in host else host
-    scheme = "https" if server.tls_cert is not None else "http"
-    return f"{scheme}://{shown}:{server.port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 def _token_file(paths: Paths) -> Path:
     return paths.config_dir / "status.token"
 
 
-def status_token(paths: Paths, *, renew: bool) -> str:
-    """The ``status`` client's token: the kept one, or a new one (*renew*, or none valid)."""
-    store = ClientStore(paths.clients_file)
+def kept_token(paths: Paths) -> str | None:
+    """The token an earlier ``--open`` kept, if it still opens the ``status`` client."""
     file = _token_file(paths)
-    if not renew and file.exists():
+    try:
         token = file.read_text(encoding="utf-8").strip()
-        client = store.authenticate(token)
-        if client is not None and client.name == STATUS_CLIENT:
-            register_secret(token)
-            return token
-    token = store.create(STATUS_CLIENT, frozenset({Scope.ADMIN}), replace=True)
-    _write_private(file, token + "\n")
+    except OSError:
+        return None
+    client = ClientStore(paths.clients_file).authenticate(token)
+    if client is None or client.name != STATUS_CLIENT:
+        return None
+    register_secret(token)
     return token
 
 
-def _get_health(url: str, token: str, timeout: float) -> dict[str, Any]:
-    # *url* is built by daemon_url(): http(s) only.
-    request = urllib.request.Request(  # noqa: S310
-        f"{url}/v1/health", headers={"Authorization": f"Bearer {token}"}
+def open_link_token(paths: Paths) -> str:
+    """Make or re-key the ``status`` client (scope admin), keep its token; the new token."""
+    token = ClientStore(paths.clients_file).create(
+        STATUS_CLIENT, frozenset({Scope.ADMIN}), replace=True
     )
+    _write_private(_token_file(paths), token + "\n")
+    return token
+
+
+def _get_health(url: str, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+    # *url* is built by daemon_url(): http(s) only.
+    request = urllib.request.Request(f"{url}/v1/health", headers=headers)  # noqa: S310
     context = None
     if url.startswith("https:"):
         # A shared deployment's own certificate for a LAN name; this is a local probe.
@@ -81,6 +95,8 @@ def _get_health(url: str, token: str, timeout: float) -> dict[str, Any]:
 
 def _summary(url: str, health: dict[str, Any]) -> list[str]:
     lines = [f"sidecar {health.get('version')} at {url}: {health.get('status')}"]
+    if "checks" not in health:
+        return lines
     errors: list[dict[str, str]] = []
     for check in health.get("checks", []):
         if check["name"] == "errors":
@@ -105,28 +121,42 @@ def status_command(
     as_json: bool,
     out: TextIO,
     err: TextIO,
+    port: int | None = None,
     timeout: float = 10.0,
 ) -> int:
-    """Exit status: 0 when the daemon is ok, 1 when degraded, down or not answering."""
-    url = daemon_url(settings)
-    try:
-        token = status_token(paths, renew=open_link)
-    except PermissionError:
-        print(
-            f"sidecar: cannot write {paths.config_dir}: run this as the daemon's user "
-            "(or an administrator)",
-            file=err,
-        )
-        return 2
+    """Exit status: 0 when the daemon is ok, 1 when degraded, down or not answering,
+    2 when ``--open`` cannot write its client."""
+    runtime = read_runtime(paths)
+    if runtime is not None and (port is not None or not runtime.alive):
+        runtime = None  # a --port names another daemon; a dead pid, a stale file
+    url = daemon_url(settings, runtime)
+    if port is not None:
+        url = url.rsplit(":", 1)[0] + f":{port}"
+    headers: dict[str, str] = {}
     if open_link:
+        try:
+            token = open_link_token(paths)
+        except PermissionError:
+            print(
+                f"sidecar: cannot write {paths.config_dir}: run this as the daemon's user "
+                "(or an administrator)",
+                file=err,
+            )
+            return 2
         print(f"{url}/#token={token}", file=out)
         print(
-            "open this link in a browser on this computer; it signs the status page in "
-            "and stops working at the next 'sidecar status --open'",
+            f"client {STATUS_CLIENT!r} (scope admin) keyed, its token kept in "
+            f"{_token_file(paths)}; open this link in a browser on this computer: it signs "
+            "the status page in and stops working at the next 'sidecar status --open'",
             file=err,
         )
+        headers["Authorization"] = f"Bearer {token}"
+    elif (token := kept_token(paths)) is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if runtime is not None:
+        headers[INSTANCE_KEY_HEADER] = runtime.key
     try:
-        health = _get_health(url, token, timeout)
+        health = _get_health(url, headers, timeout)
     except urllib.error.HTTPError as exc:
         print(f"sidecar: the daemon at {url} answered {exc.code}", file=err)
         return 1
@@ -134,6 +164,21 @@ def status_command(
         reason = getattr(exc, "reason", exc)
         print(f"sidecar: the daemon does not answer at {url} ({reason}); is it running?", file=err)
         return 1
+    if runtime is not None and "Authorization" not in headers and "instance" not in health:
+        print(
+            f"sidecar: the daemon answering at {url} is not this installation's "
+            f"(its own, pid {runtime.pid}, does not answer there)",
+            file=err,
+        )
+        return 1
+    if "checks" not in health and not open_link:
+        print(
+            "sidecar: only the public status is shown: run this as the daemon's user to see "
+            "each part, or make an admin client explicitly with 'sidecar status --open' "
+            "(client 'status', token kept in status.token) or "
+            "'sidecar token create it-admin --scope admin'",
+            file=err,
+        )
     if as_json:
         print(json.dumps(health, indent=2), file=out)
     elif not open_link:

@@ -335,3 +335,20 @@ def test_installer_upgrade_keeps_configuration_tokens_and_stores(
     assert (root / "etc/sidecar/default.token").exists() or (
         root / "etc/sidecar/clients.json"
     ).exists()
+
+
+def test_unit_documentation_is_installed(wheel: Path, tmp_path: Path) -> None:
+    """The unit's ``Documentation=`` names a file that install.sh puts there."""
+    root = tmp_path / "image"
+    root.mkdir()
+    fresh_venv(root / "opt" / "sidecar")
+    result = install_sh(root, wheel)
+    assert result.returncode == 0, result.stderr
+    unit = (root / "etc/systemd/system/sidecar.service").read_text()
+    (documentation,) = [
+        line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("Documentation=")
+    ]
+    assert documentation.startswith("file:///")
+    installed = root / documentation.removeprefix("file:///")
+    assert installed.is_file(), documentation
+    assert "systemd" in installed.read_text()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import Settings, load_settings
-from sidecar.server import check_binding
+from sidecar.server import validate_for_serve
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "production.md"
 README = DOC.parent.parent / "README.md"
@@ -61,7 +61,7 @@ def test_each_example_is_accepted(index: int, tmp_path: Path) -> None:
     settings = load_settings(file, required=True)  # raises ConfigError on any mistake
     if settings.server.tls_cert is None:
         # The TLS example names a certificate only a real machine has.
-        check_binding(settings.server, settings.source)
+        validate_for_serve(settings)
 
 
 def test_every_setting_has_an_example() -> None:

@@ -14,6 +14,33 @@
 #                     user is created with systemd-sysusers --root)
 set -euo pipefail
 
+usage() {
+  cat <<'USAGE'
+Usage: install.sh [OPTIONS]
+
+Installs (or upgrades) sidecar as a systemd service: the system user "sidecar", a
+virtualenv in PREFIX, the unit, the "sidecarctl" admin wrapper, and the directories
+/etc/sidecar, /var/lib/sidecar and /var/log/sidecar (never overwritten: re-running
+it with a newer wheel is the upgrade). Run it as root.
+
+Options:
+  --wheel FILE       the wheel to install (e.g. dist/sidecar-X.Y.Z-py3-none-any.whl)
+  --source DIR       or a source tree to install from
+                     (default: the sidecar already in PREFIX, or this checkout)
+  --prefix DIR       where the virtualenv goes (default /opt/sidecar)
+  --pcscd            also install the polkit rule that lets the service use pcscd
+  --no-start         install and enable, but do not (re)start the service
+  --root DIR         install into an image/chroot at DIR (not started; the user is
+                     created with systemd-sysusers --root)
+  --python PY        the Python 3.11+ that makes the virtualenv (default python3)
+  --pip-args "ARGS"  extra arguments for pip (e.g. "--no-index --find-links DIR")
+  -h, --help         show this help
+
+Then: sudo sidecarctl doctor; journalctl -u sidecar. Details: service/README.md
+(installed as PREFIX/share/doc/sidecar/README.md).
+USAGE
+}
+
 here="$(cd "$(dirname "$0")" && pwd)"
 prefix=/opt/sidecar
 root=""
@@ -34,8 +61,8 @@ while [ $# -gt 0 ]; do
     --no-start) start=0; shift ;;
     --python) python="$2"; shift 2 ;;
     --pip-args) pip_args="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (install.sh --help lists them)" >&2; exit 2 ;;
   esac
 done
 
@@ -124,7 +151,9 @@ for dir in /etc/sidecar /var/lib/sidecar /var/log/sidecar; do
   chmod -R go-rwx "$root$dir"
 done
 
-# 4. The unit (ExecStart follows PREFIX), the admin wrapper, the polkit rule.
+# 4. The service's documentation (the unit's Documentation= names it), the unit
+#    (ExecStart follows PREFIX), the admin wrapper, the polkit rule.
+install -D -m 0644 "$here/../README.md" "$venv/share/doc/sidecar/README.md"
 unit_dir="$root/etc/systemd/system"
 install -d "$unit_dir"
 sed "s|/opt/sidecar/|$prefix/|g" "$unit_src" >"$unit_dir/.sidecar.service.new"

@@ -5,6 +5,22 @@
 #   uninstall.sh [--prefix /opt/sidecar] [--purge] [--root DIR]
 set -euo pipefail
 
+usage() {
+  cat <<'USAGE'
+Usage: uninstall.sh [OPTIONS]
+
+Stops and removes the sidecar service and its virtualenv. Configuration, tokens,
+keys and stores in /etc/sidecar, /var/lib/sidecar and /var/log/sidecar are kept
+unless --purge is given. Run it as root.
+
+Options:
+  --prefix DIR   where install.sh put the virtualenv (default /opt/sidecar)
+  --purge        also remove the configuration, tokens, stores and logs
+  --root DIR     remove from an image/chroot at DIR
+  -h, --help     show this help
+USAGE
+}
+
 prefix=/opt/sidecar
 root=""
 purge=0
@@ -13,7 +29,7 @@ while [ $# -gt 0 ]; do
     --prefix) prefix="$2"; shift 2 ;;
     --root) root="$(cd "$2" && pwd)"; shift 2 ;;
     --purge) purge=1; shift ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "uninstall.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done

@@ -8,6 +8,7 @@ from ..clients import Client, ClientStore
 from ..config import Settings
 from ..health import HealthCheck
 from ..paths import Paths
+from ..runtime import DaemonRuntime
 from ..sandbox.pki import SandboxPKI
 from .contract import Operation
 
@@ -17,6 +18,7 @@ __all__ = [
     "HEALTH_CHECKS",
     "HTTP_SESSION",
     "IMPLEMENTED",
+    "INSTANCE",
     "OPERATION",
     "PATHS",
     "SANDBOX_PKI",
@@ -33,6 +35,8 @@ HEALTH_CHECKS = web.AppKey("health_checks", list[tuple[str, HealthCheck]])
 SANDBOX_PKI = web.AppKey("sandbox_pki", SandboxPKI)
 #: Operation ids that have a handler; the others answer 501.
 IMPLEMENTED = web.AppKey("implemented", frozenset[str])
+#: This run of ``sidecar serve`` (its runtime file's content); absent in other hosts.
+INSTANCE = web.AppKey("instance", DaemonRuntime)
 
 # Request-scoped values, set by the middlewares for the handlers.
 OPERATION = web.RequestKey("operation", Operation)

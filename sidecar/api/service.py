@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 
 from aiohttp import web
@@ -9,7 +10,8 @@ from aiohttp import web
 from .. import __version__
 from ..clients import Scope
 from ..health import overall, run_checks
-from .keys import CLIENT, HEALTH_CHECKS, IMPLEMENTED
+from ..runtime import INSTANCE_KEY_HEADER
+from .keys import CLIENT, HEALTH_CHECKS, IMPLEMENTED, INSTANCE
 from .openapi import build_openapi
 from .problems import bad_parameter
 
@@ -18,12 +20,28 @@ __all__ = ["HANDLERS", "get_health", "get_openapi", "get_uuids"]
 MAX_UUIDS = 1000
 
 
+def _own_installation(request: web.Request) -> str | None:
+    """This run's instance id, when the caller sent the key of its runtime file
+    (``sidecar doctor``/``status`` of the same installation; see sidecar.runtime)."""
+    instance = request.app.get(INSTANCE)
+    sent = request.headers.get(INSTANCE_KEY_HEADER)
+    if instance is None or not sent:
+        return None
+    if not hmac.compare_digest(sent.encode(), instance.key.encode()):
+        return None
+    return instance.instance
+
+
 async def get_health(request: web.Request) -> web.Response:
-    """Public: status and version. An admin token also sees each check."""
+    """Public: status and version. An admin token also sees each check; so does the
+    daemon's own installation (its runtime file's key), which also sees the instance."""
     results = await run_checks(request.app[HEALTH_CHECKS], per_check_seconds=5.0)
     body: dict[str, object] = {"status": overall(results), "version": __version__}
     client = request.get(CLIENT)
-    if client is not None and Scope.ADMIN in client.scopes:
+    instance = _own_installation(request)
+    if instance is not None:
+        body["instance"] = instance
+    if instance is not None or (client is not None and Scope.ADMIN in client.scopes):
         body["checks"] = [r.as_json() for r in results]
     return web.json_response(body)
 

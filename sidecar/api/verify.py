@@ -3,7 +3,9 @@
 Dispatches on the Content-Type: XML to :func:`sidecar.signing.xades_verify.verify_xml`,
 PDF to :func:`sidecar.signing.pades_verify.verify_pdf`, parsed first in the bounded PDF
 worker. A standardized form (an XML whose profile embeds a PDF) is reported twice over:
-its XAdES signature, and the embedded PDF's PAdES signature under ``embedded_pdf``.
+its XAdES signature, and the embedded PDF's PAdES signature under ``embedded_pdf``, each
+of those with ``accepted`` and a ``note`` (PAdES-B by design: see
+:func:`sidecar.signing.forms.embedded_pdf_note`).
 Validation uses only what the document carries — the
 certificates, CRLs and OCSP responses embedded in it — against the trust layer's
 anchors: that is what says whether a B-LT signature is really long-term.
@@ -18,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from asn1crypto import x509
 
-from ..signing.forms import embedded_pdf
+from ..signing.forms import embedded_pdf, embedded_pdf_note
 from ..signing.pades_verify import verify_pdf
 from ..signing.report import SignatureReport
 from ..signing.xades_verify import VerificationPolicy, verify_xml
@@ -69,7 +71,14 @@ async def verify_document(request: web.Request) -> web.Response:
         profile, pdf = found
         pdf_reports = await verify_pdf(pdf, trust_roots=roots, inspector=inspector)
         answer["profile"] = profile.name
-        answer["embedded_pdf"] = _report_json(pdf_reports, "pdf")
+        embedded = _report_json(pdf_reports, "pdf")
+        embedded["profile_level"] = profile.pdf_level.value
+        for entry, report in zip(embedded["signatures"], pdf_reports, strict=True):
+            # Whether this signature is what the form asks for; ``note`` says why when
+            # that is so without TOTAL_PASSED (PAdES-B by design).
+            entry["note"] = embedded_pdf_note(report, profile)
+            entry["accepted"] = report.indication == "TOTAL_PASSED" or entry["note"] is not None
+        answer["embedded_pdf"] = embedded
     return web.json_response(answer)
 
 

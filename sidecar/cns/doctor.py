@@ -39,6 +39,14 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
         base_url = resolve_base_url(cns, sandbox_url)
     except CnsConfigError as exc:
         if cns.environment == "sandbox":
+            daemon = ctx.running_daemon()
+            if daemon is not None and daemon.sandbox:
+                # Not "run serve --sandbox": it runs, with its simulator.
+                summary = (
+                    f"the sandbox daemon (pid {daemon.pid}) serves the CNS simulator: "
+                    "'sidecar doctor --sandbox' checks it"
+                )
+                return [Finding("cns", "skip", summary)]
             return [Finding("cns", "skip", f"CNS forwarding is not configured: {exc}")]
         return [
             Finding(
@@ -63,7 +71,7 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
         ]
     host = urlsplit(base_url).hostname or base_url
     reach_fix = (
-        "start the sandbox daemon (sidecar serve --sandbox): it serves the CNS simulator"
+        f"{ctx.start_sandbox_hint()} (the sandbox daemon serves the CNS simulator)"
         if sandbox_url is not None and base_url == sandbox_url
         else f"check the network, proxy and firewall towards {host}; the CNS may also "
         "be in a maintenance window (deposits wait in the outbox meanwhile)"

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 
 from ..paths import Paths
+from ..runtime import DaemonRuntime, read_runtime
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -103,10 +104,37 @@ class DoctorContext:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: Seconds a network probe may take.
     timeout: float = 10.0
+    #: Where to look for the daemon (``--host``/``--port``), instead of ``[server]``'s.
+    host: str | None = None
+    port: int | None = None
     _sandbox_pki: SandboxPKI | None = field(default=None, repr=False)
+    _runtime: list[DaemonRuntime | None] = field(default_factory=list, repr=False)
 
     def now(self) -> datetime:
         return self.clock()
+
+    def running_daemon(self) -> DaemonRuntime | None:
+        """This installation's daemon, from its runtime file, if its process is alive."""
+        if not self._runtime:
+            runtime = read_runtime(self.paths)
+            self._runtime.append(runtime if runtime is not None and runtime.alive else None)
+        return self._runtime[0]
+
+    def start_sandbox_hint(self) -> str:
+        """What to do when the sandbox's services do not answer: start it only when
+        this installation's daemon is not already running it."""
+        daemon = self.running_daemon()
+        if daemon is None:
+            return "run the sandbox daemon: sidecar serve --sandbox"
+        if not daemon.sandbox:
+            return (
+                f"this installation's daemon (pid {daemon.pid}) runs without the sandbox: "
+                "stop it and run 'sidecar serve --sandbox'"
+            )
+        return (
+            f"the sandbox daemon (pid {daemon.pid}, port {daemon.port}) is running but this "
+            "part of it does not answer: look at its log (stderr), then restart it"
+        )
 
     def sandbox_pki(self) -> SandboxPKI | None:
         """The generated sandbox PKI in the data directory, if there is one (never made here)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import __version__
+from ..runtime import INSTANCE_KEY_HEADER
 from . import DoctorCheck, DoctorContext, Finding
 from .probes import (
     ProbeError,
@@ -31,6 +32,7 @@ __all__ = [
     "check_disk",
     "check_permissions",
     "check_sandbox",
+    "check_writable",
 ]
 
 #: Below this much free space on the data directory's disk the daemon is broken
@@ -56,12 +58,12 @@ async def check_config(ctx: DoctorContext) -> list[Finding]:
     if ctx.config_file is None or not ctx.config_file.exists():
         return [Finding("config", "ok", f"no {where}: defaults in use")]
     from ..config import ConfigError
-    from ..server import check_binding
+    from ..server import validate_for_serve
 
     try:
-        check_binding(ctx.settings.server, ctx.settings.source)
+        validate_for_serve(ctx.settings)
     except ConfigError as exc:
-        return [Finding("config", "fail", str(exc), fix="correct [server] in the file")]
+        return [Finding("config", "fail", str(exc), fix="correct the file, then restart")]
     return [Finding("config", "ok", f"{where} loads", data={"file": where})]
 
 
@@ -97,6 +99,11 @@ def _mode_finding(check: str, path: Path, *, secret: bool, what: str) -> Finding
         return Finding(check, "fail", f"{what} {path} can be changed by others", fix, data)
     if secret and mode & (stat.S_IRGRP | stat.S_IROTH):
         return Finding(check, "fail", f"{what} {path} is readable by others", fix, data)
+    if is_dir and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        # Private means no access for group and others: they can list what is there.
+        return Finding(
+            check, "warn", f"{what} {path} is open to group/others ({mode:04o})", fix, data
+        )
     if os.geteuid() != 0 and st.st_uid != os.geteuid():
         return Finding(
             check,
@@ -106,6 +113,43 @@ def _mode_finding(check: str, path: Path, *, secret: bool, what: str) -> Finding
             data=data,
         )
     return Finding(check, "ok", f"{what} {path} is private ({mode:04o})", data=data)
+
+
+async def check_writable(ctx: DoctorContext) -> list[Finding]:
+    """Each directory the daemon writes to: a probe file is created and removed there."""
+    from ..paths import unwritable_reason
+
+    paths = ctx.paths
+    names = {paths.config_dir: "config-dir", paths.data_dir: "data-dir", paths.log_dir: "log-dir"}
+    if paths.config_dir == paths.data_dir:
+        names[paths.config_dir] = "home"
+    findings = []
+    probed: set[Path] = set()
+    for directory in paths.directories():
+        check = f"writable:{names[directory]}"
+        target = directory
+        while not target.exists() and target != target.parent:
+            target = target.parent  # made at first start: its parent must be writable
+        if target in probed:
+            continue  # e.g. logs/ not made yet: its parent is already reported
+        probed.add(target)
+        reason = unwritable_reason(target)
+        data = {"path": str(directory)}
+        if reason is None:
+            made = "" if target == directory else f" (to be made in {target})"
+            findings.append(Finding(check, "ok", f"{directory} is writable{made}", data=data))
+            continue
+        findings.append(
+            Finding(
+                check,
+                "fail",
+                f"{target} cannot be written to by this user ({reason})",
+                fix=f"run sidecar as the user who owns {target} (the daemon's user), or give "
+                "that user write access to it (chown/chmod)",
+                data=data,
+            )
+        )
+    return findings
 
 
 async def check_permissions(ctx: DoctorContext) -> list[Finding]:
@@ -163,64 +207,96 @@ def _probe_host(host: str) -> str:
     return host
 
 
+def _daemon_url(ctx: DoctorContext) -> tuple[str, str, bool]:
+    """(url of /v1/health, host:port as shown, TLS) of the daemon to look at."""
+    assert ctx.settings is not None
+    server = ctx.settings.server
+    tls = server.tls_cert is not None
+    host = _probe_host(ctx.host or server.host)
+    port = ctx.port or server.port
+    shown = f"{f'[{host}]' if ':' in host else host}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}/v1/health", shown, tls
+
+
 async def check_daemon(ctx: DoctorContext) -> list[Finding]:
     if ctx.settings is None:
         return [Finding("daemon", "skip", "not checked: the configuration does not load")]
-    server = ctx.settings.server
-    tls = server.tls_cert is not None
-    host = _probe_host(server.host)
-    shown = f"[{host}]" if ":" in host else host
-    url = f"{'https' if tls else 'http'}://{shown}:{server.port}/v1/health"
+    url, shown, tls = _daemon_url(ctx)
+    port = ctx.port or ctx.settings.server.port
+    own = ctx.running_daemon()
+    home = ctx.paths.config_dir
     start_fix = (
         "start it: Linux 'systemctl start sidecar' (journalctl -u sidecar says why it "
         "stopped), Windows 'sidecar service start', or 'sidecar serve' in a terminal"
     )
+    elsewhere = ""
+    if own is not None and own.port != port:
+        elsewhere = f"this installation's daemon (pid {own.pid}) listens on port {own.port}"
+        start_fix = f"{elsewhere}: run 'sidecar doctor --port {own.port}', or set [server] port"
+    headers = {INSTANCE_KEY_HEADER: own.key} if own is not None else {}
     try:
         async with asyncio.timeout(ctx.timeout):
             # Reachability only: a hospital's own TLS certificate is not checked here.
-            async with ctx.session.get(url, ssl=False if tls else None) as response:
-                raw = await response.read()
+            async with ctx.session.get(url, ssl=False if tls else None, headers=headers) as r:
+                raw = await r.read()
     except TimeoutError:
         return [Finding("daemon", "fail", f"{url} did not answer in {ctx.timeout:g} s", start_fix)]
     except aiohttp.ClientConnectorError:
-        return [Finding("daemon", "fail", f"nothing listens on {shown}:{server.port}", start_fix)]
+        return [Finding("daemon", "fail", f"nothing listens on {shown}", start_fix)]
     except aiohttp.ClientError as exc:
         return [Finding("daemon", "fail", f"{url}: {type(exc).__name__}", start_fix)]
     try:
         body = json.loads(raw)
     except ValueError:
         body = None
-    status = body.get("status") if isinstance(body, dict) else None
-    version = body.get("version") if isinstance(body, dict) else None
+    body = body if isinstance(body, dict) else {}
+    status, version = body.get("status"), body.get("version")
     data = {"url": url, "status": status, "version": version}
     if status not in ("ok", "degraded", "down"):
         return [
             Finding(
                 "daemon",
                 "fail",
-                f"{shown}:{server.port} answers, but not as sidecar",
-                fix=f"another program uses port {server.port}: stop it or set [server] port",
+                f"{shown} answers, but not as sidecar",
+                fix=f"another program uses port {port}: stop it or set [server] port",
                 data=data,
             )
         ]
-    findings = []
-    if status == "down":
-        findings.append(
-            Finding("daemon", "fail", f"daemon {version} reports itself down", data=data)
+    if own is None or body.get("instance") != own.instance:
+        # Another SIDECAR_HOME's daemon, another user's, or one older than runtime files.
+        mine = elsewhere or (
+            f"this installation's daemon (pid {own.pid}) does not answer there"
+            if own is not None
+            else f"no daemon of this installation ({home}) is running"
         )
-    elif status == "degraded":
-        findings.append(
+        return [
             Finding(
                 "daemon",
-                "warn",
-                f"daemon {version} answers at {url} but reports itself degraded",
-                fix="the checks below name the part; GET /v1/health with an admin token "
-                "shows the daemon's own view",
+                "fail",
+                f"a sidecar {version} answers at {shown}, but it is not this installation's "
+                f"daemon: {mine}",
+                fix=start_fix
+                if elsewhere
+                else f"port {port} is another installation's (another SIDECAR_HOME or user): "
+                "stop that daemon, or give this one another port ([server] port, or "
+                "'sidecar serve --port N' and 'sidecar doctor --port N')",
                 data=data,
             )
-        )
-    else:
-        findings.append(Finding("daemon", "ok", f"daemon {version} answers at {url}", data=data))
+        ]
+    data["pid"] = own.pid
+    findings = [_daemon_finding(status, str(version), url, data)]
+    for part in body.get("checks", []):
+        if part.get("status") != "ok" and part.get("name") != "errors":
+            findings.append(
+                Finding(
+                    f"daemon:{part.get('name')}",
+                    "fail" if part.get("status") == "down" else "warn",
+                    f"the daemon reports {part.get('name')} {part.get('status')}: "
+                    f"{part.get('detail') or 'no detail'}",
+                    fix=_PART_FIX.get(str(part.get("name")), ""),
+                    data={"status": part.get("status")},
+                )
+            )
     if version != __version__:
         findings.append(
             Finding(
@@ -234,15 +310,46 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
     return findings
 
 
+#: What to do about a part the daemon reports not ok, by its health check's name.
+_PART_FIX = {
+    "keys": "configure a signing key ([[keys]] in sidecar.toml) or unlock it; "
+    "'sidecar keys list' shows each key's state",
+    "tsa": "configure a TSA ([[trust.tsa]] url) or check the network path to it",
+    "cns": "check [cns] (base URL, credentials) and the network path to the CNS",
+    "outbox": "'sidecar outbox list' shows what waits and why",
+}
+
+
+def _daemon_finding(status: str, version: str, url: str, data: dict[str, object]) -> Finding:
+    if status == "down":
+        return Finding("daemon", "fail", f"daemon {version} reports itself down", data=data)
+    if status == "degraded":
+        return Finding(
+            "daemon",
+            "warn",
+            f"daemon {version} answers at {url} but reports itself degraded "
+            "(the daemon:* lines below name the parts)",
+            data=data,
+        )
+    return Finding("daemon", "ok", f"daemon {version} answers at {url}", data=data)
+
+
 async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
     """With ``--sandbox``: the sandbox PKI and its TSA/OCSP, as ``serve --sandbox`` serves them."""
     if not ctx.sandbox:
         return []
-    run_it = "run the sandbox daemon: sidecar serve --sandbox"
+    run_it = ctx.start_sandbox_hint()
     try:
         pki = ctx.sandbox_pki()
     except Exception as exc:  # SandboxError and whatever a damaged directory causes
-        return [Finding("sandbox", "fail", str(exc), fix=f"delete it and {run_it}")]
+        return [
+            Finding(
+                "sandbox",
+                "fail",
+                str(exc),
+                fix=f"move {ctx.paths.sandbox_dir} aside; 'sidecar serve --sandbox' makes another",
+            )
+        ]
     if pki is None:
         return [
             Finding("sandbox", "fail", f"no sandbox PKI in {ctx.paths.sandbox_dir}", fix=run_it)
@@ -310,6 +417,7 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
 CORE_CHECKS: list[tuple[str, DoctorCheck]] = [
     ("config", check_config),
     ("permissions", check_permissions),
+    ("writable", check_writable),
     ("disk", check_disk),
     ("daemon", check_daemon),
     ("sandbox", check_sandbox),

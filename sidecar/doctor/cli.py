@@ -1,4 +1,5 @@
-"""``sidecar doctor [--json] [--config FILE] [--sandbox]``: run the checks, print, exit."""
+"""``sidecar doctor [--json] [--config FILE] [--sandbox] [--host H] [--port P]``: run the
+checks, print, exit."""
 
 from __future__ import annotations
 
@@ -46,7 +47,13 @@ def render_table(report: DoctorReport, width: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def collect_report(paths: Paths, config_file: Path | None, sandbox: bool) -> DoctorReport:
+async def collect_report(
+    paths: Paths,
+    config_file: Path | None,
+    sandbox: bool,
+    host: str | None = None,
+    port: int | None = None,
+) -> DoctorReport:
     """Every check's findings, without printing them (``sidecar setup`` shows them too)."""
     settings, file, error = load_context_settings(paths, config_file)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -57,15 +64,24 @@ async def collect_report(paths: Paths, config_file: Path | None, sandbox: bool) 
             session=session,
             config_file=file,
             config_error=error,
+            host=host,
+            port=port,
         )
         return await run_doctor(ctx)
 
 
 def doctor_command(
-    paths: Paths, *, config_file: Path | None, sandbox: bool, as_json: bool, out: TextIO
+    paths: Paths,
+    *,
+    config_file: Path | None,
+    sandbox: bool,
+    as_json: bool,
+    out: TextIO,
+    host: str | None = None,
+    port: int | None = None,
 ) -> int:
     """Exit status: 0 when nothing is broken (warnings allowed), 1 otherwise."""
-    report = asyncio.run(collect_report(paths, config_file, sandbox))
+    report = asyncio.run(collect_report(paths, config_file, sandbox, host, port))
     if as_json:
         out.write(json.dumps(report.as_json(), indent=2) + "\n")
     else:

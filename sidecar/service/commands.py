@@ -53,7 +53,9 @@ def add_service_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     actions.add_parser("stop", help="stop the service (requests under way finish)")
     status = actions.add_parser("status", help="is it installed, running?")
     status.add_argument("--json", action="store_true")
-    run = actions.add_parser("run", help=argparse.SUPPRESS)  # what the Windows SCM starts
+    # What the Windows SCM starts, not for people: without help=, argparse leaves it out
+    # of the list (help=SUPPRESS would print "==SUPPRESS==" there).
+    run = actions.add_parser("run")
     run.add_argument("--config", type=Path, metavar="FILE")
 
 

@@ -49,7 +49,7 @@ def write_validated(target: Path, text: str) -> Settings:
     The text is written beside the target first and checked from there, so that a
     refused configuration never replaces a working one.
     """
-    from ..server import check_binding
+    from ..server import validate_for_serve
 
     target.parent.mkdir(parents=True, exist_ok=True)
     draft = target.with_name(f".{target.name}.setup-{os.getpid()}")
@@ -61,7 +61,7 @@ def write_validated(target: Path, text: str) -> Settings:
             os.fsync(handle.fileno())
         try:
             settings = load_settings(draft, required=True)
-            check_binding(settings.server, settings.source)
+            validate_for_serve(settings)  # exactly what `serve` refuses
         except ConfigError as exc:
             raise ConfigError(target, exc.key, exc.problem) from None
         os.replace(draft, target)

@@ -31,7 +31,7 @@ from lxml import etree
 from ..keys import Signer
 from .pades import PadesEngine, PadesOptions
 from .profiles import Profile, ProfileRegistry, SchemaError, validate_xml
-from .report import Level
+from .report import Indication, Level, SignatureReport, SubIndication
 from .xml_safety import ParsedXml, parse_xml
 
 __all__ = [
@@ -39,7 +39,9 @@ __all__ = [
     "SchemaViolation",
     "SignedForm",
     "XmlSignFunction",
+    "check_profile",
     "embedded_pdf",
+    "embedded_pdf_note",
     "sign_form",
 ]
 
@@ -112,6 +114,17 @@ def _fill_uuid(tree: etree._ElementTree, profile: Profile) -> tuple[str | None, 
     return value or None, False
 
 
+def check_profile(
+    parsed: ParsedXml, profile: Profile, stage: Literal["input", "output"] = "input"
+) -> None:
+    """The document is the profile's: its root element, then its XSD. Wherever a
+    profile is named (the form recipe, ``POST /v1/xml/sign?profile=``) this is the check;
+    raises :class:`SchemaViolation` with every error."""
+    errors = validate_xml(parsed.tree, profile, parsed.data)
+    if errors:
+        raise SchemaViolation(profile.name, errors, stage)
+
+
 def _serialize(parsed: ParsedXml) -> bytes:
     encoding = parsed.tree.docinfo.encoding or "UTF-8"
     return etree.tostring(parsed.tree, xml_declaration=True, encoding=encoding)
@@ -154,9 +167,7 @@ async def sign_form(
         raise FormError("pdf_unexpected", f"the profile {profile.name!r} has no PDF")
 
     # Validate what the caller sent (UUID filled: line numbers are the caller's).
-    errors = validate_xml(parsed.tree, profile, parsed.data)
-    if errors:
-        raise SchemaViolation(profile.name, errors, "input")
+    check_profile(parsed, profile)
 
     pdf_level = None
     if pdf_element is not None and pdf is not None:
@@ -174,10 +185,7 @@ async def sign_form(
             raise FormError("xml_signing_unavailable", "no XAdES engine is configured")
         document = await sign_xml(document, signer, profile.xml_level, profile)
 
-    result = parse_xml(document)
-    errors = validate_xml(result.tree, profile, result.data)
-    if errors:
-        raise SchemaViolation(profile.name, errors, "output")
+    check_profile(parse_xml(document), profile, "output")
     return SignedForm(document, uuid, filled, pdf_level, profile.xml_level)
 
 
@@ -211,3 +219,29 @@ def embedded_pdf(
                 "bad_base64", f"the PDF at {profile.pdf_xpath} is not valid base64"
             ) from None
     return None
+
+
+def embedded_pdf_note(report: SignatureReport, profile: Profile) -> str | None:
+    """Why an embedded PDF's signature that is not TOTAL_PASSED is nonetheless what the
+    form asks for, or None when it is not.
+
+    The DSR asks only PAdES-B of a PDF/A embedded in a signed XML: the XML's XAdES
+    signature covers the PDF's bytes and carries the timestamp and the validation data.
+    Such a PDF signature, intact and covering the whole file, is INDETERMINATE/TRY_LATER
+    for one reason only — it carries no revocation data — and that is by design, as long
+    as the profile does not itself ask for B-LT or more.
+    """
+    if report.indication is not Indication.INDETERMINATE:
+        return None
+    if report.sub_indication is not SubIndication.TRY_LATER:
+        return None
+    if profile.pdf_level.at_least(Level.B_LT) or not report.level.at_least(profile.pdf_level):
+        return None
+    if report.coverage != "entire_file":
+        return None
+    return (
+        f"PAdES-{profile.pdf_level.value.removeprefix('B-')} by design: the DSR asks only "
+        "PAdES-B of a PDF embedded in a signed XML; the XML's XAdES signature covers it "
+        "and carries the timestamp and validation data, so the PDF signature's own "
+        "INDETERMINATE/TRY_LATER (no revocation data in the PDF) is expected"
+    )
