@@ -257,6 +257,7 @@ CONTRACT: tuple[Operation, ...] = (
                         "delivered",
                         "rejected",
                         "failed",
+                        "unknown",
                     ],
                 },
             ),

@@ -12,6 +12,10 @@ Errors are sorted the way the callers need them:
   or a 5xx means for it);
 - no answer in time: :class:`CnsTimeout`;
 - no answer at all (refused, reset, dropped after the request): :class:`CnsUnreachable`.
+
+:meth:`CnsTransport.lookup` asks what became of a message whose answer was lost
+(the CNS's idempotency key makes the question well-defined): the first answer the
+CNS gave under that key, or None when it processed nothing under it.
 """
 
 from __future__ import annotations
@@ -131,6 +135,13 @@ def parse_reasons(answer: CnsAnswer) -> list[dict[str, str]]:
                 ]
     text = body[:500].decode("utf-8", errors="replace").strip()
     return [{"code": f"http_{answer.status}", "message": text}]
+
+
+def _child_text(root: etree._Element, name: str) -> str:
+    found = root.xpath(f"//*[local-name()='{name}']")
+    if not found:
+        raise ValueError(f"no {name}")
+    return "".join((found[0].text or "").split())
 
 
 def safe_parser() -> etree.XMLParser:
@@ -333,6 +344,31 @@ class CnsTransport:
         """A synchronous PID v2 request."""
         op = getattr(self.settings.wire, f"pid_{kind}")
         return await self._call(op, body=body, key=uuid, time_limit=self.settings.pid_timeout)
+
+    async def lookup(self, uuid: str) -> CnsAnswer | None:
+        """What the CNS answered under idempotency key *uuid*; None: it processed nothing.
+
+        The simulator's contract (``GET /messages/{key}``, ``[cns.wire] lookup``): 200
+        ``<MessageStatus>`` carrying the first answer's status and its body (base64), 404
+        when the key is unknown. Raises :class:`CnsTransportError` when the question
+        cannot be answered (no answer, a 5xx, an answer that does not say).
+        """
+        answer = await self._call(
+            self.settings.wire.lookup,
+            path_uuid=uuid,
+            time_limit=self.settings.delivery_timeout,
+        )
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise CnsTransportError(f"status lookup answered {answer.status}")
+        try:
+            root = etree.fromstring(answer.body, parser=safe_parser())
+            status = int(_child_text(root, "AnswerStatus"))
+            body = base64.b64decode(_child_text(root, "Answer"), validate=True)
+        except (etree.XMLSyntaxError, ValueError) as exc:
+            raise CnsTransportError(f"unusable status lookup: {type(exc).__name__}") from None
+        return CnsAnswer(status, self.settings.wire.content_type, body)
 
     async def probe(self) -> CnsAnswer:
         return await self._call(self.settings.wire.health, time_limit=self.settings.connect_timeout)
