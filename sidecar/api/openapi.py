@@ -128,7 +128,15 @@ _SCHEMAS: dict[str, Any] = {
             "uuid": {"type": "string", "format": "uuid"},
             "status": {
                 "type": "string",
-                "enum": ["queued", "sending", "delivered", "rejected", "failed"],
+                "enum": [
+                    "awaiting_timestamp",
+                    "queued",
+                    "sending",
+                    "delivered",
+                    "rejected",
+                    "failed",
+                    "unknown",
+                ],
             },
             "attempts": {"type": "integer"},
             "answer": {},
