@@ -115,31 +115,38 @@ async def test_delivery_resumes_within_seconds_of_the_cns_return(
 ) -> None:
     port = free_port()
     simulator = CnsSimulator(xsd=stand_in_xsd, seed=7)
-    url = f"http://127.0.0.1:{port}"
-    # The retry schedule alone would next try 30 to 60 s after the first failure.
-    settings = cns_settings(url, backoff_initial=60.0, backoff_max=600.0, connect_timeout=1.0)
-    api = await api_factory(settings)
-    note_uuid, body = fee_notes.make()
-    await deposit(api, body)  # the CNS is not there
-    message = await wait_status(api, note_uuid, {"queued"})
-    deadline = time.monotonic() + 15
-    while not message["last_error"] and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        message = await wait_status(api, note_uuid, {"queued"})
-    assert message["attempts"] == 1 and message["last_error"], message
-    await asyncio.sleep(4)  # probes find it down meanwhile
-    checks = await health_checks(api)
-    assert "deliveries paused" in checks["cns"]["detail"]
-
     thread = SimulatorThread(simulator, port).start()
+    # The retry schedule alone would next try 30 to 60 s after the first failure.
+    settings = cns_settings(
+        thread.url, backoff_initial=60.0, backoff_max=600.0, connect_timeout=1.0
+    )
+    api = await api_factory(settings)
     try:
+        first_uuid, first = fee_notes.make()
+        await deposit(api, first)
+        await wait_status(api, first_uuid, {"delivered"})
+
+        thread.stop()  # the CNS goes away
+        note_uuid, body = fee_notes.make()
+        await deposit(api, body)
+        deadline = time.monotonic() + 15
+        message = await wait_status(api, note_uuid, {"queued", "sending"})
+        while not message["last_error"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            message = await wait_status(api, note_uuid, {"queued", "sending"})
+        assert message["attempts"] == 1 and message["last_error"], message
+        await asyncio.sleep(4)  # probes find it down meanwhile
+        checks = await health_checks(api)
+        assert "deliveries paused" in checks["cns"]["detail"]
+
+        thread = SimulatorThread(simulator, port).start()  # back, on the same port
         back = time.monotonic()
-        message = await wait_status(api, note_uuid, {"delivered"}, timeout=30)
+        message = await wait_status(api, note_uuid, {"delivered"}, timeout=60)
         resumed = time.monotonic() - back
         print(f"delivered {resumed:.2f} s after the CNS came back")
         assert resumed < 10
         assert message["attempts"] == 2
-        assert simulator.booking_counts[note_uuid] == 1
+        assert simulator.booking_counts == {first_uuid: 1, note_uuid: 1}
     finally:
         await api.client.close()
         thread.stop()

@@ -186,3 +186,26 @@ async def test_garbage_reply_gets_a_human_detail_and_the_cause_in_the_log(
     causes = [r for r in caplog.records if "not a TimeStampResp" in r.getMessage()]
     assert causes and getattr(causes[0], "request_id", None) == "garbage-reply-1"
     assert re.search(r"\d{20,}", causes[0].getMessage())  # the raw cause, for whoever debugs
+
+
+async def test_signing_routes_answer_503_while_the_issuer_host_is_down(
+    api_factory: ApiFactory, counted: CountedPKI, tmp_path: Path, fee_note_pdf: bytes
+) -> None:
+    counted.counter.down = set(ISSUER_HOST)
+    api = await api_factory(settings_for(counted.pki, tmp_path), sandbox_pki=counted.pki)
+    xml = b'<?xml version="1.0"?><a xmlns="urn:x"><b>1</b></a>'
+    for level in ("B-T", "B-LT"):
+        for route, body, kind in (
+            ("/v1/xml/sign", xml, "application/xml"),
+            ("/v1/pdf/sign", fee_note_pdf, "application/pdf"),
+        ):
+            response = await api.client.post(
+                f"{route}?level={level}",
+                data=body,
+                headers={**api.auth(), "Content-Type": kind},
+            )
+            problem = await response.json()
+            assert response.status == 503, (route, level, problem)
+            assert problem["code"] == "upstream_unavailable"
+            assert "Retry-After" in response.headers
+    assert breaker(api) == ("closed", 0)
