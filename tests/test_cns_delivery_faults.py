@@ -135,6 +135,9 @@ async def test_delivery_resumes_within_seconds_of_the_cns_return(
             await asyncio.sleep(0.1)
             message = await wait_status(api, note_uuid, {"queued", "sending"})
         assert message["attempts"] == 1 and message["last_error"], message
+        # In words, not an exception's class name.
+        assert "connection refused" in message["last_error"]
+        assert "Error" not in message["last_error"]
         await asyncio.sleep(4)  # probes find it down meanwhile
         checks = await health_checks(api)
         assert "deliveries paused" in checks["cns"]["detail"]

@@ -45,6 +45,7 @@ from lxml import etree
 
 from ..config import CnsAuth, CnsOperation, CnsSettings, CnsTls
 from ..logs import register_secret
+from ..upstream import connection_words, log_cause
 
 if TYPE_CHECKING:
     from ..metrics import Metrics, UpstreamOutcome
@@ -266,7 +267,8 @@ class _TokenSource:
         except TimeoutError:
             raise CnsTimeout("the OAuth2 token endpoint did not answer in time") from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise CnsUnreachable(f"OAuth2 token endpoint: {type(exc).__name__}") from None
+            log_cause(log, "CNS OAuth2 token endpoint", "no usable answer", exc)
+            raise CnsUnreachable(f"OAuth2 token endpoint: {connection_words(exc)}") from None
         if status != 200 or not isinstance(data, dict) or "access_token" not in data:
             error = data.get("error", "") if isinstance(data, dict) else ""
             raise CnsUnreachable(f"OAuth2 token endpoint answered {status} {error}".strip())
@@ -367,7 +369,8 @@ class CnsTransport:
             status = int(_child_text(root, "AnswerStatus"))
             body = base64.b64decode(_child_text(root, "Answer"), validate=True)
         except (etree.XMLSyntaxError, ValueError) as exc:
-            raise CnsTransportError(f"unusable status lookup: {type(exc).__name__}") from None
+            log_cause(log, "CNS status lookup", "unusable answer", exc)
+            raise CnsTransportError("the CNS's status lookup answer is unusable") from None
         return CnsAnswer(status, self.settings.wire.content_type, body)
 
     async def probe(self) -> CnsAnswer:
@@ -429,8 +432,10 @@ class CnsTransport:
             raise CnsTimeout(f"{op.method} {op.path}: no answer within {time_limit:g} s") from None
         except aiohttp.ClientError as exc:
             # Refused, reset, dropped after the request, TLS failure: no answer.
-            outcome, message = "unavailable", f"{op.method} {op.path}: {type(exc).__name__}"
-            raise CnsUnreachable(f"{op.method} {op.path}: {type(exc).__name__}") from None
+            log_cause(log, f"CNS {op.method} {op.path}", "no answer", exc)
+            words = connection_words(exc)
+            outcome, message = "unavailable", f"{op.method} {op.path}: {words}"
+            raise CnsUnreachable(f"{op.method} {op.path}: {words}") from None
         finally:
             # Nothing recorded for a call cancelled on the way (a stopping daemon).
             if self.metrics is not None and (answer is not None or outcome != "ok"):

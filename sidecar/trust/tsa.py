@@ -79,6 +79,7 @@ from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
 from ..config import BreakerSettings, TsaSettings
 from ..logs import register_secret, request_extra
+from ..upstream import connection_words, describe, log_cause
 from .anchors import TrustAnchors
 from .breaker import BreakerStatus, CircuitBreaker
 
@@ -497,7 +498,7 @@ def parse_request(data: bytes) -> tsp.TimeStampReq:
         request = tsp.TimeStampReq.load(data, strict=True)
         request.native  # noqa: B018 - force a full parse: asn1crypto is lazy
     except (ValueError, TypeError) as exc:
-        log.info("refused TimeStampReq: %s", _describe(exc), extra=request_extra())
+        log.info("refused TimeStampReq: %s", describe(exc), extra=request_extra())
         raise ValueError("not a DER-encoded RFC 3161 TimeStampReq") from None
     if request["version"].native != "v1":
         raise ValueError("TimeStampReq version must be 1")
@@ -700,7 +701,7 @@ async def _missing_issuers(
                     candidates = await fetch_issuers(cert)
                 except (CertificateFetchError, TimeoutError) as exc:
                     who = cert.subject.human_friendly
-                    log.warning("cannot fetch the issuer of %s: %s", who, _describe(exc))
+                    log.warning("cannot fetch the issuer of %s: %s", who, describe(exc))
                     unreachable.append(f"issuer of {who}")
                     break
                 issuer = next(
@@ -1116,7 +1117,7 @@ class TimeStampClient:
                 try:
                     await self._keep_issuer(issuer)
                 except Exception as exc:  # kept in memory still; the disk is a convenience
-                    log.warning("cannot keep the fetched issuer certificate: %s", _describe(exc))
+                    log.warning("cannot keep the fetched issuer certificate: %s", describe(exc))
         return found
 
     def timestamper(self) -> CheckedTimeStamper:
@@ -1279,7 +1280,7 @@ class TimeStampClient:
             _log_cause(endpoint.url, "no answer", exc)
             raise _Transient(
                 TsaUnavailable(
-                    f"TSA {endpoint.url} unreachable ({_network_words(exc)})",
+                    f"TSA {endpoint.url} unreachable ({connection_words(exc)})",
                     url=endpoint.url,
                     retry_after=self._cool_down,
                 )
@@ -1344,32 +1345,14 @@ class _Transient(Exception):
         self.error = error
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _log_cause(tsa: str, what: str, exc: BaseException) -> None:
-    """The low-level cause of a failure goes to the log (with the request id), never
-    into the message a caller reads."""
-    log.warning("TSA %s: %s: %s", tsa, what, _describe(exc), extra=request_extra())
+    log_cause(log, f"TSA {tsa}", what, exc)
 
 
 def _shorten(text: str, limit: int = 200) -> str:
     """A TSA's own status text, kept to a readable length."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _network_words(exc: BaseException) -> str:
-    """A connection failure in words for people (the exception text is for the log)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connection refused, or the host cannot be found"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
-        return "the connection was closed without an answer"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut off"
-    return "the connection failed"
 
 
 class CheckedTimeStamper(TimeStamper):
