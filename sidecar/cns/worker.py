@@ -223,8 +223,8 @@ class DeliveryWorker:
         self._wake.set()
 
     async def _idle_seconds(self) -> float:
-        if len(self._inflight) >= self.settings.workers:
-            return self.poll_seconds
+        if len(self._inflight) >= self.settings.workers or self.outage_since is not None:
+            return self.poll_seconds  # (the prober wakes the loop when the CNS is back)
         due = await self.outbox.run(self.outbox.next_due)
         if due is None:
             return self.poll_seconds
@@ -339,13 +339,16 @@ class DeliveryWorker:
         self._lookup_task = asyncio.create_task(self._resolve_unknown(), name="cns-lookup")
 
     async def _resolve_unknown(self) -> None:
-        for message in await self.outbox.run(self.outbox.unknown):
-            try:
-                answer = await self.transport.lookup(message.id)
-            except CnsTransportError as exc:
-                log.info("the CNS still cannot say what became of %s: %s", message.id, exc)
-                return  # the same for the others; next round
-            await self._record(message, self._looked_up(answer, _Outcome(Status.UNKNOWN)))
+        try:
+            for message in await self.outbox.run(self.outbox.unknown):
+                try:
+                    answer = await self.transport.lookup(message.id)
+                except CnsTransportError as exc:
+                    log.info("the CNS still cannot say what became of %s: %s", message.id, exc)
+                    return  # the same for the others; next round
+                await self._record(message, self._looked_up(answer, _Outcome(Status.UNKNOWN)))
+        except Exception:  # a full disk, say: the next round tries again
+            log.exception("could not settle the messages in state unknown")
 
     # -- outages -----------------------------------------------------------------------
 
@@ -368,18 +371,33 @@ class DeliveryWorker:
                         exc,
                         self.probe_seconds,
                     )
+                if not await self._anything_waiting():
+                    # Nothing to resume: the next delivery finds out for itself.
+                    self.outage_since = None
+                    return
                 continue
             break  # any answer: reachable (a 5xx is the retry schedule's business)
         if self.outage_since is None or self._stopping:
             return  # a blip: the next retry step comes soon enough
         down = time.time() - self.outage_since
         self.outage_since = None
-        expedited = await self.outbox.run(self.outbox.expedite)
+        try:
+            expedited = await self.outbox.run(self.outbox.expedite)
+        except Exception:  # they go at their next retry step instead
+            log.exception("could not bring the waiting CNS messages forward")
+            expedited = 0
         log.info(
             "the CNS answers again after %.0f s: %d waiting message(s) sent now", down, expedited
         )
         self._last_lookup = 0.0  # and ask about the unknown ones
         self._wake.set()
+
+    async def _anything_waiting(self) -> bool:
+        try:
+            due = await self.outbox.run(self.outbox.next_due)
+            return due is not None or bool(await self.outbox.run(self.outbox.unknown))
+        except Exception:  # cannot tell: keep probing
+            return True
 
     # -- offline mode ------------------------------------------------------------------
 
