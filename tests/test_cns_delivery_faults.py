@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from sidecar.clients import Scope
 from sidecar.cns.doctor import check_outbox
 from sidecar.cns.outbox import Outbox, Status
 from sidecar.cns.simulator import CnsSimulator
 from sidecar.cns.subsystem import CNS
 from sidecar.config import Settings
+from tests.fixtures.browser import Browser
 from tests.fixtures.cns import FeeNotes, SimulatorThread, cns_settings, wait_status, xml_headers
 from tests.fixtures.daemon import Api, free_port
 from tests.test_doctor import by_check, home_paths, run_checks
@@ -167,3 +169,26 @@ async def test_doctor_names_unknown_messages(tmp_path: Path) -> None:
     assert found["outbox:unknown"].status == "warn"
     assert "do not send them again under a new UUID" in found["outbox:unknown"].fix
     assert found["outbox:unknown"].data["unknown"] == 1
+
+
+async def test_status_page_shows_unknown_messages(cns_api: Api, browser: Browser) -> None:
+    outbox = cns_api.client.app[CNS].outbox
+    # Held (never claimed by the worker meanwhile), then as the worker leaves it.
+    await outbox.run(
+        outbox.enqueue_deposit, NOTE, b"<x/>", "d", client="all", awaiting_timestamp=True
+    )
+    await outbox.run(outbox.finish, NOTE, Status.UNKNOWN, error="answer lost")
+    token = cns_api.store.create("it-admin", frozenset({Scope.ADMIN}))
+    page = await browser.new_page()
+    await page.goto(f"{cns_api.client.make_url('/')}#token={token}")
+    assert await page.wait_for("document.body.dataset.ready") == "true"
+    figure = await page.evaluate(
+        "(() => { const e = document.querySelector('[data-field=\"outbox.unknown\"]');"
+        " return [e.dataset.value, e.className]; })()"
+    )
+    assert figure[0] == "1" and "warn" in figure[1]
+    detail = await page.evaluate(
+        "document.querySelector('[data-check=\"outbox\"] .detail').textContent"
+    )
+    assert "do not send them again under a new UUID" in detail
+    await page.close()
