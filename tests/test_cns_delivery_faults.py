@@ -32,6 +32,14 @@ async def deposit(api: Api, body: bytes) -> None:
     assert response.status == 202, await response.text()
 
 
+async def settled(api: Api, fee_notes: FeeNotes) -> tuple[str, dict]:
+    """Deposit a fresh note; its uuid and its message once the worker is done with it."""
+    note_uuid, body = fee_notes.make()
+    await deposit(api, body)
+    message = await wait_status(api, note_uuid, {"delivered", "failed", "unknown", "rejected"})
+    return note_uuid, message
+
+
 async def health_checks(api: Api) -> dict[str, dict]:
     response = await api.client.get("/v1/health", headers=api.auth("all"))
     return {c["name"]: c for c in (await response.json())["checks"]}
@@ -47,9 +55,7 @@ async def test_answer_dropped_after_booking_is_found_out_by_the_status_lookup(
     api = await api_factory(cns_settings(cns_simulator.url, max_attempts=2))
     simulator = cns_simulator.simulator
     simulator.faults.drop_after_booking = 10
-    note_uuid, body = fee_notes.make()
-    await deposit(api, body)
-    message = await wait_status(api, note_uuid, {"delivered", "failed", "unknown", "rejected"})
+    note_uuid, message = await settled(api, fee_notes)
     # Not "failed": the CNS booked it, and the daemon asked before giving up.
     assert message["status"] == "delivered", message
     assert message["attempts"] == 2
@@ -71,9 +77,7 @@ async def test_answer_lost_and_cns_cannot_say_is_unknown_then_settled(
     worker.lookup_seconds = 0.5
     simulator = cns_simulator.simulator
     simulator.faults.latency = 1.5
-    note_uuid, body = fee_notes.make()
-    await deposit(api, body)
-    message = await wait_status(api, note_uuid, {"delivered", "failed", "unknown", "rejected"})
+    note_uuid, message = await settled(api, fee_notes)
     assert message["status"] == "unknown", message
     assert "do not send it again under a new UUID" in message["last_error"]
     cns_simulator.wait_for(lambda s: s.booking_counts[note_uuid] == 1, timeout=10)
@@ -102,9 +106,7 @@ async def test_never_processed_is_failed_and_says_resubmitting_is_safe(
     # Connections dropped before processing: the CNS's lookup says it has no record.
     api = await api_factory(cns_settings(cns_simulator.url, max_attempts=2))
     cns_simulator.simulator.faults.drop_after_read = 10
-    note_uuid, body = fee_notes.make()
-    await deposit(api, body)
-    message = await wait_status(api, note_uuid, {"delivered", "failed", "unknown", "rejected"})
+    note_uuid, message = await settled(api, fee_notes)
     assert message["status"] == "failed"
     assert "the CNS has no record of it" in message["last_error"]
     assert note_uuid not in cns_simulator.simulator.bookings
