@@ -18,7 +18,7 @@ from sidecar.cns.doctor import check_outbox
 from sidecar.cns.outbox import Outbox, Status
 from sidecar.cns.simulator import CnsSimulator
 from sidecar.cns.subsystem import CNS
-from sidecar.config import Settings
+from sidecar.config import CnsOperation, CnsWire, Settings
 from tests.fixtures.browser import Browser
 from tests.fixtures.cns import FeeNotes, SimulatorThread, cns_settings, wait_status, xml_headers
 from tests.fixtures.daemon import Api, free_port
@@ -110,6 +110,19 @@ async def test_never_processed_is_failed_and_says_resubmitting_is_safe(
     assert message["status"] == "failed"
     assert "the CNS has no record of it" in message["last_error"]
     assert note_uuid not in cns_simulator.simulator.bookings
+
+
+async def test_a_cns_without_status_lookup_never_makes_failed(
+    api_factory: Callable[..., Awaitable[Api]],
+    cns_simulator: SimulatorThread,
+    fee_notes: FeeNotes,
+) -> None:
+    # A lookup path the CNS does not serve answers 404 too: that is no "no record".
+    wire = CnsWire(lookup=CnsOperation("GET", "/nowhere/{uuid}"))
+    api = await api_factory(cns_settings(cns_simulator.url, max_attempts=2, wire=wire))
+    cns_simulator.simulator.faults.drop_after_read = 10
+    _, message = await settled(api, fee_notes)
+    assert message["status"] == "unknown", message
 
 
 async def test_delivery_resumes_within_seconds_of_the_cns_return(

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics, UpstreamOutcome
 
 __all__ = [
+    "UNKNOWN_MESSAGE",
     "CnsAnswer",
     "CnsConfigError",
     "CnsTimeout",
@@ -65,6 +66,9 @@ __all__ = [
 log = logging.getLogger("sidecar.cns.transport")
 
 PidKind = Literal["simulation", "validation", "contestation"]
+
+#: The reason code of a status lookup's 404 when nothing was processed under the key.
+UNKNOWN_MESSAGE = "UNKNOWN_MESSAGE"
 
 
 class CnsConfigError(Exception):
@@ -352,8 +356,9 @@ class CnsTransport:
 
         The simulator's contract (``GET /messages/{key}``, ``[cns.wire] lookup``): 200
         ``<MessageStatus>`` carrying the first answer's status and its body (base64), 404
-        when the key is unknown. Raises :class:`CnsTransportError` when the question
-        cannot be answered (no answer, a 5xx, an answer that does not say).
+        with reason :data:`UNKNOWN_MESSAGE` when the key is unknown. Raises
+        :class:`CnsTransportError` when the question cannot be answered (no answer, a
+        5xx, an answer that does not say).
         """
         answer = await self._call(
             self.settings.wire.lookup,
@@ -361,7 +366,11 @@ class CnsTransport:
             time_limit=self.settings.delivery_timeout,
         )
         if answer.status == 404:
-            return None
+            # Only the CNS's own "no such key" means nothing was processed: a 404 of a
+            # path it does not serve (a lookup it lacks) must not read as "safe to resend".
+            if any(r["code"] == UNKNOWN_MESSAGE for r in answer.reasons()):
+                return None
+            raise CnsTransportError("the CNS does not answer status lookups (HTTP 404)")
         if answer.status != 200:
             raise CnsTransportError(f"status lookup answered {answer.status}")
         try:
