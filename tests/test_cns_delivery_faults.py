@@ -184,6 +184,12 @@ async def test_doctor_names_unknown_messages(tmp_path: Path) -> None:
     assert found["outbox:unknown"].status == "warn"
     assert "do not send them again under a new UUID" in found["outbox:unknown"].fix
     assert found["outbox:unknown"].data["unknown"] == 1
+    # The operator may send it again, with the same UUID (the CNS deduplicates).
+    outbox = Outbox(paths.data_dir / "outbox.sqlite3")
+    try:
+        assert outbox.retry(NOTE).status == Status.QUEUED
+    finally:
+        outbox.close()
 
 
 async def test_status_page_shows_unknown_messages(cns_api: Api, browser: Browser) -> None:
