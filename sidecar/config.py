@@ -208,6 +208,9 @@ class CnsWire:
     pid_contestation: CnsOperation = field(
         default_factory=lambda: CnsOperation("POST", "/pid/contestations")
     )
+    #: What became of a message whose answer was lost, asked by its idempotency key
+    #: (``{uuid}``) before the daemon gives up on it (see ``CnsTransport.lookup``).
+    lookup: CnsOperation = field(default_factory=lambda: CnsOperation("GET", "/messages/{uuid}"))
     #: What the reachability health check asks (any answer below 500 counts as up).
     health: CnsOperation = field(default_factory=lambda: CnsOperation("GET", "/health"))
     #: The header carrying the message's UUID, the CNS's idempotency key.

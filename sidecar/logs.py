@@ -12,11 +12,19 @@ import json
 import logging
 import sys
 import threading
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonLinesFormatter", "SecretMask", "configure_logging", "register_secret"]
+__all__ = [
+    "JsonLinesFormatter",
+    "SecretMask",
+    "configure_logging",
+    "current_request_id",
+    "register_secret",
+    "request_extra",
+]
 
 _MASK = "[redacted]"
 _secrets: set[str] = set()
@@ -28,6 +36,17 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "asctime",
     "taskName",
 }
+
+
+#: The id of the API request being served (set by the API's outermost middleware), so
+#: that code below the API layer can log a cause with it: ``extra=request_extra()``.
+current_request_id: ContextVar[str | None] = ContextVar("sidecar_request_id", default=None)
+
+
+def request_extra() -> dict[str, str]:
+    """``{"request_id": ...}`` while an API request is served, else nothing."""
+    request_id = current_request_id.get()
+    return {"request_id": request_id} if request_id else {}
 
 
 def register_secret(secret: str) -> None:

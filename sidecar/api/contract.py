@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..clients import Scope
+from ..cns.outbox import Status
 
-__all__ = ["CONTRACT", "Operation", "Parameter"]
+__all__ = ["CONTRACT", "MESSAGE_STATES", "Operation", "Parameter"]
 
 #: The :class:`~sidecar.config.LimitSettings` field that bounds a route's body.
 BodyLimit = Literal["json", "xml", "pdf", "form", "timestamp"]
+
+
+#: The states of a CNS message (docs/api.md), in the order of its life.
+MESSAGE_STATES = [s.value for s in Status]
 
 
 @dataclass(frozen=True)
@@ -250,14 +255,7 @@ CONTRACT: tuple[Operation, ...] = (
                 "Only messages in this state.",
                 {
                     "type": "string",
-                    "enum": [
-                        "awaiting_timestamp",
-                        "queued",
-                        "sending",
-                        "delivered",
-                        "rejected",
-                        "failed",
-                    ],
+                    "enum": MESSAGE_STATES,
                 },
             ),
             Parameter(

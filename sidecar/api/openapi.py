@@ -6,7 +6,7 @@ from collections.abc import Collection
 from typing import Any
 
 from .. import __version__
-from .contract import CONTRACT, Operation
+from .contract import CONTRACT, MESSAGE_STATES, Operation
 
 __all__ = ["build_openapi"]
 
@@ -128,7 +128,7 @@ _SCHEMAS: dict[str, Any] = {
             "uuid": {"type": "string", "format": "uuid"},
             "status": {
                 "type": "string",
-                "enum": ["queued", "sending", "delivered", "rejected", "failed"],
+                "enum": MESSAGE_STATES,
             },
             "attempts": {"type": "integer"},
             "answer": {},

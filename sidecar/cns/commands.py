@@ -50,7 +50,9 @@ def add_parsers(
     listing.add_argument("--status", choices=[s.value for s in Status])
     listing.add_argument("--json", action="store_true")
     config_option(listing)
-    retry = outbox_commands.add_parser("retry", help="queue a failed message again")
+    retry = outbox_commands.add_parser(
+        "retry", help="queue a failed or unknown message again (same UUID: the CNS deduplicates)"
+    )
     retry.add_argument("uuid")
     config_option(retry)
 

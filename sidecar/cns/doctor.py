@@ -6,7 +6,8 @@
   own words and fix. With ``--sandbox`` and no sandbox URL configured: the simulator
   ``serve --sandbox`` runs on ``[sandbox] cns_port``.
 - ``outbox``: read-only look at the outbox database: how old the oldest message not
-  yet settled is, and how many gave up (``failed``).
+  yet settled is, how many gave up (``failed``: the CNS has no record of them) and how
+  many have an outcome the CNS could not yet tell (``unknown``: never resubmit them).
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
         "pending": pending,
         "oldest_pending_seconds": round(age, 1),
         "failed": failed,
+        "unknown": counts.get("unknown", 0),
     }
     findings = []
     if age > PENDING_WARN_SECONDS:
@@ -198,6 +200,20 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
                 f"{failed} message(s) failed: the retry budget was spent",
                 fix="'sidecar outbox list --status failed' shows why; once the cause is "
                 "fixed, 'sidecar outbox retry UUID' sends one again",
+                data=data,
+            )
+        )
+    unknown = counts.get("unknown", 0)
+    if unknown:
+        findings.append(
+            Finding(
+                "outbox:unknown",
+                "warn",
+                f"{unknown} message(s) in state unknown: their answer was lost and the CNS "
+                "could not yet say whether it booked them",
+                fix="do not send them again under a new UUID (the CNS could bill twice); the "
+                "daemon asks the CNS until it says. 'sidecar outbox list --status unknown' "
+                "shows them; 'sidecar outbox retry UUID' sends one again with the same UUID",
                 data=data,
             )
         )

@@ -6,9 +6,15 @@ answered — a crash or a power cut after that loses nothing.
 
 A message's life::
 
-    awaiting_timestamp ─▶ queued ─▶ sending ─▶ delivered | rejected | failed
-                            ▲          │
-                            └──────────┘  5xx, timeout, connection error: retried later
+    awaiting_timestamp ─▶ queued ─▶ sending ─▶ delivered | rejected | failed | unknown
+                            ▲          │                                       │
+                            └──────────┘  5xx, timeout, connection error:      │
+                                          retried later                        │
+              delivered | rejected | failed ◀── the CNS's status lookup ◀──────┘
+
+``unknown``: the retry budget is spent, the last answer was lost (the CNS may have
+booked it) and the CNS could not be asked. Not final: the worker asks the CNS again
+until it says; never to be resubmitted under a new UUID meanwhile.
 
 Its UUID is its identity here and the CNS's idempotency key there: re-sending a
 message after a crash, with the same UUID, cannot make the CNS book it twice.
@@ -58,6 +64,7 @@ class Status(StrEnum):
     DELIVERED = "delivered"
     REJECTED = "rejected"
     FAILED = "failed"
+    UNKNOWN = "unknown"
 
 
 FINAL = frozenset({Status.DELIVERED, Status.REJECTED, Status.FAILED})
@@ -506,18 +513,36 @@ class Outbox:
                 raise UnknownMessage(uuid)
             return self._select("WHERE id = ?", (uuid,))[0]
 
+    def unknown(self) -> list[Message]:
+        """Messages whose outcome at the CNS is not known (to be asked about)."""
+        with self._lock:
+            return self._select("WHERE status = 'unknown' ORDER BY seq")
+
+    def expedite(self) -> int:
+        """Queued messages waiting for their next retry become due now (the CNS is back)."""
+        now = self._clock()
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE messages SET next_attempt_at = ? "
+                "WHERE status = 'queued' AND next_attempt_at > ?",
+                (now, now),
+            )
+            return cursor.rowcount
+
     # -- operator ----------------------------------------------------------------------
 
     def retry(self, uuid: str) -> Message:
-        """``failed`` → ``queued`` with a fresh retry budget (``sidecar outbox retry``)."""
+        """``failed`` or ``unknown`` → ``queued`` with a fresh retry budget (``sidecar
+        outbox retry``): sent again with the same UUID, which the CNS deduplicates."""
         now = self._clock()
         with self._transaction():
             found = self._select("WHERE id = ?", (uuid,))
             if not found:
                 raise UnknownMessage(uuid)
-            if found[0].status != Status.FAILED:
+            if found[0].status not in (Status.FAILED, Status.UNKNOWN):
                 raise InvalidState(
-                    found[0], f"only a failed message can be retried, not {found[0].status}"
+                    found[0],
+                    f"only a failed or unknown message can be retried, not {found[0].status}",
                 )
             self._db.execute(
                 "UPDATE messages SET status = 'queued', attempts = 0, next_attempt_at = ?, "

@@ -22,6 +22,15 @@ name). Every request but ``GET /health`` carries ``Idempotency-Key: <UUID>``.
     ``<Motive>``). The simulation answer computes amounts from :data:`PID_RULES`
     with anomaly codes (:data:`ANOMALIES`); a validation books the transaction and
     gives its reference; a contestation of a known validation is registered.
+``GET /messages/{key}`` (status of a message, by its idempotency key)
+    What became of a request, asked after its answer was lost: ``200
+    <MessageStatus><UUID/><Known>true</Known><AnswerStatus>200</AnswerStatus>
+    <Answer>base64 of the answer</Answer></MessageStatus>`` when the key was
+    processed (the first answer, as a replay would give it), ``404 <Rejection>`` with
+    reason ``UNKNOWN_MESSAGE`` when nothing was processed under it: sending it again
+    is then safe. Idempotent, books nothing. Only ``latency`` applies to it (an answer
+    lost to a slow CNS stays lost for the lookup too); the other faults concern
+    processing.
 ``GET /health``
     ``200 ok``.
 
@@ -285,6 +294,8 @@ class CnsSimulator:
         self.validations: dict[str, str] = {}
         #: Idempotency key → requests received (duplicates included).
         self.requests: Counter[str] = Counter()
+        #: Idempotency key → status lookups received (``GET /messages/{key}``).
+        self.lookups: Counter[str] = Counter()
         self.dropped = 0
         self._references = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -294,6 +305,7 @@ class CnsSimulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2, middlewares=[_dropped])
         app.router.add_get("/health", self._health)
+        app.router.add_get("/messages/{key}", self._lookup)
         app.router.add_post("/fee-notes", self._keyed(self._deposit))
         app.router.add_delete("/fee-notes/{uuid}", self._keyed(self._cancel))
         for kind in ("simulation", "validation", "contestation"):
@@ -308,11 +320,32 @@ class CnsSimulator:
             "booking_counts": dict(self.booking_counts),
             "cancellations": dict(self.cancellations),
             "requests": dict(self.requests),
+            "lookups": dict(self.lookups),
             "dropped": self.dropped,
         }
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _lookup(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"].strip().lower()
+        self.lookups[key] += 1
+        if self.faults.latency:
+            await asyncio.sleep(self.faults.latency)
+        answer = self.answers.get(key)
+        if answer is None:
+            reason = ("UNKNOWN_MESSAGE", "aucune demande traitée sous cette clé")
+            return _rejection(404, key, [reason]).response()
+        return _answer(
+            200,
+            _xml(
+                "MessageStatus",
+                ("UUID", key),
+                ("Known", "true"),
+                ("AnswerStatus", str(answer.status)),
+                ("Answer", base64.b64encode(answer.body).decode("ascii")),
+            ),
+        ).response()
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())

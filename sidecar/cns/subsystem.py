@@ -192,10 +192,15 @@ def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:
     async def check() -> CheckResult:
         if runtime.transport is None:
             return CheckResult("cns", "degraded", f"not configured: {runtime.unavailable}")
+        worker = runtime.worker
         try:
             answer = await runtime.transport.probe()
         except CnsTransportError as exc:
-            return CheckResult("cns", "degraded", f"unreachable: {exc}")
+            paused = ""
+            if worker is not None and worker.outage_since is not None:
+                down = time.time() - worker.outage_since
+                paused = f"; deliveries paused for {down:.0f} s, resumed when it answers"
+            return CheckResult("cns", "degraded", f"unreachable: {exc}{paused}")
         status = "ok" if answer.status < 500 else "degraded"
         return CheckResult("cns", status, f"{runtime.transport.base_url} answered {answer.status}")
 
@@ -208,9 +213,17 @@ def _outbox_check(outbox: Outbox) -> Callable[[], Awaitable[CheckResult]]:
         counts = await outbox.run(outbox.counts)
         age = round(time.time() - oldest, 1) if oldest is not None else 0.0
         failed = counts.get("failed", 0)
+        unknown = counts.get("unknown", 0)
         data = {"depth": depth, "oldest_pending_seconds": age, "failed": failed}
-        if failed or age > STALE_SECONDS:
+        if unknown:
+            data["unknown"] = unknown
+        if failed or unknown or age > STALE_SECONDS:
             detail = f"{depth} pending, oldest {age:.0f} s, {failed} failed"
+            if unknown:
+                detail += (
+                    f", {unknown} unknown (the CNS may have booked them: do not send them "
+                    "again under a new UUID)"
+                )
             return CheckResult("outbox", "degraded", detail, data)
         return CheckResult("outbox", "ok", f"{depth} pending", data)
 

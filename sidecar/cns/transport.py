@@ -12,6 +12,10 @@ Errors are sorted the way the callers need them:
   or a 5xx means for it);
 - no answer in time: :class:`CnsTimeout`;
 - no answer at all (refused, reset, dropped after the request): :class:`CnsUnreachable`.
+
+:meth:`CnsTransport.lookup` asks what became of a message whose answer was lost
+(the CNS's idempotency key makes the question well-defined): the first answer the
+CNS gave under that key, or None when it processed nothing under it.
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ from lxml import etree
 
 from ..config import CnsAuth, CnsOperation, CnsSettings, CnsTls
 from ..logs import register_secret
+from ..upstream import connection_words, log_cause
 
 if TYPE_CHECKING:
     from ..metrics import Metrics, UpstreamOutcome
 
 __all__ = [
+    "UNKNOWN_MESSAGE",
     "CnsAnswer",
     "CnsConfigError",
     "CnsTimeout",
@@ -60,6 +66,9 @@ __all__ = [
 log = logging.getLogger("sidecar.cns.transport")
 
 PidKind = Literal["simulation", "validation", "contestation"]
+
+#: The reason code of a status lookup's 404 when nothing was processed under the key.
+UNKNOWN_MESSAGE = "UNKNOWN_MESSAGE"
 
 
 class CnsConfigError(Exception):
@@ -131,6 +140,13 @@ def parse_reasons(answer: CnsAnswer) -> list[dict[str, str]]:
                 ]
     text = body[:500].decode("utf-8", errors="replace").strip()
     return [{"code": f"http_{answer.status}", "message": text}]
+
+
+def _child_text(root: etree._Element, name: str) -> str:
+    found = root.xpath(f"//*[local-name()='{name}']")
+    if not found:
+        raise ValueError(f"no {name}")
+    return "".join((found[0].text or "").split())
 
 
 def safe_parser() -> etree.XMLParser:
@@ -272,7 +288,8 @@ class _TokenSource:
         except TimeoutError:
             raise CnsTimeout("the OAuth2 token endpoint did not answer in time") from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise CnsUnreachable(f"OAuth2 token endpoint: {type(exc).__name__}") from None
+            log_cause(log, "CNS OAuth2 token endpoint", "no usable answer", exc)
+            raise CnsUnreachable(f"OAuth2 token endpoint: {connection_words(exc)}") from None
         if status != 200 or not isinstance(data, dict) or "access_token" not in data:
             error = data.get("error", "") if isinstance(data, dict) else ""
             raise CnsUnreachable(f"OAuth2 token endpoint answered {status} {error}".strip())
@@ -351,6 +368,37 @@ class CnsTransport:
         op = getattr(self.settings.wire, f"pid_{kind}")
         return await self._call(op, body=body, key=uuid, time_limit=self.settings.pid_timeout)
 
+    async def lookup(self, uuid: str) -> CnsAnswer | None:
+        """What the CNS answered under idempotency key *uuid*; None: it processed nothing.
+
+        The simulator's contract (``GET /messages/{key}``, ``[cns.wire] lookup``): 200
+        ``<MessageStatus>`` carrying the first answer's status and its body (base64), 404
+        with reason :data:`UNKNOWN_MESSAGE` when the key is unknown. Raises
+        :class:`CnsTransportError` when the question cannot be answered (no answer, a
+        5xx, an answer that does not say).
+        """
+        answer = await self._call(
+            self.settings.wire.lookup,
+            path_uuid=uuid,
+            time_limit=self.settings.delivery_timeout,
+        )
+        if answer.status == 404:
+            # Only the CNS's own "no such key" means nothing was processed: a 404 of a
+            # path it does not serve (a lookup it lacks) must not read as "safe to resend".
+            if any(r["code"] == UNKNOWN_MESSAGE for r in answer.reasons()):
+                return None
+            raise CnsTransportError("the CNS does not answer status lookups (HTTP 404)")
+        if answer.status != 200:
+            raise CnsTransportError(f"status lookup answered {answer.status}")
+        try:
+            root = etree.fromstring(answer.body, parser=safe_parser())
+            status = int(_child_text(root, "AnswerStatus"))
+            body = base64.b64decode(_child_text(root, "Answer"), validate=True)
+        except (etree.XMLSyntaxError, ValueError) as exc:
+            log_cause(log, "CNS status lookup", "unusable answer", exc)
+            raise CnsTransportError("the CNS's status lookup answer is unusable") from None
+        return CnsAnswer(status, self.settings.wire.content_type, body)
+
     async def probe(self) -> CnsAnswer:
         return await self._call(self.settings.wire.health, time_limit=self.settings.connect_timeout)
 
@@ -410,8 +458,10 @@ class CnsTransport:
             raise CnsTimeout(f"{op.method} {op.path}: no answer within {time_limit:g} s") from None
         except aiohttp.ClientError as exc:
             # Refused, reset, dropped after the request, TLS failure: no answer.
-            outcome, message = "unavailable", f"{op.method} {op.path}: {type(exc).__name__}"
-            raise CnsUnreachable(f"{op.method} {op.path}: {type(exc).__name__}") from None
+            log_cause(log, f"CNS {op.method} {op.path}", "no answer", exc)
+            words = connection_words(exc)
+            outcome, message = "unavailable", f"{op.method} {op.path}: {words}"
+            raise CnsUnreachable(f"{op.method} {op.path}: {words}") from None
         finally:
             # Nothing recorded for a call cancelled on the way (a stopping daemon).
             if self.metrics is not None and (answer is not None or outcome != "ok"):

@@ -8,8 +8,24 @@ What an answer means for a message:
   same UUID, which the CNS deduplicates. The delay grows exponentially
   (``backoff_initial * backoff_factor ** (attempt - 1)``, at most ``backoff_max``)
   and a random share (``backoff_jitter``) is taken off so that daemons brought back
-  by the same network outage do not retry in step. After ``max_attempts``: ``failed``.
+  by the same network outage do not retry in step.
 - any other 4xx: ``rejected``, final, with the CNS's reasons.
+
+After ``max_attempts`` the last answer may have been lost after the CNS booked the
+message (a timeout, a dropped connection), so the worker does not guess: it asks the
+CNS what became of the message's UUID (:meth:`CnsTransport.lookup`). The CNS's first
+answer under that key settles it (``delivered``/``rejected``); "nothing processed
+under that key" makes it ``failed`` (sending it again is safe); no answer to the
+question makes it ``unknown``: it may be booked, it must not be resubmitted under a
+new UUID, and the worker asks again (every :data:`LOOKUP_SECONDS`, and as soon as
+the CNS answers after an outage) until the CNS says.
+
+Outages: a delivery that gets no answer at all (refused, reset, timeout) starts a
+probe of the CNS's health operation every :data:`PROBE_SECONDS` (bounded by
+``connect_timeout``). If a probe gets no answer either, the CNS is down: deliveries
+pause (they would only spend their retry budget) until a probe gets an answer; then
+every message waiting for its next retry is sent at once, instead of at its next
+retry step, which after a long outage is up to ``backoff_max`` away.
 
 At start, rows left ``sending`` by a crash are queued again (:meth:`Outbox.recover`).
 On stop, deliveries under way get ``drain_timeout`` seconds to finish; the rest are
@@ -52,6 +68,10 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 #: How often the worker looks at the database even when nothing woke it (a CLI retry,
 #: a second process, the offline-mode upgrades).
 POLL_SECONDS = 2.0
+#: Seconds between two probes of a CNS that gave no answer (jittered by ±50 %).
+PROBE_SECONDS = 2.0
+#: Seconds between two rounds of status lookups for messages left ``unknown``.
+LOOKUP_SECONDS = 60.0
 
 
 class TimestampUnavailable(Exception):
@@ -77,6 +97,19 @@ class _Outcome:
     status: Status
     answer: CnsAnswer | None = None
     error: str = ""
+    #: No answer at all (refused, reset, timeout): the CNS may be down.
+    unanswered: bool = False
+    #: Settled by the CNS's status lookup, not by the attempt's own answer.
+    looked_up: bool = False
+
+
+def _judge(answer: CnsAnswer) -> _Outcome:
+    """What one CNS answer means for its message."""
+    if answer.ok:
+        return _Outcome(Status.DELIVERED, answer)
+    if answer.status >= 500 or answer.status in RETRYABLE_STATUSES:
+        return _Outcome(Status.QUEUED, answer, f"CNS answered {answer.status}")
+    return _Outcome(Status.REJECTED, answer, f"CNS answered {answer.status}")
 
 
 class DeliveryWorker:
@@ -107,6 +140,13 @@ class DeliveryWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_upgrade_try = 0.0
         self.poll_seconds = POLL_SECONDS
+        self.probe_seconds = PROBE_SECONDS
+        self.lookup_seconds = LOOKUP_SECONDS
+        #: Since when (wall clock) a probe found the CNS not answering; None: not known down.
+        self.outage_since: float | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._lookup_task: asyncio.Task[None] | None = None
+        self._last_lookup = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -127,6 +167,10 @@ class DeliveryWorker:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
+        for side in (self._probe_task, self._lookup_task):
+            if side is not None:
+                side.cancel()
+                await asyncio.gather(side, return_exceptions=True)
         pending = list(self._inflight.values())
         if pending:
             log.info("waiting for %d CNS deliveries under way", len(pending))
@@ -147,8 +191,10 @@ class DeliveryWorker:
         while not self._stopping:
             try:
                 await self._upgrade_awaiting()
+                self._look_up_unknown()
                 free = self.settings.workers - len(self._inflight)
-                if free > 0:
+                # While the CNS is known down, attempts would only spend their budget.
+                if free > 0 and self.outage_since is None:
                     claimed, closed = await self.outbox.run(self.outbox.claim, free)
                     for message in closed:
                         self._count(message.operation, "failed")
@@ -177,8 +223,8 @@ class DeliveryWorker:
         self._wake.set()
 
     async def _idle_seconds(self) -> float:
-        if len(self._inflight) >= self.settings.workers:
-            return self.poll_seconds
+        if len(self._inflight) >= self.settings.workers or self.outage_since is not None:
+            return self.poll_seconds  # (the prober wakes the loop when the CNS is back)
         due = await self.outbox.run(self.outbox.next_due)
         if due is None:
             return self.poll_seconds
@@ -188,13 +234,17 @@ class DeliveryWorker:
 
     async def _deliver(self, message: Message) -> None:
         outcome = await self._attempt(message)
+        if outcome.unanswered:
+            self._probe()
+        if outcome.status == Status.QUEUED and message.attempts >= self.settings.max_attempts:
+            outcome = await self._settle(message, outcome)
+        await self._record(message, outcome)
+
+    async def _record(self, message: Message, outcome: _Outcome) -> None:
         retry_at = None
         status = outcome.status
         if status == Status.QUEUED:
-            if message.attempts >= self.settings.max_attempts:
-                status = Status.FAILED
-            else:
-                retry_at = time.time() + backoff_delay(message.attempts, self.settings, self._rng)
+            retry_at = time.time() + backoff_delay(message.attempts, self.settings, self._rng)
         answer = outcome.answer
         final = await self.outbox.run(
             self.outbox.finish,
@@ -229,6 +279,7 @@ class DeliveryWorker:
                 "error": outcome.error or None,
                 "fee_note": message.subject,
                 "answer_sha256": hashlib.sha256(answer.body).hexdigest() if answer else None,
+                **({"settled_by": "status lookup"} if outcome.looked_up else {}),
             },
         )
 
@@ -239,12 +290,114 @@ class DeliveryWorker:
             else:
                 answer = await self.transport.cancel(message.subject, message.id)
         except CnsTransportError as exc:
-            return _Outcome(Status.QUEUED, error=str(exc))
-        if answer.ok:
-            return _Outcome(Status.DELIVERED, answer)
-        if answer.status >= 500 or answer.status in RETRYABLE_STATUSES:
-            return _Outcome(Status.QUEUED, answer, f"CNS answered {answer.status}")
-        return _Outcome(Status.REJECTED, answer, f"CNS answered {answer.status}")
+            return _Outcome(Status.QUEUED, error=str(exc), unanswered=True)
+        return _judge(answer)
+
+    # -- the retry budget spent: ask before giving up -----------------------------------
+
+    async def _settle(self, message: Message, last: _Outcome) -> _Outcome:
+        """The budget is spent: what the CNS's status lookup says, else ``unknown``."""
+        try:
+            answer = await self.transport.lookup(message.id)
+        except CnsTransportError as exc:
+            log.warning(
+                "%s %s: retry budget spent and the CNS cannot say what became of it (%s)",
+                message.operation,
+                message.id,
+                exc,
+            )
+            return _Outcome(
+                Status.UNKNOWN,
+                last.answer,
+                f"{last.error}; the CNS may have booked it and could not be asked: do not "
+                "send it again under a new UUID (the daemon asks the CNS until it says)",
+            )
+        return self._looked_up(answer, last)
+
+    @staticmethod
+    def _looked_up(answer: CnsAnswer | None, last: _Outcome) -> _Outcome:
+        if answer is None:
+            before = f"{last.error}; " if last.error else ""
+            return _Outcome(
+                Status.FAILED,
+                last.answer,
+                f"{before}the CNS has no record of it: it may be sent again",
+                looked_up=True,
+            )
+        found = _judge(answer)
+        if found.status == Status.QUEUED:  # processed, and refused for now: not booked
+            found = _Outcome(Status.FAILED, answer, found.error)
+        return _Outcome(found.status, answer, found.error, looked_up=True)
+
+    def _look_up_unknown(self) -> None:
+        """Now and then (and when the CNS is back) ask about the ``unknown`` messages."""
+        busy = self._lookup_task is not None and not self._lookup_task.done()
+        due = time.monotonic() - self._last_lookup >= self.lookup_seconds
+        if busy or not due or self.outage_since is not None:
+            return
+        self._last_lookup = time.monotonic()
+        self._lookup_task = asyncio.create_task(self._resolve_unknown(), name="cns-lookup")
+
+    async def _resolve_unknown(self) -> None:
+        try:
+            for message in await self.outbox.run(self.outbox.unknown):
+                try:
+                    answer = await self.transport.lookup(message.id)
+                except CnsTransportError as exc:
+                    log.info("the CNS still cannot say what became of %s: %s", message.id, exc)
+                    return  # the same for the others; next round
+                await self._record(message, self._looked_up(answer, _Outcome(Status.UNKNOWN)))
+        except Exception:  # a full disk, say: the next round tries again
+            log.exception("could not settle the messages in state unknown")
+
+    # -- outages -----------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        """A delivery got no answer: probe the CNS until it answers (one prober)."""
+        if self._stopping or (self._probe_task is not None and not self._probe_task.done()):
+            return
+        self._probe_task = asyncio.create_task(self._probe_until_back(), name="cns-probe")
+
+    async def _probe_until_back(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.probe_seconds * (0.5 + self._rng.random()))
+            try:
+                await self.transport.probe()  # bounded by connect_timeout
+            except CnsTransportError as exc:
+                if self.outage_since is None:
+                    self.outage_since = time.time()
+                    log.warning(
+                        "the CNS does not answer (%s): deliveries paused, probing every ~%g s",
+                        exc,
+                        self.probe_seconds,
+                    )
+                if not await self._anything_waiting():
+                    # Nothing to resume: the next delivery finds out for itself.
+                    self.outage_since = None
+                    return
+                continue
+            break  # any answer: reachable (a 5xx is the retry schedule's business)
+        if self.outage_since is None or self._stopping:
+            return  # a blip: the next retry step comes soon enough
+        down = time.time() - self.outage_since
+        self.outage_since = None
+        try:
+            expedited = await self.outbox.run(self.outbox.expedite)
+        except Exception:  # they go at their next retry step instead
+            log.exception("could not bring the waiting CNS messages forward")
+            expedited = 0
+        log.info(
+            "the CNS answers again after %.0f s: %d waiting message(s) sent now", down, expedited
+        )
+        self._last_lookup = 0.0  # and ask about the unknown ones
+        self._wake.set()
+
+    async def _anything_waiting(self) -> bool:
+        try:
+            due = await self.outbox.run(self.outbox.next_due)
+            return due is not None or bool(await self.outbox.run(self.outbox.unknown))
+        except Exception:  # cannot tell: keep probing
+            return True
 
     # -- offline mode ------------------------------------------------------------------
 

@@ -328,6 +328,11 @@ class PadesEngine:
                 "certificate_invalid", f"the signing certificate does not validate: {exc}"
             ) from None
         except SigningError as exc:
+            # pyHanko validates the signer before signing and wraps what it found.
+            if isinstance(exc.__cause__, InsufficientRevinfoError):
+                raise PadesError(
+                    "revocation_unavailable", f"no revocation data: {exc.__cause__}"
+                ) from None
             raise PadesError("signing_failed", f"pyHanko could not sign: {exc}") from None
         except misc.PdfError as exc:
             raise PdfRefused(400, "malformed_pdf", f"the PDF cannot be updated: {exc}") from None

@@ -14,6 +14,11 @@ this module adds is a cache shared by every validation context of the process:
   responder blips, an entry still inside its validity is used — B-LT can still be
   produced until the data's own ``nextUpdate``.
 
+The same database keeps the issuer certificates fetched from caIssuers URLs (e.g. a
+TSA's issuing CA, :meth:`RevocationCache.keep_certificate`), so that after a restart
+a chain can be built without the host that serves them. They are path candidates
+only, never trust anchors; expired ones are not loaded.
+
 Above that cache, :meth:`RevocationService.revocation_info` keeps the *validated*
 result of each chain (path to an anchor, revocation status of every certificate, the
 data to embed), so that a burst of signatures validates each chain once:
@@ -104,6 +109,8 @@ log = logging.getLogger("sidecar.trust.revocation")
 Kind = Literal["ocsp", "crl"]
 #: Validated chains kept at most (signers and TSAs of one installation: a handful).
 _MAX_VALIDATED = 256
+#: Fetched issuer certificates kept on disk at most (a handful per installation).
+_MAX_CERTIFICATES = 64
 
 #: Every certificate of the chain below the anchor needs OCSP or CRL data (B-LT).
 REQUIRE_REVINFO = CertRevTrustPolicy(
@@ -200,6 +207,8 @@ class RevocationCache:
         self._inflight: dict[tuple[Kind, str], asyncio.Task[tuple[bytes, ...]]] = {}
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()
+        #: Fetched issuer certificates (DER), loaded at open (see the module docstring).
+        self._certificates: dict[bytes, bytes] = {}
         self.stats = CacheStats()
 
     # ---- lifecycle
@@ -247,9 +256,41 @@ class RevocationCache:
                 expires=datetime.fromisoformat(expires),
                 refresh_at=datetime.fromisoformat(refresh_at),
             )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS certificates ("
+            " sha256 BLOB PRIMARY KEY, der BLOB NOT NULL, not_after TEXT NOT NULL)"
+        )
+        with db:
+            db.execute("DELETE FROM certificates WHERE not_after <= ?", (now,))
+        for digest, der in db.execute("SELECT sha256, der FROM certificates ORDER BY rowid"):
+            self._certificates[digest] = der
         self._db = db
         if loaded:
             log.info("revocation cache: %d entries still valid loaded from disk", len(loaded))
+
+    # ---- fetched issuer certificates
+
+    def certificates(self) -> list[x509.Certificate]:
+        """The issuer certificates kept (path candidates, not anchors)."""
+        return [x509.Certificate.load(der) for der in self._certificates.values()]
+
+    async def keep_certificate(self, cert: x509.Certificate) -> None:
+        """Keep a fetched issuer certificate, on disk too, for the next start."""
+        if cert.sha256 in self._certificates or len(self._certificates) >= _MAX_CERTIFICATES:
+            return
+        der = cert.dump()
+        self._certificates[cert.sha256] = der
+        await asyncio.to_thread(self._store_certificate, cert.sha256, der, cert.not_valid_after)
+
+    def _store_certificate(self, digest: bytes, der: bytes, not_after: datetime) -> None:
+        db = self._db
+        if db is None:
+            return
+        with self._db_lock, db:
+            db.execute(
+                "INSERT OR IGNORE INTO certificates VALUES (?, ?, ?)",
+                (digest, der, not_after.isoformat()),
+            )
 
     def _store_db(self, kind: Kind, key: str, entry: _Entry) -> None:
         db = self._db

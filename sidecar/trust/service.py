@@ -70,14 +70,6 @@ async def open_trust(
         log.warning("no trust anchor configured: every timestamp will be refused")
     if not endpoints:
         log.warning("no TSA configured ([[trust.tsa]]): B-T and higher levels are unavailable")
-    tsa = TimeStampClient(
-        session,
-        endpoints,
-        anchors,
-        clock_skew=settings.clock_skew,
-        breaker=settings.breaker,
-        on_exchange=on_exchange,
-    )
     rev = settings.revocation
     cache = RevocationCache(
         rev.cache_file or data_dir / REVOCATION_CACHE_FILE,
@@ -87,6 +79,18 @@ async def open_trust(
     )
     await cache.open()
     try:
+        # Issuers fetched before (a TSA's CA) are kept on disk: a restart must not
+        # depend on the host that serves them.
+        tsa = TimeStampClient(
+            session,
+            endpoints,
+            anchors,
+            clock_skew=settings.clock_skew,
+            breaker=settings.breaker,
+            on_exchange=on_exchange,
+            known_certs=cache.certificates(),
+            keep_issuer=cache.keep_certificate,
+        )
         log.info(
             "trust: %d anchor(s), TSA(s) %s",
             len(anchors),

@@ -25,6 +25,17 @@ attempts for transient failures (refused/reset connection, HTTP 5xx) and a
 :class:`~sidecar.trust.breaker.CircuitBreaker`, so a dead TSA is skipped without a
 connection attempt until its cool-down ends.
 
+A token that leaves out the TSA's issuing CA needs it fetched (the certificate's
+caIssuers URL), often from the host that also serves OCSP and CRLs. Fetched issuers
+are kept (``keep_issuer``, on disk in the revocation cache), and handed back at the
+next start (``known_certs``), so that a restart does not depend on that host. When it
+is unreachable and the issuer is not known, the reply cannot be checked *now*:
+:class:`TsaIssuerUnavailable` (an upstream unavailable, retry later), which says
+nothing against the TSA and leaves its breaker as it was.
+
+Error messages are meant for people: what failed and what to do. The low-level cause
+(an ASN.1 parser's text, an exception name) goes to the log only.
+
 Engines use :meth:`TimeStampClient.timestamp` (XAdES) or
 :meth:`TimeStampClient.timestamper` (a pyHanko ``TimeStamper`` going through these
 checks, for PAdES); the API relays callers' requests with :meth:`TimeStampClient.relay`.
@@ -57,7 +68,7 @@ from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import CertificateFetchError
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpCertificateFetcher
 from pyhanko_certvalidator.fetchers.api import FetchLimits
-from pyhanko_certvalidator.fetchers.common_utils import FetchBudget
+from pyhanko_certvalidator.fetchers.common_utils import FetchBudget, gather_aia_issuer_urls
 from pyhanko_certvalidator.policy_decl import DisallowWeakAlgorithmsPolicy
 from pyhanko_certvalidator.registry import SimpleCertificateStore
 from pyhanko_certvalidator.sig_validate import (
@@ -67,7 +78,8 @@ from pyhanko_certvalidator.sig_validate import (
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
 from ..config import BreakerSettings, TsaSettings
-from ..logs import register_secret
+from ..logs import register_secret, request_extra
+from ..upstream import connection_words, describe, log_cause
 from .anchors import TrustAnchors
 from .breaker import BreakerStatus, CircuitBreaker
 
@@ -80,6 +92,7 @@ __all__ = [
     "TimeStampToken",
     "TsaEndpoint",
     "TsaError",
+    "TsaIssuerUnavailable",
     "TsaPathCache",
     "TsaRejected",
     "TsaReplyError",
@@ -100,6 +113,17 @@ DIGEST_SIZES: Mapping[str, int] = {"sha256": 32, "sha384": 48, "sha512": 64}
 MAX_REPLY_BYTES = 256 * 1024
 _TSQ = "application/timestamp-query"
 _TSR = "application/timestamp-reply"
+#: PKIStatus values (RFC 3161 2.4.2, as asn1crypto names them).
+_PKI_STATUSES = frozenset(
+    {
+        "granted",
+        "granted_with_mods",
+        "rejection",
+        "waiting",
+        "revocation_warning",
+        "revocation_notification",
+    }
+)
 # failInfo values meaning "this TSA cannot now", as opposed to "your request is wrong".
 _TRANSIENT_FAIL_INFO = frozenset({"time_not_available", "system_failure"})
 
@@ -128,6 +152,13 @@ class TsaUnavailable(TsaError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class TsaIssuerUnavailable(TsaUnavailable):
+    """The TSA answered, but its issuer certificate could not be fetched to check the
+    reply's chain (the caIssuers host is unreachable): not the TSA's fault."""
+
+    reason = "issuer_unavailable"
 
 
 class TsaTimeout(TsaError):
@@ -477,7 +508,8 @@ def parse_request(data: bytes) -> tsp.TimeStampReq:
         request = tsp.TimeStampReq.load(data, strict=True)
         request.native  # noqa: B018 - force a full parse: asn1crypto is lazy
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a DER-encoded RFC 3161 TimeStampReq ({exc})") from None
+        log.info("refused TimeStampReq: %s", describe(exc), extra=request_extra())
+        raise ValueError("not a DER-encoded RFC 3161 TimeStampReq") from None
     if request["version"].native != "v1":
         raise ValueError("TimeStampReq version must be 1")
     imprint = request["message_imprint"]
@@ -529,13 +561,18 @@ async def check_reply(
         response = tsp.TimeStampResp.load(response_der, strict=True)
         status = response["status"]
         status_value = status["status"].native
-    except (ValueError, TypeError) as exc:
-        raise fail("malformed", f"the reply is not a TimeStampResp ({exc})") from None
-    if status_value not in ("granted", "granted_with_mods"):
+        # asn1crypto parses lazily: everything read below is read here, where a
+        # broken encoding is the reply's fault and not an error of ours.
         texts = "; ".join(status["status_string"].native or []) or "no reason given"
         fail_info = sorted(status["fail_info"].native or [])
+        if status_value not in _PKI_STATUSES:
+            raise ValueError(f"PKIStatus {status_value!r} is not one RFC 3161 defines")
+    except (ValueError, TypeError, KeyError) as exc:
+        _log_cause(url, "reply not a TimeStampResp", exc)
+        raise fail("malformed", "the reply is not an RFC 3161 TimeStampResp") from None
+    if status_value not in ("granted", "granted_with_mods"):
         raise TsaRejected(
-            f"TSA {url} refused the request: {status_value} ({texts}"
+            f"TSA {url} refused the request: {status_value} ({_shorten(texts)}"
             + (f"; failInfo {', '.join(fail_info)})" if fail_info else ")"),
             url=url,
             fail_info=fail_info,
@@ -551,7 +588,8 @@ async def check_reply(
         tst_info: tsp.TSTInfo = encap["content"].parsed
         tst_info.native  # noqa: B018 - force a full parse
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise fail("malformed", f"the time-stamp token is malformed ({exc})") from None
+        _log_cause(url, "malformed time-stamp token", exc)
+        raise fail("malformed", "the time-stamp token in the reply is malformed") from None
 
     # Nonce and imprint first: cheap, and they are what binds the reply to our request.
     asked_nonce = request["nonce"].native
@@ -591,9 +629,28 @@ async def check_reply(
         settle = paths.start(signer) if paths is not None and signer is not None else None
         try:
             certs = list(other_certs)
+            unreachable: list[str] = []
             if fetch_issuers is not None:
-                certs += await _missing_issuers(signed_data, certs, anchors, fetch_issuers)
-            chain = await _check_signature(signed_data, asked, gen_time, url, anchors, certs, fail)
+                fetched, unreachable = await _missing_issuers(
+                    signed_data, certs, anchors, fetch_issuers
+                )
+                certs += fetched
+            try:
+                chain = await _check_signature(
+                    signed_data, asked, gen_time, url, anchors, certs, fail
+                )
+            except TsaReplyError as exc:
+                if exc.reason != "untrusted_tsa" or not unreachable:
+                    raise
+                # Not chaining for want of an issuer we could not fetch says nothing
+                # about the TSA: the check is impossible now, not failed.
+                raise TsaIssuerUnavailable(
+                    f"TSA {url}: its issuing CA's certificate ({', '.join(unreachable)}) "
+                    "could not be fetched, so the reply cannot be checked now; try again "
+                    "when the certificate host is reachable",
+                    url=url,
+                    retry_after=ISSUER_RETRY_AFTER,
+                ) from None
             if paths is not None:
                 paths.stats.validations += 1
                 paths.remember(chain, anchors)
@@ -621,6 +678,10 @@ ExchangeObserver = Callable[[str, str, float], None]
 #: Fetches the issuers of a certificate (its AIA caIssuers URLs).
 IssuerFetcher = Callable[[x509.Certificate], Awaitable[list[x509.Certificate]]]
 _MAX_CHAIN = 5
+#: caIssuers URLs tried per certificate.
+_MAX_ISSUER_URLS = 4
+#: Seconds a caller is told to wait when a TSA's issuer certificate cannot be fetched.
+ISSUER_RETRY_AFTER = 30
 
 
 async def _missing_issuers(
@@ -628,14 +689,16 @@ async def _missing_issuers(
     known: Sequence[x509.Certificate],
     anchors: TrustAnchors,
     fetch_issuers: IssuerFetcher,
-) -> list[x509.Certificate]:
-    """Issuers the token leaves out, fetched from caIssuers (many TSAs embed only their own).
+) -> tuple[list[x509.Certificate], list[str]]:
+    """Issuers the token leaves out, fetched from caIssuers (many TSAs embed only their own),
+    and the subjects whose issuer could not be fetched (host unreachable, no answer).
 
     Walks up from each embedded certificate; stops at an anchor or a known issuer.
     """
     pool = [c.chosen for c in (signed_data["certificates"] or ()) if c.name == "certificate"]
     pool += list(known)
     fetched: list[x509.Certificate] = []
+    unreachable: list[str] = []
     anchor_subjects = {a.subject.dump() for a in anchors.certificates}
     for start in list(pool):
         cert = start
@@ -646,8 +709,10 @@ async def _missing_issuers(
             if issuer is None:
                 try:
                     candidates = await fetch_issuers(cert)
-                except CertificateFetchError as exc:
-                    log.info("cannot fetch the issuer of %s: %s", cert.subject.human_friendly, exc)
+                except (CertificateFetchError, TimeoutError) as exc:
+                    who = cert.subject.human_friendly
+                    log.warning("cannot fetch the issuer of %s: %s", who, describe(exc))
+                    unreachable.append(f"issuer of {who}")
                     break
                 issuer = next(
                     (c for c in candidates if c.subject.dump() == cert.issuer.dump()), None
@@ -657,7 +722,7 @@ async def _missing_issuers(
                 pool.append(issuer)
                 fetched.append(issuer)
             cert = issuer
-    return fetched
+    return fetched, unreachable
 
 
 def complete_chain(response_der: bytes, token: TimeStampToken) -> bytes:
@@ -783,6 +848,10 @@ class _EssMatches:
 _ESS = _EssMatches()
 
 
+class _TokenRefused(ValueError):
+    """A token refused by our own check; its message is meant for people."""
+
+
 def _check_token_signature(
     signed_data: cms.SignedData,
     cert: x509.Certificate,
@@ -814,10 +883,10 @@ def _check_token_signature(
         ]
         refused = next((a for a in allowed if not a), None)
         if refused is not None:
-            raise ValueError(refused.failure_reason or "an algorithm is not allowed")
+            raise _TokenRefused(refused.failure_reason or "an algorithm is not allowed")
         signed_attrs = signer_info["signed_attrs"]
         if signed_attrs is core.VOID:
-            raise ValueError("the token has no signed attributes")
+            raise _TokenRefused("the token has no signed attributes")
         # The bytes as received: the signature is over them, not over a re-encoding.
         signed_bytes = signed_attrs.untag().dump()
         found: dict[str, cms.CMSAttribute] = {}
@@ -825,26 +894,26 @@ def _check_token_signature(
             name = attribute["type"].native
             if name in _SINGLE:
                 if name in found or len(attribute["values"]) != 1:
-                    raise ValueError(f"the {name} attribute is not single-valued")
+                    raise _TokenRefused(f"the {name} attribute is not single-valued")
                 found[name] = attribute
         missing = [name for name in _REQUIRED if name not in found]
         if missing:
-            raise ValueError(f"the signed attributes lack {', '.join(missing)}")
+            raise _TokenRefused(f"the signed attributes lack {', '.join(missing)}")
         if found["content_type"]["values"][0].native != "tst_info":
-            raise ValueError("the signed content type is not tst_info")
+            raise _TokenRefused("the signed content type is not tst_info")
         md = hashes.Hash(get_pyca_cryptography_hash(digest_algorithm["algorithm"].native))
         md.update(bytes(signed_data["encap_content_info"]["content"]))
         intact = found["message_digest"]["values"][0].native == md.finalize()
         ess = found.get("signing_certificate_v2") or found.get("signing_certificate")
         if ess is not None and not _ESS.match(ess, cert):
-            raise ValueError("the ESS signing certificate does not name the TSA's certificate")
+            raise _TokenRefused("the ESS signing certificate does not name the TSA's certificate")
         protection = found.get("cms_algorithm_protection")
         if protection is not None:
             protected = protection["values"][0]
             if protected["digest_algorithm"].native != digest_algorithm.native or (
                 protected["signature_algorithm"].native != signature_algorithm.native
             ):
-                raise ValueError("CMSAlgorithmProtection does not match the algorithms used")
+                raise _TokenRefused("CMSAlgorithmProtection does not match the algorithms used")
         try:
             _SIGNATURES.validate_signature(
                 signer_info["signature"].native,
@@ -858,10 +927,11 @@ def _check_token_signature(
             valid = True
         except InvalidSignature:
             valid = False
+    except _TokenRefused as exc:  # our own words: what is wrong with the token
+        raise fail("bad_signature", f"the token's CMS signature is refused: {exc}") from None
     except Exception as exc:  # asn1crypto and pyHanko raise several unrelated types
-        raise fail(
-            "bad_signature", f"the token's CMS signature cannot be checked ({exc})"
-        ) from None
+        _log_cause(cert.subject.human_friendly, "CMS signature not checkable", exc)
+        raise fail("bad_signature", "the token's CMS signature cannot be checked") from None
     if not (intact and valid):
         raise fail("bad_signature", "the token's CMS signature does not verify")
 
@@ -891,9 +961,8 @@ async def _check_signature(
     try:
         status = await validate_tst_signed_data(signed_data, context, lambda _algo: expected)
     except Exception as exc:  # pyHanko raises several unrelated types for broken CMS
-        raise fail(
-            "bad_signature", f"the token's CMS signature cannot be checked ({exc})"
-        ) from None
+        _log_cause(url, "CMS signature not checkable", exc)
+        raise fail("bad_signature", "the token's CMS signature cannot be checked") from None
     if not (status.get("intact") and status.get("valid")):
         raise fail("bad_signature", "the token's CMS signature does not verify")
     problem = status.get("trust_problem_indic")
@@ -956,9 +1025,14 @@ class TimeStampClient:
         breaker: BreakerSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_exchange: ExchangeObserver | None = None,
+        known_certs: Sequence[x509.Certificate] = (),
+        keep_issuer: Callable[[x509.Certificate], Awaitable[None]] | None = None,
     ) -> None:
         """*on_exchange(upstream, outcome, seconds)* is told of every HTTP attempt
-        (``outcome``: ok, error, unavailable, timeout), e.g. for metrics."""
+        (``outcome``: ok, error, unavailable, timeout), e.g. for metrics.
+
+        *known_certs*: issuer certificates fetched before (candidates for the path,
+        never anchors); *keep_issuer* is handed each newly fetched one to keep."""
         breaker = breaker or BreakerSettings()
         self._on_exchange = on_exchange
         self._session = session
@@ -973,6 +1047,9 @@ class TimeStampClient:
         # TSA certificates seen in checked tokens: lets a caller's certReq=false reply
         # (no certificates inside) still be checked.
         self._known_certs = SimpleCertificateStore()
+        for cert in known_certs:
+            self._known_certs.register(cert)
+        self._keep_issuer = keep_issuer
         self._timestamper: CheckedTimeStamper | None = None
         #: Validated TSA certificate paths (what is kept and how long: TsaPathCache).
         self.paths = TsaPathCache()
@@ -1029,14 +1106,28 @@ class TimeStampClient:
         return reply
 
     async def _fetch_issuers(self, cert: x509.Certificate) -> list[x509.Certificate]:
+        """The certificates at *cert*'s caIssuers URLs; CertificateFetchError when none
+        of those URLs could be read (pyHanko's own helper would just skip them)."""
         fetcher = AIOHttpCertificateFetcher(
             self._session,
             per_request_timeout=min(10.0, max(e.timeout for e in self.endpoints)),
             budget=FetchBudget(FetchLimits(max_requests=4, max_cert_requests=4)),
         )
-        found = [c async for c in fetcher.fetch_cert_issuers(cert)]
+        found: list[x509.Certificate] = []
+        errors: list[CertificateFetchError] = []
+        for url in list(gather_aia_issuer_urls(cert))[:_MAX_ISSUER_URLS]:
+            try:
+                found += await fetcher.fetch_certs(url, url_origin_type="certificate")
+            except CertificateFetchError as exc:
+                errors.append(exc)
+        if errors and not found:
+            raise errors[0]
         for issuer in found:
-            self._known_certs.register(issuer)
+            if self._known_certs.register(issuer) and self._keep_issuer is not None:
+                try:
+                    await self._keep_issuer(issuer)
+                except Exception as exc:  # kept in memory still; the disk is a convenience
+                    log.warning("cannot keep the fetched issuer certificate: %s", describe(exc))
         return found
 
     def timestamper(self) -> CheckedTimeStamper:
@@ -1071,6 +1162,11 @@ class TimeStampClient:
                 continue
             try:
                 result = await self._try(tsa, request_for(tsa.endpoint))
+            except TsaIssuerUnavailable as exc:
+                # The TSA answered; its issuer's host did not: no verdict on the TSA.
+                tsa.breaker.release()
+                log.warning("%s", exc)
+                failures.append(exc)
             except TsaRejected as exc:
                 # The TSA is alive and said no. A request it finds wrong would be wrong
                 # for the others too; only "cannot now" is worth the next TSA.
@@ -1191,16 +1287,20 @@ class TimeStampClient:
                 url=endpoint.url,
             ) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            _log_cause(endpoint.url, "no answer", exc)
             raise _Transient(
                 TsaUnavailable(
-                    f"TSA {endpoint.url} unreachable: {_describe(exc)}",
+                    f"TSA {endpoint.url} unreachable ({connection_words(exc)})",
                     url=endpoint.url,
                     retry_after=self._cool_down,
                 )
             ) from None
         except aiohttp.ClientError as exc:
+            _log_cause(endpoint.url, "unusable HTTP answer", exc)
             raise TsaReplyError(
-                f"TSA {endpoint.url}: {_describe(exc)}", url=endpoint.url, reason="http_error"
+                f"TSA {endpoint.url}: the HTTP answer is unusable",
+                url=endpoint.url,
+                reason="http_error",
             ) from None
 
     def _succeeded(self, tsa: _Tsa) -> None:
@@ -1238,6 +1338,8 @@ class TimeStampClient:
 
 
 def _outcome(exc: TsaError) -> str:
+    if isinstance(exc, TsaIssuerUnavailable):
+        return "ok"  # the exchange with the TSA was; its issuer's host was not
     if isinstance(exc, TsaTimeout):
         return "timeout"
     if isinstance(exc, TsaUnavailable):
@@ -1253,9 +1355,14 @@ class _Transient(Exception):
         self.error = error
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _log_cause(tsa: str, what: str, exc: BaseException) -> None:
+    log_cause(log, f"TSA {tsa}", what, exc)
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    """A TSA's own status text, kept to a readable length."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class CheckedTimeStamper(TimeStamper):

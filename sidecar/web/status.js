@@ -67,6 +67,8 @@
       if (value < 30) return "warn";
     }
     if (key === "unlocked" && value === false) return "warn";
+    /* Outbox messages given up on, or whose fate at the CNS is not known yet. */
+    if ((key === "failed" || key === "unknown") && typeof value === "number" && value > 0) return "warn";
     return "";
   }
 
