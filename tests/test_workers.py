@@ -33,7 +33,7 @@ async def pool() -> WorkerPool:
 
 
 def _pids(pool: WorkerPool) -> list[int]:
-    return [p.pid for p in getattr(pool._pool, "_processes", {}).values()]
+    return pool.pids()
 
 
 async def test_results_and_errors_cross_back(pool: WorkerPool) -> None:
@@ -147,7 +147,7 @@ def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
             async def go():
                 pool = WorkerPool("orphans", workers=2)
                 await pool.start()
-                pids = [p.pid for p in pool._pool._processes.values()]
+                pids = pool.pids()
                 pids.append(await pool.run(os.getppid))  # the forkserver
                 print(" ".join(map(str, pids)), flush=True)
                 await asyncio.sleep(600)
@@ -218,7 +218,7 @@ async def test_a_document_that_ends_its_worker_twice_is_refused(
     class Dying(WorkerPool):
         attempts = 0
 
-        async def run(self, fn, /, *args, deadline=None):  # type: ignore[no-untyped-def]
+        async def run(self, fn, /, *args, deadline=None, client=None):  # type: ignore[no-untyped-def]
             type(self).attempts += 1
             raise WorkerLost("a XAdES worker process died")
 

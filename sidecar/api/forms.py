@@ -28,7 +28,7 @@ from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
-from .xml import xades_options, xml_workers
+from .xml import client_name, xades_options, xml_workers
 
 __all__ = ["HANDLERS", "fee_note_signer", "sign_form_document", "xades_for"]
 
@@ -84,8 +84,9 @@ def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
     return parts
 
 
-def xades_for(app: web.Application) -> XmlSignFunction:
-    """The XAdES engine bound to the daemon's trust layer and ``[signing]`` options."""
+def xades_for(app: web.Application, client: str | None = None) -> XmlSignFunction:
+    """The XAdES engine bound to the daemon's trust layer and ``[signing]`` options;
+    ``client``: whose share of the drafting workers it uses."""
     settings = app[SETTINGS].signing
     trust = app.get(TRUST)
 
@@ -107,6 +108,7 @@ def xades_for(app: web.Application) -> XmlSignFunction:
             timestamps=timestamps,
             validation_data=validation,
             workers=xml_workers(app),
+            client=client,
         )
 
     return xades
@@ -182,7 +184,9 @@ async def sign_form_document(request: web.Request) -> web.Response:
     else:
         xml = body
 
-    signed = await sign_form(profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app))
+    signed = await sign_form(
+        profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app, client_name(request))
+    )
     log.info(
         "signed a %s form (PDF %s, XML %s) with key %s",
         profile.name,
