@@ -95,6 +95,17 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
     )
     await workers.start()
     app[XML_WORKERS] = workers
+    # On SIGTERM, aiohttp waits the shutdown timeout for requests under way, then as
+    # long again for them to end: a stuck draft would hold it both times. Drafts get
+    # the timeout less 2 s (the rest of the cleanup and the interpreter's own exit take
+    # about 1 s), then their workers are killed and their callers answered 503.
+    grace = app[SETTINGS].server.shutdown_timeout
+    grace = max(grace / 2, grace - 2.0)
+
+    async def stop_drafting(_: web.Application) -> None:
+        workers.stop_after(grace)
+
+    app.on_shutdown.append(stop_drafting)  # still open while the subsystems start
     app[HEALTH_CHECKS].append(("xml-workers", pool_check(workers, "xml-workers")))
     log.info(
         "XAdES: %d drafting worker process(es), at most %d per client",

@@ -321,6 +321,9 @@ class WorkerPool:
         self._order = itertools.count()
         self._replaced = 0
         self._closed = False
+        self._stop_timer: asyncio.TimerHandle | None = None
+        #: Killed by :meth:`stop_after`, to be reaped by :meth:`close`.
+        self._killed: list[_Worker] = []
 
     # -- processes ---------------------------------------------------------------------
 
@@ -521,21 +524,37 @@ class WorkerPool:
             replaced=self._replaced,
         )
 
-    def close(self) -> None:
-        """Stop the workers now (idempotent): kill them, fail every waiting step.
+    def stop_after(self, seconds: float) -> None:
+        """The daemon is stopping: steps under way (and waiting) have ``seconds`` more,
+        then the workers are killed and their callers get :class:`WorkersUnavailable`,
+        so that the daemon's requests end within its shutdown timeout."""
+        if self._closed or self._stop_timer is not None:
+            return
+        self._stop_timer = asyncio.get_running_loop().call_later(seconds, self._kill_all)
 
-        Workers hold nothing of their own, so nothing is lost by killing them; a
-        stuck one must not hold the daemon's exit.
-        """
+    def _kill_all(self) -> list[_Worker]:
         self._closed = True
         self._fail_waiters(f"the {self.name} workers are stopping")
         for task in list(self._starting):
             task.cancel()
         workers, self._alive, self._idle = self._alive, [], []
         for worker in workers:
-            worker.kill()
+            worker.kill()  # a step under way sees its pipe close: its caller is answered
+        self._killed.extend(workers)
+        return workers
+
+    def close(self) -> None:
+        """Stop the workers now (idempotent): kill them, fail every waiting step.
+
+        Workers hold nothing of their own, so nothing is lost by killing them; a
+        stuck one must not hold the daemon's exit.
+        """
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+        self._kill_all()
+        killed, self._killed = self._killed, []
         with _START_LOCK:  # reaping (poll, join) and starting share multiprocessing's books
-            for worker in workers:
+            for worker in killed:
                 with contextlib.suppress(OSError, ValueError, AssertionError):
                     worker.process.join(2.0)
 
@@ -558,8 +577,10 @@ def pool_check(pool: WorkerPool, name: str) -> HealthCheck:
             "alive": status.alive,
             "busy": status.busy,
             "waiting": status.waiting,
+            "starting": status.starting,
             "longest_running_s": round(status.longest_running, 1),
             "replaced": status.replaced,
+            "pids": pool.pids(),
         }
         problems = []
         if status.longest_waiting >= SATURATED_AFTER:
