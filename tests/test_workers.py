@@ -372,3 +372,15 @@ async def test_stopping_gives_steps_their_grace_then_answers_them(pool: WorkerPo
     _wait_gone(quick)
     with pytest.raises(WorkersUnavailable):
         await pool.run(os.getpid)
+
+
+async def test_an_idle_worker_killed_from_outside_is_replaced_before_use(
+    pool: WorkerPool,
+) -> None:
+    """kill -9 of an idle worker (the OOM killer, an operator): the next step runs on a
+    fresh one instead of failing with WorkerLost."""
+    (pid,) = _pids(pool)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    assert await pool.run(os.getpid) != pid
+    assert pool.status().replaced == 1

@@ -381,6 +381,18 @@ class WorkerPool:
     def _may_take(self, client: str | None) -> bool:
         return self.per_client is None or self._holds(client) < self.per_client
 
+    def _prune_idle(self) -> None:
+        """Replace idle workers that died (killed from outside, OOM): an idle worker
+        never writes, so a readable pipe is its end of file."""
+        for worker in list(self._idle):
+            try:
+                dead = worker.conn.poll(0)
+            except (OSError, ValueError):
+                dead = True
+            if dead:
+                log.warning("%s worker %d died while idle: replaced", self.name, worker.pid)
+                self._retire(worker, kill=False)
+
     def _take(self, client: str | None) -> _Worker:
         worker = self._idle.pop()
         self._busy[worker] = _Job(client, time.monotonic())
@@ -431,6 +443,7 @@ class WorkerPool:
                 waiter.future.set_exception(WorkersUnavailable(detail))
 
     async def _acquire(self, client: str | None) -> _Worker:
+        self._prune_idle()
         self._top_up()
         if not self._waiters and self._idle and self._may_take(client):
             return self._take(client)
