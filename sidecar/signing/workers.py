@@ -228,8 +228,13 @@ class _Worker:
         return ("ok", value) if ok else ("raised", value)
 
     def kill(self) -> None:
+        """SIGKILL (harmless if it is dead already): a thread reading its pipe gets EOF."""
         with contextlib.suppress(OSError, ValueError, AttributeError):
             self.process.kill()
+
+    def close(self) -> None:
+        """Close the pipe: only once no thread reads it (a descriptor closed under a
+        reading thread may be reused by another file while that thread still reads)."""
         with contextlib.suppress(OSError):
             self.conn.close()
 
@@ -274,6 +279,8 @@ def _call_in_thread(
     args: tuple[Any, ...],
 ) -> None:
     outcome = worker.call(fn, args)
+    if outcome[0] == "lost":
+        worker.close()  # this thread was its only reader
 
     def settle() -> None:
         if not future.done():
@@ -351,6 +358,7 @@ class WorkerPool:
             return
         if self._closed:
             worker.kill()
+            worker.close()
             return
         self._alive.append(worker)
         self._idle.append(worker)
@@ -391,7 +399,7 @@ class WorkerPool:
                 dead = True
             if dead:
                 log.warning("%s worker %d died while idle: replaced", self.name, worker.pid)
-                self._retire(worker, kill=False)
+                self._retire(worker, in_use=False)
 
     def _take(self, client: str | None) -> _Worker:
         worker = self._idle.pop()
@@ -420,18 +428,22 @@ class WorkerPool:
         self._busy.pop(worker, None)
         if self._closed:
             worker.kill()
+            worker.close()
             return
         self._idle.append(worker)
         self._dispatch()
 
-    def _retire(self, worker: _Worker, *, kill: bool) -> None:
-        """Drop ``worker`` (killing it when asked) and start its replacement."""
+    def _retire(self, worker: _Worker, *, in_use: bool) -> None:
+        """Drop ``worker``, killing its process (stuck, or dead already), and start its
+        replacement. ``in_use``: a thread still reads its pipe (and closes it)."""
         self._busy.pop(worker, None)
         with contextlib.suppress(ValueError):
             self._alive.remove(worker)
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
-        worker.kill()  # dead already or to be killed: either way its pipe is closed
+        worker.kill()
+        if not in_use:
+            worker.close()
         self._replaced += 1
         if not self._closed:
             self._top_up()
@@ -506,14 +518,14 @@ class WorkerPool:
                 worker.pid,
                 deadline,
             )
-            self._retire(worker, kill=True)
+            self._retire(worker, in_use=True)
             raise
         except asyncio.CancelledError:
             # Nobody waits for this step any more: its worker would work for nothing.
-            self._retire(worker, kill=True)
+            self._retire(worker, in_use=True)
             raise
         if kind == "lost":
-            self._retire(worker, kill=False)
+            self._retire(worker, in_use=False)
             if self._closed:
                 raise WorkersUnavailable(f"the {self.name} workers are stopping")
             log.warning("%s worker %d died (memory ceiling?): replaced", self.name, worker.pid)
@@ -550,9 +562,11 @@ class WorkerPool:
         self._fail_waiters(f"the {self.name} workers are stopping")
         for task in list(self._starting):
             task.cancel()
-        workers, self._alive, self._idle = self._alive, [], []
+        workers, idle, self._alive, self._idle = self._alive, self._idle, [], []
         for worker in workers:
-            worker.kill()  # a step under way sees its pipe close: its caller is answered
+            worker.kill()  # a step under way gets EOF: its caller is answered
+        for worker in idle:
+            worker.close()
         self._killed.extend(workers)
         return workers
 
