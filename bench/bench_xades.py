@@ -74,8 +74,7 @@ class Processes:
 
 
 def _worker_pids(pool: WorkerPool | None) -> list[int]:
-    executor = getattr(pool, "_pool", None)
-    return [p.pid for p in getattr(executor, "_processes", {}).values()]
+    return pool.pids() if pool is not None else []
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,11 @@ def _positive(value: float) -> None:
         raise ValueError(f"must be more than 0 (got {value})")
 
 
+def _positive_if_set(value: float | None) -> None:
+    if value is not None:
+        _positive(value)
+
+
 def _not_negative(value: float | None) -> None:
     if value is not None and value < 0:
         raise ValueError(f"must be 0 or more (got {value})")
@@ -390,8 +395,19 @@ class SigningSettings:
     xml_level: Literal["B-B", "B-T", "B-LT", "B-LTA"] = "B-LT"
     #: Worker processes that draft XAdES signatures (the CPU-bound part; the key
     #: signs in the daemon): unset, one per CPU core beyond the first (at least
-    #: one, at most four); 0, none (drafted in a thread of the daemon's process).
+    #: two, so that one client's heavy document leaves one for the others; at most
+    #: four); 0, none (drafted in a thread of the daemon's process: no deadline).
     xml_workers: int | None = field(default=None, metadata={"check": _not_negative})
+    #: Seconds a drafting worker may spend on one document; past it, the worker is
+    #: killed and replaced, and the caller gets 422 xml_limits.
+    xml_draft_timeout: float = field(default=30.0, metadata={"check": _positive})
+    #: How many drafting workers one client may hold at once; unset: all but one
+    #: (so that another client always finds one free).
+    xml_workers_per_client: int | None = field(default=None, metadata={"check": _positive_if_set})
+    #: Namespace declarations a signed or verified XML document may have, in all
+    #: and in scope at one element (canonicalising costs the square of the latter).
+    xml_max_namespaces: int = field(default=1000, metadata={"check": _positive})
+    xml_max_namespaces_in_scope: int = field(default=64, metadata={"check": _positive})
     #: XAdES SignaturePolicyIdentifier (the CNS may demand one): the policy's OID,
     #: the base64 digest of the policy document, its algorithm and where it is published.
     xml_policy_id: str | None = None

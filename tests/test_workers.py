@@ -3,6 +3,7 @@ and the XAdES drafting survives a killed worker without losing the request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 from sidecar.keys import Signer
 from sidecar.signing.report import Indication, Level
 from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
-from sidecar.signing.workers import WorkerLost, WorkerPool
+from sidecar.signing.workers import (
+    SATURATED_AFTER,
+    STUCK_AFTER,
+    WorkerLost,
+    WorkerPool,
+    WorkersUnavailable,
+    pool_check,
+)
 from sidecar.signing.xades import sign_xml
 from sidecar.signing.xades_verify import VerificationPolicy, verify_xml
 from sidecar.signing.xml_safety import MalformedXml, XmlLimitExceeded, parse_xml
@@ -33,7 +41,7 @@ async def pool() -> WorkerPool:
 
 
 def _pids(pool: WorkerPool) -> list[int]:
-    return [p.pid for p in getattr(pool._pool, "_processes", {}).values()]
+    return pool.pids()
 
 
 async def test_results_and_errors_cross_back(pool: WorkerPool) -> None:
@@ -147,7 +155,7 @@ def test_workers_end_with_a_killed_daemon(tmp_path: Path) -> None:
             async def go():
                 pool = WorkerPool("orphans", workers=2)
                 await pool.start()
-                pids = [p.pid for p in pool._pool._processes.values()]
+                pids = pool.pids()
                 pids.append(await pool.run(os.getppid))  # the forkserver
                 print(" ".join(map(str, pids)), flush=True)
                 await asyncio.sleep(600)
@@ -218,10 +226,161 @@ async def test_a_document_that_ends_its_worker_twice_is_refused(
     class Dying(WorkerPool):
         attempts = 0
 
-        async def run(self, fn, /, *args, deadline=None):  # type: ignore[no-untyped-def]
+        async def run(self, fn, /, *args, deadline=None, client=None):  # type: ignore[no-untyped-def]
             type(self).attempts += 1
             raise WorkerLost("a XAdES worker process died")
 
     with pytest.raises(XmlLimitExceeded, match="twice"):
         await sign_xml(FORM, xades_signers["pkcs12-rsa"], Level.B_B, workers=Dying("x", workers=1))
     assert Dying.attempts == 2
+
+
+# -- deadlines, shares, stopping ----------------------------------------------------------
+
+
+async def test_the_deadline_counts_from_when_a_worker_takes_the_step() -> None:
+    """A step queued behind another is not timed out by its wait, and a step past its
+    deadline kills its own worker only: the step running beside it finishes."""
+    pool = WorkerPool("test", workers=2)
+    await pool.start()
+    try:
+        beside = asyncio.create_task(pool.run(_sleep_then_pid, 1.5, deadline=10))
+        await asyncio.sleep(0.2)
+        stuck_pid = await pool.run(os.getpid)  # the other worker
+        with pytest.raises(TimeoutError):
+            await pool.run(time.sleep, 30, deadline=0.5)
+        _wait_gone(stuck_pid)
+        assert await beside not in (stuck_pid, 0)  # untouched by the kill
+        # One worker left busy 1 s, the other replaced: a queued step gets its full 1 s.
+        first = asyncio.create_task(pool.run(time.sleep, 0.8, deadline=1.0))
+        second = asyncio.create_task(pool.run(time.sleep, 0.8, deadline=1.0))
+        third = asyncio.create_task(pool.run(time.sleep, 0.8, deadline=1.0))
+        await asyncio.gather(first, second, third)  # the third waited ~0.8 s, then ran 0.8 s
+        assert pool.status().replaced == 1
+    finally:
+        pool.close()
+
+
+def _sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+async def test_one_client_cannot_take_every_worker() -> None:
+    """``per_client=1`` of two workers: client A's second heavy step waits while B's
+    step runs at once on the other worker."""
+    pool = WorkerPool("test", workers=2, per_client=1)
+    await pool.start()
+    try:
+        a1 = asyncio.create_task(pool.run(time.sleep, 1.0, client="a"))
+        await asyncio.sleep(0.1)
+        a2 = asyncio.create_task(pool.run(_sleep_then_pid, 0.0, client="a"))
+        await asyncio.sleep(0.1)
+        assert pool.status().waiting == 1  # a2 waits although a worker is idle
+        started = time.monotonic()
+        assert await pool.run(sum, [1, 2], client="b") == 3
+        assert time.monotonic() - started < 0.5  # did not wait for A's step
+        assert not a2.done()
+        await asyncio.gather(a1, a2)
+    finally:
+        pool.close()
+
+
+async def test_a_freed_worker_goes_to_the_client_holding_fewest() -> None:
+    """No share set: A holds a worker and waits for a second; C, who came after A,
+    holds none and gets the next free worker first."""
+    pool = WorkerPool("test", workers=2)
+    await pool.start()
+    try:
+        order: list[str] = []
+
+        async def step(client: str, seconds: float) -> None:
+            await pool.run(time.sleep, seconds, client=client)
+            order.append(client)
+
+        a_long = asyncio.create_task(step("a", 0.6))
+        b_long = asyncio.create_task(step("b", 0.3))
+        await asyncio.sleep(0.1)
+        a_next = asyncio.create_task(step("a", 0.0))  # waits: a holds its share
+        c_next = asyncio.create_task(step("c", 0.0))  # waits: no worker free
+        await asyncio.gather(a_long, b_long, a_next, c_next)
+        assert order.index("c") < order.index("a"), order
+    finally:
+        pool.close()
+
+
+async def test_a_cancelled_step_kills_its_worker(pool: WorkerPool) -> None:
+    (pid,) = _pids(pool)
+    step = asyncio.create_task(pool.run(time.sleep, 30))
+    await asyncio.sleep(0.3)
+    step.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await step
+    _wait_gone(pid)
+    assert await pool.run(os.getpid) != pid
+
+
+async def test_a_full_queue_is_refused_after_the_queue_timeout() -> None:
+    pool = WorkerPool("test", workers=1, queue_timeout=0.3)
+    await pool.start()
+    try:
+        busy = asyncio.create_task(pool.run(time.sleep, 1.0))
+        await asyncio.sleep(0.1)
+        with pytest.raises(WorkersUnavailable, match="busy"):
+            await pool.run(os.getpid)
+        await busy
+        assert pool.status().waiting == 0
+    finally:
+        pool.close()
+
+
+async def test_health_says_saturated_then_stuck() -> None:
+    pool = WorkerPool("test", workers=1)
+    await pool.start()
+    check = pool_check(pool, "test-workers")
+    try:
+        assert (await check()).status == "ok"
+        busy = asyncio.create_task(pool.run(time.sleep, 30))
+        waiting = asyncio.create_task(pool.run(os.getpid))
+        await asyncio.sleep(SATURATED_AFTER + 0.2)
+        result = await check()
+        assert result.status == "degraded" and "saturated" in result.detail, result
+        assert result.data["busy"] == 1 and result.data["waiting"] == 1
+        await asyncio.sleep(STUCK_AFTER - SATURATED_AFTER)
+        assert "has run for" in (await check()).detail
+    finally:
+        pool.close()
+    for task in (busy, waiting):
+        with pytest.raises(WorkersUnavailable, match="stopping"):
+            await task
+
+
+async def test_stopping_gives_steps_their_grace_then_answers_them(pool: WorkerPool) -> None:
+    """``stop_after`` (the daemon's SIGTERM): a step that ends within the grace ends
+    normally; one that would not is answered ``WorkersUnavailable`` at its end, and
+    ``close`` then returns at once although the step was stuck in its worker."""
+    quick = await pool.run(_sleep_then_pid, 0.0)
+    pool.stop_after(1.0)
+    assert await pool.run(_sleep_then_pid, 0.2) == quick  # within the grace
+    started = time.monotonic()
+    with pytest.raises(WorkersUnavailable, match="stopping"):
+        await pool.run(time.sleep, 60)
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 3
+    _wait_gone(quick)
+    with pytest.raises(WorkersUnavailable):
+        await pool.run(os.getpid)
+
+
+async def test_an_idle_worker_killed_from_outside_is_replaced_before_use(
+    pool: WorkerPool,
+) -> None:
+    """kill -9 of an idle worker (the OOM killer, an operator): the next step runs on a
+    fresh one instead of failing with WorkerLost."""
+    (pid,) = _pids(pool)
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    assert await pool.run(os.getpid) != pid
+    assert pool.status().replaced == 1

@@ -8,8 +8,6 @@ with the PDF already embedded where the profile says. Answer: the signed XML, wi
 from __future__ import annotations
 
 import dataclasses
-import email.parser
-import email.policy
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -24,11 +22,12 @@ from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSou
 from ..signing.xades import sign_xml
 from .guards import read_body
 from .keys import SETTINGS
+from .multipart import form_parts
 from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
-from .xml import xades_options, xml_workers
+from .xml import client_name, xades_options, xml_workers
 
 __all__ = ["HANDLERS", "fee_note_signer", "sign_form_document", "xades_for"]
 
@@ -61,31 +60,17 @@ def _form_error(exc: FormError) -> Problem:
     return Problem(503, "upstream_unavailable", exc.detail, reason=exc.reason)
 
 
+#: The form takes two parts (``xml``, ``pdf``); a few more are tolerated (and refused
+#: by name), thousands are an attack on the parser.
+MAX_FORM_PARTS = 16
+
 register_problem_mapper(SchemaViolation, _schema_violation)
 register_problem_mapper(FormError, _form_error)
 
 
-def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
-    """Parts by name. The body was read bounded by the route's limit first."""
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        raise bad_parameter("body", "not a multipart/form-data body")
-    parts: dict[str, bytes] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        if name in parts:
-            raise bad_parameter(name, "the part is given twice")
-        payload = part.get_payload(decode=True)
-        parts[name] = payload if isinstance(payload, bytes) else b""
-    return parts
-
-
-def xades_for(app: web.Application) -> XmlSignFunction:
-    """The XAdES engine bound to the daemon's trust layer and ``[signing]`` options."""
+def xades_for(app: web.Application, client: str | None = None) -> XmlSignFunction:
+    """The XAdES engine bound to the daemon's trust layer and ``[signing]`` options;
+    ``client``: whose share of the drafting workers it uses."""
     settings = app[SETTINGS].signing
     trust = app.get(TRUST)
 
@@ -107,6 +92,7 @@ def xades_for(app: web.Application) -> XmlSignFunction:
             timestamps=timestamps,
             validation_data=validation,
             workers=xml_workers(app),
+            client=client,
         )
 
     return xades
@@ -171,7 +157,9 @@ async def sign_form_document(request: web.Request) -> web.Response:
     body = await read_body(request)
     pdf: bytes | None = None
     if request.content_type == "multipart/form-data":
-        parts = _multipart(request.headers.get("Content-Type", ""), body)
+        parts = await form_parts(
+            request.headers.get("Content-Type", ""), body, max_parts=MAX_FORM_PARTS
+        )
         unknown = sorted(set(parts) - {"xml", "pdf"})
         if unknown:
             raise bad_parameter(unknown[0], "unknown part (expected 'xml' and 'pdf')")
@@ -182,7 +170,9 @@ async def sign_form_document(request: web.Request) -> web.Response:
     else:
         xml = body
 
-    signed = await sign_form(profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app))
+    signed = await sign_form(
+        profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app, client_name(request))
+    )
     log.info(
         "signed a %s form (PDF %s, XML %s) with key %s",
         profile.name,

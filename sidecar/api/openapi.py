@@ -23,7 +23,10 @@ _ERROR_CODES: dict[int, tuple[str, str]] = {
     423: ("The signing key is locked.", "key_locked"),
     501: ("Not implemented yet in this version.", "not_implemented"),
     502: ("An upstream answered with an error.", "upstream_error"),
-    503: ("An upstream is unreachable (see Retry-After).", "upstream_unavailable"),
+    503: (
+        "An upstream is unreachable, or no signing worker is free (see Retry-After).",
+        "upstream_unavailable | workers_busy",
+    ),
     504: ("An upstream did not answer in time.", "upstream_timeout"),
 }
 

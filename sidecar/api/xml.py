@@ -8,8 +8,10 @@ locked key (423, mapped by the keys' module), and an unavailable TSA or
 revocation service for the asked level (502/503/504 — never a lower level).
 
 :func:`xml_context` (in ``SUBSYSTEMS``) starts the worker processes that draft
-XAdES signatures (``[signing] xml_workers``); every route that signs XML passes
-them to the engine (:func:`xml_workers`).
+XAdES signatures (``[signing] xml_workers``, each draft under ``xml_draft_timeout``,
+one client holding at most ``xml_workers_per_client`` of them) and adds their
+``/v1/health`` check; every route that signs XML passes them to the engine
+(:func:`xml_workers`), with the calling client's name.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ..signing.profiles import Profile
 from ..signing.report import BASELINE_LEVELS
 from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
-from ..signing.workers import WorkerPool
+from ..signing.workers import WorkerPool, WorkersUnavailable, pool_check
 from ..signing.xades import (
     AlreadySigned,
     PlacementError,
@@ -41,12 +43,13 @@ from ..signing.xades import (
 from ..signing.xml_safety import (
     ForbiddenDtd,
     MalformedXml,
+    NamespaceBounds,
     XmlInputError,
     XmlLimitExceeded,
     parse_xml,
 )
 from .guards import read_body
-from .keys import SETTINGS
+from .keys import CLIENT, HEALTH_CHECKS, SETTINGS
 from .pdf import PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
@@ -55,6 +58,7 @@ from .timestamps import TRUST
 __all__ = [
     "HANDLERS",
     "XML_WORKERS",
+    "client_name",
     "sign_xml_document",
     "xades_options",
     "xml_context",
@@ -74,7 +78,8 @@ def _worker_count(settings: SigningSettings) -> int:
     if settings.xml_workers is not None:
         return settings.xml_workers
     # The event loop's process keeps one core busy (HTTP, TSA, revocation, the key).
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    # Two at least: with one, a client's heavy document would leave none for others.
+    return max(2, min(4, (os.cpu_count() or 2) - 1))
 
 
 async def xml_context(app: web.Application) -> AsyncIterator[None]:
@@ -83,10 +88,34 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
     if count == 0:
         yield
         return
-    workers = WorkerPool("XAdES", workers=count)
+    signing = app[SETTINGS].signing
+    workers = WorkerPool(
+        "XAdES",
+        workers=count,
+        deadline=signing.xml_draft_timeout,
+        per_client=signing.xml_workers_per_client or max(1, count - 1),
+        # A draft waits for a worker no longer than a worker may take over one.
+        queue_timeout=signing.xml_draft_timeout,
+    )
     await workers.start()
     app[XML_WORKERS] = workers
-    log.info("XAdES: %d drafting worker process(es)", count)
+    # On SIGTERM, aiohttp waits the shutdown timeout for requests under way, then as
+    # long again for them to end: a stuck draft would hold it both times. Drafts get
+    # the timeout less 2 s (the rest of the cleanup and the interpreter's own exit take
+    # about 1 s), then their workers are killed and their callers answered 503.
+    grace = app[SETTINGS].server.shutdown_timeout
+    grace = max(grace / 2, grace - 2.0)
+
+    async def stop_drafting(_: web.Application) -> None:
+        workers.stop_after(grace)
+
+    app.on_shutdown.append(stop_drafting)  # still open while the subsystems start
+    app[HEALTH_CHECKS].append(("xml-workers", pool_check(workers, "xml-workers")))
+    log.info(
+        "XAdES: %d drafting worker process(es), at most %d per client",
+        count,
+        workers.per_client,
+    )
     try:
         yield
     finally:
@@ -96,6 +125,12 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
 def xml_workers(app: web.Application) -> WorkerPool | None:
     """The drafting workers to hand :func:`~sidecar.signing.xades.sign_xml`, if started."""
     return app.get(XML_WORKERS)
+
+
+def client_name(request: web.Request) -> str | None:
+    """Whose share of the drafting workers a request's signature counts against."""
+    client = request.get(CLIENT)
+    return client.name if client is not None else None
 
 
 def xml_problem(exc: XmlInputError) -> Problem:
@@ -116,6 +151,15 @@ def xml_problem(exc: XmlInputError) -> Problem:
     return Problem(422, "unsupported_xml", exc.detail)
 
 
+def _workers_unavailable(exc: WorkersUnavailable) -> Problem:
+    return Problem(
+        503,
+        "workers_busy",
+        exc.detail,
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 def upstream_problem(exc: UpstreamFailure) -> Problem:
     extra = {"service": exc.service}
     if exc.kind == "unavailable":
@@ -133,6 +177,7 @@ def _unusable(exc: CertificateUnusable) -> Problem:
 register_problem_mapper(XmlInputError, xml_problem)
 register_problem_mapper(UpstreamFailure, upstream_problem)
 register_problem_mapper(CertificateUnusable, _unusable)
+register_problem_mapper(WorkersUnavailable, _workers_unavailable)
 
 
 def xades_options(
@@ -165,6 +210,9 @@ def xades_options(
         policy=policy,
         claimed_roles=settings.xml_signer_roles,
         allow_parallel=settings.xml_allow_parallel,
+        namespace_bounds=NamespaceBounds(
+            settings.xml_max_namespaces, settings.xml_max_namespaces_in_scope
+        ),
     )
 
 
@@ -217,6 +265,7 @@ async def sign_xml_document(request: web.Request) -> web.Response:
         timestamps=timestamps,
         validation_data=validation,
         workers=xml_workers(app),
+        client=client_name(request),
     )
     log.info("signed an XML document at %s with key %s", level.value, signer.id)
     return web.Response(

@@ -19,8 +19,10 @@ to the trust layer).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import threading
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from ..keys import Signer
 from .pades import PadesEngine, PadesOptions
 from .profiles import Profile, ProfileRegistry, SchemaError, validate_xml
 from .report import Indication, Level, SignatureReport, SubIndication
-from .xml_safety import ParsedXml, parse_xml
+from .xml_safety import UNBOUNDED_NAMESPACES, ParsedXml, parse_xml
 
 __all__ = [
     "FormError",
@@ -114,13 +116,19 @@ def _fill_uuid(tree: etree._ElementTree, profile: Profile) -> tuple[str | None, 
     return value or None, False
 
 
+#: A profile's compiled XSD keeps its last validation's error log on itself: two
+#: threads validating at once would read each other's errors.
+_SCHEMA_LOCK = threading.Lock()
+
+
 def check_profile(
     parsed: ParsedXml, profile: Profile, stage: Literal["input", "output"] = "input"
 ) -> None:
     """The document is the profile's: its root element, then its XSD. Wherever a
     profile is named (the form recipe, ``POST /v1/xml/sign?profile=``) this is the check;
-    raises :class:`SchemaViolation` with every error."""
-    errors = validate_xml(parsed.tree, profile, parsed.data)
+    raises :class:`SchemaViolation` with every error. Blocking: call it in a thread."""
+    with _SCHEMA_LOCK:
+        errors = validate_xml(parsed.tree, profile, parsed.data)
     if errors:
         raise SchemaViolation(profile.name, errors, stage)
 
@@ -130,17 +138,11 @@ def _serialize(parsed: ParsedXml) -> bytes:
     return etree.tostring(parsed.tree, xml_declaration=True, encoding=encoding)
 
 
-async def sign_form(
-    profile: Profile,
-    xml: bytes,
-    pdf: bytes | None,
-    signer: Signer,
-    *,
-    pades: PadesEngine,
-    sign_xml: XmlSignFunction | None,
-) -> SignedForm:
-    """Run the recipe; raises :class:`SchemaViolation`, :class:`FormError`, and the
-    engines' errors (XmlInputError, PdfRefused, PadesError, UpstreamFailure, KeyLocked...)."""
+def _read_form(
+    profile: Profile, xml: bytes, pdf: bytes | None
+) -> tuple[ParsedXml, str | None, bool, etree._Element | None, bytes | None]:
+    """Blocking (a thread): steps 1-2 — the form parsed, its UUID filled, the PDF
+    element found (and the PDF, when embedded), the XSD checked."""
     parsed = parse_xml(xml)
     uuid, filled = _fill_uuid(parsed.tree, profile)
 
@@ -168,6 +170,31 @@ async def sign_form(
 
     # Validate what the caller sent (UUID filled: line numbers are the caller's).
     check_profile(parsed, profile)
+    return parsed, uuid, filled, pdf_element, pdf
+
+
+def _check_output(profile: Profile, document: bytes) -> None:
+    """Blocking (a thread): step 6 (on the daemon's own output: the input passed the
+    namespace bounds, the signature adds its few)."""
+    check_profile(parse_xml(document, namespaces=UNBOUNDED_NAMESPACES), profile, "output")
+
+
+async def sign_form(
+    profile: Profile,
+    xml: bytes,
+    pdf: bytes | None,
+    signer: Signer,
+    *,
+    pades: PadesEngine,
+    sign_xml: XmlSignFunction | None,
+) -> SignedForm:
+    """Run the recipe; raises :class:`SchemaViolation`, :class:`FormError`, and the
+    engines' errors (XmlInputError, PdfRefused, PadesError, UpstreamFailure, KeyLocked...).
+
+    Parsing, XSD validation and serialising (a form may be tens of MB) run in threads,
+    never on the event loop; the document's own bounds (size, depth, namespaces) bound
+    what they cost."""
+    parsed, uuid, filled, pdf_element, pdf = await asyncio.to_thread(_read_form, profile, xml, pdf)
 
     pdf_level = None
     if pdf_element is not None and pdf is not None:
@@ -179,13 +206,13 @@ async def sign_form(
         pdf_element.text = base64.b64encode(signed_pdf.data).decode("ascii")
         pdf_level = signed_pdf.level
 
-    document = _serialize(parsed)
+    document = await asyncio.to_thread(_serialize, parsed)
     if profile.xml_level is not None:
         if sign_xml is None:
             raise FormError("xml_signing_unavailable", "no XAdES engine is configured")
         document = await sign_xml(document, signer, profile.xml_level, profile)
 
-    check_profile(parse_xml(document), profile, "output")
+    await asyncio.to_thread(_check_output, profile, document)
     return SignedForm(document, uuid, filled, pdf_level, profile.xml_level)
 
 

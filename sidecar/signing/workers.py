@@ -17,6 +17,20 @@ every pool, so it preloads every module a worker runs (:data:`PRELOAD`) once. No
 they run the daemon's main script again, as multiprocessing otherwise would (under
 the name ``__mp_main__``, harmless only behind an ``if __name__ == "__main__"``
 guard, which a vendor's launcher script may lack): workers only run engine functions.
+
+Each worker is a process of its own with a pipe, and the pool hands jobs to them
+itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
+
+- a job's deadline counts from when a worker takes it, not from when it was queued,
+  and only the worker running a job past its deadline is killed (then replaced);
+- a job whose caller went away (a cancelled request, a stopping daemon) kills its
+  worker rather than keep it busy for nobody;
+- a per-client rule shares the workers: one client holds at most ``per_client`` of
+  them at once, and a freed worker goes to the waiting client that holds the fewest,
+  so that one client's heavy documents cannot starve another's;
+- :meth:`WorkerPool.status` tells ``/v1/health`` when the workers are saturated or a
+  job is stuck;
+- :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one.
 """
 
 from __future__ import annotations
@@ -24,20 +38,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import multiprocessing
 import os
 import select
+import signal
 import sys
 import threading
 import time
 import types
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
-__all__ = ["PRELOAD", "WorkerLost", "WorkerPool"]
+from ..health import CheckResult, HealthCheck
+
+__all__ = [
+    "PRELOAD",
+    "PoolStatus",
+    "WorkerLost",
+    "WorkerPool",
+    "WorkersUnavailable",
+    "pool_check",
+]
 
 log = logging.getLogger("sidecar.signing.workers")
 
@@ -53,6 +80,15 @@ T = TypeVar("T")
 
 class WorkerLost(RuntimeError):
     """A worker process died while running a step (memory ceiling reached, killed)."""
+
+
+class WorkersUnavailable(RuntimeError):
+    """No worker took the step: none became free in time, or the pool is closing."""
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 def _start_worker(memory: int | None, daemon_pid: int) -> None:
@@ -123,84 +159,468 @@ def _main_not_inherited() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def _ready() -> None:
-    """Run once per worker by :meth:`WorkerPool.start`: nothing, the process exists."""
+def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
+    """A worker's life: run the steps it is sent, one at a time, until its pipe closes."""
+    # Ctrl-C in a terminal reaches the whole process group: the daemon decides when a
+    # worker ends (it kills it), not the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _start_worker(memory, daemon_pid)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[bool, Any] = (True, fn(*args))
+        except BaseException as exc:  # every outcome goes back to the daemon
+            reply = (False, exc)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # an outcome that does not pickle
+            conn.send((False, RuntimeError(f"the step's outcome cannot cross back: {exc!r}")))
+
+
+#: Worker processes start one at a time: :func:`_main_not_inherited` swaps a global.
+_START_LOCK = threading.Lock()
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # Only the first start's call matters (one forkserver): hence one list.
+        context.set_forkserver_preload(list(PRELOAD))
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+class _Worker:
+    """One worker process and the daemon's end of its pipe."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        """Blocking (a thread of its own): ``fn(*args)`` in the worker.
+
+        ``("ok", result)``, ``("raised", exception)`` (raised by ``fn``, or pickling the
+        arguments or the result failed: the pipe stays in step), ``("lost", None)``
+        (the worker died, or was killed).
+        """
+        try:
+            self.conn.send((fn, args))  # pickled whole before a byte is written
+        except (EOFError, OSError):
+            return ("lost", None)
+        except Exception as exc:
+            return ("raised", exc)
+        try:
+            ok, value = self.conn.recv()
+        except (EOFError, OSError):
+            return ("lost", None)
+        except Exception as exc:  # the reply was read whole but does not unpickle
+            return ("raised", exc)
+        return ("ok", value) if ok else ("raised", value)
+
+    def kill(self) -> None:
+        """SIGKILL (harmless if it is dead already): a thread reading its pipe gets EOF."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.process.kill()
+
+    def close(self) -> None:
+        """Close the pipe: only once no thread reads it (a descriptor closed under a
+        reading thread may be reused by another file while that thread still reads)."""
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+@dataclass
+class _Job:
+    client: str | None
+    started: float
+
+
+@dataclass(eq=False)
+class _Waiter:
+    client: str | None
+    since: float
+    order: int
+    future: asyncio.Future[_Worker] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """What :meth:`WorkerPool.status` reports (for ``/v1/health`` and the logs)."""
+
+    workers: int
+    alive: int
+    busy: int
+    waiting: int
+    #: Worker processes being started (replacements included).
+    starting: int
+    #: Seconds the longest-running step has run; 0 when none runs.
+    longest_running: float
+    #: Seconds the longest-waiting step has waited for a worker; 0 when none waits.
+    longest_waiting: float
+    #: Workers killed (deadline, abandoned step) or lost since the pool started.
+    replaced: int
+
+
+def _call_in_thread(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[tuple[str, Any]],
+    worker: _Worker,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> None:
+    outcome = worker.call(fn, args)
+    if outcome[0] == "lost":
+        worker.close()  # this thread was its only reader
+
+    def settle() -> None:
+        if not future.done():
+            future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
 
 
 class WorkerPool:
-    """A lazily started pool of worker processes, replaced when one of them dies.
+    """A lazily started pool of worker processes; a dead or stuck one is replaced.
 
     ``name`` is for the logs; ``memory`` is each worker's address-space ceiling in
-    bytes (POSIX only), ``None`` for none.
+    bytes (POSIX only), ``None`` for none. ``deadline`` is the default of
+    :meth:`run`'s. ``per_client`` is how many workers one client may hold at once
+    (``None``: all of them); ``queue_timeout`` how long a step may wait for a worker
+    before :class:`WorkersUnavailable` (``None``: as long as it takes).
     """
 
-    def __init__(self, name: str, *, workers: int, memory: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        workers: int,
+        memory: int | None = None,
+        deadline: float | None = None,
+        per_client: int | None = None,
+        queue_timeout: float | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
+        if per_client is not None and per_client < 1:
+            raise ValueError("per_client must be at least 1")
         self.name = name
         self.workers = workers
         self.memory = memory
-        self._pool: ProcessPoolExecutor | None = None
+        self.deadline = deadline
+        self.per_client = per_client
+        self.queue_timeout = queue_timeout
+        self._alive: list[_Worker] = []
+        self._idle: list[_Worker] = []
+        self._busy: dict[_Worker, _Job] = {}
+        self._waiters: list[_Waiter] = []
+        self._starting: set[asyncio.Task[None]] = set()
+        self._order = itertools.count()
+        self._replaced = 0
+        self._closed = False
+        self._stop_timer: asyncio.TimerHandle | None = None
+        #: Killed by :meth:`stop_after`, to be reaped by :meth:`close`.
+        self._killed: list[_Worker] = []
 
-    def _ensure(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                context = multiprocessing.get_context("forkserver")
-                # Only the first pool's call matters (one forkserver): hence one list.
-                context.set_forkserver_preload(list(PRELOAD))
-            else:
-                context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=context,
-                initializer=_start_worker,
-                initargs=(self.memory, os.getpid()),
+    # -- processes ---------------------------------------------------------------------
+
+    def _spawn_blocking(self) -> _Worker:
+        context = _context()
+        with _START_LOCK, _main_not_inherited():
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(  # type: ignore[attr-defined]
+                target=_worker_main,
+                args=(theirs, self.memory, os.getpid()),
+                name=f"sidecar-{self.name}-worker",
+                daemon=True,
             )
-        return self._pool
+            process.start()
+        theirs.close()  # the worker's end lives in the worker only: its death is our EOF
+        return _Worker(process, ours)
+
+    async def _spawn(self) -> None:
+        try:
+            worker = await asyncio.to_thread(self._spawn_blocking)
+        except Exception as exc:
+            log.error("%s worker: cannot start a process (%s)", self.name, exc)
+            if not self._alive and len(self._starting) <= 1:
+                self._fail_waiters(f"no {self.name} worker process could be started")
+            return
+        if self._closed:
+            worker.kill()
+            worker.close()
+            return
+        self._alive.append(worker)
+        self._idle.append(worker)
+        self._dispatch()
+
+    def _top_up(self) -> None:
+        """Start processes until the pool has its count (alive or starting)."""
+        while not self._closed and len(self._alive) + len(self._starting) < self.workers:
+            task = asyncio.get_running_loop().create_task(self._spawn())
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (alive ones)."""
+        return [w.pid for w in self._alive]
 
     async def start(self) -> None:
         """Start every worker now, so that the first requests do not pay for it."""
-        pool = self._ensure()
-        loop = asyncio.get_running_loop()
-        with _main_not_inherited():  # processes start on submission
-            started = [loop.run_in_executor(pool, _ready) for _ in range(self.workers)]
-        await asyncio.gather(*started)
+        self._top_up()
+        if self._starting:
+            await asyncio.gather(*list(self._starting))
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, deadline: float | None = None) -> T:
-        """``fn(*args)`` in a worker process.
+    # -- scheduling --------------------------------------------------------------------
 
-        Raises what ``fn`` raised; :class:`WorkerLost` when the worker died (the pool
-        is replaced for the next call); :class:`TimeoutError` after ``deadline``
-        seconds (the workers are stopped: a step stuck in C code cannot be
-        interrupted otherwise).
-        """
-        pool = self._ensure()
+    def _holds(self, client: str | None) -> int:
+        return sum(1 for job in self._busy.values() if job.client == client)
+
+    def _may_take(self, client: str | None) -> bool:
+        return self.per_client is None or self._holds(client) < self.per_client
+
+    def _prune_idle(self) -> None:
+        """Replace idle workers that died (killed from outside, OOM): an idle worker
+        never writes, so a readable pipe is its end of file."""
+        for worker in list(self._idle):
+            try:
+                dead = worker.conn.poll(0)
+            except (OSError, ValueError):
+                dead = True
+            if dead:
+                log.warning("%s worker %d died while idle: replaced", self.name, worker.pid)
+                self._retire(worker, in_use=False)
+
+    def _take(self, client: str | None) -> _Worker:
+        worker = self._idle.pop()
+        self._busy[worker] = _Job(client, time.monotonic())
+        return worker
+
+    def _dispatch(self) -> None:
+        """Give idle workers to waiting steps: the client holding fewest first, then in
+        order of arrival; a client at its ``per_client`` share waits."""
+        while self._idle and self._waiters:
+            held = Counter(job.client for job in self._busy.values())
+            eligible = [
+                w
+                for w in self._waiters
+                if not w.future.done()
+                and (self.per_client is None or held[w.client] < self.per_client)
+            ]
+            self._waiters = [w for w in self._waiters if not w.future.done()]
+            if not eligible:
+                return
+            chosen = min(eligible, key=lambda w: (held[w.client], w.order))
+            self._waiters.remove(chosen)
+            chosen.future.set_result(self._take(chosen.client))
+
+    def _release(self, worker: _Worker) -> None:
+        self._busy.pop(worker, None)
+        if self._closed:
+            worker.kill()
+            worker.close()
+            return
+        self._idle.append(worker)
+        self._dispatch()
+
+    def _retire(self, worker: _Worker, *, in_use: bool) -> None:
+        """Drop ``worker``, killing its process (stuck, or dead already), and start its
+        replacement. ``in_use``: a thread still reads its pipe (and closes it)."""
+        self._busy.pop(worker, None)
+        with contextlib.suppress(ValueError):
+            self._alive.remove(worker)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        worker.kill()
+        if not in_use:
+            worker.close()
+        self._replaced += 1
+        if not self._closed:
+            self._top_up()
+
+    def _fail_waiters(self, detail: str) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(WorkersUnavailable(detail))
+
+    async def _acquire(self, client: str | None) -> _Worker:
+        self._prune_idle()
+        self._top_up()
+        if not self._waiters and self._idle and self._may_take(client):
+            return self._take(client)
         loop = asyncio.get_running_loop()
+        waiter = _Waiter(client, time.monotonic(), next(self._order), loop.create_future())
+        self._waiters.append(waiter)
+        self._dispatch()
         try:
-            # A pool found broken since the last call raises here, on submission.
-            with _main_not_inherited():  # a replacement worker may start here
-                future = loop.run_in_executor(pool, functools.partial(fn, *args))
-            return await asyncio.wait_for(future, deadline)
-        except TimeoutError:
-            log.warning("%s worker: a step took over %.0f s, workers stopped", self.name, deadline)
-            self._discard(pool)
+            return await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if waiter.future.done() and not waiter.future.exception():
+                self._release(waiter.future.result())  # handed over as we gave up
+            else:
+                waiter.future.cancel()
+            if isinstance(exc, TimeoutError):
+                raise WorkersUnavailable(
+                    f"every {self.name} worker stayed busy for {self.queue_timeout:g} s"
+                ) from None
             raise
-        except BrokenProcessPool:
-            log.warning("%s worker died (memory ceiling?): pool restarted", self.name)
-            self._discard(pool)
-            raise WorkerLost(f"a {self.name} worker process died") from None
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        if self._pool is pool:
-            self._pool = None
+    # -- the public part ---------------------------------------------------------------
+
+    async def run(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        deadline: float | None = None,
+        client: str | None = None,
+    ) -> T:
+        """``fn(*args)`` in a worker process, on behalf of ``client``.
+
+        Raises what ``fn`` raised; :class:`WorkerLost` when the worker died (it is
+        replaced); :class:`TimeoutError` when ``fn`` ran over ``deadline`` seconds
+        (default: the pool's) counted from when a worker took it — that worker is
+        killed and replaced: a step stuck in C code cannot be interrupted otherwise;
+        :class:`WorkersUnavailable` when no worker took it within the queue timeout,
+        or the pool is closed. A cancelled call kills its worker too.
+        """
+        if self._closed:
+            raise WorkersUnavailable(f"the {self.name} workers are stopping")
+        deadline = self.deadline if deadline is None else deadline
+        worker = await self._acquire(client)
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[tuple[str, Any]] = loop.create_future()
+        threading.Thread(
+            target=_call_in_thread,
+            args=(loop, outcome, worker, fn, args),
+            name=f"{self.name}-worker-{worker.pid}",
+            daemon=True,  # never holds the interpreter's exit: the worker gets killed
+        ).start()
+        try:
+            kind, value = await asyncio.wait_for(asyncio.shield(outcome), deadline)
+        except TimeoutError:
+            log.warning(
+                "%s worker %d: a step ran over %g s: killed and replaced",
+                self.name,
+                worker.pid,
+                deadline,
+            )
+            self._retire(worker, in_use=True)
+            raise
+        except asyncio.CancelledError:
+            # Nobody waits for this step any more: its worker would work for nothing.
+            self._retire(worker, in_use=True)
+            raise
+        if kind == "lost":
+            self._retire(worker, in_use=False)
+            if self._closed:
+                raise WorkersUnavailable(f"the {self.name} workers are stopping")
+            log.warning("%s worker %d died (memory ceiling?): replaced", self.name, worker.pid)
+            raise WorkerLost(f"a {self.name} worker process died")
+        self._release(worker)
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    def status(self) -> PoolStatus:
+        now = time.monotonic()
+        waiting = [w for w in self._waiters if not w.future.done()]
+        return PoolStatus(
+            workers=self.workers,
+            alive=len(self._alive),
+            busy=len(self._busy),
+            waiting=len(waiting),
+            starting=len(self._starting),
+            longest_running=max((now - j.started for j in self._busy.values()), default=0.0),
+            longest_waiting=max((now - w.since for w in waiting), default=0.0),
+            replaced=self._replaced,
+        )
+
+    def stop_after(self, seconds: float) -> None:
+        """The daemon is stopping: steps under way (and waiting) have ``seconds`` more,
+        then the workers are killed and their callers get :class:`WorkersUnavailable`,
+        so that the daemon's requests end within its shutdown timeout."""
+        if self._closed or self._stop_timer is not None:
+            return
+        self._stop_timer = asyncio.get_running_loop().call_later(seconds, self._kill_all)
+
+    def _kill_all(self) -> list[_Worker]:
+        self._closed = True
+        self._fail_waiters(f"the {self.name} workers are stopping")
+        for task in list(self._starting):
+            task.cancel()
+        workers, idle, self._alive, self._idle = self._alive, self._idle, [], []
+        for worker in workers:
+            worker.kill()  # a step under way gets EOF: its caller is answered
+        for worker in idle:
+            worker.close()
+        self._killed.extend(workers)
+        return workers
 
     def close(self) -> None:
-        """Stop the workers (blocking; idempotent)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers now (idempotent): kill them, fail every waiting step.
+
+        Workers hold nothing of their own, so nothing is lost by killing them; a
+        stuck one must not hold the daemon's exit.
+        """
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+        self._kill_all()
+        killed, self._killed = self._killed, []
+        with _START_LOCK:  # reaping (poll, join) and starting share multiprocessing's books
+            for worker in killed:
+                with contextlib.suppress(OSError, ValueError, AssertionError):
+                    worker.process.join(2.0)
+
+
+#: A step waiting this long for a worker means the workers are saturated.
+SATURATED_AFTER = 1.0
+#: A step running this long (normal ones take milliseconds) is reported as stuck.
+STUCK_AFTER = 5.0
+
+
+def pool_check(pool: WorkerPool, name: str) -> HealthCheck:
+    """A ``/v1/health`` check: degraded while ``pool``'s workers are saturated (a step
+    waited over :data:`SATURATED_AFTER` s for one), one is stuck (a step ran over
+    :data:`STUCK_AFTER` s) or some could not be started."""
+
+    async def check() -> CheckResult:
+        status = pool.status()
+        data = {
+            "workers": status.workers,
+            "alive": status.alive,
+            "busy": status.busy,
+            "waiting": status.waiting,
+            "starting": status.starting,
+            "longest_running_s": round(status.longest_running, 1),
+            "replaced": status.replaced,
+            "pids": pool.pids(),
+        }
+        problems = []
+        if status.longest_waiting >= SATURATED_AFTER:
+            problems.append(
+                f"saturated: {status.waiting} step(s) waiting for a worker "
+                f"(longest {status.longest_waiting:.1f} s)"
+            )
+        if status.longest_running >= STUCK_AFTER:
+            problems.append(f"a step has run for {status.longest_running:.0f} s")
+        if status.alive < status.workers and not status.starting:
+            problems.append(f"{status.alive} of {status.workers} worker processes running")
+        if problems:
+            return CheckResult(name, "degraded", "; ".join(problems), data)
+        return CheckResult(name, "ok", f"{status.alive} worker process(es)", data)
+
+    return check

@@ -73,7 +73,9 @@ from .xades_properties import (
 from .xml_safety import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_SIZE,
+    UNBOUNDED_NAMESPACES,
     ElementSpan,
+    NamespaceBounds,
     ParsedXml,
     XmlInputError,
     XmlLimitExceeded,
@@ -159,6 +161,9 @@ class XadesOptions:
     mime_type: str = "text/xml"
     max_size: int = DEFAULT_MAX_SIZE
     max_depth: int = DEFAULT_MAX_DEPTH
+    #: Bounds on the document's namespace declarations (canonicalising costs the
+    #: square of those in scope, per element).
+    namespace_bounds: NamespaceBounds = field(default_factory=NamespaceBounds)
 
 
 # -- B-B with signxml --------------------------------------------------------
@@ -441,7 +446,12 @@ class _SignedInfoRecorder:
 
 def _prepare(document: bytes, options: XadesOptions) -> tuple[ParsedXml, int, ElementSpan]:
     """The caller's document parsed and checked; the signature's parent (index, span)."""
-    parsed = parse_xml(document, max_size=options.max_size, max_depth=options.max_depth)
+    parsed = parse_xml(
+        document,
+        max_size=options.max_size,
+        max_depth=options.max_depth,
+        namespaces=options.namespace_bounds,
+    )
     if not parsed.ascii_compatible:
         raise XmlInputError(
             f"documents encoded in {parsed.encoding} are not supported: use UTF-8 or ISO-8859-1"
@@ -547,8 +557,10 @@ async def _draft(
     document: bytes,
     signer: Signer,
     options: XadesOptions,
+    client: str | None,
 ) -> _Drafted:
-    """:func:`draft_signature` in a worker process (or, without ``workers``, a thread)."""
+    """:func:`draft_signature` in a worker process (or, without ``workers``, a thread),
+    under the pool's deadline and its per-client share (``client``)."""
     await signer.ready()
     chain = [signer.certificate.dump(), *(c.dump() for c in signer.chain)]
     args = (document, chain, signer.key_type, options, datetime.now(UTC))
@@ -557,7 +569,12 @@ async def _draft(
         return await loop.run_in_executor(executor, functools.partial(draft_signature, *args))
     for attempt in (1, 2):
         try:
-            return await workers.run(draft_signature, *args)
+            return await workers.run(draft_signature, *args, client=client)
+        except TimeoutError:
+            raise XmlLimitExceeded(
+                f"drafting the signature took over {workers.deadline or 0:g} s: the document "
+                "is too costly to sign (its worker process was stopped)"
+            ) from None
         except WorkerLost:
             # Drafting holds nothing (no key, no state): a lost worker loses nothing,
             # and a fresh one tries once more; twice is the document.
@@ -585,18 +602,22 @@ async def sign_xml(
     validation_data: ValidationDataSource | None = None,
     executor: Executor | None = None,
     workers: WorkerPool | None = None,
+    client: str | None = None,
 ) -> bytes:
     """Sign ``document`` with an enveloped XAdES signature at ``level``.
 
     The signature is drafted (:func:`draft_signature`) in one of ``workers``' processes,
     or without them in ``executor`` (a thread); the key signs in its own executor; the
-    timestamps and revocation data are fetched on the event loop.
+    timestamps and revocation data are fetched on the event loop. ``client`` (the
+    caller's name) is whose share of the workers the drafting counts against.
 
     Raises :class:`~sidecar.signing.xml_safety.XmlInputError` subclasses for
-    refused input (:class:`AlreadySigned`, :class:`PlacementError` included),
+    refused input (:class:`AlreadySigned`, :class:`PlacementError` included; a draft
+    over the workers' deadline is :class:`XmlLimitExceeded`),
     :class:`~sidecar.keys.KeyLocked` / :class:`~sidecar.keys.CertificateNotValid`
     from the key, and :class:`UpstreamFailure` when the TSA or the revocation
-    data the level needs cannot be had — never a signature at a lower level.
+    data the level needs cannot be had — never a signature at a lower level;
+    :class:`~sidecar.signing.workers.WorkersUnavailable` when no worker took the draft.
     """
     options = options or XadesOptions()
     if level not in BASELINE_LEVELS:
@@ -612,7 +633,7 @@ async def sign_xml(
     async def run(fn, *args):  # type: ignore[no-untyped-def]
         return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
-    drafted = await _draft(workers, executor, document, signer, options)
+    drafted = await _draft(workers, executor, document, signer, options, client)
     signature = await _signed(drafted, signer)
     placement = drafted.placement
 
@@ -652,7 +673,9 @@ def _archive_input(
     """Blocking: the signed document parsed back (the signature in it), and its archive
     timestamp's input."""
     data = placement.splice(document, signature)
-    signed = parse_xml(data, max_size=len(data) + 1, max_depth=placement.max_depth)
+    signed = parse_xml(
+        data, max_size=len(data) + 1, max_depth=placement.max_depth, namespaces=UNBOUNDED_NAMESPACES
+    )
     found = [s for s in signed.root.iter(ds("Signature")) if s.get("Id") == placement.signature_id]
     if len(found) != 1:
         raise RuntimeError("the signature Id is not unique in the signed document")
@@ -768,14 +791,26 @@ class _Augmentation:
     def splice(self, signature: etree._Element) -> etree._Element:
         """:meth:`render`, parsed back: the signature in the new tree (:attr:`result` set)."""
         data = self.render(signature)
-        self.result = parse_xml(data, max_size=len(data) + 1, max_depth=self.max_depth)
+        self.result = parse_xml(
+            data, max_size=len(data) + 1, max_depth=self.max_depth, namespaces=UNBOUNDED_NAMESPACES
+        )
         return self.signature_in(self.result)
 
 
 def _start_augmentation(
     document: bytes, signature_id: str | None, options: XadesOptions
 ) -> tuple[_Augmentation, etree._Element]:
-    parsed = parse_xml(document, max_size=options.max_size, max_depth=options.max_depth + 16)
+    bounds = options.namespace_bounds
+    parsed = parse_xml(
+        document,
+        max_size=options.max_size,
+        max_depth=options.max_depth + 16,
+        # A signature declares a few namespaces of its own (ds, xades, xades141).
+        namespaces=NamespaceBounds(
+            None if bounds.total is None else bounds.total + 8,
+            None if bounds.in_scope is None else bounds.in_scope + 8,
+        ),
+    )
     if not parsed.ascii_compatible:
         raise XmlInputError(
             f"documents encoded in {parsed.encoding} are not supported: use UTF-8 or ISO-8859-1"
