@@ -14,8 +14,18 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["Summary", "cpu_seconds", "free_port", "summarize", "timed", "timed_sync"]
+__all__ = [
+    "Summary",
+    "cpu_seconds",
+    "free_port",
+    "process_tree",
+    "process_tree_memory",
+    "summarize",
+    "timed",
+    "timed_sync",
+]
 
 
 @dataclass(frozen=True)
@@ -113,3 +123,35 @@ def timed_sync(call: Callable[[], object], n: int) -> tuple[list[float], float]:
         call()
         samples.append(time.perf_counter() - start)
     return samples, time.perf_counter() - begin
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (Linux: /proc/PID/task/*/children)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                queue += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:  # the task ended meanwhile
+                continue
+    return found
+
+
+def process_tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over ``pid``'s process tree. PSS shares each page
+    among the processes mapping it, so forkserver children are not counted twice."""
+    rss = pss = 0
+    for member in process_tree(pid):
+        try:
+            text = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name == "Rss":
+                rss += int(value.split()[0]) * 1024
+            elif name == "Pss":
+                pss += int(value.split()[0]) * 1024
+    return rss, pss
