@@ -305,12 +305,12 @@ class _NodeSet:
     def apply(self, operation: str, roots: list[etree._Element | None]) -> None:
         self.operations.append((operation, roots))
 
-    def _includes(self, element: etree._Element | None, chain: frozenset[int]) -> bool:
+    def _includes(self, element: etree._Element | None, chain: frozenset[etree._Element]) -> bool:
         """Membership of ``element`` (None: the document node's own children, the
-        top-level comments and PIs) whose ancestors-or-self are ``chain`` (ids)."""
+        top-level comments and PIs) whose ancestors-or-self are ``chain``."""
         included = True
         for operation, roots in self.operations:
-            hit = any(root is None or (element is not None and id(root) in chain) for root in roots)
+            hit = any(root is None or (element is not None and root in chain) for root in roots)
             if operation == "intersect":
                 included = included and hit
             elif operation == "subtract":
@@ -321,26 +321,26 @@ class _NodeSet:
 
     def _shape(self) -> tuple[bool, list[etree._Element], list[etree._Element]]:
         """(top-level nodes included, apexes, topmost excluded elements inside apexes)."""
+        # Keyed by the elements themselves, never by id(): an lxml proxy lives only as
+        # long as a reference to it, and a new one for the same node has a new id.
         apexes: list[etree._Element] = []
         excluded: list[etree._Element] = []
-        excluded_ids: set[int] = set()
-        chains: dict[int, frozenset[int]] = {}
-        states: dict[int, bool] = {}
+        chains: dict[etree._Element, frozenset[etree._Element]] = {}
+        states: dict[etree._Element, bool] = {}
         for element in self.document.getroot().iter():
             parent = element.getparent()
-            chain = chains.get(id(parent), frozenset()) | {id(element)}
-            chains[id(element)] = chain
-            inside = states[id(element)] = self._includes(element, chain)
-            parent_inside = parent is not None and states[id(parent)]
+            chain = (chains[parent] if parent is not None else frozenset()) | {element}
+            chains[element] = chain
+            inside = states[element] = self._includes(element, chain)
+            parent_inside = parent is not None and states[parent]
             if inside and not parent_inside:
-                if any(id(a) in excluded_ids for a in element.iterancestors()):
+                if any(a in excluded for a in element.iterancestors()):
                     # Put back inside a subtree that was taken out: a shape that
                     # removing subtrees cannot render, and that no signer writes.
                     raise UnsupportedAlgorithm("an XPath Filter 2.0 union inside a subtract")
                 apexes.append(element)
             elif parent_inside and not inside:
                 excluded.append(element)
-                excluded_ids.add(id(element))
         return self._includes(None, frozenset()), apexes, excluded
 
     def _rendered(self) -> tuple[etree._ElementTree, list[etree._Element], bool]:
@@ -348,13 +348,14 @@ class _NodeSet:
         whether the whole document (with its top-level nodes) is the node-set."""
         top_level, apexes, excluded = self._shape()
         clone = copy.deepcopy(self.document)
-        positions = {id(e): i for i, e in enumerate(self.document.getroot().iter())}
+        originals = list(self.document.getroot().iter())
+        positions = {element: index for index, element in enumerate(originals)}
         copies = list(clone.getroot().iter())
         for element in excluded:
-            _remove_keeping_tail(copies[positions[id(element)]])
+            _remove_keeping_tail(copies[positions[element]])
         root = self.document.getroot()
         whole = top_level and len(apexes) == 1 and apexes[0] is root
-        return clone, [copies[positions[id(a)]] for a in apexes], whole
+        return clone, [copies[positions[a]] for a in apexes], whole
 
     def canonicalize(self, method: str) -> bytes:
         clone, apexes, whole = self._rendered()
