@@ -17,6 +17,8 @@ from .api.app import create_app
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .paths import Paths
+from .ports import bind_error, listen
+from .sandbox.pki import SandboxError
 from .service.notify import notify, watchdog
 
 __all__ = ["StartupError", "check_binding", "run", "serve"]
@@ -74,22 +76,36 @@ async def _serve(
     app = create_app(
         settings, paths, sandbox_dir=paths.sandbox_dir if sandbox else None, client_store=store
     )
+    # Bind before starting anything: a taken port is said at once, in one line.
+    try:
+        sock = listen(server.host, server.port)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {server.host}:{server.port}: {bind_error(exc)}"
+            " (another sidecar running? stop it, or choose another port with --port"
+            " or [server] port)"
+        ) from None
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_timeout
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # Unwind the subsystems that did start, in reverse order, while the loop
+        # runs; left to asyncio.run's shutdown, their generators are closed all at
+        # once and collide ("athrow(): asynchronous generator is already running").
+        try:
+            await runner.cleanup()
+        except Exception as exc:  # the start's own error is the one to report
+            log.warning("while undoing a failed start: %s", exc)
+        sock.close()
+        raise
     if stop is None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
     try:
-        site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}"
-                " (another sidecar running? choose --port)"
-            ) from None
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+        await site.start()
         scheme = "https" if ssl_context else "http"
         host = f"[{server.host}]" if ":" in server.host else server.host
         log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
@@ -102,6 +118,7 @@ async def _serve(
         notify("STOPPING=1")
     finally:
         await runner.cleanup()
+        sock.close()
     log.info("stopped")
 
 
@@ -125,7 +142,8 @@ async def serve(
     """Serve until *stop* is set, calling *ready* once listening.
 
     For a host without signals (the Windows service). Raises
-    :class:`~sidecar.config.ConfigError` and :class:`StartupError`.
+    :class:`~sidecar.config.ConfigError`, :class:`StartupError` and
+    :class:`~sidecar.sandbox.SandboxError`.
     """
     paths.ensure()
     await _serve(settings, paths, sandbox, stop, ready)
@@ -136,7 +154,7 @@ def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
     try:
         paths.ensure()
         asyncio.run(_serve(settings, paths, sandbox))
-    except (ConfigError, StartupError) as exc:
+    except (ConfigError, StartupError, SandboxError) as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0
