@@ -167,12 +167,8 @@ def main() -> None:
             token = (home / "default.token").read_text().strip()
             samples = asyncio.run(sign(port, token, args.signatures))
             pss, processes = pss_mib(last.pid)
-            print(
-                summarize(samples).line(f"{len(samples)} signatures (XAdES+PAdES B-LT, c=4)")
-            )
-            print(
-                f"PSS after {len(samples)} signatures: {pss:.1f} MiB over {processes} processes"
-            )
+            print(summarize(samples).line(f"{len(samples)} signatures (XAdES+PAdES B-LT, c=4)"))
+            print(f"PSS after {len(samples)} signatures: {pss:.1f} MiB over {processes} processes")
         finally:
             stop(last)
 

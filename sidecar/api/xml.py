@@ -14,6 +14,7 @@ them to the engine (:func:`xml_workers`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -51,6 +52,7 @@ __all__ = [
     "xml_context",
     "xml_problem",
     "xml_workers",
+    "xml_workers_started",
 ]
 
 log = logging.getLogger("sidecar.signing")
@@ -59,6 +61,7 @@ _LEVELS = {level.value: level for level in BASELINE_LEVELS}
 
 #: The processes drafting XAdES signatures; absent: drafted in threads.
 XML_WORKERS = web.AppKey("xml_workers", WorkerPool)
+_XML_WORKERS_STARTING = web.AppKey("xml_workers_starting", asyncio.Future)
 
 
 def _worker_count(settings: SigningSettings) -> int:
@@ -69,24 +72,49 @@ def _worker_count(settings: SigningSettings) -> int:
 
 
 async def xml_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem: the XAdES drafting workers, started before the first request."""
+    """Subsystem: the XAdES drafting workers, started in the background.
+
+    Their start (the forkserver imports the signing stack, a second or more) would
+    otherwise hold the daemon's start; until they are up, drafts are made in threads.
+    """
     count = _worker_count(app[SETTINGS].signing)
     if count == 0:
         yield
         return
     workers = WorkerPool("XAdES", workers=count)
-    await workers.start()
     app[XML_WORKERS] = workers
-    log.info("XAdES: %d drafting worker process(es)", count)
+
+    def start() -> None:
+        # Its own loop in a thread: starting processes blocks until the forkserver
+        # has done its imports, which must not stall the daemon's loop.
+        asyncio.run(workers.start())
+        log.info("XAdES: %d drafting worker process(es)", count)
+
+    starting = app[_XML_WORKERS_STARTING] = asyncio.ensure_future(asyncio.to_thread(start))
     try:
         yield
     finally:
+        try:
+            await starting
+        except Exception as exc:  # drafts went to threads all along
+            log.warning("XAdES: the drafting workers did not start: %s", exc)
         workers.close()
 
 
 def xml_workers(app: web.Application) -> WorkerPool | None:
-    """The drafting workers to hand :func:`~sidecar.signing.xades.sign_xml`, if started."""
+    """The drafting workers to hand :func:`~sidecar.signing.xades.sign_xml`, once started."""
+    starting = app.get(_XML_WORKERS_STARTING)
+    if starting is None or not starting.done() or starting.exception() is not None:
+        return None
     return app.get(XML_WORKERS)
+
+
+async def xml_workers_started(app: web.Application) -> WorkerPool | None:
+    """:func:`xml_workers` once their start has ended (for tests and benchmarks)."""
+    starting = app.get(_XML_WORKERS_STARTING)
+    if starting is not None:
+        await asyncio.wait([starting])
+    return xml_workers(app)
 
 
 def xml_problem(exc: XmlInputError) -> Problem:
