@@ -9,9 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import keyring
-import keyring.errors
-
 from .config import KEYRING_SERVICE, KeyConfig
 
 __all__ = ["SecretUnavailable", "read_secret", "secret_is_generated"]
@@ -56,6 +53,10 @@ def read_secret(config: KeyConfig, kind: Literal["PIN", "passphrase"]) -> str | 
             )
         return config.pin if kind == "PIN" else config.passphrase
     entry = config.secret_entry
+    # Imported on first use: it costs a tenth of the daemon's start, most use no keyring.
+    import keyring
+    import keyring.errors
+
     try:
         secret = keyring.get_password(KEYRING_SERVICE, entry)
     except keyring.errors.KeyringError as exc:
