@@ -8,20 +8,33 @@ traceback after seconds of start-up.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
-__all__ = ["bind_error", "free_port", "listen"]
+__all__ = ["bind", "bind_error", "free_port"]
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to *host*:*port* and listening. Raises :class:`OSError`."""
-    # create_server sets SO_REUSEADDR on POSIX (a port in TIME_WAIT after our own
-    # restart is not "taken") and never SO_REUSEPORT (two daemons must not share one).
-    return socket.create_server((host, port), family=_family(host))
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to *host*:*port*, not listening yet. Raises :class:`OSError`.
+
+    Bound, the port is ours (another bind fails) while connections are still refused;
+    the server listens on it once it is ready to answer (aiohttp's ``SockSite``).
+    """
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":
+            # A port in TIME_WAIT after our own restart is not "taken"; a listening
+            # one still is. (On Windows the option would let two servers share it.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def free_port(host: str = "127.0.0.1", *, avoid: tuple[int, ...] = ()) -> int:

@@ -17,7 +17,7 @@ from .api.app import create_app
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .paths import Paths
-from .ports import bind_error, listen
+from .ports import bind, bind_error
 from .sandbox.pki import SandboxError
 from .service.notify import notify, watchdog
 
@@ -78,13 +78,9 @@ async def _serve(
     )
     # Bind before starting anything: a taken port is said at once, in one line.
     try:
-        sock = listen(server.host, server.port)
+        sock = bind(server.host, server.port)
     except OSError as exc:
-        raise StartupError(
-            f"cannot listen on {server.host}:{server.port}: {bind_error(exc)}"
-            " (another sidecar running? stop it, or choose another port with --port"
-            " or [server] port)"
-        ) from None
+        raise _taken(server, exc) from None
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_timeout
     )
@@ -105,7 +101,10 @@ async def _serve(
         _stop_on_signals(stop)
     try:
         site = web.SockSite(runner, sock, ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()  # listens: a daemon started meanwhile may have got there
+        except OSError as exc:
+            raise _taken(server, exc) from None
         scheme = "https" if ssl_context else "http"
         host = f"[{server.host}]" if ":" in server.host else server.host
         log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
@@ -120,6 +119,14 @@ async def _serve(
         await runner.cleanup()
         sock.close()
     log.info("stopped")
+
+
+def _taken(server: ServerSettings, exc: OSError) -> StartupError:
+    return StartupError(
+        f"cannot listen on {server.host}:{server.port}: {bind_error(exc)}"
+        " (another sidecar running? stop it, or choose another port with --port"
+        " or [server] port)"
+    )
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

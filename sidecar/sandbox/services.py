@@ -28,7 +28,7 @@ from asn1crypto import pem as asn1_pem
 from certomancer.integrations.aiohttp_animator import build_animator_app
 from certomancer.registry import ArchLabel
 
-from sidecar.ports import bind_error, listen
+from sidecar.ports import bind, bind_error
 from sidecar.sandbox.pki import ARCH_LABEL, SandboxError, SandboxPKI, load_certomancer_config
 
 __all__ = ["serve_sandbox_pki"]
@@ -63,7 +63,12 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
     runner = web.AppRunner(app)
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        try:
+            await web.SockSite(runner, sock).start()  # listens
+        except OSError as exc:  # a sandbox started meanwhile listened first
+            raise SandboxError(
+                f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {bind_error(exc)}"
+            ) from None
         logger.info("sandbox PKI services listening on %s", pki.base_url)
         yield pki
     finally:
@@ -73,7 +78,7 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
 
 def _bind(pki: SandboxPKI) -> socket.socket:
     try:
-        return listen(pki.host, pki.port)
+        return bind(pki.host, pki.port)
     except OSError as exc:
         reason = bind_error(exc)
         if exc.errno != errno.EADDRINUSE:
