@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for sidecar: system packages, a virtualenv in
 # .venv with sidecar installed (editable), and, with --test, what the test suite needs.
+# With --check, sets up nothing: exits 0 if the last setup of this tree was made from
+# the same pyproject.toml and setup.sh (a stamp in .venv records them), else 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_tests=0
-[ "${1:-}" = "--test" ] && with_tests=1
+check=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_tests=1 ;;
+    --check) check=1 ;;
+    *) echo "setup: unknown option $arg (use --test, --check)" >&2; exit 2 ;;
+  esac
+done
+
+# What the setup is made from; a test setup includes the plain one.
+stamp=.venv/.setup-stamp
+recipe=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$check" = 1 ]; then
+  [ -x .venv/bin/sidecar ] && [ -f "$stamp" ] || exit 1
+  read -r made_from made_mode < "$stamp" || true
+  [ "${made_from:-}" = "$recipe" ] || exit 1
+  [ "$with_tests" = 0 ] || [ "${made_mode:-}" = test ] || exit 1
+  exit 0
+fi
 
 packages=(softhsm2 opensc openssl python3-venv)
 if [ "$with_tests" = 1 ]; then
@@ -49,3 +69,6 @@ if [ "$with_tests" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -c constraints.txt -e .
 fi
+mode=plain
+[ "$with_tests" = 1 ] && mode=test
+echo "$recipe $mode" > "$stamp"

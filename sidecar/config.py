@@ -149,17 +149,24 @@ class LogSettings:
     access: bool = True
 
 
+def _port_or_free(value: int) -> None:
+    if value != 0:
+        _port(value)
+
+
 @dataclass(frozen=True)
 class SandboxSettings:
     """``[sandbox]``: where ``serve --sandbox`` serves its test PKI (TSA, OCSP, CRL)."""
 
     host: str = "127.0.0.1"
     #: Fixed when the sandbox is first generated: its certificates embed the URLs.
-    port: int = field(default=7421, metadata={"check": _port})
+    #: 0: a free port, taken then and recorded in the sandbox's ``sandbox.json``.
+    port: int = field(default=0, metadata={"check": _port_or_free})
     #: Also offer the sandbox RSA key on a SoftHSM2 token (PKCS#11) when SoftHSM2 is installed.
     softhsm: bool = True
     #: Where ``serve --sandbox`` runs the CNS simulator (loopback, same process).
-    cns_port: int = field(default=7422, metadata={"check": _port})
+    #: 0: the port recorded in ``sandbox.json`` (a free one taken at generation).
+    cns_port: int = field(default=0, metadata={"check": _port_or_free})
 
 
 def _url(value: str) -> None:

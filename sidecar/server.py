@@ -18,7 +18,9 @@ from .api.keys import INSTANCE
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .paths import HomeNotWritable, Paths
+from .ports import bind, bind_error
 from .runtime import new_runtime, remove_runtime, write_runtime
+from .sandbox.pki import SandboxError
 from .service.notify import notify, watchdog
 
 __all__ = ["StartupError", "check_binding", "run", "serve", "validate_for_serve"]
@@ -90,6 +92,11 @@ async def _serve(
     app = create_app(
         settings, paths, sandbox_dir=paths.sandbox_dir if sandbox else None, client_store=store
     )
+    # Bind before starting anything: a taken port is said at once, in one line.
+    try:
+        sock = bind(server.host, server.port)
+    except OSError as exc:
+        raise _taken(server, exc) from None
     app[INSTANCE] = new_runtime(
         host=server.host,
         port=server.port,
@@ -100,19 +107,27 @@ async def _serve(
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=server.shutdown_timeout
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        # Unwind the subsystems that did start, in reverse order, while the loop
+        # runs; left to asyncio.run's shutdown, their generators are closed all at
+        # once and collide ("athrow(): asynchronous generator is already running").
+        try:
+            await runner.cleanup()
+        except Exception as exc:  # the start's own error is the one to report
+            log.warning("while undoing a failed start: %s", exc)
+        sock.close()
+        raise
     if stop is None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
     try:
-        site = web.TCPSite(runner, server.host, server.port, ssl_context=ssl_context)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
         try:
-            await site.start()
+            await site.start()  # listens: a daemon started meanwhile may have got there
         except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}"
-                " (another sidecar running? choose --port)"
-            ) from None
+            raise _taken(server, exc) from None
         scheme = "https" if ssl_context else "http"
         host = f"[{server.host}]" if ":" in server.host else server.host
         log.info("sidecar %s listening on %s://%s:%d", __version__, scheme, host, server.port)
@@ -127,7 +142,16 @@ async def _serve(
     finally:
         remove_runtime(paths, app[INSTANCE])
         await runner.cleanup()
+        sock.close()
     log.info("stopped")
+
+
+def _taken(server: ServerSettings, exc: OSError) -> StartupError:
+    return StartupError(
+        f"cannot listen on {server.host}:{server.port}: {bind_error(exc)}"
+        " (another sidecar running? stop it, or choose another port with --port"
+        " or [server] port)"
+    )
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -157,7 +181,8 @@ async def serve(
     """Serve until *stop* is set, calling *ready* once listening.
 
     For a host without signals (the Windows service). Raises
-    :class:`~sidecar.config.ConfigError` and :class:`StartupError`.
+    :class:`~sidecar.config.ConfigError`, :class:`StartupError` and
+    :class:`~sidecar.sandbox.SandboxError`.
     """
     _ensure_home(paths)
     await _serve(settings, paths, sandbox, stop, ready)
@@ -172,7 +197,7 @@ def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
         # Word for word what `sidecar config check` says of the same file.
         print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
         return 2
-    except StartupError as exc:
+    except (StartupError, SandboxError) as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -357,7 +357,7 @@ async def test_ca_issuers_url_serves_the_intermediate(sandbox_services: SandboxP
 
 async def test_port_in_use_raises_sandbox_error(sandbox_services: SandboxPKI) -> None:
     # The session services hold the port: a second server on it must fail clearly.
-    with pytest.raises(SandboxError, match="already in use"):
+    with pytest.raises(SandboxError, match="taken: another sidecar already serves this same"):
         async with serve_sandbox_pki(sandbox_services):
             pass
     # ...and the first one still answers.

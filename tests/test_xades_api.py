@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.api.xml import XML_WORKERS
+from sidecar.api.xml import XML_WORKERS, xml_workers_started
 from sidecar.config import (
     ConfigError,
     Settings,
@@ -110,8 +110,8 @@ async def test_drafting_goes_to_the_configured_workers(
         app = api.client.app
         drafted: list[object] = []
         if count:
-            workers = app[XML_WORKERS]
-            assert workers.workers == count
+            workers = await xml_workers_started(app)  # started in the background
+            assert workers is app[XML_WORKERS] and workers.workers == count
             real = workers.run
 
             async def recording(fn, *args, _real=real, _seen=drafted, **kwargs):  # type: ignore[no-untyped-def]

@@ -84,7 +84,10 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     # Key generation takes a moment on first start; keep the loop free meanwhile.
     pki = await loop.run_in_executor(
-        None, lambda: ensure_sandbox_pki(app[SANDBOX_DIR], host=settings.host, port=settings.port)
+        None,
+        lambda: ensure_sandbox_pki(
+            app[SANDBOX_DIR], host=settings.host, port=settings.port, cns_port=settings.cns_port
+        ),
     )
     async with serve_sandbox_pki(pki):
         # Subsystems set up after this one take their sandbox defaults from it.

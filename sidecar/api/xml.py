@@ -64,6 +64,7 @@ __all__ = [
     "xml_context",
     "xml_problem",
     "xml_workers",
+    "xml_workers_started",
 ]
 
 log = logging.getLogger("sidecar.signing")
@@ -72,6 +73,7 @@ _LEVELS = {level.value: level for level in BASELINE_LEVELS}
 
 #: The processes drafting XAdES signatures; absent: drafted in threads.
 XML_WORKERS = web.AppKey("xml_workers", WorkerPool)
+_XML_WORKERS_STARTING = web.AppKey("xml_workers_starting", asyncio.Future)
 
 
 def _worker_count(settings: SigningSettings) -> int:
@@ -83,7 +85,11 @@ def _worker_count(settings: SigningSettings) -> int:
 
 
 async def xml_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem: the XAdES drafting workers, started before the first request."""
+    """Subsystem: the XAdES drafting workers, started in the background.
+
+    Their start (the forkserver imports the signing stack, a second or more) would
+    otherwise hold the daemon's start; until the first is up, drafts wait for it.
+    """
     count = _worker_count(app[SETTINGS].signing)
     if count == 0:
         yield
@@ -97,8 +103,11 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
         # A draft waits for a worker no longer than a worker may take over one.
         queue_timeout=signing.xml_draft_timeout,
     )
-    await workers.start()
     app[XML_WORKERS] = workers
+    # Not awaited: the processes start from threads (the forkserver's imports take a
+    # second or more) while the daemon becomes ready; a draft meanwhile waits for the
+    # first worker.
+    starting = app[_XML_WORKERS_STARTING] = asyncio.ensure_future(workers.start())
     # On SIGTERM, aiohttp waits the shutdown timeout for requests under way, then as
     # long again for them to end: a stuck draft would hold it both times. Drafts get
     # the timeout less 2 s (the rest of the cleanup and the interpreter's own exit take
@@ -119,11 +128,19 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        try:
+            await starting
+        except Exception as exc:  # drafts went to threads all along
+            log.warning("XAdES: the drafting workers did not start: %s", exc)
         workers.close()
 
 
 def xml_workers(app: web.Application) -> WorkerPool | None:
-    """The drafting workers to hand :func:`~sidecar.signing.xades.sign_xml`, if started."""
+    """The drafting workers to hand :func:`~sidecar.signing.xades.sign_xml` (starting or
+    started); ``None`` when there are none, or none could be started: threads draft."""
+    starting = app.get(_XML_WORKERS_STARTING)
+    if starting is None or (starting.done() and starting.exception() is not None):
+        return None
     return app.get(XML_WORKERS)
 
 
@@ -131,6 +148,14 @@ def client_name(request: web.Request) -> str | None:
     """Whose share of the drafting workers a request's signature counts against."""
     client = request.get(CLIENT)
     return client.name if client is not None else None
+
+
+async def xml_workers_started(app: web.Application) -> WorkerPool | None:
+    """:func:`xml_workers` once their start has ended (for tests and benchmarks)."""
+    starting = app.get(_XML_WORKERS_STARTING)
+    if starting is not None:
+        await asyncio.wait([starting])
+    return xml_workers(app)
 
 
 def xml_problem(exc: XmlInputError) -> Problem:

@@ -4,7 +4,8 @@
   bearer/OAuth2 step (``[cns]``), then the health operation. Refused or unresolved
   connection, no answer, 401/403 (credentials) and 5xx (maintenance) each get their
   own words and fix. With ``--sandbox`` and no sandbox URL configured: the simulator
-  ``serve --sandbox`` runs on ``[sandbox] cns_port``.
+  ``serve --sandbox`` runs on the sandbox's CNS port (``[sandbox] cns_port``, else the
+  one recorded in its ``sandbox.json``).
 - ``outbox``: read-only look at the outbox database: how old the oldest message not
   yet settled is, how many gave up (``failed``: the CNS has no record of them) and how
   many have an outcome the CNS could not yet tell (``unknown``: never resubmit them).
@@ -34,8 +35,12 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
     cns = ctx.settings.cns
     sandbox_url = None
     if ctx.sandbox and cns.environment == "sandbox":
-        sandbox = ctx.settings.sandbox
-        sandbox_url = f"http://{sandbox.host}:{sandbox.cns_port}"
+        try:  # its cns_port: the configured one, else the one recorded at generation
+            pki = ctx.sandbox_pki()
+        except Exception:  # a damaged sandbox: the sandbox check reports it
+            pki = None
+        if pki is not None:
+            sandbox_url = f"http://{pki.host}:{pki.cns_port}"
     try:
         base_url = resolve_base_url(cns, sandbox_url)
     except CnsConfigError as exc:

@@ -41,6 +41,8 @@ from ..api.observe import METRICS
 from ..audit import AuditJournal
 from ..config import ConfigError
 from ..health import CheckResult
+from ..ports import bind_error
+from ..sandbox.pki import SandboxError
 from .commands import audit_path
 from .outbox import Outbox
 from .simulator import CnsSimulator, serve_simulator, xades_verifier
@@ -114,7 +116,7 @@ FEE_NOTE_UPGRADER = web.AppKey("fee_note_upgrader", Upgrader)
 
 
 def _in_served_sandbox(app: web.Application) -> bool:
-    # ``serve --sandbox`` (the app generates its sandbox) binds the configured port; a
+    # ``serve --sandbox`` (the app generates its sandbox) binds the sandbox's port; a
     # sandbox handed in by the test suite gets a free port, so that tests never collide.
     from ..api.app import SANDBOX_DIR  # the app module imports this one
 
@@ -141,9 +143,17 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
                 xsd=cns.simulator_xsd or _fee_note_xsd(app),
                 verifier=xades_verifier(pki.roots_pem),
             )
-            port = settings.sandbox.cns_port if _in_served_sandbox(app) else 0
-            simulator_server = serve_simulator(runtime.simulator, settings.sandbox.host, port)
-            sandbox_url = runtime.simulator_url = await simulator_server.__aenter__()
+            port = pki.cns_port if _in_served_sandbox(app) else 0
+            serving = serve_simulator(runtime.simulator, pki.host, port)
+            try:
+                sandbox_url = runtime.simulator_url = await serving.__aenter__()
+            except OSError as exc:
+                raise SandboxError(
+                    f"cannot serve the sandbox CNS simulator on {pki.host}:{port}: "
+                    f"{bind_error(exc)}: stop what holds it, or set [sandbox] cns_port "
+                    "in sidecar.toml to a free port"
+                ) from None
+            simulator_server = serving
             log.info("CNS simulator at %s", sandbox_url)
         try:
             base_url = resolve_base_url(cns, sandbox_url)

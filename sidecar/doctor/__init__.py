@@ -145,7 +145,11 @@ class DoctorContext:
             if not (directory / METADATA_FILE).exists():
                 return None
             settings = self.settings.sandbox if self.settings else None
-            kwargs = {"host": settings.host, "port": settings.port} if settings else {}
+            kwargs = (
+                {"host": settings.host, "port": settings.port, "cns_port": settings.cns_port}
+                if settings
+                else {}
+            )
             self._sandbox_pki = ensure_sandbox_pki(directory, **kwargs)
         return self._sandbox_pki
 

@@ -7,10 +7,8 @@ appears in a log record or an exception message.
 from __future__ import annotations
 
 import logging
+from types import ModuleType
 from typing import Literal
-
-import keyring
-import keyring.errors
 
 from .config import KEYRING_SERVICE, KeyConfig
 
@@ -72,6 +70,7 @@ def read_stored_secret(entry: str, what: str) -> str:
     and passphrases and for the TSA and CNS credentials a configuration names with
     ``*_keyring`` settings. Raises :class:`SecretUnavailable`.
     """
+    keyring = _keyring()
     try:
         secret = keyring.get_password(KEYRING_SERVICE, entry)
     except keyring.errors.KeyringError as exc:
@@ -86,12 +85,22 @@ def read_stored_secret(entry: str, what: str) -> str:
     return secret
 
 
+def _keyring() -> ModuleType:
+    """The keyring package, imported on first use: it costs a tenth of the daemon's
+    start, and most installations use no keyring."""
+    import keyring
+    import keyring.errors
+
+    return keyring
+
+
 def store_secret(entry: str, secret: str) -> None:
     """Put *secret* under *entry* (service ``"sidecar"``) in the OS secret store.
 
     Raises :class:`SecretUnavailable` when there is no usable secret store; the
     message names the entry, never the secret.
     """
+    keyring = _keyring()
     try:
         keyring.set_password(KEYRING_SERVICE, entry, secret)
     except keyring.errors.KeyringError as exc:
@@ -103,6 +112,7 @@ def store_secret(entry: str, secret: str) -> None:
 
 def delete_stored_secret(entry: str) -> None:
     """Remove *entry* from the OS secret store; an absent entry is not an error."""
+    keyring = _keyring()
     try:
         keyring.delete_password(KEYRING_SERVICE, entry)
     except keyring.errors.PasswordDeleteError:

@@ -9,7 +9,7 @@ published next to it. :func:`load_certomancer_config` checks that they still are
 
 Layout of a sandbox directory::
 
-    sandbox.json            metadata (port, URLs, relative paths, PKCS#12 passphrase)
+    sandbox.json            metadata (ports, URLs, relative paths, PKCS#12 passphrase)
     certomancer.yml         the PKI description certomancer loads
     roots.pem               the trust anchor every sandbox chain ends at
     certs/                  root, intermediate, TSA and OCSP responder certificates
@@ -26,7 +26,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -45,6 +45,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+
+from ..ports import free_port
+from . import fastkeys
 
 __all__ = [
     "ARCH_LABEL",
@@ -110,6 +113,8 @@ class SandboxPKI:
     """Latest-CRL URL per CA: ``root`` and ``intermediate``."""
     ocsp_cert_pems: Mapping[str, Path]
     """OCSP responder certificate per CA: ``root`` and ``intermediate``."""
+    cns_port: int
+    """Where ``serve --sandbox`` runs its CNS simulator (on :attr:`host`)."""
 
 
 # Certomancer labels of the signers, and what sidecar calls them.
@@ -123,27 +128,40 @@ _CAS = ("root", "intermediate")
 _SERVICE_KEYS = ("root", "intermediate", "ocsp-root", "ocsp-intermediate", "tsa")
 
 
-def ensure_sandbox_pki(directory: Path, *, host: str = "127.0.0.1", port: int = 7421) -> SandboxPKI:
+def ensure_sandbox_pki(
+    directory: Path, *, host: str = "127.0.0.1", port: int = 0, cns_port: int = 0
+) -> SandboxPKI:
     """Return the sandbox PKI in ``directory``, generating it first if there is none.
 
     ``host`` and ``port`` are embedded in the certificates (AIA, CRL distribution points),
     so they only matter at generation: an existing PKI keeps the ones it was made with
-    (a warning is logged if they differ). Generation happens in a sibling temporary
-    directory renamed into place, so a concurrent start sees either nothing or a
-    complete PKI. Raises :class:`SandboxError` on any failure.
+    (a warning is logged if a port asked for differs). Port 0, for the PKI and for the
+    CNS simulator, takes a free port at generation and records it in ``sandbox.json``,
+    so that two sandboxes on one machine never ask for the same ports. A non-zero
+    ``cns_port`` wins over the recorded one: nothing names the simulator's address.
+    Generation happens in a sibling temporary directory renamed into place, so a
+    concurrent start sees either nothing or a complete PKI. Raises
+    :class:`SandboxError` on any failure.
     """
     directory = Path(directory).absolute()
-    if not (isinstance(port, int) and 0 < port < 65536):
-        raise SandboxError(f"sandbox PKI port must be between 1 and 65535, not {port!r}")
+    for name, value in (("port", port), ("cns_port", cns_port)):
+        if not (isinstance(value, int) and 0 <= value < 65536):
+            raise SandboxError(f"sandbox {name} must be between 0 and 65535, not {value!r}")
     try:
         if not (directory / METADATA_FILE).exists():
-            _generate_into(directory, host=host, port=port)
+            _generate_into(directory, host=host, port=port, cns_port=cns_port)
+        elif "cns_port" not in json.loads((directory / METADATA_FILE).read_text("utf-8")):
+            _record_cns_port(directory, cns_port)  # made before ports were recorded
     except OSError as exc:
         raise SandboxError(
             f"cannot create the sandbox PKI in {directory}: {exc.strerror or exc}"
         ) from exc
+    except (ValueError, KeyError, TypeError):
+        pass  # a damaged sandbox.json: _load says what is wrong
     pki = _load(directory)
-    if (pki.host, pki.port) != (host, port):
+    if cns_port:
+        pki = replace(pki, cns_port=cns_port)
+    if pki.host != host or port not in (0, pki.port):
         logger.warning(
             "sandbox PKI in %s was generated for %s and keeps using it (asked for %s:%s); "
             "delete the directory to regenerate it",
@@ -163,6 +181,7 @@ def load_certomancer_config(pki: SandboxPKI) -> PKIArchitecture:
     encodes certificates differently) and raises :class:`SandboxError` otherwise.
     This does CPU work (RSA signatures): call it off the event loop.
     """
+    fastkeys.install()  # each key parsed once: here, and by every service later
     try:
         config = CertomancerConfig.from_file(
             str(pki.certomancer_config), external_url_prefix=pki.base_url
@@ -202,7 +221,17 @@ def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _generate_into(directory: Path, *, host: str, port: int) -> None:
+def _record_cns_port(directory: Path, cns_port: int) -> None:
+    """Add a CNS simulator port to the ``sandbox.json`` of a sandbox made without one."""
+    meta_path = directory / METADATA_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["cns_port"] = cns_port or free_port(meta["host"], avoid=(meta["port"],))
+    tmp = meta_path.with_name(f".{METADATA_FILE}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, meta_path)  # atomic: a concurrent start reads the old or the new
+
+
+def _generate_into(directory: Path, *, host: str, port: int, cns_port: int) -> None:
     if directory.exists() and any(directory.iterdir()):
         if (directory / METADATA_FILE).exists():
             return  # a concurrent start published its PKI since the caller looked
@@ -213,7 +242,7 @@ def _generate_into(directory: Path, *, host: str, port: int) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
-        _generate(tmp, host=host, port=port)
+        _generate(tmp, host=host, port=port, cns_port=cns_port)
         _publish(tmp, directory)
     finally:
         # After a successful rename tmp no longer exists; otherwise it is debris.
@@ -257,7 +286,11 @@ def _key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _generate(root: Path, *, host: str, port: int) -> None:
+def _generate(root: Path, *, host: str, port: int, cns_port: int) -> None:
+    fastkeys.install()
+    # Ports are taken free now, not when served: the certificates name the PKI's.
+    port = port or free_port(host, avoid=(cns_port,))
+    cns_port = cns_port or free_port(host, avoid=(port,))
     base_url = _base_url(host, port)
     # Distinct CA names per PKI: two sandboxes (trusted and untrusted) must not share
     # issuer names, or issuer+serial keyed caches (OCSP, path building) would mix them.
@@ -346,6 +379,7 @@ def _generate(root: Path, *, host: str, port: int) -> None:
         "created": datetime.now(UTC).strftime(_DATE_FORMAT),
         "host": host,
         "port": port,
+        "cns_port": cns_port,
         "base_url": base_url,
         "arch": ARCH_LABEL,
         "certomancer_config": CONFIG_FILE,
@@ -571,6 +605,7 @@ def _load(directory: Path) -> SandboxPKI:
             ocsp_cert_pems=MappingProxyType(
                 {ca: directory / path for ca, path in meta["ocsp_cert_pems"].items()}
             ),
+            cns_port=int(meta["cns_port"]),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise SandboxError(

@@ -19,13 +19,16 @@ import asyncio
 import errno
 import logging
 import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from asn1crypto import pem as asn1_pem
 from certomancer.integrations.aiohttp_animator import build_animator_app
 from certomancer.registry import ArchLabel
 
+from sidecar.ports import bind, bind_error
 from sidecar.sandbox.pki import ARCH_LABEL, SandboxError, SandboxPKI, load_certomancer_config
 
 __all__ = ["serve_sandbox_pki"]
@@ -41,7 +44,8 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
     PKI cannot be loaded or the port cannot be bound.
     """
     # Bind first: a busy port is the likeliest failure and needs no certificate rebuild.
-    sock = _bind(pki)
+    # (_bind may ask the port's holder who it is: a second at most, only on a clash.)
+    sock = await asyncio.to_thread(_bind, pki)
     try:
         # Rebuilding the certificates signs with RSA: keep that off the event loop.
         arch = await asyncio.to_thread(load_certomancer_config, pki)
@@ -59,7 +63,12 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
     runner = web.AppRunner(app)
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        try:
+            await web.SockSite(runner, sock).start()  # listens
+        except OSError as exc:  # a sandbox started meanwhile listened first
+            raise SandboxError(
+                f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {bind_error(exc)}"
+            ) from None
         logger.info("sandbox PKI services listening on %s", pki.base_url)
         yield pki
     finally:
@@ -69,16 +78,39 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
 
 def _bind(pki: SandboxPKI) -> socket.socket:
     try:
-        return socket.create_server(
-            (pki.host, pki.port), family=socket.AF_INET6 if ":" in pki.host else socket.AF_INET
-        )
+        return bind(pki.host, pki.port)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            reason = "the port is already in use (another sidecar sandbox running?)"
-        else:
-            reason = exc.strerror or str(exc)
-        raise SandboxError(
-            f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {reason}. "
-            f"Its certificates point at {pki.base_url}, so this exact address is "
-            f"needed; free it or delete {pki.directory} to regenerate with another port"
-        ) from exc
+        reason = bind_error(exc)
+        if exc.errno != errno.EADDRINUSE:
+            raise SandboxError(
+                f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {reason}"
+            ) from None
+    if _serves_this_sandbox(pki):
+        what_to_do = (
+            "another sidecar already serves this same sandbox (same SIDECAR_HOME): "
+            "use that one, or stop it first"
+        )
+    else:
+        # The certificates name this port: only a new sandbox can move elsewhere.
+        what_to_do = (
+            "another program holds it; stop that program, or delete "
+            f"{pki.directory} and start again to regenerate the sandbox on free ports"
+        )
+    raise SandboxError(
+        f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {reason}: {what_to_do}"
+    )
+
+
+def _serves_this_sandbox(pki: SandboxPKI) -> bool:
+    """Whether what holds the PKI's port publishes this sandbox's root certificate."""
+    url = f"{pki.base_url}/{ARCH_LABEL}/certs/root/ca.crt"
+    try:
+        # An http:// URL we built from sandbox.json, never a caller's.
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310
+            served = response.read(1 << 16)
+        _, _, ours = asn1_pem.unarmor(pki.roots_pem.read_bytes())
+        if asn1_pem.detect(served):
+            _, _, served = asn1_pem.unarmor(served)
+    except (OSError, ValueError):
+        return False
+    return bool(served == ours)
