@@ -65,6 +65,8 @@ class Soak:
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.server_errors: dict[str, int] = defaultdict(int)
         self.deposited: list[str] = []
+        self.forms: list[bytes] = []
+        self.refusals: dict[str, int] = defaultdict(int)
         self.signed: bytes | None = None
         self.form = (SAMPLES / "fee-note.xml").read_bytes()
         self.pdf = (SAMPLES / "fee-note.pdf").read_bytes()
@@ -93,8 +95,11 @@ class Soak:
                 f"{self.base}/v1/forms/fee-note/sign", data=form, headers=self.headers
             )
         elif route == "deposit":
+            if not self.forms:
+                return
+            # A signed fee note (from the recipe, each with its own UUID), once each.
             response = await session.post(
-                f"{self.base}/v1/cns/fee-notes", data=fee_note(), headers=xml
+                f"{self.base}/v1/cns/fee-notes", data=self.forms.pop(), headers=xml
             )
         elif route == "message":
             if not self.deposited:
@@ -109,8 +114,13 @@ class Soak:
         self.latencies[route].append(time.perf_counter() - started)
         if response.status >= 500 and response.status not in (503, 504):
             self.server_errors[route] += 1
+        if response.status >= 400 and route != "message":
+            self.refusals[route] += 1
         if route == "xml-sign-B-LT" and response.status == 200 and self.signed is None:
             self.signed = body
+        if route == "form-sign" and response.status == 200:
+            self.forms.append(body)
+            del self.forms[:-50]
         if route == "deposit" and response.status == 202:
             self.deposited.append((await response.json(content_type=None))["uuid"])
             del self.deposited[:-500]  # bounded: the latest are enough to read
@@ -201,7 +211,7 @@ async def main(clients: int, seconds: float, sample: float, warmup: float, seed:
             if process.returncode not in (0, -signal.SIGTERM):
                 print((home / "daemon.log").read_text(errors="replace")[-2000:], file=sys.stderr)
 
-    print(f"\n{'route':<16} {'n':>7} {'p50 ms':>9} {'p99 ms':>9} {'5xx':>5}")
+    print(f"\n{'route':<16} {'n':>7} {'p50 ms':>9} {'p99 ms':>9} {'4xx':>5} {'5xx':>5}")
     for route in MIX:
         samples = sorted(soak.latencies.get(route, []))
         if not samples:
@@ -209,7 +219,8 @@ async def main(clients: int, seconds: float, sample: float, warmup: float, seed:
         p50 = samples[len(samples) // 2] * 1000
         p99 = samples[max(0, int(len(samples) * 0.99) - 1)] * 1000
         errors = soak.server_errors.get(route, 0)
-        print(f"{route:<16} {len(samples):>7} {p50:>9.1f} {p99:>9.1f} {errors:>5}")
+        refused = soak.refusals.get(route, 0)
+        print(f"{route:<16} {len(samples):>7} {p50:>9.1f} {p99:>9.1f} {refused:>5} {errors:>5}")
     other = {k: v for k, v in soak.server_errors.items() if k not in MIX}
     if other:
         print("connection errors:", other)
