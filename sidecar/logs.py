@@ -8,15 +8,56 @@ filter on the handler before anything is written.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import os
 import sys
 import threading
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonLinesFormatter", "SecretMask", "configure_logging", "register_secret"]
+__all__ = [
+    "REQUEST_ID",
+    "JsonLinesFormatter",
+    "RequestIdFilter",
+    "SecretMask",
+    "configure_logging",
+    "register_secret",
+    "traceback_text",
+]
+
+#: The id of the request being served (set by the API's outermost middleware), so that
+#: what the engines below log carries it without knowing HTTP.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "sidecar_request_id", default=None
+)
+
+
+def traceback_text(exc: BaseException, limit: int = 20) -> str:
+    """*exc*'s traceback for the log, file names without their directories (the
+    machine's paths stay out of the log): ``module.py:12 in function`` per frame."""
+    lines = []
+    for frame in traceback.extract_tb(exc.__traceback__, limit=-limit):
+        lines.append(f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}")
+    lines.append(
+        f"{type(exc).__name__}: {_mask(str(exc).splitlines()[0][:300] if str(exc) else '')}"
+    )
+    return " | ".join(lines)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to records logged while a request is served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
 
 _MASK = "[redacted]"
 _secrets: set[str] = set()
@@ -104,6 +145,7 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(RequestIdFilter())
     handler.addFilter(SecretMask())
     root = logging.getLogger()
     for old in list(root.handlers):
