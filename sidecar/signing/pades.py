@@ -333,8 +333,12 @@ class PadesEngine:
             raise PadesError("signing_failed", f"pyHanko could not sign: {exc}") from None
         except misc.PdfError as exc:
             raise PdfRefused(400, "malformed_pdf", f"the PDF cannot be updated: {exc}") from None
-        except (KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError) as exc:
-            # pyHanko met a structure it cannot update (readable, but not as it expects):
+        except (
+            KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError,
+            AssertionError,
+        ) as exc:  # fmt: skip
+            # pyHanko met a structure it cannot update (readable, but not as it expects;
+            # it checks some with assert):
             # the caller's document, not the daemon, is the cause; the log keeps where.
             log.warning(
                 "pyHanko could not update the PDF", extra={"traceback": traceback_text(exc)}

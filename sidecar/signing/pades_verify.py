@@ -38,7 +38,7 @@ from asn1crypto import x509
 from pyhanko.pdf_utils import generic, misc
 from pyhanko.pdf_utils.decode_limits import DecodePurpose
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.fields import SigSeedSubFilter, enumerate_sig_fields
+from pyhanko.sign.fields import SigSeedSubFilter
 from pyhanko.sign.validation import DocumentSecurityStore, async_validate_pdf_signature
 from pyhanko.sign.validation.errors import NoDSSFoundError, SignatureValidationError
 from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature, async_validate_pdf_timestamp
@@ -52,7 +52,15 @@ from pyhanko_certvalidator.policy_decl import (
 
 from ..logs import traceback_text
 from .pdf_changes import changes_after
-from .pdf_checks import PdfFacts, PdfInspector, PdfLimits, PdfRefused, inspect_pdf, quick_guard
+from .pdf_checks import (
+    PdfFacts,
+    PdfInspector,
+    PdfLimits,
+    PdfRefused,
+    form_fields,
+    inspect_pdf,
+    quick_guard,
+)
 from .report import Indication, Level, SignatureReport, SubIndication
 from .workers import WorkerLost
 
@@ -289,7 +297,12 @@ def _entries(reader: PdfFileReader, run: _Run) -> list[_Entry]:
     """
     found: list[tuple[int, _Entry]] = []
     try:
-        fields = list(enumerate_sig_fields(reader, filled_status=True))
+        # The form's own walk (cycles cut short), not pyHanko's, which gives up on one.
+        fields = [
+            (name, node.raw_get("/V"), node)
+            for name, node, field_type in form_fields(reader.root)
+            if field_type == "/Sig" and "/V" in node
+        ]
     except Exception as exc:
         run.incident("reading the signature fields", exc)
         raise PdfRefused(
@@ -308,6 +321,11 @@ def _entries(reader: PdfFileReader, run: _Run) -> list[_Entry]:
         try:
             signature = EmbeddedPdfSignature(reader, field_dict, name)
             revision = signature.signed_revision
+            if signature.md_algorithm not in _DIGESTS:
+                raise ValueError(
+                    f"the SignerInfo's digest algorithm is {signature.md_algorithm!r}, "
+                    "not a digest algorithm"
+                )
         except Exception as exc:
             found.append((1 << 30, _Entry(name, kind, subfilter, None, _reason(exc))))
             continue
@@ -326,6 +344,12 @@ def _unchecked(entry_name: str, kind: str, why: str) -> SignatureReport:
         details={"checked": False, "type": _TYPE[kind]},
     )
 
+
+#: Digest algorithms a SignerInfo may name (asn1crypto's names).
+_DIGESTS = frozenset(
+    {"md5", "sha1", "sha224", "sha256", "sha384", "sha512", "sha512_224", "sha512_256",
+     "sha3_224", "sha3_256", "sha3_384", "sha3_512", "shake128", "shake256"}
+)  # fmt: skip
 
 _TYPE = {"/Sig": "signature", "/DocTimeStamp": "document_timestamp"}
 

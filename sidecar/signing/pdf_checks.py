@@ -33,6 +33,7 @@ __all__ = [
     "PdfInspector",
     "PdfLimits",
     "PdfRefused",
+    "form_fields",
     "inspect_pdf",
     "pdfa_problems",
     "pdfa_regressions",
@@ -207,7 +208,12 @@ def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFac
         raise _malformed(f"the PDF cannot be read: {_short(exc)}") from None
     except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise _malformed(f"the PDF cannot be read: {type(exc).__name__}") from None
-    if reader.encrypted:
+    try:
+        encrypted = "/Encrypt" in reader.trailer or reader.encrypted
+    except (misc.PdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # An /Encrypt that is not a dictionary, or names no known security handler.
+        raise _unsupported(f"the PDF's /Encrypt is not usable ({_short(exc)})") from None
+    if encrypted:
         raise _unsupported("the PDF is encrypted; PDF/A forbids it and sidecar signs none")
     try:
         size = int(reader.trailer["/Size"])
@@ -342,7 +348,7 @@ class _Form:
     locks: tuple[tuple[str, str, str | None], ...] = ()
 
 
-def _fields(root: Any) -> list[tuple[str, Any, str | None]]:
+def form_fields(root: Any) -> list[tuple[str, Any, str | None]]:
     """(fully qualified name, field dictionary, inherited /FT) of every field node."""
     from pyhanko.pdf_utils import generic
 
@@ -405,7 +411,7 @@ def _form_facts(root: Any) -> _Form:
     signatures: list[tuple[str, str]] = []
     locks: list[tuple[str, str, str | None]] = []
     sig_fields = 0
-    for name, node, field_type in _fields(root):
+    for name, node, field_type in form_fields(root):
         names.append(name)
         if field_type != "/Sig":
             continue
