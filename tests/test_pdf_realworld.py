@@ -562,3 +562,45 @@ async def test_shadow_hide_is_reported(
     changes = report["details"]["changes_after_signing"]
     assert changes["visible"] and changes[kind], changes
     assert any("not what was signed" in m for m in report["messages"])
+
+
+# -- a validator failure stays within its signature, and is logged ----------------------
+
+
+async def test_difference_analysis_failure_stays_in_its_signature(
+    pades_engine: PadesEngine,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A mock, as no real part of ours produces it: pyHanko's difference analysis raising
+    # KeyError (seen on other vendors' LT documents). Verified in a thread, so the patch
+    # applies; the worker path runs the same code.
+    from pyhanko.sign.diff_analysis.policies import StandardDiffPolicy
+
+    from sidecar.logs import REQUEST_ID
+    from sidecar.signing.pades_verify import verify_pdf
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("/Fields")
+
+    data = await _two_signatures(pades_engine, pades_signers, fee_note_pdf)
+    monkeypatch.setattr(StandardDiffPolicy, "review_file", broken)
+    token = REQUEST_ID.set("req-diff-test")
+    try:
+        with caplog.at_level("WARNING", logger="sidecar.signing.pades"):
+            reports = await verify_pdf(data, trust_roots=sandbox_roots)
+    finally:
+        REQUEST_ID.reset(token)
+    first, second = reports
+    # The first signature has a later revision to analyse: it says it could not.
+    assert first.indication.value == "INDETERMINATE"
+    assert "could not be analysed (KeyError" in first.messages[0]
+    assert first.details["intact"] and first.signer
+    assert second.details["intact"] and second.signer  # nothing after it to analyse
+    logged = [r for r in caplog.records if "difference analysis" in r.getMessage()]
+    assert logged, [r.getMessage() for r in caplog.records]
+    trace = logged[0].traceback  # type: ignore[attr-defined]
+    assert "KeyError" in trace and " in broken" in trace and "/work/" not in trace
