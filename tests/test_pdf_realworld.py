@@ -604,3 +604,29 @@ async def test_difference_analysis_failure_stays_in_its_signature(
     assert logged, [r.getMessage() for r in caplog.records]
     trace = logged[0].traceback  # type: ignore[attr-defined]
     assert "KeyError" in trace and " in broken" in trace and "/work/" not in trace
+
+
+async def test_mutated_signed_pdfs_never_get_a_5xx(
+    sandbox_api: Api,
+    pades_engine: PadesEngine,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+) -> None:
+    """Bytes of a two-signature PDF changed at seeded random places (a few at a time)."""
+    import random
+
+    data = await _two_signatures(pades_engine, pades_signers, fee_note_pdf)
+    rng = random.Random(20)
+    answers: dict[int, int] = {}
+    for _ in range(40):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        status, body = await _verify(sandbox_api, bytes(mutated))
+        answers[status] = answers.get(status, 0) + 1
+        assert status < 500, body
+        if status == 200:
+            assert len(body["signatures"]) <= 2
+        else:
+            assert body["code"] in {"malformed_pdf", "unsupported_pdf"}, body
+    assert answers.get(200), answers

@@ -705,26 +705,27 @@ def verify_pdf_blocking(
         logging.getLogger("pyhanko_certvalidator").setLevel(logging.CRITICAL)
     roots = [x509.Certificate.load(der) for der in roots_der]
     run = _Run(budget)
-    timed_out = False
+    stopped: str | None = None
     try:
         with _alarm(budget):
             asyncio.run(_verify_all(data, roots, run))
     except _OutOfTime:
-        timed_out = True
+        stopped = _deadline_message(budget)
     except PdfRefused:
         raise
-    except (misc.PdfError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
+    except Exception as exc:  # outside any one signature: the document's structure
+        run.incident("verifying the document", exc)
         if not run.entries:
             raise PdfRefused(
                 400, "malformed_pdf", f"the PDF's signatures cannot be read ({_reason(exc)})"
             ) from None
-        raise
+        stopped = f"not checked: the document could not be processed further ({_reason(exc)})"
     reports = list(run.reports)
-    if timed_out:
+    if stopped is not None:
         checked = {r.signature_id for r in reports}
         for entry in run.entries:
             if entry.name not in checked:
-                reports.append(_unchecked(entry.name, entry.kind, _deadline_message(budget)))
+                reports.append(_unchecked(entry.name, entry.kind, stopped))
     return VerifyOutcome(tuple(reports), tuple(run.incidents))
 
 
