@@ -46,8 +46,9 @@ async def many_signatures_pdf(
 def _first_revision_end(data: bytes) -> int:
     """The end of the first signed revision (its %%EOF after the original file's)."""
     reader = PdfFileReader(io.BytesIO(data))
-    (start, length) = list(reader.embedded_signatures[0].byte_range[-2:])
-    return int(start) + int(length)
+    byte_range = [int(v) for v in reader.embedded_signatures[0].byte_range]
+    start, length = byte_range[2], byte_range[3]
+    return start + length
 
 
 def _rss() -> int:
@@ -91,13 +92,17 @@ async def test_many_signatures_verified_off_the_loop(
     done.set()
     await poller
     rss_growth = _rss() - rss_before
+    checked = [r for r in body.get("signatures", ()) if r["details"].get("checked") is not False]
     print(
-        f"\n25-signature verify: {elapsed:.1f} s, {len(polls)} health polls, "
+        f"\n25-signature verify: {elapsed:.1f} s, {len(checked)} checked, {len(polls)} health polls, "
         f"slowest {max(polls) * 1000:.0f} ms, main RSS +{rss_growth / 2**20:.1f} MB"
     )
     assert response.status == 200, body
     assert len(body["signatures"]) == SIGNATURES
     assert all(r["details"]["type"] == "signature" for r in body["signatures"])
+    # Within the default 30 s all are checked on an idle machine; a loaded one may leave
+    # some INDETERMINATE (the deadline test below checks that answer), never none checked.
+    assert checked and all(r["signer"] for r in checked)
     assert len(polls) >= 3
     assert max(polls) < 0.25, sorted(polls)[-5:]
     assert rss_growth < 50 * 2**20
