@@ -61,9 +61,9 @@ def _update(data: bytes, change: Any) -> bytes:
     return out.getvalue()
 
 
-def _text_field(writer: IncrementalPdfFileWriter, name: str, text: str) -> generic.IndirectObject:
-    """A text field with a visible appearance on page 1, added to the form."""
-    appearance = generic.StreamObject(
+def _text_appearance(text: str) -> generic.StreamObject:
+    """A form XObject showing *text* (a field's appearance)."""
+    return generic.StreamObject(
         {
             pdf_name("/Type"): pdf_name("/XObject"),
             pdf_name("/Subtype"): pdf_name("/Form"),
@@ -73,6 +73,11 @@ def _text_field(writer: IncrementalPdfFileWriter, name: str, text: str) -> gener
         },
         stream_data=f"BT /Helv 12 Tf 2 5 Td ({text}) Tj ET".encode(),
     )
+
+
+def _text_field(writer: IncrementalPdfFileWriter, name: str, text: str) -> generic.IndirectObject:
+    """A text field with a visible appearance on page 1, added to the form."""
+    appearance = _text_appearance(text)
     widget = writer.add_object(
         generic.DictionaryObject(
             {
@@ -458,16 +463,7 @@ def _replace_appearance(widget_id: int, text: str) -> Any:
             for a in writer.root["/Pages"]["/Kids"][0]["/Annots"]
             if a.get_object().get("/T") == "Amount"
         ]
-        appearance = generic.StreamObject(
-            {
-                pdf_name("/Type"): pdf_name("/XObject"),
-                pdf_name("/Subtype"): pdf_name("/Form"),
-                pdf_name("/BBox"): generic.ArrayObject(
-                    [generic.NumberObject(v) for v in (0, 0, 200, 20)]
-                ),
-            },
-            stream_data=f"BT /Helv 12 Tf 2 5 Td ({text}) Tj ET".encode(),
-        )
+        appearance = _text_appearance(text)
         widget[pdf_name("/V")] = generic.TextStringObject(text)
         widget[pdf_name("/AP")] = generic.DictionaryObject(
             {pdf_name("/N"): writer.add_object(appearance)}

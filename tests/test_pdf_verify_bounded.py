@@ -94,7 +94,8 @@ async def test_many_signatures_verified_off_the_loop(
     rss_growth = _rss() - rss_before
     checked = [r for r in body.get("signatures", ()) if r["details"].get("checked") is not False]
     print(
-        f"\n25-signature verify: {elapsed:.1f} s, {len(checked)} checked, {len(polls)} health polls, "
+        f"\n25-signature verify: {elapsed:.1f} s, {len(checked)} checked, "
+        f"{len(polls)} health polls, "
         f"slowest {max(polls) * 1000:.0f} ms, main RSS +{rss_growth / 2**20:.1f} MB"
     )
     assert response.status == 200, body

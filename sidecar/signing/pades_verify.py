@@ -109,18 +109,20 @@ class _Dss:
             self.certs = list(dss.load_certs())
         except Exception as exc:
             self.problems.append(f"a DSS certificate cannot be read ({_reason(exc)})")
-        for ref in dss.ocsps:
+        self.ocsps = self._load(dss.ocsps, DecodePurpose.OCSP_RESPONSE, asn1_ocsp.OCSPResponse)
+        self.crls = self._load(dss.crls, DecodePurpose.CRL, asn1_crl.CertificateList)
+
+    def _load(self, refs: Iterable[Any], purpose: DecodePurpose, kind: Any) -> list[Any]:
+        """Each stream of a DSS array parsed as *kind*; an unreadable one left out, and said."""
+        loaded = []
+        for ref in refs:
             try:
-                data = ref.get_object().read_data(DecodePurpose.OCSP_RESPONSE)
-                self.ocsps.append(asn1_ocsp.OCSPResponse.load(data))
+                loaded.append(kind.load(ref.get_object().read_data(purpose)))
             except Exception as exc:
-                self.problems.append(f"a DSS OCSP response cannot be read ({_reason(exc)})")
-        for ref in dss.crls:
-            try:
-                data = ref.get_object().read_data(DecodePurpose.CRL)
-                self.crls.append(asn1_crl.CertificateList.load(data))
-            except Exception as exc:
-                self.problems.append(f"a DSS CRL cannot be read ({_reason(exc)})")
+                self.problems.append(
+                    f"a DSS entry ({kind.__name__}) cannot be read ({_reason(exc)})"
+                )
+        return loaded
 
 
 def _offline_context(
