@@ -62,9 +62,11 @@ async def test_many_signatures_verified_off_the_loop(
 ) -> None:
     assert len(PdfFileReader(io.BytesIO(many_signatures_pdf)).embedded_signatures) == SIGNATURES
     client = sandbox_api.client
-    # Warm the workers and the route first with the first revision (one signature): the
-    # first verification costs the daemon's process a one-time ~100 MB (measured: later
-    # ones +3 MB); the bound below is on what verifying a costly document adds.
+    # Warm the workers and the route first with the first revision (one signature): in
+    # this in-process setup the first verification costs the test process a one-time
+    # ~100 MB (later ones +0-3 MB; a plain process verifying in the workers, as in
+    # bench/bench_pdf_verify.py, grows by nothing). The bound is on what a costly
+    # document adds.
     first = many_signatures_pdf[: _first_revision_end(many_signatures_pdf)]
     warm = await client.post(
         "/v1/verify", data=first, headers={**PDF, **sandbox_api.auth("verifier")}
