@@ -32,12 +32,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fast_tsa import running_fast_tsa
-from stats import free_port, summarize, timed
+from stats import free_port, sandbox_rsa_signer, summarize, timed
 
 from sidecar.api.app import create_app
 from sidecar.clients import ClientStore, Scope
 from sidecar.config import Settings, TrustSettings, TsaSettings
-from sidecar.keys import KeyConfig, create_signer
 from sidecar.paths import Paths
 from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
 from sidecar.signing.pades import PadesEngine, PadesOptions
@@ -154,13 +153,7 @@ async def main(seconds: float, size: int) -> None:
             tsa_url = tsa_child.__enter__().url
             trust_settings = TrustSettings(tsa=(TsaSettings(url=tsa_url),))
             rsa = pki.signers["sandbox-rsa"]
-            signer = create_signer(
-                KeyConfig(
-                    id="bench", backend="pkcs12", path=rsa.p12,
-                    passphrase_source="config", passphrase=rsa.p12_passphrase,
-                )
-            )  # fmt: skip
-            signer.open()
+            signer = sandbox_rsa_signer(pki)
             async with (
                 aiohttp.ClientSession() as session,
                 open_trust(

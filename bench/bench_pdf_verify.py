@@ -20,9 +20,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from stats import free_port, summarize, timed
+from stats import free_port, sandbox_rsa_signer, summarize, timed
 
-from sidecar.keys import KeyConfig, create_signer
 from sidecar.sandbox import ensure_sandbox_pki
 from sidecar.signing.pades import PadesEngine, PadesOptions
 from sidecar.signing.pades_verify import verify_pdf
@@ -115,14 +114,7 @@ async def measure(
 async def main(count: int, runs: int, lt_entries: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pki = ensure_sandbox_pki(Path(tmp) / "pki", port=free_port())
-        rsa = pki.signers["sandbox-rsa"]
-        signer = create_signer(
-            KeyConfig(
-                id="bench", backend="pkcs12", path=rsa.p12,
-                passphrase_source="config", passphrase=rsa.p12_passphrase,
-            )
-        )  # fmt: skip
-        signer.open()
+        signer = sandbox_rsa_signer(pki)
         roots = load_certificates(pki.roots_pem)
         inspector = PdfInspector(PdfLimits(workers=1))
         try:
