@@ -32,7 +32,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fast_tsa import running_fast_tsa
-from stats import free_port, sandbox_rsa_signer, summarize, timed
+from sandbox_key import sandbox_rsa_signer
+from stats import free_port, summarize, timed
 
 from sidecar.api.app import create_app
 from sidecar.clients import ClientStore, Scope

@@ -20,7 +20,8 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from stats import free_port, sandbox_rsa_signer, summarize, timed
+from sandbox_key import sandbox_rsa_signer
+from stats import free_port, summarize, timed
 
 from sidecar.sandbox import ensure_sandbox_pki
 from sidecar.signing.pades import PadesEngine, PadesOptions

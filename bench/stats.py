@@ -14,17 +14,8 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-__all__ = [
-    "Summary",
-    "cpu_seconds",
-    "free_port",
-    "sandbox_rsa_signer",
-    "summarize",
-    "timed",
-    "timed_sync",
-]
+__all__ = ["Summary", "cpu_seconds", "free_port", "summarize", "timed", "timed_sync"]
 
 
 @dataclass(frozen=True)
@@ -122,18 +113,3 @@ def timed_sync(call: Callable[[], object], n: int) -> tuple[list[float], float]:
         call()
         samples.append(time.perf_counter() - start)
     return samples, time.perf_counter() - begin
-
-
-def sandbox_rsa_signer(pki: Any) -> Any:
-    """The sandbox's RSA PKCS#12 key as an opened :class:`sidecar.keys.Signer`."""
-    from sidecar.keys import KeyConfig, create_signer
-
-    rsa = pki.signers["sandbox-rsa"]
-    signer = create_signer(
-        KeyConfig(
-            id="bench", backend="pkcs12", path=rsa.p12,
-            passphrase_source="config", passphrase=rsa.p12_passphrase,
-        )
-    )  # fmt: skip
-    signer.open()
-    return signer

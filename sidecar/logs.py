@@ -8,56 +8,25 @@ filter on the handler before anything is written.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import os
 import sys
 import threading
 import traceback
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "REQUEST_ID",
     "JsonLinesFormatter",
-    "RequestIdFilter",
     "SecretMask",
     "configure_logging",
+    "current_request_id",
     "register_secret",
-    "traceback_text",
+    "request_extra",
 ]
-
-#: The id of the request being served (set by the API's outermost middleware), so that
-#: what the engines below log carries it without knowing HTTP.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "sidecar_request_id", default=None
-)
-
-
-def traceback_text(exc: BaseException, limit: int = 20) -> str:
-    """*exc*'s traceback for the log, file names without their directories (the
-    machine's paths stay out of the log): ``module.py:12 in function`` per frame."""
-    lines = []
-    for frame in traceback.extract_tb(exc.__traceback__, limit=-limit):
-        lines.append(f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}")
-    lines.append(
-        f"{type(exc).__name__}: {_mask(str(exc).splitlines()[0][:300] if str(exc) else '')}"
-    )
-    return " | ".join(lines)
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to records logged while a request is served."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            request_id = REQUEST_ID.get()
-            if request_id is not None:
-                record.request_id = request_id
-        return True
-
 
 _MASK = "[redacted]"
 _secrets: set[str] = set()
@@ -69,6 +38,17 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "asctime",
     "taskName",
 }
+
+
+#: The id of the API request being served (set by the API's outermost middleware), so
+#: that code below the API layer can log a cause with it: ``extra=request_extra()``.
+current_request_id: ContextVar[str | None] = ContextVar("sidecar_request_id", default=None)
+
+
+def request_extra() -> dict[str, str]:
+    """``{"request_id": ...}`` while an API request is served, else nothing."""
+    request_id = current_request_id.get()
+    return {"request_id": request_id} if request_id else {}
 
 
 def register_secret(secret: str) -> None:
@@ -158,3 +138,26 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
     # verifies: that is a finding of the report, not an event of the daemon.
     if level.lower() != "debug":
         logging.getLogger("pyhanko").setLevel(logging.ERROR)
+
+
+def traceback_text(exc: BaseException, limit: int = 20) -> str:
+    """*exc*'s traceback for the log, file names without their directories (the
+    machine's paths stay out of the log): ``module.py:12 in function`` per frame."""
+    lines = []
+    for frame in traceback.extract_tb(exc.__traceback__, limit=-limit):
+        lines.append(f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}")
+    message = str(exc).splitlines()[0][:300] if str(exc) else ""
+    lines.append(f"{type(exc).__name__}: {_mask(message)}")
+    return " | ".join(lines)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every record logged while a request is served (engines
+    below the API layer log without knowing it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = current_request_id.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from sidecar.logs import REQUEST_ID, RequestIdFilter, traceback_text
+from sidecar.logs import RequestIdFilter, current_request_id, traceback_text
 from tests.fixtures.daemon import Api
 
 
@@ -43,11 +43,11 @@ def test_engine_logs_carry_the_request_id() -> None:
     record = logging.LogRecord(
         "sidecar.signing", logging.WARNING, "x", 1, "step failed", None, None
     )
-    token = REQUEST_ID.set("req-abc")
+    token = current_request_id.set("req-abc")
     try:
         assert RequestIdFilter().filter(record)
     finally:
-        REQUEST_ID.reset(token)
+        current_request_id.reset(token)
     assert record.request_id == "req-abc"  # type: ignore[attr-defined]
 
 

@@ -576,7 +576,7 @@ async def test_difference_analysis_failure_stays_in_its_signature(
     # applies; the worker path runs the same code.
     from pyhanko.sign.diff_analysis.policies import StandardDiffPolicy
 
-    from sidecar.logs import REQUEST_ID
+    from sidecar.logs import current_request_id
     from sidecar.signing.pades_verify import verify_pdf
 
     def broken(*args: Any, **kwargs: Any) -> Any:
@@ -584,12 +584,12 @@ async def test_difference_analysis_failure_stays_in_its_signature(
 
     data = await _two_signatures(pades_engine, pades_signers, fee_note_pdf)
     monkeypatch.setattr(StandardDiffPolicy, "review_file", broken)
-    token = REQUEST_ID.set("req-diff-test")
+    token = current_request_id.set("req-diff-test")
     try:
         with caplog.at_level("WARNING", logger="sidecar.signing.pades"):
             reports = await verify_pdf(data, trust_roots=sandbox_roots)
     finally:
-        REQUEST_ID.reset(token)
+        current_request_id.reset(token)
     first, second = reports
     # The first signature has a later revision to analyse: it says it could not.
     assert first.indication.value == "INDETERMINATE"

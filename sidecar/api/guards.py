@@ -19,8 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import is_loopback_host
-from ..logs import REQUEST_ID as REQUEST_ID_VAR
-from ..logs import traceback_text
+from ..logs import current_request_id, traceback_text
 from .contract import Operation
 from .keys import (
     CLIENT,
@@ -88,7 +87,8 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
     given = request.headers.get("X-Request-Id", "")
     request_id = given if _REQUEST_ID.match(given) else str(uuid.uuid4())
     request[REQUEST_ID] = request_id
-    REQUEST_ID_VAR.set(request_id)
+    # For log lines written below the API layer (the raw cause of an upstream error).
+    current_request_id.set(request_id)
     started = time.perf_counter()
     response: web.StreamResponse
     try:
