@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import threading
-import traceback
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +142,8 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
 def traceback_text(exc: BaseException, limit: int = 20) -> str:
     """*exc*'s traceback for the log, file names without their directories (the
     machine's paths stay out of the log): ``module.py:12 in function`` per frame."""
+    import traceback
+
     lines = []
     for frame in traceback.extract_tb(exc.__traceback__, limit=-limit):
         lines.append(f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}")
