@@ -32,13 +32,13 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fast_tsa import running_fast_tsa
+from sandbox_key import sandbox_rsa_signer
 from stats import free_port, summarize, timed
 
 from sidecar.api.app import create_app
 from sidecar.api.xml import xml_workers_started
 from sidecar.clients import ClientStore, Scope
 from sidecar.config import Settings, TrustSettings, TsaSettings
-from sidecar.keys import KeyConfig, create_signer
 from sidecar.paths import Paths
 from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
 from sidecar.signing.pades import PadesEngine, PadesOptions
@@ -155,13 +155,7 @@ async def main(seconds: float, size: int) -> None:
             tsa_url = tsa_child.__enter__().url
             trust_settings = TrustSettings(tsa=(TsaSettings(url=tsa_url),))
             rsa = pki.signers["sandbox-rsa"]
-            signer = create_signer(
-                KeyConfig(
-                    id="bench", backend="pkcs12", path=rsa.p12,
-                    passphrase_source="config", passphrase=rsa.p12_passphrase,
-                )
-            )  # fmt: skip
-            signer.open()
+            signer = sandbox_rsa_signer(pki)
             async with (
                 aiohttp.ClientSession() as session,
                 open_trust(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from contextvars import ContextVar
@@ -123,6 +124,7 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(RequestIdFilter())
     handler.addFilter(SecretMask())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -135,3 +137,28 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
     # verifies: that is a finding of the report, not an event of the daemon.
     if level.lower() != "debug":
         logging.getLogger("pyhanko").setLevel(logging.ERROR)
+
+
+def traceback_text(exc: BaseException, limit: int = 20) -> str:
+    """*exc*'s traceback for the log, file names without their directories (the
+    machine's paths stay out of the log): ``module.py:12 in function`` per frame."""
+    import traceback
+
+    lines = []
+    for frame in traceback.extract_tb(exc.__traceback__, limit=-limit):
+        lines.append(f"{os.path.basename(frame.filename)}:{frame.lineno} in {frame.name}")
+    message = str(exc).splitlines()[0][:300] if str(exc) else ""
+    lines.append(f"{type(exc).__name__}: {_mask(message)}")
+    return " | ".join(lines)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every record logged while a request is served (engines
+    below the API layer log without knowing it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = current_request_id.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True

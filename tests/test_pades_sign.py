@@ -68,8 +68,13 @@ async def test_level_and_key_type(
     assert str(sig.sig_object["/Location"]) == "Luxembourg"
 
     # Our own verification derives the same level.
-    reports = await verify_pdf(data, trust_roots=sandbox_roots)
+    everything = await verify_pdf(data, trust_roots=sandbox_roots)
+    reports = [r for r in everything if r.details["type"] == "signature"]
     assert [r.level for r in reports] == [level]
+    # A document timestamp is reported in its own right too.
+    timestamps = [r for r in everything if r.details["type"] == "document_timestamp"]
+    assert len(timestamps) == (1 if level is Level.B_LTA else 0)
+    assert all(t.indication is Indication.TOTAL_PASSED for t in timestamps)
     expected = (
         Indication.TOTAL_PASSED if level in (Level.B_LT, Level.B_LTA) else Indication.INDETERMINATE
     )

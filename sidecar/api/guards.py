@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import is_loopback_host
-from ..logs import current_request_id
+from ..logs import current_request_id, traceback_text
 from .contract import Operation
 from .keys import (
     CLIENT,
@@ -65,13 +65,13 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Proble
 
 
 def _internal_error(request: web.Request, exc: Exception, request_id: str) -> web.Response:
-    # No traceback: it would show the machine's paths. The type says enough to triage.
+    # The traceback without the machine's paths (file names only), in the log only.
     log.error(
         "unhandled %s while serving %s %s",
         type(exc).__name__,
         request.method,
         request.path,
-        extra={"request_id": request_id},
+        extra={"request_id": request_id, "traceback": traceback_text(exc)},
     )
     return problem_response(
         Problem(
@@ -102,6 +102,15 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception as exc:
         mapped = problem_for(exc)
         if mapped is not None:
+            if mapped.status >= 500:  # an engine's failure: the log says where
+                log.error(
+                    "%s (%s) while serving %s %s",
+                    type(exc).__name__,
+                    mapped.code,
+                    request.method,
+                    request.path,
+                    extra={"request_id": request_id, "traceback": traceback_text(exc)},
+                )
             response = problem_response(mapped, instance=request_id)
         else:
             response = _internal_error(request, exc, request_id)

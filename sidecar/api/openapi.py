@@ -19,7 +19,10 @@ _ERROR_CODES: dict[int, tuple[str, str]] = {
     409: ("Same UUID, different content.", "duplicate_uuid"),
     413: ("Body over the configured limit.", "too_large"),
     415: ("Wrong Content-Type.", "unsupported_media_type"),
-    422: ("Well-formed but unacceptable.", "schema_violation | forbidden_dtd | unsupported_pdf"),
+    422: (
+        "Well-formed but unacceptable.",
+        "schema_violation | forbidden_dtd | unsupported_pdf | pdf_certified | pdf_locked",
+    ),
     423: ("The signing key is locked.", "key_locked"),
     501: ("Not implemented yet in this version.", "not_implemented"),
     502: ("An upstream answered with an error.", "upstream_error"),

@@ -57,6 +57,7 @@ from pyhanko_certvalidator.errors import (
 
 from ..keys import Signer
 from ..keys.pyhanko_adapter import PyHankoSignerAdapter
+from ..logs import traceback_text
 from .pdf_checks import (
     PdfFacts,
     PdfInspector,
@@ -312,8 +313,9 @@ class PadesEngine:
                 raise PdfRefused(
                     422, "unsupported_pdf", "the profile demands PDF/A: " + "; ".join(problems)
                 )
+        refuse_if_locked(before)
         keep_version = before.is_pdfa
-        field_name = options.field_name or f"Signature{before.signature_fields + 1}"
+        field_name = options.field_name or new_field_name(before)
         try:
             output = await self._sign(data, signer, options, field_name, keep_version)
             if options.level is Level.B_LTA:
@@ -336,6 +338,22 @@ class PadesEngine:
             raise PadesError("signing_failed", f"pyHanko could not sign: {exc}") from None
         except misc.PdfError as exc:
             raise PdfRefused(400, "malformed_pdf", f"the PDF cannot be updated: {exc}") from None
+        except (
+            KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError,
+            AssertionError,
+        ) as exc:  # fmt: skip
+            # pyHanko met a structure it cannot update (readable, but not as it expects;
+            # it checks some with assert):
+            # the caller's document, not the daemon, is the cause; the log keeps where.
+            log.warning(
+                "pyHanko could not update the PDF", extra={"traceback": traceback_text(exc)}
+            )
+            raise PdfRefused(
+                422,
+                "unsupported_pdf",
+                f"the PDF cannot be signed: its structure is not one sidecar can update "
+                f"({type(exc).__name__})",
+            ) from None
         after = await asyncio.to_thread(inspect_pdf, output)
         if before.is_pdfa:
             broken = pdfa_regressions(before, after)
@@ -418,6 +436,38 @@ class PadesEngine:
             dss_settings=TimestampDSSContentSettings(include_vri=False, update_before_ts=True),
         )
         return buffer.getvalue()
+
+
+def new_field_name(facts: PdfFacts) -> str:
+    """``Signature<n>``, *n* one more than the signature fields, or the next name no
+    field of the form has (a text field may be called ``Signature2``)."""
+    taken = {name.casefold() for name in facts.field_names}
+    number = facts.signature_fields + 1
+    while f"signature{number}" in taken:
+        number += 1
+    return f"Signature{number}"
+
+
+def refuse_if_locked(facts: PdfFacts) -> None:
+    """:class:`PdfRefused` when an earlier signature forbids any change, a new signature
+    included: a certification with DocMDP P=1 (``pdf_certified``), a field lock of all
+    fields or P=1 (``pdf_locked``). Signing anyway would silently invalidate it."""
+    if facts.certification is not None and facts.certification[0] == 1:
+        by = f" by {facts.certification[1]}" if facts.certification[1] else ""
+        raise PdfRefused(
+            422,
+            "pdf_certified",
+            f"the PDF is certified{by} with DocMDP permission 1: no change is allowed, "
+            "not even a new signature",
+        )
+    for field_name, what, signer in facts.locks:
+        by = f" by {signer}" if signer else ""
+        raise PdfRefused(
+            422,
+            "pdf_locked",
+            f"the signature in field {field_name!r}{by} locks the document with {what}: "
+            "a new signature would invalidate it",
+        )
 
 
 def _reservation(signed: bytes) -> int:

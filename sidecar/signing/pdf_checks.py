@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from lxml import etree
 
@@ -31,9 +33,11 @@ __all__ = [
     "PdfInspector",
     "PdfLimits",
     "PdfRefused",
+    "form_fields",
     "inspect_pdf",
     "pdfa_problems",
     "pdfa_regressions",
+    "signer_name",
 ]
 
 _NS = {
@@ -45,6 +49,7 @@ _NS = {
     "pdf": "http://ns.adobe.com/pdf/1.3/",
 }
 _RDF = f"{{{_NS['rdf']}}}"
+T = TypeVar("T")
 
 #: Info key → (XMP property, kind), per ISO 19005-2 6.6.3 / XMP part 2.
 _INFO_XMP = {
@@ -93,6 +98,9 @@ class PdfLimits:
     worker_memory: int = 1024**3
     #: Worker processes (each parses one document at a time).
     workers: int = 2
+    #: Seconds the verification of one document's signatures may take; what is not
+    #: checked by then is reported INDETERMINATE.
+    verify_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,15 @@ class PdfFacts:
     #: Info entries whose XMP equivalent is missing or differs.
     info_xmp_mismatches: tuple[str, ...] = ()
     xmp_error: str | None = None
+    #: Fully qualified names of the form's fields (of every type), for a new field's name.
+    field_names: tuple[str, ...] = ()
+    #: (name, ``/Sig`` or ``/DocTimeStamp``) of each filled signature field.
+    signatures: tuple[tuple[str, str], ...] = ()
+    #: The certification signature's DocMDP permission (1, 2 or 3) and its signer, if any.
+    certification: tuple[int, str | None] | None = None
+    #: (field name, what locks, signer) of each earlier signature that forbids any
+    #: further change: a field lock ``/Action /All``, or ``/P 1`` (FieldMDP or /Lock).
+    locks: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def version(self) -> str:
@@ -191,7 +208,12 @@ def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFac
         raise _malformed(f"the PDF cannot be read: {_short(exc)}") from None
     except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
         raise _malformed(f"the PDF cannot be read: {type(exc).__name__}") from None
-    if reader.encrypted:
+    try:
+        encrypted = "/Encrypt" in reader.trailer or reader.encrypted
+    except (misc.PdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # An /Encrypt that is not a dictionary, or names no known security handler.
+        raise _unsupported(f"the PDF's /Encrypt is not usable ({_short(exc)})") from None
+    if encrypted:
         raise _unsupported("the PDF is encrypted; PDF/A forbids it and sidecar signs none")
     try:
         size = int(reader.trailer["/Size"])
@@ -207,20 +229,15 @@ def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFac
         catalog_version = None
         if "/Version" in root:
             catalog_version = str(root["/Version"]).lstrip("/")
-        fields = 0
-        if "/AcroForm" in root:
-            for ref in root["/AcroForm"].get("/Fields", generic.ArrayObject()):
-                value = ref.get_object()
-                if isinstance(value, generic.DictionaryObject) and value.get("/FT") == "/Sig":
-                    fields += 1
+        form = _form_facts(root)
         intents: list[tuple[str, bool]] = []
-        for intent in root.get("/OutputIntents", generic.ArrayObject()):
-            intent = intent.get_object()
+        for intent in _array(root, "/OutputIntents"):
+            intent = _resolve(intent)
             if isinstance(intent, generic.DictionaryObject):
                 intents.append((str(intent.get("/S", "")), "/DestOutputProfile" in intent))
         info: dict[str, str] = {}
         if "/Info" in reader.trailer:
-            info_dict = reader.trailer["/Info"]
+            info_dict = _resolve(reader.trailer["/Info"])
             if isinstance(info_dict, generic.DictionaryObject):
                 for key in _INFO_XMP:
                     if key in info_dict:
@@ -228,7 +245,7 @@ def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFac
         xmp: dict[str, str] = {}
         xmp_error = None
         if "/Metadata" in root:
-            stream = root["/Metadata"]
+            stream = _resolve(root["/Metadata"])
             if isinstance(stream, generic.StreamObject):
                 try:
                     xmp = _read_xmp(stream.data)
@@ -247,7 +264,7 @@ def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFac
         encrypted=False,
         objects=objects,
         revisions=revisions,
-        signature_fields=fields,
+        signature_fields=form.signature_fields,
         pdfaid_part=xmp.get("pdfaid:part"),
         pdfaid_conformance=xmp.get("pdfaid:conformance"),
         output_intents=tuple(intents),
@@ -255,7 +272,163 @@ def inspect_pdf(data: bytes, max_objects: int = PdfLimits.max_objects) -> PdfFac
         xmp=xmp,
         info_xmp_mismatches=tuple(_mismatches(info, xmp)),
         xmp_error=xmp_error,
+        field_names=form.names,
+        signatures=form.signatures,
+        certification=form.certification,
+        locks=form.locks,
     )
+
+
+# -- the form: field names, signatures, certification and locks ----------------------
+
+#: Form fields walked at most (a form is walked once per inspection).
+_MAX_FIELDS = 20_000
+
+
+def _resolve(value: Any) -> Any:
+    """The object itself: ISO 32000 lets most values be indirect references."""
+    from pyhanko.pdf_utils import generic
+
+    seen = 0
+    while isinstance(value, generic.IndirectObject) and seen < 16:
+        value = value.get_object()
+        seen += 1
+    return value
+
+
+def _array(mapping: Any, key: str) -> list[Any]:
+    """``mapping[key]`` as a list, resolved (a missing or non-array value: empty)."""
+    from pyhanko.pdf_utils import generic
+
+    if not isinstance(mapping, generic.DictionaryObject) or key not in mapping:
+        return []
+    value = _resolve(mapping.raw_get(key))
+    return list(value) if isinstance(value, generic.ArrayObject) else []
+
+
+def _dict(mapping: Any, key: str) -> Any:
+    from pyhanko.pdf_utils import generic
+
+    if not isinstance(mapping, generic.DictionaryObject) or key not in mapping:
+        return None
+    value = _resolve(mapping.raw_get(key))
+    return value if isinstance(value, generic.DictionaryObject) else None
+
+
+def signer_name(sig_value: Any) -> str | None:
+    """The subject of the certificate that made the CMS in a signature dictionary."""
+    from asn1crypto import cms
+
+    try:
+        contents = _resolve(sig_value.raw_get("/Contents"))
+        info = cms.ContentInfo.load(bytes(contents), strict=False)
+        signed = info["content"]
+        sid = signed["signer_infos"][0]["sid"]
+        certificates = [c.chosen for c in signed["certificates"] if c.name == "certificate"]
+        for cert in certificates:
+            if sid.name == "issuer_and_serial_number":
+                if (
+                    cert.issuer == sid.chosen["issuer"]
+                    and cert.serial_number == sid.chosen["serial_number"].native
+                ):
+                    return str(cert.subject.human_friendly)
+            elif cert.key_identifier == sid.chosen.native:
+                return str(cert.subject.human_friendly)
+        return str(certificates[0].subject.human_friendly) if certificates else None
+    except Exception:  # a name for a message only; the CMS is checked elsewhere
+        return None
+
+
+@dataclass(frozen=True)
+class _Form:
+    names: tuple[str, ...] = ()
+    signatures: tuple[tuple[str, str], ...] = ()
+    signature_fields: int = 0
+    certification: tuple[int, str | None] | None = None
+    locks: tuple[tuple[str, str, str | None], ...] = ()
+
+
+def form_fields(root: Any) -> list[tuple[str, Any, str | None]]:
+    """(fully qualified name, field dictionary, inherited /FT) of every field node."""
+    from pyhanko.pdf_utils import generic
+
+    found: list[tuple[str, Any, str | None]] = []
+    seen: set[generic.Reference] = set()
+    stack = [(item, "", None, 0) for item in reversed(_array(_dict(root, "/AcroForm"), "/Fields"))]
+    while stack and len(found) < _MAX_FIELDS:
+        item, parent, inherited, depth = stack.pop()
+        if isinstance(item, generic.IndirectObject):
+            if item.reference in seen:
+                continue
+            seen.add(item.reference)
+        node = _resolve(item)
+        if not isinstance(node, generic.DictionaryObject) or depth > 32:
+            continue
+        partial = str(_resolve(node.raw_get("/T"))) if "/T" in node else None
+        name = f"{parent}.{partial}" if parent and partial else (partial or parent)
+        field_type = str(node["/FT"]) if "/FT" in node else inherited
+        if partial is not None:
+            found.append((name, node, field_type))
+        for kid in reversed(_array(node, "/Kids")):
+            stack.append((kid, name, field_type, depth + 1))
+    return found
+
+
+def _docmdp_permission(sig_value: Any) -> int | None:
+    for reference in _array(sig_value, "/Reference"):
+        reference = _resolve(reference)
+        if _resolve(reference.get("/TransformMethod")) == "/DocMDP":
+            params = _dict(reference, "/TransformParams")
+            return int(params.get("/P", 2)) if params is not None else 2
+    return None
+
+
+def _field_locks(field: Any, sig_value: Any) -> list[str]:
+    """What of this signed field's locks forbids any further change."""
+    found = []
+    lock = _dict(field, "/Lock")
+    if lock is not None:
+        if lock.get("/Action") == "/All":
+            found.append("its field lock (/Lock /Action /All)")
+        if int(lock.get("/P", 0)) == 1:
+            found.append("its field lock (/Lock /P 1: no changes)")
+    for reference in _array(sig_value, "/Reference"):
+        reference = _resolve(reference)
+        if _resolve(reference.get("/TransformMethod")) != "/FieldMDP":
+            continue
+        params = _dict(reference, "/TransformParams")
+        if params is not None and int(params.get("/P", 0)) == 1:
+            found.append("its FieldMDP lock (/P 1: no changes)")
+        elif params is not None and params.get("/Action") == "/All" and lock is None:
+            found.append("its FieldMDP lock (/Action /All)")
+    return found
+
+
+def _form_facts(root: Any) -> _Form:
+    from pyhanko.pdf_utils import generic
+
+    names: list[str] = []
+    signatures: list[tuple[str, str]] = []
+    locks: list[tuple[str, str, str | None]] = []
+    sig_fields = 0
+    for name, node, field_type in form_fields(root):
+        names.append(name)
+        if field_type != "/Sig":
+            continue
+        sig_fields += 1
+        value = _resolve(node.raw_get("/V")) if "/V" in node else None
+        if not isinstance(value, generic.DictionaryObject):
+            continue
+        kind = "/DocTimeStamp" if value.get("/Type") == "/DocTimeStamp" else "/Sig"
+        signatures.append((name, kind))
+        for what in _field_locks(node, value):
+            locks.append((name, what, signer_name(value)))
+    certification = None
+    certifier = _dict(_dict(root, "/Perms"), "/DocMDP")
+    if certifier is not None:
+        permission = _docmdp_permission(certifier)
+        certification = (permission or 2, signer_name(certifier))
+    return _Form(tuple(names), tuple(signatures), sig_fields, certification, tuple(locks))
 
 
 def _short(exc: Exception) -> str:
@@ -415,6 +588,11 @@ class PdfInspector:
             ) from None
         except WorkerLost:
             raise _unsupported("reading the PDF needs more memory than allowed") from None
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, deadline: float) -> T:
+        """``fn(*args)`` in one of these workers (same memory ceiling), within *deadline*
+        seconds: :class:`TimeoutError` or :class:`WorkerLost` otherwise."""
+        return await self._workers.run(fn, *args, deadline=deadline)
 
     def close(self) -> None:
         self._workers.close()

@@ -71,6 +71,7 @@ log = logging.getLogger("sidecar.signing.workers")
 #: Modules the forkserver imports once, so that a new worker starts warm.
 PRELOAD = (
     "sidecar.signing.pdf_checks",
+    "sidecar.signing.pades_verify",
     "pyhanko.pdf_utils.reader",
     "sidecar.signing.xades",
 )
