@@ -118,7 +118,7 @@ async def test_deadline_gives_a_partial_report(
     try:
         started = time.perf_counter()
         reports = await verify_pdf(
-            many_signatures_pdf, trust_roots=sandbox_roots, inspector=inspector, deadline=1.0
+            many_signatures_pdf, trust_roots=sandbox_roots, inspector=inspector, deadline=0.1
         )
         elapsed = time.perf_counter() - started
     finally:
@@ -126,9 +126,9 @@ async def test_deadline_gives_a_partial_report(
     assert len(reports) == SIGNATURES  # every signature is named, checked or not
     unchecked = [r for r in reports if r.details.get("checked") is False]
     checked = [r for r in reports if r.details.get("checked") is not False]
-    assert unchecked, "a 1 s budget cannot cover 25 signatures"
+    assert unchecked, "a 0.1 s budget cannot cover 25 signatures"
     for report in unchecked:
         assert report.indication is Indication.INDETERMINATE
         assert "not checked" in report.messages[0]
     assert all(r.signer for r in checked)
-    assert elapsed < 1.0 + 5.0 + 10.0  # budget + pool backstop + worker start, loaded machine
+    assert elapsed < 0.1 + 5.0 + 10.0  # budget + pool backstop + worker start, loaded machine
