@@ -398,9 +398,9 @@ class SigningSettings:
     pdf_parse_timeout: float = field(default=10.0, metadata={"check": _positive})
     pdf_worker_memory: int = field(default=1024**3, metadata={"parse": parse_size})
     pdf_workers: int = field(default=2, metadata={"check": _positive})
-    #: Seconds one PDF's signatures may take to verify (in the PDF workers); what is
-    #: not checked by then is reported INDETERMINATE.
-    pdf_verify_timeout: float = field(default=30.0, metadata={"check": _positive})
+    #: Seconds one document's signatures (PDF or XML) may take to verify, in the
+    #: memory-capped workers; what is not checked by then is reported INDETERMINATE.
+    verify_timeout: float = field(default=30.0, metadata={"check": _positive})
     #: Level of ``POST /v1/xml/sign`` without ``?level=`` or a profile's level.
     xml_level: Literal["B-B", "B-T", "B-LT", "B-LTA"] = "B-LT"
     #: Worker processes that draft XAdES signatures (the CPU-bound part; the key

@@ -147,7 +147,7 @@ async def signing_context(app: web.Application) -> AsyncIterator[None]:
             timeout=settings.pdf_parse_timeout,
             worker_memory=settings.pdf_worker_memory,
             workers=settings.pdf_workers,
-            verify_timeout=settings.pdf_verify_timeout,
+            verify_timeout=settings.verify_timeout,
         )
     )
     trust = app.get(TRUST)

@@ -1,6 +1,7 @@
 """``POST /v1/verify``: one EN 319 102-1 report per signature of an XML or PDF document.
 
-Dispatches on the Content-Type: XML to :func:`sidecar.signing.xades_verify.verify_xml`,
+Dispatches on the Content-Type: XML to :func:`sidecar.signing.xades_verify.verify_xml`
+(in the bounded PDF/XML workers, within ``[signing] verify_timeout``),
 PDF to :func:`sidecar.signing.pades_verify.verify_pdf`, parsed first in the bounded PDF
 worker. A standardized form (an XML whose profile embeds a PDF) is reported twice over:
 its XAdES signature, and the embedded PDF's PAdES signature under ``embedded_pdf``, each
@@ -13,6 +14,7 @@ anchors: that is what says whether a B-LT signature is really long-term.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +25,7 @@ from asn1crypto import x509
 from ..signing.forms import embedded_pdf, embedded_pdf_note
 from ..signing.pades_verify import verify_pdf
 from ..signing.report import SignatureReport
-from ..signing.xades_verify import VerificationPolicy, verify_xml
+from ..signing.xades_verify import VerificationPolicy, verify_xml_bounded
 from ..signing.xml_safety import parse_xml
 from .guards import read_body
 from .keys import SANDBOX_PKI, SETTINGS
@@ -64,9 +66,13 @@ async def verify_document(request: web.Request) -> web.Response:
         reports = await verify_pdf(body, trust_roots=roots, inspector=inspector)
         return web.json_response(_report_json(reports, "pdf"))
     policy = VerificationPolicy(trust_roots=roots, max_size=app[SETTINGS].limits.xml)
-    answer = _report_json(await verify_xml(body, policy), "xml")
-    # verify_xml has refused anything unsafe already; this parse only finds the PDF.
-    found = embedded_pdf(parse_xml(body, max_size=policy.max_size).tree, app[PROFILES])
+    reports = await verify_xml_bounded(
+        body, policy, inspector, app[SETTINGS].signing.verify_timeout
+    )
+    answer = _report_json(reports, "xml")
+    # The XML was refused already if it is unsafe; this parse only finds the PDF.
+    parsed = await asyncio.to_thread(parse_xml, body, max_size=policy.max_size)
+    found = embedded_pdf(parsed.tree, app[PROFILES])
     if found is not None:
         profile, pdf = found
         pdf_reports = await verify_pdf(pdf, trust_roots=roots, inspector=inspector)

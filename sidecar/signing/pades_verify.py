@@ -734,7 +734,7 @@ def verify_pdf_blocking(
 def _deadline_message(budget: float | None) -> str:
     return (
         f"not checked: verifying this document takes longer than the {budget or 0:g} s "
-        "allowed ([signing] pdf_verify_timeout); the signatures listed before were checked"
+        "allowed ([signing] verify_timeout); the signatures listed before were checked"
     )
 
 

@@ -56,8 +56,10 @@ from pyhanko_certvalidator.errors import (
 )
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 
+from .pdf_checks import PdfInspector
 from .report import Indication, Level, SignatureReport, SubIndication
 from .tst import TokenContents, read_token
+from .workers import WorkerLost
 from .xades_properties import (
     archive_timestamp_input,
     find_qualifying_properties,
@@ -79,7 +81,7 @@ from .xmldsig import (
     xades141,
 )
 
-__all__ = ["VerificationPolicy", "verify_xml"]
+__all__ = ["VerificationPolicy", "verify_xml", "verify_xml_blocking", "verify_xml_bounded"]
 
 logger = logging.getLogger("sidecar.signing.xades_verify")
 
@@ -658,11 +660,79 @@ async def verify_xml(
     parsed = await loop.run_in_executor(
         executor, lambda: parse_xml(data, max_size=policy.max_size, max_depth=policy.max_depth)
     )
-    signatures = [
+    return [
+        await _verify_one(signature, policy) for signature in _outermost_signatures(parsed.root)
+    ]
+
+
+def verify_xml_blocking(
+    data: bytes,
+    roots_der: tuple[bytes, ...],
+    now: datetime | None,
+    max_size: int,
+    max_depth: int,
+) -> list[SignatureReport]:
+    """:func:`verify_xml` in an event loop of its own: blocking, for a worker process
+    (plain values in, picklable reports out)."""
+    policy = VerificationPolicy(
+        trust_roots=[x509.Certificate.load(der) for der in roots_der],
+        now=now,
+        max_size=max_size,
+        max_depth=max_depth,
+    )
+    return asyncio.run(verify_xml(data, policy))
+
+
+async def verify_xml_bounded(
+    data: bytes, policy: VerificationPolicy, inspector: PdfInspector, deadline: float
+) -> list[SignatureReport]:
+    """:func:`verify_xml` in one of *inspector*'s memory-capped worker processes, within
+    *deadline* seconds. A document too costly to finish gets every signature named,
+    INDETERMINATE and ``details.checked`` false: canonicalizing and hashing a large
+    document, or validating many chains, never holds the daemon's event loop.
+
+    Raises :class:`~sidecar.signing.xml_safety.XmlInputError` as :func:`verify_xml`.
+    """
+    roots = tuple(cert.dump() for cert in policy.trust_roots)
+    try:
+        return await inspector.run(
+            verify_xml_blocking,
+            data,
+            roots,
+            policy.now,
+            policy.max_size,
+            policy.max_depth,
+            deadline=deadline,
+        )
+    except (TimeoutError, WorkerLost) as exc:
+        why = (
+            f"not checked: verifying this document takes longer than the {deadline:g} s "
+            "allowed ([signing] verify_timeout)"
+            if isinstance(exc, TimeoutError)
+            else "not checked: verifying this document needs more memory than allowed"
+        )
+        logger.warning("XAdES verification stopped (%s)", type(exc).__name__)
+    parsed = await asyncio.to_thread(
+        parse_xml, data, max_size=policy.max_size, max_depth=policy.max_depth
+    )
+    return [
+        SignatureReport(
+            format="XAdES",
+            level=Level.NONE,
+            indication=Indication.INDETERMINATE,
+            signature_id=signature.get("Id"),
+            messages=[why],
+            details={"checked": False},
+        )
+        for signature in _outermost_signatures(parsed.root)
+    ]
+
+
+def _outermost_signatures(root: etree._Element) -> list[etree._Element]:
+    if root.tag == ds("Signature"):
+        return [root]
+    return [
         s
-        for s in parsed.root.iter(ds("Signature"))
+        for s in root.iter(ds("Signature"))
         if not any(a.tag == ds("Signature") for a in s.iterancestors())
     ]
-    if parsed.root.tag == ds("Signature"):
-        signatures = [parsed.root]
-    return [await _verify_one(signature, policy) for signature in signatures]
