@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ..health import CheckResult
+from ..i18n import N_
 from ..keys import (
     CertificateNotValid,
     KeyConfig,
@@ -50,8 +51,14 @@ def _not_valid(exc: CertificateNotValid) -> Problem:
 
 def _not_found(exc: KeyNotFound) -> Problem:
     if exc.key_id is None:
-        return Problem(404, "not_found", "no key named and no default key is configured")
-    return Problem(404, "not_found", f"no key {exc.key_id!r} (see GET /v1/keys)", key=exc.key_id)
+        return Problem(404, "not_found", N_("no key named and no default key is configured"))
+    return Problem(
+        404,
+        "not_found",
+        N_("no key {key!r} (see GET /v1/keys)"),
+        params={"key": exc.key_id},
+        key=exc.key_id,
+    )
 
 
 register_problem_mapper(KeyLocked, _locked)

@@ -1,0 +1,145 @@
+"""French and German: the catalogs are complete and current, the language is chosen as
+documented, and the API answers a problem in the caller's language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sidecar.i18n import (
+    choose,
+    format_date,
+    format_relative,
+    language_from_environment,
+    negotiate,
+    translations,
+    web_messages,
+)
+from sidecar.i18n.catalogs import DOMAINS, TRANSLATED, extract, read_catalog
+from tests.fixtures.daemon import Api
+
+
+def _key(message: Any) -> Any:
+    return message.id if isinstance(message.id, str) else tuple(message.id)
+
+
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_every_sentence_is_translated_and_every_translation_used(
+    domain: str, language: str
+) -> None:
+    used = {_key(m) for m in extract(domain) if m.id}
+    catalog = read_catalog(language, domain)
+    held = {_key(m) for m in catalog if m.id}
+    assert used, f"nothing extracted for {domain}: the extraction is broken"
+    assert not used - held, f"{language}/{domain}.po lacks {sorted(map(str, used - held))}"
+    assert not held - used, f"{language}/{domain}.po keeps unused {sorted(map(str, held - used))}"
+    assert not catalog.obsolete, f"{language}/{domain}.po keeps obsolete entries"
+    for message in catalog:
+        if not message.id:
+            continue
+        assert not message.fuzzy, f"{language}: fuzzy {message.id!r}"
+        forms = [message.string] if isinstance(message.id, str) else list(message.string)
+        assert forms and all(forms), f"{language}: untranslated {message.id!r}"
+        # Placeholders survive translation: the same {names} in every form.
+        ids = [message.id] if isinstance(message.id, str) else list(message.id)
+        expected = {p for i in ids for p in _placeholders(i)}
+        for form in forms:
+            assert _placeholders(form) <= expected, f"{language}: {form!r} vs {message.id!r}"
+            assert _placeholders(form) >= _placeholders(ids[0]) - {"n"}, (
+                f"{language}: {form!r} drops a placeholder of {message.id!r}"
+            )
+
+
+def _placeholders(text: str) -> set[str]:
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_catalogs_load_in_each_language() -> None:
+    assert translations("fr").gettext("Forbidden") == "Interdit"
+    assert translations("de").gettext("Forbidden") == "Verboten"
+    assert translations("en").gettext("Forbidden") == "Forbidden"
+    fee = web_messages("fr")["{n} fee note waiting, for {age}."]
+    assert isinstance(fee, list) and "mémoires d'honoraires" in fee[1]
+    assert "Honorarnote" in str(web_messages("de")["No fee note waiting to be sent to the CNS."])
+    assert web_messages("en") == {}
+
+
+def test_language_is_chosen_from_the_browser_the_os_and_the_configuration() -> None:
+    assert negotiate("fr-LU,fr;q=0.9,en;q=0.8") == "fr"
+    assert negotiate("lb-LU, de;q=0.7, fr;q=0.5") == "de"
+    assert negotiate("en;q=0.2, de;q=0.9") == "de"
+    assert negotiate("es, it") is None
+    assert negotiate("fr;q=0") is None
+    assert negotiate(None) is None
+    assert language_from_environment({"LANG": "fr_LU.UTF-8"}) == "fr"
+    assert language_from_environment({"LANG": "fr_LU.UTF-8", "LC_ALL": "de_LU.UTF-8"}) == "de"
+    assert language_from_environment({"LC_MESSAGES": "de_DE@euro", "LANG": "fr_FR"}) == "de"
+    assert language_from_environment({"LANG": "C.UTF-8"}) == "en"
+    assert language_from_environment({}) == "en"
+    assert choose("de", "fr") == "de"
+    assert choose("auto", "fr") == "fr"
+    assert choose("auto", None) == "en"
+
+
+def test_dates_in_the_readers_locale() -> None:
+    from datetime import date, timedelta
+
+    assert format_date(date(2029, 11, 29), "fr") == "29/11/2029"
+    assert format_date(date(2029, 11, 29), "de") == "29.11.2029"
+    assert format_relative(timedelta(days=3 * 365 + 2), "fr") == "dans 3 ans"
+    assert format_relative(timedelta(days=3 * 365 + 2), "de") == "in 3 Jahren"
+    assert format_relative(timedelta(minutes=-4), "fr") == "il y a 4 minutes"
+
+
+async def _problem(api: Api, path: str, **headers: str) -> tuple[int, dict[str, Any], Any]:
+    response = await api.client.get(path, headers=headers)
+    return response.status, await response.json(), response.headers
+
+
+async def test_problem_in_the_callers_language(api: Api) -> None:
+    """Same status and code; title and detail translated; Content-Language says which."""
+    status, english, headers = await _problem(api, "/v1/keys")  # no token
+    assert status == 401 and "Content-Language" not in headers
+    assert english["title"] == "Unauthorized"
+    assert english["detail"].startswith("this route needs Authorization")
+
+    status, french, headers = await _problem(api, "/v1/keys", **{"Accept-Language": "fr-LU"})
+    assert status == 401 and headers["Content-Language"] == "fr"
+    assert french["code"] == english["code"] == "unauthorized"
+    assert french["title"] == "Non authentifié"
+    assert french["detail"] == (
+        "cette route demande Authorization: Bearer <jeton> (voir default.token)"
+    )
+
+    # A template's parameters are filled into the translation.
+    bad = {"Authorization": "Bearer nope"}
+    wrong_scope = {"Authorization": f"Bearer {api.tokens['verifier']}"}
+    status, german, headers = await _problem(
+        api, "/v1/keys", **wrong_scope, **{"Accept-Language": "de-LU, fr;q=0.5"}
+    )
+    assert status == 403 and headers["Content-Language"] == "de"
+    assert german["code"] == "forbidden" and german["title"] == "Verboten"
+    assert german["detail"].startswith("dem Client 'verifier' fehlt die Berechtigung")
+    status, french, _ = await _problem(api, "/v1/keys", **bad, **{"Accept-Language": "fr"})
+    assert (status, french["detail"]) == (401, "jeton inconnu")
+
+    status, french, _ = await _problem(api, "/v1/nowhere", **{"Accept-Language": "fr"})
+    assert status == 404 and french["code"] == "not_found"
+    assert french["detail"] == "aucune route GET /v1/nowhere"
+
+
+async def test_problem_without_a_translated_detail_stays_english(api: Api) -> None:
+    """A detail built without a template keeps its English text; the title is French."""
+    response = await api.client.post(
+        "/v1/timestamps",
+        data=b"",
+        headers={**api.auth(), "Content-Type": "application/json", "Accept-Language": "fr"},
+    )
+    body = await response.json()
+    assert response.status == 400 and response.headers["Content-Language"] == "fr"
+    assert (body["code"], body["title"]) == ("bad_parameter", "Requête incorrecte")
+    assert body["detail"].startswith("body: send an RFC 3161 TimeStampReq")
