@@ -214,7 +214,7 @@
     { title: _("Timestamps"), names: ["tsa"], render: tsaCard },
     { title: _("CNS"), names: ["cns", "outbox"], render: function (c) { return c.name === "cns" ? cnsCard(c) : outboxCard(c); } },
     { title: _("Signing"), names: ["xml-workers"], render: workersCard },
-    { title: _("Recent errors"), names: ["errors"], render: errorsCard },
+    { title: null, names: ["errors"], render: errorsCard }, /* the card says it */
     { title: _("Other checks"), names: null, render: otherCard }
   ];
 
@@ -295,7 +295,8 @@
       });
       if (!checks.length) return;
       checks.forEach(function (c) { placed[c.name] = true; });
-      groups.appendChild(el("section", { class: "group" }, el("h2", { text: group.title }), checks.map(group.render)));
+      groups.appendChild(el("section", { class: "group" }, group.title ? el("h2", { text: group.title }) : null,
+        checks.map(group.render)));
     });
     var technical = clear(document.getElementById("raw"));
     health.checks.forEach(function (check) {
