@@ -296,6 +296,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     paths = resolve_paths()
+    _use_language(paths, getattr(args, "config", None))
     try:
         if args.command == "serve":
             return _serve(args, paths, sandbox=args.sandbox)
@@ -370,6 +371,17 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
     parser.print_help()
     return 2
+
+
+def _use_language(paths: Paths, file: Path | None) -> None:
+    """``[ui] language``, else the OS locale's (LC_ALL, LC_MESSAGES, LANG)."""
+    from .i18n import choose, language_from_environment, use
+
+    try:
+        configured = load_settings(file or paths.config_file).ui.language
+    except ConfigError:
+        configured = None  # the command itself says what is wrong with the file
+    use(choose(configured, language_from_environment(os.environ)))
 
 
 def _is_sandbox_error(exc: Exception) -> bool:

@@ -3,6 +3,10 @@ documented, and the API answers a problem in the caller's language."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +21,7 @@ from sidecar.i18n import (
     web_messages,
 )
 from sidecar.i18n.catalogs import DOMAINS, TRANSLATED, extract, read_catalog
-from tests.fixtures.daemon import Api
+from tests.fixtures.daemon import Api, free_port
 
 
 def _key(message: Any) -> Any:
@@ -143,3 +147,49 @@ async def test_problem_without_a_translated_detail_stays_english(api: Api) -> No
     assert response.status == 400 and response.headers["Content-Language"] == "fr"
     assert (body["code"], body["title"]) == ("bad_parameter", "Requête incorrecte")
     assert body["detail"].startswith("body: send an RFC 3161 TimeStampReq")
+
+
+def _doctor(home: Path, language_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sidecar doctor`` with nothing running on its port, in the given locale."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "doctor", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "SIDECAR_HOME": str(home), **language_env},
+    )
+
+
+@pytest.mark.parametrize(
+    ("locale", "expected"),
+    [
+        (
+            "fr_LU.UTF-8",
+            ["ÉCHEC", "rien n'écoute sur 127.0.0.1:", "-> démarrez-le : sous Linux", "EN PANNE :"],
+        ),
+        (
+            "de_LU.UTF-8",
+            ["FEHLER", "auf 127.0.0.1:", "lauscht nichts", "-> starten Sie ihn:", "GESTÖRT:"],
+        ),
+        ("C.UTF-8", ["FAIL", "nothing listens on 127.0.0.1:", "-> start it: Linux", "BROKEN:"]),
+    ],
+)
+def test_doctor_speaks_the_os_locale(tmp_path: Path, locale: str, expected: list[str]) -> None:
+    result = _doctor(tmp_path / "home", {"LANG": locale})
+    assert result.returncode == 1, result.stderr
+    for text in expected:
+        assert text in result.stdout, f"{text!r} not in:\n{result.stdout}"
+    if not locale.startswith("C"):
+        for english in ("nothing listens", "BROKEN", "start it:", "is private", "MiB free for"):
+            assert english not in result.stdout, f"{english!r} left in English:\n{result.stdout}"
+
+
+def test_configured_language_overrides_the_os_locale(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "sidecar.toml").write_text('[ui]\nlanguage = "de"\n')
+    (home / "sidecar.toml").chmod(0o600)
+    result = _doctor(home, {"LC_ALL": "fr_LU.UTF-8", "LANG": "fr_LU.UTF-8"})
+    assert "GESTÖRT:" in result.stdout and "EN PANNE" not in result.stdout, result.stdout

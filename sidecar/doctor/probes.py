@@ -18,6 +18,7 @@ from datetime import datetime
 import aiohttp
 from asn1crypto import algos, ocsp, pem, tsp, x509
 
+from ..i18n import N_, _, format_date, ngettext
 from . import Finding
 
 __all__ = [
@@ -159,17 +160,24 @@ async def ocsp_probe(
 def clock_skew_finding(
     check: str, skew_seconds: float, *, tolerance: float = CLOCK_TOLERANCE_SECONDS
 ) -> Finding:
-    minutes = abs(skew_seconds) / 60
-    direction = "ahead of" if skew_seconds > 0 else "behind"
+    minutes = f"{abs(skew_seconds) / 60:.0f}"
     data = {"skew_seconds": round(skew_seconds, 1)}
     if abs(skew_seconds) <= tolerance:
-        return Finding(check, "ok", f"clock within {abs(skew_seconds):.0f} s of the TSA", data=data)
+        within = _("clock within {seconds} s of the TSA", seconds=round(abs(skew_seconds)))
+        return Finding(check, "ok", within, data=data)
+    off = (
+        _("this machine's clock is {minutes} min ahead of the TSA's", minutes=minutes)
+        if skew_seconds > 0
+        else _("this machine's clock is {minutes} min behind the TSA's", minutes=minutes)
+    )
     return Finding(
         check,
         "fail",
-        f"this machine's clock is {minutes:.0f} min {direction} the TSA's",
-        fix="set the clock right and keep it synchronised (Linux: timedatectl set-ntp true; "
-        "Windows: w32tm /resync); signatures and OCSP answers are judged by time",
+        off,
+        fix=_(
+            "set the clock right and keep it synchronised (Linux: timedatectl set-ntp true; "
+            "Windows: w32tm /resync); signatures and OCSP answers are judged by time"
+        ),
         data=data,
     )
 
@@ -181,7 +189,7 @@ def expiry_finding(
     *,
     warn_days: int = EXPIRY_WARN_DAYS,
     fail_days: int = EXPIRY_FAIL_DAYS,
-    what: str = "certificate",
+    what: str = N_("certificate"),
 ) -> Finding:
     """ok; warn within *warn_days* of expiry; fail within *fail_days*, expired or not yet valid."""
     validity = certificate["tbs_certificate"]["validity"]
@@ -191,32 +199,44 @@ def expiry_finding(
     days = math.ceil((not_after - now).total_seconds() / 86400)
     subject = certificate.subject.human_friendly
     data = {"not_after": not_after.isoformat(), "days_left": days, "subject": subject}
+    said = {"what": _(what), "subject": subject, "date": format_date(not_after)}
     if now < not_before:
         return Finding(
             check,
             "fail",
-            f"{what} is not valid before {not_before:%Y-%m-%d}",
-            fix="check this machine's clock",
+            _("{what} is not valid before {date}", **{**said, "date": format_date(not_before)}),
+            fix=_("check this machine's clock"),
             data=data,
         )
     if now > not_after:
         return Finding(
             check,
             "fail",
-            f"{what} expired on {not_after:%Y-%m-%d}",
-            fix=f"renew the {what} ({subject}) and configure the new one",
+            _("{what} expired on {date}", **said),
+            fix=_("renew it ({subject}) and configure the new one", **said),
             data=data,
         )
     if days <= warn_days:
         return Finding(
             check,
             "fail" if days <= fail_days else "warn",
-            f"{what} expires in {days} days ({not_after:%Y-%m-%d})",
-            fix=f"order the renewal of the {what} ({subject}) now",
+            ngettext(
+                "{what} expires in {n} day ({date})",
+                "{what} expires in {n} days ({date})",
+                days,
+                **said,
+            ),
+            fix=_("order its renewal ({subject}) now", **said),
             data=data,
         )
-    return Finding(check, "ok", f"{what} valid until {not_after:%Y-%m-%d} ({days} days)", data=data)
+    valid = ngettext(
+        "{what} valid until {date} ({n} day)",
+        "{what} valid until {date} ({n} days)",
+        days,
+        **said,
+    )
+    return Finding(check, "ok", valid, data=data)
 
 
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
-    return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
+    return [x509.Certificate.load(der) for _kind, _headers, der in pem.unarmor(data, multiple=True)]

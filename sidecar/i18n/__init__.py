@@ -23,10 +23,13 @@ from contextvars import ContextVar
 from datetime import date, datetime, timedelta
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from babel import Locale, dates, numbers
-from babel.messages import mofile, pofile
+if TYPE_CHECKING:
+    from babel import Locale
+
+# Babel is imported where it is used: a command in English, or a French one whose
+# catalog is compiled (.mo, the wheel), starts without paying for it.
 
 __all__ = [
     "DEFAULT",
@@ -72,6 +75,8 @@ def translations(language: str, domain: str = "sidecar") -> gettext.NullTranslat
     if compiled.is_file():
         data = compiled.read_bytes()
     else:  # a checkout: the .po is compiled in memory
+        from babel.messages import mofile, pofile
+
         buffer = io.BytesIO()
         with (folder / f"{domain}.po").open("rb") as source:
             mofile.write_mo(buffer, pofile.read_po(source, locale=language))
@@ -85,6 +90,8 @@ def web_messages(language: str) -> dict[str, str | list[str]]:
     singular to its forms (English: empty, the ids are the English text)."""
     if language not in LANGUAGES or language == DEFAULT:
         return {}
+    from babel.messages import pofile
+
     path = resources.files(__name__) / "locale" / language / "LC_MESSAGES" / "web.po"
     with path.open("rb") as source:
         catalog = pofile.read_po(source, locale=language)
@@ -160,33 +167,46 @@ def choose(configured: str | None, detected: str | None) -> str:
 
 
 def _locale(language: str | None) -> Locale:
+    from babel import Locale
+
     return Locale.parse(_LOCALES.get(language or _CURRENT.get(), _LOCALES[DEFAULT]))
 
 
 def format_date(value: date | datetime, language: str | None = None) -> str:
     """29/11/2029, 29.11.2029: the short date of the language, as Luxembourg writes it."""
+    from babel import dates
+
     pattern = "dd.MM.yyyy" if (language or current()) == "de" else "dd/MM/yyyy"
     return dates.format_date(value, pattern, locale=_locale(language))
 
 
 def format_datetime(value: datetime, language: str | None = None) -> str:
     """The date and the local time (hours and minutes)."""
+    from babel import dates
+
     local = value.astimezone() if value.tzinfo else value
     time = dates.format_time(local, "HH:mm", locale=_locale(language))
     return f"{format_date(local, language)} {time}"
 
 
 def format_relative(delta: timedelta, language: str | None = None) -> str:
-    """ "in 3 years", "il y a 4 minutes": *delta* from now, in words."""
+    """*delta* from now, in words: "in 3 years", "il y a 4 minutes"."""
+    from babel import dates
+
     return dates.format_timedelta(
         delta, add_direction=True, threshold=1.0, locale=_locale(language)
     )
 
 
 def format_duration(delta: timedelta, language: str | None = None) -> str:
-    """ "4 min", "3 Std.": a length of time, short."""
+    """A length of time, short: "4 min", "3 Std."."""
+    from babel import dates
+
     return dates.format_timedelta(delta, format="short", threshold=1.0, locale=_locale(language))
 
 
-def format_number(value: float, language: str | None = None) -> str:
-    return numbers.format_decimal(value, locale=_locale(language))
+def format_number(value: float, language: str | None = None, pattern: str | None = None) -> str:
+    """78 699 (fr), 78.699 (de), 2,5 with *pattern* ``0.0``."""
+    from babel import numbers
+
+    return numbers.format_decimal(value, format=pattern, locale=_locale(language))
