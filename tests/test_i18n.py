@@ -193,3 +193,20 @@ def test_configured_language_overrides_the_os_locale(tmp_path: Path) -> None:
     (home / "sidecar.toml").chmod(0o600)
     result = _doctor(home, {"LC_ALL": "fr_LU.UTF-8", "LANG": "fr_LU.UTF-8"})
     assert "GESTÖRT:" in result.stdout and "EN PANNE" not in result.stdout, result.stdout
+
+
+def test_setup_speaks_the_os_locale(tmp_path: Path) -> None:
+    """``sidecar setup`` refuses to overwrite a file, in the person's language."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "sidecar.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "setup", "--non-interactive", "--no-key"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "SIDECAR_HOME": str(home), "LANG": "fr_LU.UTF-8"},
+    )
+    assert result.returncode == 2
+    assert "existe ; rien n'a été écrit (--force le remplace)" in result.stderr, result.stderr
