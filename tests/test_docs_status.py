@@ -227,6 +227,41 @@ async def test_status_page_in_the_readers_language(
     await page.close()
 
 
+async def test_status_page_says_what_is_wrong_first(
+    api: Api, browser: Browser, tmp_path: Path
+) -> None:
+    """A daemon with nothing set up, read in German: the banner, then one line per part
+    that needs attention with what to do, above the parts themselves."""
+    token = admin_token(api)
+    page = await browser.new_page()
+    agent = await page.evaluate("navigator.userAgent")
+    await page.send("Network.enable")
+    await page.send("Network.setUserAgentOverride", userAgent=agent, acceptLanguage="de-LU,de")
+    await page.goto(f"{api.client.make_url('/')}#token={token}")
+    assert await page.wait_for("document.body.dataset.ready") == "true"
+    body = await health(api, token)
+    wrong = sorted(c["name"] for c in body["checks"] if c["status"] != "ok")
+    assert body["status"] == "degraded" and {"keys", "tsa"} <= set(wrong), wrong
+    todo = await page.evaluate(
+        "[...document.querySelectorAll('#todo li')].map(li => [li.dataset.todo, li.innerText])"
+    )
+    assert sorted(name for name, _ in todo) == wrong
+    said = dict(todo)
+    assert "Es ist kein Signaturschlüssel konfiguriert" in said["keys"]
+    assert "sidecar setup" in said["keys"] and "no signing key" not in said["keys"]
+    # What is wrong comes before the parts: the list sits above the first card.
+    above = await page.evaluate(
+        "document.getElementById('todo').compareDocumentPosition("
+        "document.querySelector('article.check')) & Node.DOCUMENT_POSITION_FOLLOWING"
+    )
+    assert above
+    overall = await page.evaluate("document.getElementById('overall').textContent")
+    assert overall == "In Betrieb, aber etwas braucht Ihre Aufmerksamkeit."
+    saved = await page.screenshot("status-page-de-degraded")
+    shutil.copy2(saved, tmp_path / saved.name)
+    await page.close()
+
+
 async def test_status_page_asks_for_a_token_and_refuses_a_bad_one(
     api: Api, browser: Browser
 ) -> None:

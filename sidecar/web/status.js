@@ -129,7 +129,7 @@
 
   function keysCard(check) {
     var keys = (check.data && check.data.keys) || [];
-    if (!keys.length) return card(check, _("Signing keys"), [check.detail ? line(check.detail) : null]);
+    if (!keys.length) return card(check, _("Signing keys"), [line(_("No signing key is configured."))]);
     return keys.map(function (key) {
       var who = holder(key);
       var what = [key.id, key.key_type ? key.key_type.toUpperCase() : null, key["default"] ? _("default key") : null]
@@ -153,6 +153,10 @@
   function tsaCard(check) {
     var services = (check.data && check.data.tsa) || [];
     var working = services.filter(function (s) { return s.state !== "open"; }).length;
+    if (!services.length) {
+      return card(check, _("Timestamp authority (TSA)"),
+        [line(_("No timestamp service is configured: signatures stay at level B-B."))]);
+    }
     return card(check, _("Timestamp authority (TSA)"), [
       line(ngettext("{n} timestamp service of {total} available.", "{n} timestamp services of {total} available.",
         working, { total: sidecar.number(services.length) })),
@@ -163,10 +167,14 @@
     ]);
   }
 
+  /* The CNS check carries no figures: "not configured: ..." is the daemon's own word
+     for a connection that was never set up (sidecar/cns/subsystem.py). */
+  function cnsUnset(check) { return /^not configured/.test(check.detail || ""); }
+
   function cnsCard(check) {
-    return card(check, _("Caisse nationale de santé (CNS)"), [
-      line(check.status === "ok" ? _("The CNS answers.") : _("The CNS does not answer right now."))
-    ]);
+    var said = check.status === "ok" ? _("The CNS answers.") :
+      cnsUnset(check) ? _("The connection to the CNS is not configured.") : _("The CNS does not answer right now.");
+    return card(check, _("Caisse nationale de santé (CNS)"), [line(said)]);
   }
 
   /* "2 fee notes waiting, the oldest for 4 min". */
@@ -227,15 +235,26 @@
     outbox: _("Look at the undelivered fee notes in the practice software; 'sidecar doctor' tells more.")
   };
 
+  /* A part never set up: what is missing, in the page's own words (no daemon detail). */
+  function unset(check) {
+    var data = check.data || {};
+    if (check.name === "keys" && !(data.keys || []).length) return _("No signing key is configured: run 'sidecar setup' on this computer.");
+    if (check.name === "tsa" && !(data.tsa || []).length) return _("No timestamp authority is configured: run 'sidecar setup' on this computer.");
+    if (check.name === "cns" && cnsUnset(check)) return _("The connection to the CNS is not configured: run 'sidecar setup' on this computer.");
+    return null;
+  }
+
   function todo(checks) {
     var list = clear(document.getElementById("todo"));
     checks.filter(function (c) { return c.status !== "ok"; }).forEach(function (check) {
       var title = { keys: _("Signing keys"), tsa: _("Timestamp authority (TSA)"), cns: _("Caisse nationale de santé (CNS)"),
         outbox: _("Fee notes to the CNS"), "xml-workers": _("XML signing workers") }[check.name] || sidecar.words(check.name);
+      var missing = unset(check);
       list.appendChild(el("li", { class: check.status, "data-todo": check.name },
         el("span", { class: "what", text: title + " — " + stateWord(check.status) }),
-        check.detail ? el("span", { class: "detail", text: ": " + check.detail }) : null,
-        el("span", { class: "advice", text: ADVICE[check.name] || _("Run 'sidecar doctor' on this computer: it says what is wrong and how to fix it.") })));
+        !missing && check.detail ? el("span", { class: "detail", text: ": " + check.detail }) : null,
+        el("span", { class: "advice", text: missing || ADVICE[check.name] ||
+          _("Run 'sidecar doctor' on this computer: it says what is wrong and how to fix it.") })));
     });
     list.hidden = !list.firstChild;
   }
