@@ -210,3 +210,40 @@ def test_setup_speaks_the_os_locale(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "existe ; rien n'a été écrit (--force le remplace)" in result.stderr, result.stderr
+
+
+def test_key_errors_from_below_the_api_are_translated_by_reason() -> None:
+    """A locked key's detail is made by the key layer (English, precise); another
+    language gets the sentence for its reason, with the same code and members."""
+    from datetime import UTC, datetime
+
+    import sidecar.api.signing_keys  # noqa: F401 - registers the key error mappers
+    from sidecar.api.problems import problem_for
+    from sidecar.keys import CertificateNotValid, KeyLocked
+
+    locked = problem_for(
+        KeyLocked("pin_incorrect", "token 'Dr X' refused the PIN", key_id="dr-x", retries_left=2)
+    )
+    assert locked is not None
+    english, french = locked.body(), locked.body(language="fr")
+    assert english["detail"] == "token 'Dr X' refused the PIN"
+    assert french["detail"] == "le code PIN enregistré pour la clé de signature est erroné"
+    assert french["title"] == "Verrouillé" and english["title"] == "Locked"
+    assert {k: v for k, v in french.items() if k not in ("title", "detail")} == {
+        k: v for k, v in english.items() if k not in ("title", "detail")
+    }
+    expired = problem_for(
+        CertificateNotValid(
+            "expired",
+            "the certificate of key 'dr-x' expired on 2026-01-31",
+            key_id="dr-x",
+            not_before=datetime(2023, 2, 1, tzinfo=UTC),
+            not_after=datetime(2026, 1, 31, tzinfo=UTC),
+        )
+    )
+    assert expired is not None
+    assert (
+        expired.body(language="de")["detail"]
+        == "das Signaturzertifikat ist am 31.01.2026 abgelaufen"
+    )
+    assert expired.body()["detail"] == "the certificate of key 'dr-x' expired on 2026-01-31"

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
+from datetime import date
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
-from ..i18n import N_, negotiate, translations
+from ..i18n import N_, format_date, negotiate, translations
 
 __all__ = [
     "PROBLEM_TYPE_BASE",
@@ -70,6 +71,9 @@ class Problem(Exception):
 
     With *params*, *detail* is a template (``str.format``) marked with ``N_``: the
     English detail is filled in now, a translated one when the answer is rendered.
+    *translation* (a marked template and its parameters) stands in for a detail made
+    below the API, whose English text stays as it is but has no template of its own:
+    another language gets that sentence (e.g. one per reason a key is locked).
     """
 
     def __init__(
@@ -79,14 +83,14 @@ class Problem(Exception):
         detail: str,
         *,
         params: Mapping[str, Any] | None = None,
+        translation: tuple[str, Mapping[str, Any]] | None = None,
         title: str | None = None,
         errors: Sequence[Mapping[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
-        self.template = detail
-        self.params = dict(params or {})
-        detail = detail.format(**self.params) if params else detail
+        self.template, self.params = translation or (detail, params or {})
+        detail = detail.format(**params) if params else detail
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -103,8 +107,13 @@ class Problem(Exception):
         template = catalog.gettext(self.template)
         if template is self.template or template == self.template:
             return title, self.detail
+        # A date is written as the reader's language writes it (29/11/2029, 29.11.2029).
+        params = {
+            name: format_date(value, language) if isinstance(value, date) else value
+            for name, value in self.params.items()
+        }
         try:
-            return title, template.format(**self.params) if self.params else template
+            return title, template.format(**params) if params else template
         except (KeyError, IndexError, ValueError):  # a broken translation: English
             return title, self.detail
 
