@@ -3,6 +3,7 @@ documented, and the API answers a problem in the caller's language."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -247,3 +248,26 @@ def test_key_errors_from_below_the_api_are_translated_by_reason() -> None:
         == "das Signaturzertifikat ist am 31.01.2026 abgelaufen"
     )
     assert expired.body()["detail"] == "the certificate of key 'dr-x' expired on 2026-01-31"
+
+
+async def test_status_page_catalog_follows_the_browser_unless_configured(
+    api_factory: Any,
+) -> None:
+    from sidecar.config import Settings, UiSettings
+
+    async def catalog(api: Api, accept: str) -> tuple[str, dict[str, Any], Any]:
+        response = await api.client.get("/assets/messages.js", headers={"Accept-Language": accept})
+        text = await response.text()
+        assert text.startswith("var sidecarMessages = ") and text.rstrip().endswith(";")
+        body = json.loads(text.removeprefix("var sidecarMessages = ").rstrip().rstrip(";"))
+        return body["language"], body["messages"], response.headers
+
+    browser = await api_factory()
+    language, messages, headers = await catalog(browser, "fr-LU,fr;q=0.9,en;q=0.5")
+    assert language == "fr" and messages["Everything works."] == "Tout fonctionne."
+    assert headers["Content-Language"] == "fr" and "Accept-Language" in headers["Vary"]
+    assert (await catalog(browser, "es"))[:2] == ("en", {})
+
+    configured = await api_factory(Settings(ui=UiSettings(language="de")))
+    language, messages, _ = await catalog(configured, "fr-LU,fr")
+    assert language == "de" and messages["Everything works."] == "Alles funktioniert."
