@@ -13,6 +13,8 @@ from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po, write_po
 
+from .. import __version__
+
 __all__ = ["DOMAINS", "LOCALE_DIR", "extract", "po_path", "read_catalog", "update"]
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -24,6 +26,7 @@ DOMAINS = {
 }
 KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2)}
 TRANSLATED = ("fr", "de")
+_TEAMS = {"fr": "français (Luxembourg)", "de": "Deutsch (Luxemburg)"}
 
 
 def extract(domain: str) -> Catalog:
@@ -62,6 +65,10 @@ def update() -> None:
             catalog = read_catalog(language, domain)
             catalog.update(template, no_fuzzy_matching=True)
             catalog.obsolete.clear()
+            catalog.version = __version__
+            catalog.msgid_bugs_address = ""
+            catalog.last_translator = "sidecar"
+            catalog.language_team = _TEAMS[language]
             path = po_path(language, domain)
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("wb") as handle:
