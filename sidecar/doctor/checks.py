@@ -431,7 +431,7 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "tsa:sandbox",
                 "fail",
-                f"TSA {exc.kind}: {exc.detail}",
+                exc.said("TSA"),
                 fix=run_it if exc.kind == "unreachable" else _("look at the sandbox daemon's log"),
                 data={"url": pki.tsa_url},
             )
@@ -466,7 +466,7 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
                     Finding(
                         f"ocsp:{signer.id}",
                         "fail",
-                        f"OCSP responder {exc.kind}: {exc.detail}",
+                        exc.said(_("OCSP responder")),
                         fix=run_it if exc.kind == "unreachable" else _("look at the responder"),
                         data={"url": url},
                     )

@@ -47,6 +47,15 @@ class ProbeError(Exception):
         self.detail = detail
         super().__init__(detail)
 
+    def said(self, service: str) -> str:
+        """What went wrong with *service*, in the reader's language."""
+        kind = _(_KINDS[self.kind]) if self.kind in _KINDS else self.kind
+        return _("{service} {kind}: {detail}", service=service, kind=kind, detail=self.detail)
+
+
+#: The kinds of ProbeError, in words.
+_KINDS = {"unreachable": N_("unreachable"), "timeout": N_("timeout"), "error": N_("error")}
+
 
 @dataclass(frozen=True)
 class TimestampProbe:
@@ -64,12 +73,15 @@ async def _post(
             async with session.post(url, data=body, headers={"Content-Type": content_type}) as r:
                 payload = await r.read()
                 if r.status != 200:
-                    raise ProbeError("error", f"{url} answered HTTP {r.status}")
+                    answered = _("{url} answered HTTP {status}", url=url, status=r.status)
+                    raise ProbeError("error", answered)
                 return payload
     except TimeoutError:
-        raise ProbeError("timeout", f"{url} did not answer within {seconds:g} s") from None
+        late = _("{url} did not answer within {seconds} s", url=url, seconds=format(seconds, "g"))
+        raise ProbeError("timeout", late) from None
     except aiohttp.ClientConnectorError as exc:
-        raise ProbeError("unreachable", f"cannot connect to {url}: {exc.os_error}") from None
+        cannot = _("cannot connect to {url}: {reason}", url=url, reason=exc.os_error)
+        raise ProbeError("unreachable", cannot) from None
     except aiohttp.ClientError as exc:
         raise ProbeError("unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
 
@@ -103,15 +115,18 @@ async def timestamp_probe(
         reply = tsp.TimeStampResp.load(body)
         status = reply["status"]["status"].native
         if status not in ("granted", "granted_with_mods"):
-            raise ProbeError("error", f"{url} refused the timestamp request ({status})")
+            refused = _("{url} refused the timestamp request ({status})", url=url, status=status)
+            raise ProbeError("error", refused)
         info = reply["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
         imprint = info["message_imprint"]["hashed_message"].native
         if imprint != digest or info["nonce"].native != nonce:
-            raise ProbeError("error", f"{url} answered a timestamp for another request")
+            other = _("{url} answered a timestamp for another request", url=url)
+            raise ProbeError("error", other)
         gen_time: datetime = info["gen_time"].native
     except (ValueError, KeyError, TypeError) as exc:
         raise ProbeError(
-            "error", f"{url} answered something that is not a timestamp: {exc}"
+            "error",
+            _("{url} answered something that is not a timestamp: {reason}", url=url, reason=exc),
         ) from None
     # The TSA read its clock about half-way through the round trip.
     skew = local_now.timestamp() + elapsed / 2 - gen_time.timestamp()
@@ -150,11 +165,15 @@ async def ocsp_probe(
         response = ocsp.OCSPResponse.load(body)
         status = response["response_status"].native
         if status != "successful":
-            raise ProbeError("error", f"{url} answered OCSP status {status}")
+            raise ProbeError(
+                "error", _("{url} answered OCSP status {status}", url=url, status=status)
+            )
         single = response.basic_ocsp_response["tbs_response_data"]["responses"][0]
         return str(single["cert_status"].name)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ProbeError("error", f"{url} answered something that is not OCSP: {exc}") from None
+        raise ProbeError(
+            "error", _("{url} answered something that is not OCSP: {reason}", url=url, reason=exc)
+        ) from None
 
 
 def clock_skew_finding(

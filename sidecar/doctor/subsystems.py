@@ -146,7 +146,7 @@ async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
                 Finding(
                     check,
                     "fail",
-                    f"TSA {exc.kind}: {exc.detail}",
+                    exc.said("TSA"),
                     _(
                         "check the network path (proxy, firewall) to the TSA, "
                         "or the URL in [[trust.tsa]]"
