@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .clients import ClientStore, TokenError, parse_scopes
 from .config import ConfigError, Settings, load_settings
+from .i18n import _
 from .logs import configure_logging
 from .paths import HomeNotWritable, Paths, resolve_paths
 
@@ -344,10 +345,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
             settings = _settings(paths, args.config)
             validate_for_serve(settings)  # exactly what `serve` refuses
-            print(f"configuration OK: {settings.source or 'defaults (no file)'}")
+            source = settings.source or _("defaults (no file)")
+            print(_("configuration OK: {source}", source=source))
             return 0
     except ConfigError as exc:
-        print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
+        print(_("sidecar: configuration refused: {error}", error=exc), file=sys.stderr)
         return 2
     except TokenError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
@@ -357,10 +359,13 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except PermissionError as exc:
         # Whatever the up-front checks could not foresee (a log file elsewhere...).
-        where = exc.filename or "a file"
+        where = exc.filename or _("a file")
         print(
-            f"sidecar: permission denied on {where}: run sidecar as the user who owns it "
-            "(the daemon's user), or fix its permissions",
+            _(
+                "sidecar: permission denied on {file}: run sidecar as the user who owns it "
+                "(the daemon's user), or fix its permissions",
+                file=where,
+            ),
             file=sys.stderr,
         )
         return 2
