@@ -29,6 +29,7 @@ from .api.signing_keys import keys_context
 from .api.timestamps import trust_context
 from .clients import ClientStore, Scope
 from .config import Settings
+from .i18n import _, current
 from .paths import Paths
 from .progress import Progress
 from .sandbox.pki import ensure_sandbox_pki
@@ -98,7 +99,8 @@ async def local_daemon(
             port = runner.addresses[0][1]
             async with aiohttp.ClientSession(
                 f"http://127.0.0.1:{port}",
-                headers={"Authorization": f"Bearer {token}"},
+                # The daemon's problem details come back in the reader's language.
+                headers={"Authorization": f"Bearer {token}", "Accept-Language": current()},
                 timeout=aiohttp.ClientTimeout(total=300),
             ) as session:
                 yield session
@@ -170,7 +172,7 @@ async def _sign_one(
         if response.status != 200:
             return None, await _problem_text(response)
         level = response.headers.get("X-Signature-Level", "?")
-        return await response.read(), f"signed at {level}"
+        return await response.read(), _("signed at {level}", level=level)
 
 
 async def sign_files(
@@ -186,7 +188,9 @@ async def sign_files(
     """Sign each file; ``output`` is a file (one input) or a directory. Exit status."""
     output_dir = output is not None and await asyncio.to_thread(output.is_dir)
     if output is not None and len(files) > 1 and not output_dir:
-        raise ValueError(f"{output} must be an existing directory when signing several files")
+        raise ValueError(
+            _("{output} must be an existing directory when signing several files", output=output)
+        )
     failures = 0
     async with local_daemon(settings, paths, sandbox=sandbox) as session:
         with Progress(len(files), "signing", unit="file") as progress:
@@ -194,7 +198,7 @@ async def sign_files(
                 signed, note = await _sign_one(session, source, request)
                 if signed is None:
                     failures += 1
-                    print(f"{source}: refused: {note}", file=out)
+                    print(_("{file}: refused: {reason}", file=source, reason=note), file=out)
                 else:
                     if output is None:
                         target = _default_output(source)
@@ -242,18 +246,21 @@ async def verify_files(
         return 0 if all_passed else 1
     for result in results:
         if "error" in result:
-            print(f"{result['file']}: cannot be verified: {result['error']}", file=out)
+            unverified = _(
+                "{file}: cannot be verified: {reason}", file=result["file"], reason=result["error"]
+            )
+            print(unverified, file=out)
             continue
         report = result["report"]
         signatures = report["signatures"]
         if not signatures:
-            print(f"{result['file']}: no signature", file=out)
+            print(_("{file}: no signature", file=result["file"]), file=out)
         for signature in signatures:
             print(_line(result["file"], signature), file=out)
         for signature in report.get("embedded_pdf", {}).get("signatures", []):
-            print(_line(result["file"] + " (embedded PDF)", signature), file=out)
+            print(_line(_("{file} (embedded PDF)", file=result["file"]), signature), file=out)
             if signature.get("note"):
-                print(f"    {signature['note']}: accepted", file=out)
+                print("    " + _("{note}: accepted", note=signature["note"]), file=out)
     return 0 if all_passed else 1
 
 
@@ -271,7 +278,8 @@ def _passed(report: dict[str, Any]) -> bool:
 
 def _line(file: str, signature: dict[str, Any]) -> str:
     sub = f"/{signature['sub_indication']}" if signature.get("sub_indication") else ""
+    signer = signature.get("signer") or _("unknown signer")
     return (
         f"{file}: {signature['format']} {signature['level']} "
-        f"{signature['indication']}{sub} — {signature.get('signer') or 'unknown signer'}"
+        f"{signature['indication']}{sub} — {signer}"
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .clients import ClientStore, TokenError, parse_scopes
 from .config import ConfigError, Settings, load_settings
+from .i18n import _
 from .logs import configure_logging
 from .paths import HomeNotWritable, Paths, resolve_paths
 
@@ -296,6 +297,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     paths = resolve_paths()
+    _use_language(paths, getattr(args, "config", None))
     try:
         if args.command == "serve":
             return _serve(args, paths, sandbox=args.sandbox)
@@ -343,10 +345,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
             settings = _settings(paths, args.config)
             validate_for_serve(settings)  # exactly what `serve` refuses
-            print(f"configuration OK: {settings.source or 'defaults (no file)'}")
+            source = settings.source or _("defaults (no file)")
+            print(_("configuration OK: {source}", source=source))
             return 0
     except ConfigError as exc:
-        print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
+        print(_("sidecar: configuration refused: {error}", error=exc), file=sys.stderr)
         return 2
     except TokenError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
@@ -356,10 +359,13 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except PermissionError as exc:
         # Whatever the up-front checks could not foresee (a log file elsewhere...).
-        where = exc.filename or "a file"
+        where = exc.filename or _("a file")
         print(
-            f"sidecar: permission denied on {where}: run sidecar as the user who owns it "
-            "(the daemon's user), or fix its permissions",
+            _(
+                "sidecar: permission denied on {file}: run sidecar as the user who owns it "
+                "(the daemon's user), or fix its permissions",
+                file=where,
+            ),
             file=sys.stderr,
         )
         return 2
@@ -370,6 +376,17 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
     parser.print_help()
     return 2
+
+
+def _use_language(paths: Paths, file: Path | None) -> None:
+    """``[ui] language``, else the OS locale's (LC_ALL, LC_MESSAGES, LANG)."""
+    from .i18n import choose, language_from_environment, use
+
+    try:
+        configured = load_settings(file or paths.config_file).ui.language
+    except ConfigError:
+        configured = None  # the command itself says what is wrong with the file
+    use(choose(configured, language_from_environment(os.environ)))
 
 
 def _is_sandbox_error(exc: Exception) -> bool:

@@ -169,6 +169,14 @@ class SandboxSettings:
     cns_port: int = field(default=0, metadata={"check": _port_or_free})
 
 
+@dataclass(frozen=True)
+class UiSettings:
+    """``[ui]``: the language of what a person reads (status page, CLI, doctor)."""
+
+    #: ``auto``: the browser's (Accept-Language) for the page, the OS locale for the CLI.
+    language: Literal["auto", "en", "fr", "de"] = "auto"
+
+
 def _url(value: str) -> None:
     if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
         raise ValueError(f"{value!r} is not an http(s) URL")
@@ -443,6 +451,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     log: LogSettings = field(default_factory=LogSettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     cns: CnsSettings = field(default_factory=CnsSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     #: ``[[keys]]``: the signing keys; in sandbox mode, none means the sandbox's.

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from .clients import ClientStore, Scope, _write_private
 from .config import Settings
+from .i18n import N_, _, format_datetime
 from .logs import register_secret
 from .paths import Paths
 from .runtime import INSTANCE_KEY_HEADER, DaemonRuntime, read_runtime
@@ -93,8 +94,25 @@ def _get_health(url: str, headers: dict[str, str], timeout: float) -> dict[str, 
         return json.loads(response.read())
 
 
+#: The daemon's states in the reader's language (English: the JSON's own words).
+_STATES = {"ok": N_("ok"), "degraded": N_("degraded"), "down": N_("down")}
+
+
+def _state(status: object) -> str:
+    return _(_STATES[status]) if isinstance(status, str) and status in _STATES else str(status)
+
+
+def _headline(url: str, health: dict[str, Any]) -> str:
+    return _(
+        "sidecar {version} at {url}: {status}",
+        version=health.get("version"),
+        url=url,
+        status=_state(health.get("status")),
+    )
+
+
 def _summary(url: str, health: dict[str, Any]) -> list[str]:
-    lines = [f"sidecar {health.get('version')} at {url}: {health.get('status')}"]
+    lines = [_headline(url, health)]
     if "checks" not in health:
         return lines
     errors: list[dict[str, str]] = []
@@ -102,14 +120,15 @@ def _summary(url: str, health: dict[str, Any]) -> list[str]:
         if check["name"] == "errors":
             errors = check.get("data", {}).get("recent", [])
             continue
-        lines.append(f"  {check['status']:<9} {check['name']:<14} {check.get('detail', '')}")
+        state = _state(check["status"])
+        lines.append(f"  {state:<15} {check['name']:<14} {check.get('detail', '')}")
     if errors:
-        lines.append("recent errors (newest first):")
+        lines.append(_("recent errors (newest first):"))
         for error in errors:
-            moment = datetime.fromisoformat(error["time"]).astimezone()
-            lines.append(f"  {moment:%Y-%m-%d %H:%M:%S} {error['area']:<5} {error['message']}")
+            moment = format_datetime(datetime.fromisoformat(error["time"]))
+            lines.append(f"  {moment} {error['area']:<5} {error['message']}")
     else:
-        lines.append("no errors since the daemon started")
+        lines.append(_("no errors since the daemon started"))
     return lines
 
 
@@ -138,16 +157,23 @@ def status_command(
             token = open_link_token(paths)
         except PermissionError:
             print(
-                f"sidecar: cannot write {paths.config_dir}: run this as the daemon's user "
-                "(or an administrator)",
+                _(
+                    "sidecar: cannot write {directory}: run this as the daemon's user "
+                    "(or an administrator)",
+                    directory=paths.config_dir,
+                ),
                 file=err,
             )
             return 2
         print(f"{url}/#token={token}", file=out)
         print(
-            f"client {STATUS_CLIENT!r} (scope admin) keyed, its token kept in "
-            f"{_token_file(paths)}; open this link in a browser on this computer: it signs "
-            "the status page in and stops working at the next 'sidecar status --open'",
+            _(
+                "client {client!r} (scope admin) keyed, its token kept in {file}; open this "
+                "link in a browser on this computer: it signs the status page in and stops "
+                "working at the next 'sidecar status --open'",
+                client=STATUS_CLIENT,
+                file=_token_file(paths),
+            ),
             file=err,
         )
         headers["Authorization"] = f"Bearer {token}"
@@ -158,25 +184,38 @@ def status_command(
     try:
         health = _get_health(url, headers, timeout)
     except urllib.error.HTTPError as exc:
-        print(f"sidecar: the daemon at {url} answered {exc.code}", file=err)
+        print(_("sidecar: the daemon at {url} answered {code}", url=url, code=exc.code), file=err)
         return 1
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"sidecar: the daemon does not answer at {url} ({reason}); is it running?", file=err)
+        print(
+            _(
+                "sidecar: the daemon does not answer at {url} ({reason}); is it running?",
+                url=url,
+                reason=reason,
+            ),
+            file=err,
+        )
         return 1
     if runtime is not None and "Authorization" not in headers and "instance" not in health:
         print(
-            f"sidecar: the daemon answering at {url} is not this installation's "
-            f"(its own, pid {runtime.pid}, does not answer there)",
+            _(
+                "sidecar: the daemon answering at {url} is not this installation's "
+                "(its own, pid {pid}, does not answer there)",
+                url=url,
+                pid=runtime.pid,
+            ),
             file=err,
         )
         return 1
     if "checks" not in health and not open_link:
         print(
-            "sidecar: only the public status is shown: run this as the daemon's user to see "
-            "each part, or make an admin client explicitly with 'sidecar status --open' "
-            "(client 'status', token kept in status.token) or "
-            "'sidecar token create it-admin --scope admin'",
+            _(
+                "sidecar: only the public status is shown: run this as the daemon's user to "
+                "see each part, or make an admin client explicitly with 'sidecar status "
+                "--open' (client 'status', token kept in status.token) or "
+                "'sidecar token create it-admin --scope admin'"
+            ),
             file=err,
         )
     if as_json:
@@ -184,5 +223,5 @@ def status_command(
     elif not open_link:
         print("\n".join(_summary(url, health)), file=out)
     else:
-        print(f"sidecar {health.get('version')} at {url}: {health.get('status')}", file=err)
+        print(_headline(url, health), file=err)
     return 0 if health.get("status") == "ok" else 1

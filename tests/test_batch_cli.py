@@ -25,8 +25,10 @@ def cli_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SIDECAR_HOME": str(home)}
+def run(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SIDECAR_HOME": str(home), **(env or {})}
     env.pop("SOFTHSM2_CONF", None)  # the sandbox makes its own token
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *args],
@@ -102,3 +104,25 @@ def test_sign_refusal_is_reported_and_nothing_written(cli_home: Path, tmp_path: 
     assert sorted(p.name for p in out.iterdir()) == ["good.signed.xml"]
     missing = run(cli_home, "sign", "--sandbox", str(tmp_path / "absent.xml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("locale", "signed", "unsigned"),
+    [
+        ("fr_LU.UTF-8", "signé au niveau B-B", "aucune signature"),
+        ("de_LU.UTF-8", "signiert auf Stufe B-B", "keine Signatur"),
+    ],
+)
+def test_summaries_in_the_os_locale(
+    cli_home: Path, tmp_path: Path, locale: str, signed: str, unsigned: str
+) -> None:
+    document = tmp_path / "note.xml"
+    document.write_bytes(b"<a><b>1</b></a>")
+    env_locale = {"LC_ALL": locale}
+    result = run(cli_home, "sign", "--sandbox", "--level", "B-B", str(document), env=env_locale)
+    assert result.returncode == 0, result.stderr
+    assert f"{document}: {signed} -> " in result.stdout, result.stdout
+    report = run(
+        cli_home, "verify", "--sandbox", str(SAMPLES / "pid-simulation.xml"), env=env_locale
+    )
+    assert report.returncode == 1 and unsigned in report.stdout, report.stdout

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sidecar import __version__
 from sidecar.clients import Scope
+from sidecar.i18n import format_date, format_relative, web_messages
 from tests.fixtures.browser import Browser, Page
 from tests.fixtures.daemon import Api, DaemonProcess, free_port
 
@@ -26,11 +31,11 @@ def flatten(prefix: str, data: dict[str, Any]) -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in data.items():
         field = f"{prefix}.{key}"
+        if value is None or value == "" or value == []:
+            continue  # the page shows nothing empty
         if isinstance(value, list) and value and isinstance(value[0], dict):
             for i, row in enumerate(value):
-                for column, cell in row.items():
-                    if not isinstance(cell, dict | list):
-                        flat[f"{field}.{i}.{column}"] = js_string(cell)
+                flat.update(flatten(f"{field}.{i}", row))
         elif isinstance(value, dict):
             flat.update(flatten(field, value))
         elif isinstance(value, list):
@@ -133,6 +138,127 @@ async def test_status_page_key_tsa_and_outbox_figures(sandbox_api: Api, browser:
         f"no outbox figures among {compared}"
     )
     await page.screenshot("status-page-sandbox")
+    await page.close()
+
+
+#: What the page must never show: an empty placeholder, or a value JavaScript lost.
+_EMPTY = ("", "—", "-", "null", "undefined", "NaN", "Invalid Date")
+
+
+@pytest.mark.parametrize("language", ["fr", "de", "en"])
+async def test_status_page_in_the_readers_language(
+    sandbox_api: Api, browser: Browser, language: str, tmp_path: Path
+) -> None:
+    """The browser's language picks the page's: words, dates (checked against Babel's
+    formats), the physician's name from the certificate, the CNS queue in words, and
+    nothing empty; a screenshot of each is left in the test's directory."""
+    token = admin_token(sandbox_api)
+    page = await browser.new_page()
+    agent = await page.evaluate("navigator.userAgent")
+    await page.send("Network.enable")
+    await page.send(
+        "Network.setUserAgentOverride", userAgent=agent, acceptLanguage=f"{language}-LU,{language}"
+    )
+    await page.send("Emulation.setLocaleOverride", locale=f"{language}-LU")
+    await page.goto(f"{sandbox_api.client.make_url('/')}#token={token}")
+    assert await page.wait_for("document.body.dataset.ready") == "true"
+    body = await health(sandbox_api, token)
+    words = web_messages(language)
+
+    def tr(english: str) -> str:
+        found = words.get(english, english)
+        return found if isinstance(found, str) else found[0]
+
+    assert await page.evaluate("document.documentElement.lang") == language
+    banner = {"ok": "Everything works.", "degraded": "Working, but something needs attention."}
+    banner["down"] = "Not working: signing or forwarding is impossible right now."
+    overall = await page.evaluate("document.getElementById('overall').textContent")
+    assert overall == tr(banner[body["status"]])
+    text = await page.evaluate("document.body.innerText")
+    assert tr("Signing keys") in text and tr("Recent errors") in text
+    if language != "en":
+        assert "Everything works" not in text and "Signing keys" not in text
+
+    # Each key: the physician's name, and its certificate's end in the reader's format.
+    (keys,) = [c["data"]["keys"] for c in body["checks"] if c["name"] == "keys"]
+    for key in keys:
+        assert key["subject"].split("Common Name: ")[1].split(",")[0] in text
+        not_after = datetime.fromisoformat(key["not_after"])
+        sentence = await page.evaluate(
+            f"document.querySelector('[data-expiry=\"{key['id']}\"]').textContent"
+        )
+        assert format_date(not_after, language) in sentence, sentence
+        assert format_relative(not_after - datetime.now(UTC), language) in sentence, sentence
+    expected_date = {"fr": "le 29/11/2029", "de": "am 29.11.2029", "en": "on 29/11/2029"}
+    if keys[0]["not_after"].startswith("2029-11-29"):  # the sandbox's three-year certificate
+        assert expected_date[language] in text
+
+    # The CNS queue in words; two waiting, through the page's own plural rules.
+    (outbox,) = [c for c in body["checks"] if c["name"] == "outbox"]
+    if outbox["data"]["depth"] == 0:
+        assert tr("No fee note waiting to be sent to the CNS.") in text
+    two = await page.evaluate(
+        "sidecar.ngettext('{n} fee note waiting, for {age}.', "
+        "'{n} fee notes waiting, the oldest for {age}.', 2, {age: sidecar.duration(240)})"
+    )
+    assert (
+        two.replace("\xa0", " ").replace("\u202f", " ")
+        == {
+            "fr": "2 mémoires d'honoraires en attente, le plus ancien depuis 4 min",
+            "de": "2 Honorarnoten warten, die älteste seit 4 Min.",
+            "en": "2 fee notes waiting, the oldest for 4 mins",
+        }[language]
+        + "."
+    )
+
+    # Nothing empty: no figure, sentence or cell shows a placeholder.
+    shown = await page.evaluate(
+        "[...document.querySelectorAll('#dashboard .value, #dashboard p, #dashboard td, "
+        "#dashboard li, #dashboard h3')].filter(e => e.offsetParent !== null || "
+        "e.closest('details')).map(e => e.textContent.trim())"
+    )
+    assert shown and not [t for t in shown if t in _EMPTY], shown
+    for lost in ("undefined", "NaN", "null", "{n}", "{age}", "Invalid Date"):
+        assert lost not in text, lost
+    assert_figures_match(await shown_figures(page), body)
+
+    saved = await page.screenshot(f"status-page-{language}")
+    shutil.copy2(saved, tmp_path / saved.name)
+    await page.close()
+
+
+async def test_status_page_says_what_is_wrong_first(
+    api: Api, browser: Browser, tmp_path: Path
+) -> None:
+    """A daemon with nothing set up, read in German: the banner, then one line per part
+    that needs attention with what to do, above the parts themselves."""
+    token = admin_token(api)
+    page = await browser.new_page()
+    agent = await page.evaluate("navigator.userAgent")
+    await page.send("Network.enable")
+    await page.send("Network.setUserAgentOverride", userAgent=agent, acceptLanguage="de-LU,de")
+    await page.goto(f"{api.client.make_url('/')}#token={token}")
+    assert await page.wait_for("document.body.dataset.ready") == "true"
+    body = await health(api, token)
+    wrong = sorted(c["name"] for c in body["checks"] if c["status"] != "ok")
+    assert body["status"] == "degraded" and {"keys", "tsa"} <= set(wrong), wrong
+    todo = await page.evaluate(
+        "[...document.querySelectorAll('#todo li')].map(li => [li.dataset.todo, li.innerText])"
+    )
+    assert sorted(name for name, _ in todo) == wrong
+    said = dict(todo)
+    assert "Es ist kein Signaturschlüssel konfiguriert" in said["keys"]
+    assert "sidecar setup" in said["keys"] and "no signing key" not in said["keys"]
+    # What is wrong comes before the parts: the list sits above the first card.
+    above = await page.evaluate(
+        "document.getElementById('todo').compareDocumentPosition("
+        "document.querySelector('article.check')) & Node.DOCUMENT_POSITION_FOLLOWING"
+    )
+    assert above
+    overall = await page.evaluate("document.getElementById('overall').textContent")
+    assert overall == "In Betrieb, aber etwas braucht Ihre Aufmerksamkeit."
+    saved = await page.screenshot("status-page-de-degraded")
+    shutil.copy2(saved, tmp_path / saved.name)
     await page.close()
 
 

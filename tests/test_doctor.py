@@ -28,6 +28,7 @@ from sidecar.doctor import (
 from sidecar.doctor.checks import check_config, check_daemon, check_permissions, check_sandbox
 from sidecar.doctor.cli import render_table
 from sidecar.doctor.probes import load_pem_certificates
+from sidecar.i18n import format_date
 from sidecar.paths import Paths
 from sidecar.sandbox.pki import SandboxPKI
 from tests.fixtures.daemon import DaemonProcess, free_port
@@ -215,7 +216,7 @@ async def test_certificate_expiring_in_ten_days(
     )
     finding = by_check(report)["certificate:sandbox-rsa"]
     assert finding.status == "fail"
-    assert finding.summary == f"certificate expires in 10 days ({not_after:%Y-%m-%d})"
+    assert finding.summary == f"certificate expires in 10 days ({format_date(not_after)})"
     assert "renewal" in finding.fix and finding.data["days_left"] == 10
     # 20 days out: worth a warning, not yet broken.
     report = await sandbox_report(

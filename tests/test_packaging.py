@@ -5,7 +5,9 @@ Linux installer installs it into an image root, and re-running it with a newer w
 
 from __future__ import annotations
 
+import gettext
 import importlib.metadata
+import io
 import json
 import os
 import shutil
@@ -107,6 +109,16 @@ def test_wheel_carries_the_data_files(wheel: Path) -> None:
     assert any(n.startswith("sidecar/data/profiles/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sidecar = sidecar.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # The catalogs, compiled: each .po of the checkout has its .mo in the wheel, and it loads.
+    catalogs = list((ROOT / "sidecar" / "i18n" / "locale").glob("*/LC_MESSAGES/*.po"))
+    assert len(catalogs) >= 4
+    for po in catalogs:
+        mo = po.relative_to(ROOT).with_suffix(".mo").as_posix()
+        assert mo in names, mo
+    french = gettext.GNUTranslations(
+        io.BytesIO(zipfile.ZipFile(wheel).read("sidecar/i18n/locale/fr/LC_MESSAGES/sidecar.mo"))
+    )
+    assert french.gettext("Forbidden") == "Interdit"
 
 
 def read_pins(text: str) -> dict[str, str]:

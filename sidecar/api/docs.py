@@ -12,11 +12,14 @@ therefore use only those: no module scripts and no POST.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..i18n import choose, negotiate, web_messages
+from .keys import SETTINGS
 from .problems import Problem
 
 __all__ = ["PAGE_HEADERS", "add_routes"]
@@ -69,6 +72,23 @@ def add_routes(app: web.Application) -> None:
 
         return handler
 
+    async def messages(request: web.Request) -> web.Response:
+        # The status page's words: [ui] language, else the browser's, else English.
+        settings = request.app.get(SETTINGS)
+        configured = settings.ui.language if settings is not None else None
+        language = choose(configured, negotiate(request.headers.get("Accept-Language")))
+        catalog = {"language": language, "messages": web_messages(language)}
+        body = f"var sidecarMessages = {json.dumps(catalog, ensure_ascii=False)};\n"
+        return web.Response(
+            body=body.encode("utf-8"),
+            headers={
+                "Content-Type": _TYPES[".js"],
+                "Content-Language": language,
+                "Vary": "Accept-Language",
+                **PAGE_HEADERS,
+            },
+        )
+
     async def asset(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         # Only the packaged files by exact name: no path is ever built from the request.
@@ -78,4 +98,5 @@ def add_routes(app: web.Application) -> None:
 
     for path, name in _PAGES.items():
         app.router.add_get(path, page(name))
+    app.router.add_get("/assets/messages.js", messages)
     app.router.add_get("/assets/{name}", asset)

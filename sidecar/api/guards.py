@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import is_loopback_host
+from ..i18n import N_
 from ..logs import current_request_id, traceback_text
 from .contract import Operation
 from .keys import (
@@ -29,7 +30,7 @@ from .keys import (
     SETTINGS,
 )
 from .observe import observe_requests
-from .problems import Problem, problem_for, problem_response
+from .problems import Problem, problem_for, problem_language, problem_response
 
 __all__ = ["middlewares", "read_body", "route_operations"]
 
@@ -49,7 +50,12 @@ def _operation(request: web.Request) -> Operation | None:
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Problem:
     if exc.status == 404:
-        return Problem(404, "not_found", f"no route {request.method} {request.path}")
+        return Problem(
+            404,
+            "not_found",
+            N_("no route {method} {path}"),
+            params={"method": request.method, "path": request.path},
+        )
     if exc.status == 405:
         allowed = sorted(getattr(exc, "allowed_methods", ()) or ())
         return Problem(
@@ -75,7 +81,10 @@ def _internal_error(request: web.Request, exc: Exception, request_id: str) -> we
     )
     return problem_response(
         Problem(
-            500, "internal_error", f"internal error; the daemon's log has request id {request_id}"
+            500,
+            "internal_error",
+            N_("internal error; the daemon's log has request id {request_id}"),
+            params={"request_id": request_id},
         ),
         instance=request_id,
     )
@@ -89,6 +98,7 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
     request[REQUEST_ID] = request_id
     # For log lines written below the API layer (the raw cause of an upstream error).
     current_request_id.set(request_id)
+    problem_language.set(request.headers.get("Accept-Language"))  # title/detail language
     started = time.perf_counter()
     response: web.StreamResponse
     try:
@@ -151,12 +161,14 @@ async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamR
         if not server.is_loopback:
             allowed.add(server.host.lower())
         if not (is_loopback_host(name) or name in allowed):
-            raise Problem(403, "forbidden", "the Host header names no address of this daemon")
+            raise Problem(403, "forbidden", N_("the Host header names no address of this daemon"))
     origin = request.headers.get("Origin")
     if origin is None:
         return await handler(request)
     if origin not in server.allowed_origins:
-        raise Problem(403, "forbidden", "requests from web pages of this origin are not allowed")
+        raise Problem(
+            403, "forbidden", N_("requests from web pages of this origin are not allowed")
+        )
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         response: web.StreamResponse = web.Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
@@ -202,7 +214,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             raise Problem(
                 401,
                 "unauthorized",
-                "unknown token",
+                N_("unknown token"),
                 headers={"WWW-Authenticate": 'Bearer realm="sidecar", error="invalid_token"'},
             )
         request[CLIENT] = client
@@ -213,12 +225,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         raise Problem(
             401,
             "unauthorized",
-            "this route needs Authorization: Bearer <token> (see default.token)",
+            N_("this route needs Authorization: Bearer <token> (see default.token)"),
             headers={"WWW-Authenticate": 'Bearer realm="sidecar"'},
         )
     if op.scope not in client.scopes:
         raise Problem(
-            403, "forbidden", f"client {client.name!r} lacks the {op.scope.value!r} scope"
+            403,
+            "forbidden",
+            N_("client {client!r} lacks the {scope!r} scope"),
+            params={"client": client.name, "scope": op.scope.value},
         )
     return await handler(request)
 
@@ -242,15 +257,16 @@ async def body_rules(request: web.Request, handler: Handler) -> web.StreamRespon
         raise Problem(
             413,
             "too_large",
-            f"the body has {request.content_length} bytes; this route takes at most {limit}",
+            N_("the body has {size} bytes; this route takes at most {limit}"),
+            params={"size": request.content_length, "limit": limit},
             limit=limit,
         )
     if "*/*" not in op.request_types and request.content_type not in op.request_types:
         raise Problem(
             415,
             "unsupported_media_type",
-            f"Content-Type {request.content_type!r} is not accepted here; "
-            f"send {' or '.join(op.request_types)}",
+            N_("Content-Type {given!r} is not accepted here; send {accepted}"),
+            params={"given": request.content_type, "accepted": " or ".join(op.request_types)},
             accepted=list(op.request_types),
         )
     return await handler(request)
@@ -269,7 +285,12 @@ async def read_body(request: web.Request) -> bytes:
     async for chunk in request.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > limit:
-            raise Problem(413, "too_large", f"the body is over this route's {limit} bytes")
+            raise Problem(
+                413,
+                "too_large",
+                N_("the body is over this route's {limit} bytes"),
+                params={"limit": limit},
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -2,21 +2,32 @@
 
 Handlers raise :class:`Problem`; the error middleware renders it. ``code`` is the
 stable, machine-readable part that callers in the field switch on (API.md, Errors).
+
+``title`` and ``detail`` are English unless the caller asked for French or German
+(``Accept-Language``; the error middleware puts it in :data:`problem_language`): then
+the title, and a detail made from a marked template (``Problem(..., N_("no route
+{method} {path}"), params={...})``), come in that language, and the answer says so
+with ``Content-Language``. A detail without a template or a translation stays English.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import date
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
+from ..i18n import N_, format_date, negotiate, translations
+
 __all__ = [
     "PROBLEM_TYPE_BASE",
     "Problem",
     "problem_for",
+    "problem_language",
     "problem_response",
     "register_problem_mapper",
 ]
@@ -24,9 +35,46 @@ __all__ = [
 PROBLEM_TYPE_BASE = "https://sidecar.lu/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
+#: The request's ``Accept-Language``, set by the error middleware for the answer.
+problem_language: ContextVar[str | None] = ContextVar("problem_language", default=None)
+
+#: The titles, marked for the catalogs (HTTPStatus's phrases, as the English title).
+_TITLES = {
+    400: N_("Bad Request"),
+    401: N_("Unauthorized"),
+    403: N_("Forbidden"),
+    404: N_("Not Found"),
+    405: N_("Method Not Allowed"),
+    406: N_("Not Acceptable"),
+    408: N_("Request Timeout"),
+    409: N_("Conflict"),
+    410: N_("Gone"),
+    411: N_("Length Required"),
+    413: N_("Request Entity Too Large"),
+    415: N_("Unsupported Media Type"),
+    422: N_("Unprocessable Entity"),
+    423: N_("Locked"),
+    428: N_("Precondition Required"),
+    429: N_("Too Many Requests"),
+    431: N_("Request Header Fields Too Large"),
+    500: N_("Internal Server Error"),
+    501: N_("Not Implemented"),
+    502: N_("Bad Gateway"),
+    503: N_("Service Unavailable"),
+    504: N_("Gateway Timeout"),
+    507: N_("Insufficient Storage"),
+}
+
 
 class Problem(Exception):
-    """An error answer: HTTP status, stable code, and a detail for a person."""
+    """An error answer: HTTP status, stable code, and a detail for a person.
+
+    With *params*, *detail* is a template (``str.format``) marked with ``N_``: the
+    English detail is filled in now, a translated one when the answer is rendered.
+    *translation* (a marked template and its parameters) stands in for a detail made
+    below the API, whose English text stays as it is but has no template of its own:
+    another language gets that sentence (e.g. one per reason a key is locked).
+    """
 
     def __init__(
         self,
@@ -34,26 +82,48 @@ class Problem(Exception):
         code: str,
         detail: str,
         *,
+        params: Mapping[str, Any] | None = None,
+        translation: tuple[str, Mapping[str, Any]] | None = None,
         title: str | None = None,
         errors: Sequence[Mapping[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
+        self.template, self.params = translation or (detail, params or {})
+        detail = detail.format(**params) if params else detail
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or _TITLES.get(status) or HTTPStatus(status).phrase
         self.errors = list(errors) if errors else None
         self.headers = dict(headers or {})
         self.extra = extra
 
-    def body(self, instance: str | None = None) -> dict[str, Any]:
+    def translated(self, language: str) -> tuple[str, str]:
+        """The title and detail in *language*; English where the catalog has nothing."""
+        catalog = translations(language)
+        title = catalog.gettext(self.title)
+        template = catalog.gettext(self.template)
+        if template is self.template or template == self.template:
+            return title, self.detail
+        # A date is written as the reader's language writes it (29/11/2029, 29.11.2029).
+        params = {
+            name: format_date(value, language) if isinstance(value, date) else value
+            for name, value in self.params.items()
+        }
+        try:
+            return title, template.format(**params) if params else template
+        except (KeyError, IndexError, ValueError):  # a broken translation: English
+            return title, self.detail
+
+    def body(self, instance: str | None = None, language: str | None = None) -> dict[str, Any]:
+        title, detail = self.translated(language) if language else (self.title, self.detail)
         body: dict[str, Any] = {
             "type": PROBLEM_TYPE_BASE + self.code,
-            "title": self.title,
+            "title": title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": detail,
             "code": self.code,
         }
         if instance:
@@ -65,11 +135,16 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem, *, instance: str | None = None) -> web.Response:
+    """The answer; in the caller's language when its ``Accept-Language`` named one."""
+    language = negotiate(problem_language.get())
+    headers = dict(problem.headers)
+    if language is not None:
+        headers["Content-Language"] = language
     return web.Response(
         status=problem.status,
-        body=json.dumps(problem.body(instance), ensure_ascii=False).encode("utf-8"),
+        body=json.dumps(problem.body(instance, language), ensure_ascii=False).encode("utf-8"),
         content_type=PROBLEM_CONTENT_TYPE,
-        headers=problem.headers,
+        headers=headers,
     )
 
 

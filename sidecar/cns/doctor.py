@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..doctor import DoctorCheck, DoctorContext, Finding
+from ..i18n import _, format_number, ngettext
 from .commands import outbox_path
 from .transport import CnsConfigError, CnsTimeout, CnsTransport, CnsUnreachable, resolve_base_url
 
@@ -31,7 +32,7 @@ PENDING_FAIL_SECONDS = 86400.0
 
 async def check_cns(ctx: DoctorContext) -> list[Finding]:
     if ctx.settings is None:
-        return [Finding("cns", "skip", "not checked: the configuration does not load")]
+        return [Finding("cns", "skip", _("not checked: the configuration does not load"))]
     cns = ctx.settings.cns
     sandbox_url = None
     if ctx.sandbox and cns.environment == "sandbox":
@@ -48,18 +49,23 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
             daemon = ctx.running_daemon()
             if daemon is not None and daemon.sandbox:
                 # Not "run serve --sandbox": it runs, with its simulator.
-                summary = (
-                    f"the sandbox daemon (pid {daemon.pid}) serves the CNS simulator: "
-                    "'sidecar doctor --sandbox' checks it"
+                summary = _(
+                    "the sandbox daemon (pid {pid}) serves the CNS simulator: "
+                    "'sidecar doctor --sandbox' checks it",
+                    pid=daemon.pid,
                 )
                 return [Finding("cns", "skip", summary)]
-            return [Finding("cns", "skip", f"CNS forwarding is not configured: {exc}")]
+            unset = _("CNS forwarding is not configured: {reason}", reason=exc)
+            return [Finding("cns", "skip", unset)]
         return [
             Finding(
                 "cns",
                 "fail",
                 str(exc),
-                fix=f"set [cns.base_urls] {cns.environment} to the CNS address you were given",
+                fix=_(
+                    "set [cns.base_urls] {environment} to the CNS address you were given",
+                    environment=cns.environment,
+                ),
             )
         ]
     data = {"url": base_url, "environment": cns.environment, "auth": cns.auth.mode}
@@ -71,16 +77,22 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
                 "cns",
                 "fail",
                 str(exc),
-                fix="correct [cns.tls] / [cns.auth] (files, environment variables)",
+                fix=_("correct [cns.tls] / [cns.auth] (files, environment variables)"),
                 data=data,
             )
         ]
     host = urlsplit(base_url).hostname or base_url
     reach_fix = (
-        f"{ctx.start_sandbox_hint()} (the sandbox daemon serves the CNS simulator)"
+        _(
+            "{hint} (the sandbox daemon serves the CNS simulator)",
+            hint=ctx.start_sandbox_hint(),
+        )
         if sandbox_url is not None and base_url == sandbox_url
-        else f"check the network, proxy and firewall towards {host}; the CNS may also "
-        "be in a maintenance window (deposits wait in the outbox meanwhile)"
+        else _(
+            "check the network, proxy and firewall towards {host}; the CNS may also "
+            "be in a maintenance window (deposits wait in the outbox meanwhile)",
+            host=host,
+        )
     )
     try:
         async with asyncio.timeout(ctx.timeout):
@@ -90,7 +102,7 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "cns",
                 "fail",
-                f"the CNS at {base_url} did not answer in time",
+                _("the CNS at {url} did not answer in time", url=base_url),
                 fix=reach_fix,
                 data=data,
             )
@@ -100,7 +112,7 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "cns",
                 "fail",
-                f"the CNS at {base_url} cannot be reached ({exc})",
+                _("the CNS at {url} cannot be reached ({reason})", url=base_url, reason=exc),
                 fix=reach_fix,
                 data=data,
             )
@@ -111,9 +123,16 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "cns",
                 "fail",
-                f"the CNS at {base_url} refuses our credentials (HTTP {answer.status})",
-                fix="check [cns.auth] (client id and secret, or the token) and the client "
-                "certificate in [cns.tls]; the practice must be enrolled for this environment",
+                _(
+                    "the CNS at {url} refuses our credentials (HTTP {status})",
+                    url=base_url,
+                    status=answer.status,
+                ),
+                fix=_(
+                    "check [cns.auth] (client id and secret, or the token) and the client "
+                    "certificate in [cns.tls]; the practice must be enrolled for this "
+                    "environment"
+                ),
                 data=data,
             )
         ]
@@ -122,8 +141,12 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "cns",
                 "fail",
-                f"the CNS at {base_url} answers HTTP {answer.status} (down or in maintenance)",
-                fix="try again later; deposits wait in the outbox and are sent when it is back",
+                _(
+                    "the CNS at {url} answers HTTP {status} (down or in maintenance)",
+                    url=base_url,
+                    status=answer.status,
+                ),
+                fix=_("try again later; deposits wait in the outbox and are sent when it is back"),
                 data=data,
             )
         ]
@@ -132,13 +155,21 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "cns",
                 "warn",
-                f"the CNS at {base_url} answers its health check with HTTP {answer.status}",
-                fix="check the health path in [cns.wire]",
+                _(
+                    "the CNS at {url} answers its health check with HTTP {status}",
+                    url=base_url,
+                    status=answer.status,
+                ),
+                fix=_("check the health path in [cns.wire]"),
                 data=data,
             )
         ]
-    signed_in = " (authenticated)" if cns.auth.mode != "none" else ""
-    return [Finding("cns", "ok", f"the CNS at {base_url} answers{signed_in}", data=data)]
+    answers = (
+        _("the CNS at {url} answers (authenticated)", url=base_url)
+        if cns.auth.mode != "none"
+        else _("the CNS at {url} answers", url=base_url)
+    )
+    return [Finding("cns", "ok", answers, data=data)]
 
 
 def _read_outbox(path: Path) -> tuple[dict[str, int], float | None]:
@@ -157,10 +188,10 @@ def _read_outbox(path: Path) -> tuple[dict[str, int], float | None]:
 
 async def check_outbox(ctx: DoctorContext) -> list[Finding]:
     if ctx.settings is None:
-        return [Finding("outbox", "skip", "not checked: the configuration does not load")]
+        return [Finding("outbox", "skip", _("not checked: the configuration does not load"))]
     path = outbox_path(ctx.settings, ctx.paths)
     if not path.exists():
-        return [Finding("outbox", "ok", "no outbox yet: nothing was sent to the CNS")]
+        return [Finding("outbox", "ok", _("no outbox yet: nothing was sent to the CNS"))]
     try:
         counts, oldest = await asyncio.to_thread(_read_outbox, path)
     except sqlite3.Error as exc:
@@ -168,9 +199,11 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "outbox",
                 "fail",
-                f"the outbox {path} cannot be read: {exc}",
-                fix="look at the daemon's log; do not delete the file (it holds fee notes "
-                "not yet delivered)",
+                _("the outbox {path} cannot be read: {reason}", path=path, reason=exc),
+                fix=_(
+                    "look at the daemon's log; do not delete the file (it holds fee notes "
+                    "not yet delivered)"
+                ),
                 data={"path": str(path)},
             )
         ]
@@ -191,9 +224,17 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "outbox:pending",
                 "fail" if age > PENDING_FAIL_SECONDS else "warn",
-                f"{pending} message(s) waiting, the oldest for {_duration(age)}",
-                fix="the cns check says whether the CNS can be reached; "
-                "'sidecar outbox list' shows each message's last error",
+                # English keeps "message(s)" in both forms (scripts read it).
+                ngettext(
+                    "{n} message(s) waiting, the oldest for {age}",
+                    "{n} message(s) waiting, the oldest for {age}",
+                    pending,
+                    age=_duration(age),
+                ),
+                fix=_(
+                    "the cns check says whether the CNS can be reached; "
+                    "'sidecar outbox list' shows each message's last error"
+                ),
                 data=data,
             )
         )
@@ -202,9 +243,15 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "outbox:failed",
                 "warn",
-                f"{failed} message(s) failed: the retry budget was spent",
-                fix="'sidecar outbox list --status failed' shows why; once the cause is "
-                "fixed, 'sidecar outbox retry UUID' sends one again",
+                ngettext(
+                    "{n} message(s) failed: the retry budget was spent",
+                    "{n} message(s) failed: the retry budget was spent",
+                    failed,
+                ),
+                fix=_(
+                    "'sidecar outbox list --status failed' shows why; once the cause is "
+                    "fixed, 'sidecar outbox retry UUID' sends one again"
+                ),
                 data=data,
             )
         )
@@ -214,11 +261,18 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "outbox:unknown",
                 "warn",
-                f"{unknown} message(s) in state unknown: their answer was lost and the CNS "
-                "could not yet say whether it booked them",
-                fix="do not send them again under a new UUID (the CNS could bill twice); the "
-                "daemon asks the CNS until it says. 'sidecar outbox list --status unknown' "
-                "shows them; 'sidecar outbox retry UUID' sends one again with the same UUID",
+                ngettext(
+                    "{n} message(s) in state unknown: their answer was lost and the CNS "
+                    "could not yet say whether it booked them",
+                    "{n} message(s) in state unknown: their answer was lost and the CNS "
+                    "could not yet say whether it booked them",
+                    unknown,
+                ),
+                fix=_(
+                    "do not send them again under a new UUID (the CNS could bill twice); the "
+                    "daemon asks the CNS until it says. 'sidecar outbox list --status unknown' "
+                    "shows them; 'sidecar outbox retry UUID' sends one again with the same UUID"
+                ),
                 data=data,
             )
         )
@@ -227,7 +281,12 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "outbox",
                 "ok",
-                f"{pending} message(s) waiting, {counts.get('delivered', 0)} delivered",
+                ngettext(
+                    "{n} message(s) waiting, {delivered} delivered",
+                    "{n} message(s) waiting, {delivered} delivered",
+                    pending,
+                    delivered=counts.get("delivered", 0),
+                ),
                 data=data,
             )
         )
@@ -236,10 +295,10 @@ async def check_outbox(ctx: DoctorContext) -> list[Finding]:
 
 def _duration(seconds: float) -> str:
     if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
+        return _("{value} days", value=format_number(seconds / 86400, pattern="0.0"))
     if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.0f} min"
+        return _("{value} h", value=format_number(seconds / 3600, pattern="0.0"))
+    return _("{value} min", value=format_number(seconds / 60, pattern="0"))
 
 
 DOCTOR_CHECKS: list[tuple[str, DoctorCheck]] = [("cns", check_cns), ("outbox", check_outbox)]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
+from ..i18n import _
 from ..paths import Paths
 from ..runtime import DaemonRuntime, read_runtime
 
@@ -125,15 +126,18 @@ class DoctorContext:
         this installation's daemon is not already running it."""
         daemon = self.running_daemon()
         if daemon is None:
-            return "run the sandbox daemon: sidecar serve --sandbox"
+            return _("run the sandbox daemon: sidecar serve --sandbox")
         if not daemon.sandbox:
-            return (
-                f"this installation's daemon (pid {daemon.pid}) runs without the sandbox: "
-                "stop it and run 'sidecar serve --sandbox'"
+            return _(
+                "this installation's daemon (pid {pid}) runs without the sandbox: "
+                "stop it and run 'sidecar serve --sandbox'",
+                pid=daemon.pid,
             )
-        return (
-            f"the sandbox daemon (pid {daemon.pid}, port {daemon.port}) is running but this "
-            "part of it does not answer: look at its log (stderr), then restart it"
+        return _(
+            "the sandbox daemon (pid {pid}, port {port}) is running but this "
+            "part of it does not answer: look at its log (stderr), then restart it",
+            pid=daemon.pid,
+            port=daemon.port,
         )
 
     def sandbox_pki(self) -> SandboxPKI | None:
@@ -246,13 +250,19 @@ async def _run_one(
             Finding(
                 name,
                 "fail",
-                f"the check did not finish within {per_check_seconds:g} s",
-                fix="run 'sidecar doctor' again; if it persists, look at the daemon's log",
+                _(
+                    "the check did not finish within {seconds} s",
+                    seconds=format(per_check_seconds, "g"),
+                ),
+                fix=_("run 'sidecar doctor' again; if it persists, look at the daemon's log"),
             )
         ]
     except Exception as exc:  # one broken check must not hide the others
         log.debug("doctor check %s crashed", name, exc_info=True)
-        return [Finding(name, "fail", f"the check itself failed: {type(exc).__name__}: {exc}")]
+        failed = _(
+            "the check itself failed: {error}: {message}", error=type(exc).__name__, message=exc
+        )
+        return [Finding(name, "fail", failed)]
 
 
 async def run_doctor(

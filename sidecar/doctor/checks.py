@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from .. import __version__
+from ..i18n import N_, _, format_number
 from ..runtime import INSTANCE_KEY_HEADER
 from . import DoctorCheck, DoctorContext, Finding
 from .probes import (
@@ -44,27 +45,27 @@ _SECRET_WORDS = ("pin", "passphrase", "password", "secret", "token", "api_key")
 
 
 async def check_config(ctx: DoctorContext) -> list[Finding]:
-    where = str(ctx.config_file) if ctx.config_file else "configuration"
+    where = str(ctx.config_file) if ctx.config_file else _("configuration")
     if ctx.config_error:
         return [
             Finding(
                 "config",
                 "fail",
                 ctx.config_error,
-                fix="correct the file (sidecar config check tells the same), then restart",
+                fix=_("correct the file ('sidecar config check' tells the same), then restart"),
             )
         ]
     assert ctx.settings is not None
     if ctx.config_file is None or not ctx.config_file.exists():
-        return [Finding("config", "ok", f"no {where}: defaults in use")]
+        return [Finding("config", "ok", _("no {where}: defaults in use", where=where))]
     from ..config import ConfigError
     from ..server import validate_for_serve
 
     try:
         validate_for_serve(ctx.settings)
     except ConfigError as exc:
-        return [Finding("config", "fail", str(exc), fix="correct the file, then restart")]
-    return [Finding("config", "ok", f"{where} loads", data={"file": where})]
+        return [Finding("config", "fail", str(exc), fix=_("correct the file, then restart"))]
+    return [Finding("config", "ok", _("{where} loads", where=where), data={"file": where})]
 
 
 def _holds_secrets(file: Path) -> bool:
@@ -95,24 +96,30 @@ def _mode_finding(check: str, path: Path, *, secret: bool, what: str) -> Finding
     data = {"path": str(path), "mode": f"{mode:04o}"}
     is_dir = stat.S_ISDIR(st.st_mode)
     fix = f"chmod {'go-rwx' if is_dir else '600'} {path}"
+    said = {"what": _(what), "path": path, "mode": f"{mode:04o}"}
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return Finding(check, "fail", f"{what} {path} can be changed by others", fix, data)
+        return Finding(
+            check, "fail", _("{what} {path} can be changed by others", **said), fix, data
+        )
     if secret and mode & (stat.S_IRGRP | stat.S_IROTH):
-        return Finding(check, "fail", f"{what} {path} is readable by others", fix, data)
+        return Finding(check, "fail", _("{what} {path} is readable by others", **said), fix, data)
     if is_dir and mode & (stat.S_IRWXG | stat.S_IRWXO):
         # Private means no access for group and others: they can list what is there.
-        return Finding(
-            check, "warn", f"{what} {path} is open to group/others ({mode:04o})", fix, data
-        )
+        summary = _("{what} {path} is open to group/others ({mode})", **said)
+        return Finding(check, "warn", summary, fix, data)
     if os.geteuid() != 0 and st.st_uid != os.geteuid():
         return Finding(
             check,
             "warn",
-            f"{what} {path} belongs to uid {st.st_uid}, not to the user running doctor",
-            fix="run doctor as the service's user (Linux service: sudo sidecarctl doctor)",
+            _(
+                "{what} {path} belongs to uid {uid}, not to the user running doctor",
+                uid=st.st_uid,
+                **said,
+            ),
+            fix=_("run doctor as the service's user (Linux service: sudo sidecarctl doctor)"),
             data=data,
         )
-    return Finding(check, "ok", f"{what} {path} is private ({mode:04o})", data=data)
+    return Finding(check, "ok", _("{what} {path} is private ({mode})", **said), data=data)
 
 
 async def check_writable(ctx: DoctorContext) -> list[Finding]:
@@ -136,16 +143,31 @@ async def check_writable(ctx: DoctorContext) -> list[Finding]:
         reason = unwritable_reason(target)
         data = {"path": str(directory)}
         if reason is None:
-            made = "" if target == directory else f" (to be made in {target})"
-            findings.append(Finding(check, "ok", f"{directory} is writable{made}", data=data))
+            summary = (
+                _("{directory} is writable", directory=directory)
+                if target == directory
+                else _(
+                    "{directory} is writable (to be made in {target})",
+                    directory=directory,
+                    target=target,
+                )
+            )
+            findings.append(Finding(check, "ok", summary, data=data))
             continue
         findings.append(
             Finding(
                 check,
                 "fail",
-                f"{target} cannot be written to by this user ({reason})",
-                fix=f"run sidecar as the user who owns {target} (the daemon's user), or give "
-                "that user write access to it (chown/chmod)",
+                _(
+                    "{target} cannot be written to by this user ({reason})",
+                    target=target,
+                    reason=reason,
+                ),
+                fix=_(
+                    "run sidecar as the user who owns {target} (the daemon's user), or give "
+                    "that user write access to it (chown/chmod)",
+                    target=target,
+                ),
                 data=data,
             )
         )
@@ -158,28 +180,28 @@ async def check_permissions(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "permissions",
                 "skip",
-                "file modes do not apply on Windows; the installer sets the ProgramData ACL",
+                _("file modes do not apply on Windows; the installer sets the ProgramData ACL"),
             )
         ]
     paths = ctx.paths
     candidates: list[tuple[str, Path, bool, str]] = [
-        ("permissions:config-dir", paths.config_dir, False, "directory"),
-        ("permissions:data-dir", paths.data_dir, False, "directory"),
-        ("permissions:clients", paths.clients_file, True, "client list"),
-        ("permissions:token", paths.default_token_file, True, "token file"),
+        ("permissions:config-dir", paths.config_dir, False, N_("directory")),
+        ("permissions:data-dir", paths.data_dir, False, N_("directory")),
+        ("permissions:clients", paths.clients_file, True, N_("client list")),
+        ("permissions:token", paths.default_token_file, True, N_("token file")),
     ]
     if ctx.config_file is not None and ctx.config_file.exists():
         candidates.append(
-            ("permissions:config", ctx.config_file, _holds_secrets(ctx.config_file), "config")
+            ("permissions:config", ctx.config_file, _holds_secrets(ctx.config_file), N_("config"))
         )
     if ctx.settings is not None and ctx.settings.server.tls_key is not None:
-        candidates.append(("permissions:tls-key", ctx.settings.server.tls_key, True, "TLS key"))
+        candidates.append(("permissions:tls-key", ctx.settings.server.tls_key, True, N_("TLS key")))
     findings = [
         f
         for check, path, secret, what in candidates
         if (f := _mode_finding(check, path, secret=secret, what=what)) is not None
     ]
-    return findings or [Finding("permissions", "ok", "no secrets written yet (first start)")]
+    return findings or [Finding("permissions", "ok", _("no secrets written yet (first start)"))]
 
 
 async def check_disk(ctx: DoctorContext) -> list[Finding]:
@@ -190,12 +212,14 @@ async def check_disk(ctx: DoctorContext) -> list[Finding]:
     free_mib = usage.free // 1024**2
     data = {"path": str(directory), "free_bytes": usage.free, "total_bytes": usage.total}
     if usage.free < DISK_FAIL_BYTES:
-        status, fix = "fail", f"free space on the disk holding {directory}"
+        status, fix = "fail", _("free space on the disk holding {directory}", directory=directory)
     elif usage.free < DISK_WARN_BYTES:
-        status, fix = "warn", f"free space on the disk holding {directory} soon"
+        status = "warn"
+        fix = _("free space on the disk holding {directory} soon", directory=directory)
     else:
         status, fix = "ok", ""
-    return [Finding("disk", status, f"{free_mib} MiB free for {directory}", fix, data)]
+    free = _("{free} MiB free for {directory}", free=format_number(free_mib), directory=directory)
+    return [Finding("disk", status, free, fix, data)]
 
 
 def _probe_host(host: str) -> str:
@@ -220,19 +244,27 @@ def _daemon_url(ctx: DoctorContext) -> tuple[str, str, bool]:
 
 async def check_daemon(ctx: DoctorContext) -> list[Finding]:
     if ctx.settings is None:
-        return [Finding("daemon", "skip", "not checked: the configuration does not load")]
+        return [Finding("daemon", "skip", _("not checked: the configuration does not load"))]
     url, shown, tls = _daemon_url(ctx)
     port = ctx.port or ctx.settings.server.port
     own = ctx.running_daemon()
     home = ctx.paths.config_dir
-    start_fix = (
+    start_fix = _(
         "start it: Linux 'systemctl start sidecar' (journalctl -u sidecar says why it "
         "stopped), Windows 'sidecar service start', or 'sidecar serve' in a terminal"
     )
     elsewhere = ""
     if own is not None and own.port != port:
-        elsewhere = f"this installation's daemon (pid {own.pid}) listens on port {own.port}"
-        start_fix = f"{elsewhere}: run 'sidecar doctor --port {own.port}', or set [server] port"
+        elsewhere = _(
+            "this installation's daemon (pid {pid}) listens on port {port}",
+            pid=own.pid,
+            port=own.port,
+        )
+        start_fix = _(
+            "{elsewhere}: run 'sidecar doctor --port {port}', or set [server] port",
+            elsewhere=elsewhere,
+            port=own.port,
+        )
     headers = {INSTANCE_KEY_HEADER: own.key} if own is not None else {}
     try:
         async with asyncio.timeout(ctx.timeout):
@@ -240,9 +272,10 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
             async with ctx.session.get(url, ssl=False if tls else None, headers=headers) as r:
                 raw = await r.read()
     except TimeoutError:
-        return [Finding("daemon", "fail", f"{url} did not answer in {ctx.timeout:g} s", start_fix)]
+        late = _("{url} did not answer in {seconds} s", url=url, seconds=format(ctx.timeout, "g"))
+        return [Finding("daemon", "fail", late, start_fix)]
     except aiohttp.ClientConnectorError:
-        return [Finding("daemon", "fail", f"nothing listens on {shown}", start_fix)]
+        return [Finding("daemon", "fail", _("nothing listens on {shown}", shown=shown), start_fix)]
     except aiohttp.ClientError as exc:
         return [Finding("daemon", "fail", f"{url}: {type(exc).__name__}", start_fix)]
     try:
@@ -257,29 +290,37 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "daemon",
                 "fail",
-                f"{shown} answers, but not as sidecar",
-                fix=f"another program uses port {port}: stop it or set [server] port",
+                _("{shown} answers, but not as sidecar", shown=shown),
+                fix=_("another program uses port {port}: stop it or set [server] port", port=port),
                 data=data,
             )
         ]
     if own is None or body.get("instance") != own.instance:
         # Another SIDECAR_HOME's daemon, another user's, or one older than runtime files.
         mine = elsewhere or (
-            f"this installation's daemon (pid {own.pid}) does not answer there"
+            _("this installation's daemon (pid {pid}) does not answer there", pid=own.pid)
             if own is not None
-            else f"no daemon of this installation ({home}) is running"
+            else _("no daemon of this installation ({home}) is running", home=home)
         )
         return [
             Finding(
                 "daemon",
                 "fail",
-                f"a sidecar {version} answers at {shown}, but it is not this installation's "
-                f"daemon: {mine}",
+                _(
+                    "a sidecar {version} answers at {shown}, but it is not this "
+                    "installation's daemon: {mine}",
+                    version=version,
+                    shown=shown,
+                    mine=mine,
+                ),
                 fix=start_fix
                 if elsewhere
-                else f"port {port} is another installation's (another SIDECAR_HOME or user): "
-                "stop that daemon, or give this one another port ([server] port, or "
-                "'sidecar serve --port N' and 'sidecar doctor --port N')",
+                else _(
+                    "port {port} is another installation's (another SIDECAR_HOME or user): "
+                    "stop that daemon, or give this one another port ([server] port, or "
+                    "'sidecar serve --port N' and 'sidecar doctor --port N')",
+                    port=port,
+                ),
                 data=data,
             )
         ]
@@ -291,9 +332,15 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
                 Finding(
                     f"daemon:{part.get('name')}",
                     "fail" if part.get("status") == "down" else "warn",
-                    f"the daemon reports {part.get('name')} {part.get('status')}: "
-                    f"{part.get('detail') or 'no detail'}",
-                    fix=_PART_FIX.get(str(part.get("name")), ""),
+                    _(
+                        "the daemon reports {name} {status}: {detail}",
+                        name=part.get("name"),
+                        status=part.get("status"),
+                        detail=part.get("detail") or _("no detail"),
+                    ),
+                    fix=_(_PART_FIX[str(part.get("name"))])
+                    if str(part.get("name")) in _PART_FIX
+                    else "",
                     data={"status": part.get("status")},
                 )
             )
@@ -302,8 +349,12 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "daemon:version",
                 "warn",
-                f"the running daemon is {version}, the installed sidecar is {__version__}",
-                fix="restart the service to run the installed version",
+                _(
+                    "the running daemon is {running}, the installed sidecar is {installed}",
+                    running=version,
+                    installed=__version__,
+                ),
+                fix=_("restart the service to run the installed version"),
                 data=data,
             )
         )
@@ -312,26 +363,34 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
 
 #: What to do about a part the daemon reports not ok, by its health check's name.
 _PART_FIX = {
-    "keys": "configure a signing key ([[keys]] in sidecar.toml) or unlock it; "
-    "'sidecar keys list' shows each key's state",
-    "tsa": "configure a TSA ([[trust.tsa]] url) or check the network path to it",
-    "cns": "check [cns] (base URL, credentials) and the network path to the CNS",
-    "outbox": "'sidecar outbox list' shows what waits and why",
+    "keys": N_(
+        "configure a signing key ([[keys]] in sidecar.toml) or unlock it; "
+        "'sidecar keys list' shows each key's state"
+    ),
+    "tsa": N_("configure a TSA ([[trust.tsa]] url) or check the network path to it"),
+    "cns": N_("check [cns] (base URL, credentials) and the network path to the CNS"),
+    "outbox": N_("'sidecar outbox list' shows what waits and why"),
 }
 
 
 def _daemon_finding(status: str, version: str, url: str, data: dict[str, object]) -> Finding:
     if status == "down":
-        return Finding("daemon", "fail", f"daemon {version} reports itself down", data=data)
+        down = _("daemon {version} reports itself down", version=version)
+        return Finding("daemon", "fail", down, data=data)
     if status == "degraded":
         return Finding(
             "daemon",
             "warn",
-            f"daemon {version} answers at {url} but reports itself degraded "
-            "(the daemon:* lines below name the parts)",
+            _(
+                "daemon {version} answers at {url} but reports itself degraded "
+                "(the daemon:* lines below name the parts)",
+                version=version,
+                url=url,
+            ),
             data=data,
         )
-    return Finding("daemon", "ok", f"daemon {version} answers at {url}", data=data)
+    answers = _("daemon {version} answers at {url}", version=version, url=url)
+    return Finding("daemon", "ok", answers, data=data)
 
 
 async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
@@ -347,14 +406,22 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
                 "sandbox",
                 "fail",
                 str(exc),
-                fix=f"move {ctx.paths.sandbox_dir} aside; 'sidecar serve --sandbox' makes another",
+                fix=_(
+                    "move {directory} aside; 'sidecar serve --sandbox' makes another",
+                    directory=ctx.paths.sandbox_dir,
+                ),
             )
         ]
     if pki is None:
         return [
-            Finding("sandbox", "fail", f"no sandbox PKI in {ctx.paths.sandbox_dir}", fix=run_it)
+            Finding(
+                "sandbox",
+                "fail",
+                _("no sandbox PKI in {directory}", directory=ctx.paths.sandbox_dir),
+                fix=run_it,
+            )
         ]
-    findings = [Finding("sandbox", "ok", f"sandbox PKI in {pki.directory}")]
+    findings = [Finding("sandbox", "ok", _("sandbox PKI in {directory}", directory=pki.directory))]
     try:
         probe = await timestamp_probe(
             ctx.session, pki.tsa_url, local_now=ctx.now(), seconds=ctx.timeout
@@ -364,8 +431,8 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "tsa:sandbox",
                 "fail",
-                f"TSA {exc.kind}: {exc.detail}",
-                fix=run_it if exc.kind == "unreachable" else "look at the sandbox daemon's log",
+                exc.said("TSA"),
+                fix=run_it if exc.kind == "unreachable" else _("look at the sandbox daemon's log"),
                 data={"url": pki.tsa_url},
             )
         )
@@ -374,7 +441,11 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
             Finding(
                 "tsa:sandbox",
                 "ok",
-                f"timestamp granted by {pki.tsa_url} in {probe.round_trip_seconds * 1000:.0f} ms",
+                _(
+                    "timestamp granted by {url} in {ms} ms",
+                    url=pki.tsa_url,
+                    ms=round(probe.round_trip_seconds * 1000),
+                ),
                 data={"url": pki.tsa_url, "gen_time": probe.gen_time.isoformat()},
             )
         )
@@ -395,8 +466,8 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
                     Finding(
                         f"ocsp:{signer.id}",
                         "fail",
-                        f"OCSP responder {exc.kind}: {exc.detail}",
-                        fix=run_it if exc.kind == "unreachable" else "look at the responder",
+                        exc.said(_("OCSP responder")),
+                        fix=run_it if exc.kind == "unreachable" else _("look at the responder"),
                         data={"url": url},
                     )
                 )
@@ -406,8 +477,8 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
                 Finding(
                     f"ocsp:{signer.id}",
                     status,
-                    f"OCSP responder says {answer}",
-                    fix="" if status == "ok" else "the certificate cannot be used: replace it",
+                    _("OCSP responder says {answer}", answer=answer),
+                    fix="" if status == "ok" else _("the certificate cannot be used: replace it"),
                     data={"url": url},
                 )
             )

@@ -13,22 +13,26 @@ from typing import TextIO
 import aiohttp
 
 from .. import __version__
+from ..i18n import N_, _
 from ..paths import Paths
 from . import DoctorContext, DoctorReport, load_context_settings, run_doctor
 
 __all__ = ["collect_report", "doctor_command", "render_table"]
 
-_LABEL = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+#: The status column, short in every language.
+_LABEL = {"ok": N_("ok"), "warn": N_("WARN"), "fail": N_("FAIL"), "skip": N_("skip")}
 
 
 def render_table(report: DoctorReport, width: int | None = None) -> str:
     """A table a sysadmin reads top to bottom; each problem says what to do."""
     width = width or max(80, min(shutil.get_terminal_size().columns, 140))
     name_width = max([len(f.check) for f in report.findings] + [5])
-    indent = 6 + name_width + 2
+    labels = {status: _(label) for status, label in _LABEL.items()}
+    label_width = max([5] + [len(label) for label in labels.values()])
+    indent = label_width + 1 + name_width + 2
     lines = [f"sidecar doctor {__version__}", ""]
     for finding in report.findings:
-        head = f"{_LABEL[finding.status]:<5} {finding.check:<{name_width}}  "
+        head = f"{labels[finding.status]:<{label_width}} {finding.check:<{name_width}}  "
         body = textwrap.wrap(finding.summary, max(30, width - indent)) or [""]
         lines.append(head + body[0])
         lines.extend(" " * indent + rest for rest in body[1:])
@@ -39,11 +43,12 @@ def render_table(report: DoctorReport, width: int | None = None) -> str:
     broken = report.broken
     warnings = [f for f in report.findings if f.status == "warn"]
     if broken:
-        lines.append(f"BROKEN: {', '.join(f.check for f in broken)}")
+        lines.append(_("BROKEN: {checks}", checks=", ".join(f.check for f in broken)))
     elif warnings:
-        lines.append(f"working, with warnings: {', '.join(f.check for f in warnings)}")
+        names = ", ".join(f.check for f in warnings)
+        lines.append(_("working, with warnings: {checks}", checks=names))
     else:
-        lines.append("everything checked is working")
+        lines.append(_("everything checked is working"))
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 import aiohttp
 from asn1crypto import algos, ocsp, pem, tsp, x509
 
+from ..i18n import N_, _, format_date, ngettext
 from . import Finding
 
 __all__ = [
@@ -46,6 +47,15 @@ class ProbeError(Exception):
         self.detail = detail
         super().__init__(detail)
 
+    def said(self, service: str) -> str:
+        """What went wrong with *service*, in the reader's language."""
+        kind = _(_KINDS[self.kind]) if self.kind in _KINDS else self.kind
+        return _("{service} {kind}: {detail}", service=service, kind=kind, detail=self.detail)
+
+
+#: The kinds of ProbeError, in words.
+_KINDS = {"unreachable": N_("unreachable"), "timeout": N_("timeout"), "error": N_("error")}
+
 
 @dataclass(frozen=True)
 class TimestampProbe:
@@ -63,12 +73,15 @@ async def _post(
             async with session.post(url, data=body, headers={"Content-Type": content_type}) as r:
                 payload = await r.read()
                 if r.status != 200:
-                    raise ProbeError("error", f"{url} answered HTTP {r.status}")
+                    answered = _("{url} answered HTTP {status}", url=url, status=r.status)
+                    raise ProbeError("error", answered)
                 return payload
     except TimeoutError:
-        raise ProbeError("timeout", f"{url} did not answer within {seconds:g} s") from None
+        late = _("{url} did not answer within {seconds} s", url=url, seconds=format(seconds, "g"))
+        raise ProbeError("timeout", late) from None
     except aiohttp.ClientConnectorError as exc:
-        raise ProbeError("unreachable", f"cannot connect to {url}: {exc.os_error}") from None
+        cannot = _("cannot connect to {url}: {reason}", url=url, reason=exc.os_error)
+        raise ProbeError("unreachable", cannot) from None
     except aiohttp.ClientError as exc:
         raise ProbeError("unreachable", f"{url}: {type(exc).__name__}: {exc}") from None
 
@@ -102,15 +115,18 @@ async def timestamp_probe(
         reply = tsp.TimeStampResp.load(body)
         status = reply["status"]["status"].native
         if status not in ("granted", "granted_with_mods"):
-            raise ProbeError("error", f"{url} refused the timestamp request ({status})")
+            refused = _("{url} refused the timestamp request ({status})", url=url, status=status)
+            raise ProbeError("error", refused)
         info = reply["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
         imprint = info["message_imprint"]["hashed_message"].native
         if imprint != digest or info["nonce"].native != nonce:
-            raise ProbeError("error", f"{url} answered a timestamp for another request")
+            other = _("{url} answered a timestamp for another request", url=url)
+            raise ProbeError("error", other)
         gen_time: datetime = info["gen_time"].native
     except (ValueError, KeyError, TypeError) as exc:
         raise ProbeError(
-            "error", f"{url} answered something that is not a timestamp: {exc}"
+            "error",
+            _("{url} answered something that is not a timestamp: {reason}", url=url, reason=exc),
         ) from None
     # The TSA read its clock about half-way through the round trip.
     skew = local_now.timestamp() + elapsed / 2 - gen_time.timestamp()
@@ -149,27 +165,38 @@ async def ocsp_probe(
         response = ocsp.OCSPResponse.load(body)
         status = response["response_status"].native
         if status != "successful":
-            raise ProbeError("error", f"{url} answered OCSP status {status}")
+            raise ProbeError(
+                "error", _("{url} answered OCSP status {status}", url=url, status=status)
+            )
         single = response.basic_ocsp_response["tbs_response_data"]["responses"][0]
         return str(single["cert_status"].name)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ProbeError("error", f"{url} answered something that is not OCSP: {exc}") from None
+        raise ProbeError(
+            "error", _("{url} answered something that is not OCSP: {reason}", url=url, reason=exc)
+        ) from None
 
 
 def clock_skew_finding(
     check: str, skew_seconds: float, *, tolerance: float = CLOCK_TOLERANCE_SECONDS
 ) -> Finding:
-    minutes = abs(skew_seconds) / 60
-    direction = "ahead of" if skew_seconds > 0 else "behind"
+    minutes = f"{abs(skew_seconds) / 60:.0f}"
     data = {"skew_seconds": round(skew_seconds, 1)}
     if abs(skew_seconds) <= tolerance:
-        return Finding(check, "ok", f"clock within {abs(skew_seconds):.0f} s of the TSA", data=data)
+        within = _("clock within {seconds} s of the TSA", seconds=round(abs(skew_seconds)))
+        return Finding(check, "ok", within, data=data)
+    off = (
+        _("this machine's clock is {minutes} min ahead of the TSA's", minutes=minutes)
+        if skew_seconds > 0
+        else _("this machine's clock is {minutes} min behind the TSA's", minutes=minutes)
+    )
     return Finding(
         check,
         "fail",
-        f"this machine's clock is {minutes:.0f} min {direction} the TSA's",
-        fix="set the clock right and keep it synchronised (Linux: timedatectl set-ntp true; "
-        "Windows: w32tm /resync); signatures and OCSP answers are judged by time",
+        off,
+        fix=_(
+            "set the clock right and keep it synchronised (Linux: timedatectl set-ntp true; "
+            "Windows: w32tm /resync); signatures and OCSP answers are judged by time"
+        ),
         data=data,
     )
 
@@ -181,7 +208,7 @@ def expiry_finding(
     *,
     warn_days: int = EXPIRY_WARN_DAYS,
     fail_days: int = EXPIRY_FAIL_DAYS,
-    what: str = "certificate",
+    what: str = N_("certificate"),
 ) -> Finding:
     """ok; warn within *warn_days* of expiry; fail within *fail_days*, expired or not yet valid."""
     validity = certificate["tbs_certificate"]["validity"]
@@ -191,32 +218,44 @@ def expiry_finding(
     days = math.ceil((not_after - now).total_seconds() / 86400)
     subject = certificate.subject.human_friendly
     data = {"not_after": not_after.isoformat(), "days_left": days, "subject": subject}
+    said = {"what": _(what), "subject": subject, "date": format_date(not_after)}
     if now < not_before:
         return Finding(
             check,
             "fail",
-            f"{what} is not valid before {not_before:%Y-%m-%d}",
-            fix="check this machine's clock",
+            _("{what} is not valid before {date}", **{**said, "date": format_date(not_before)}),
+            fix=_("check this machine's clock"),
             data=data,
         )
     if now > not_after:
         return Finding(
             check,
             "fail",
-            f"{what} expired on {not_after:%Y-%m-%d}",
-            fix=f"renew the {what} ({subject}) and configure the new one",
+            _("{what} expired on {date}", **said),
+            fix=_("renew it ({subject}) and configure the new one", **said),
             data=data,
         )
     if days <= warn_days:
         return Finding(
             check,
             "fail" if days <= fail_days else "warn",
-            f"{what} expires in {days} days ({not_after:%Y-%m-%d})",
-            fix=f"order the renewal of the {what} ({subject}) now",
+            ngettext(
+                "{what} expires in {n} day ({date})",
+                "{what} expires in {n} days ({date})",
+                days,
+                **said,
+            ),
+            fix=_("order its renewal ({subject}) now", **said),
             data=data,
         )
-    return Finding(check, "ok", f"{what} valid until {not_after:%Y-%m-%d} ({days} days)", data=data)
+    valid = ngettext(
+        "{what} valid until {date} ({n} day)",
+        "{what} valid until {date} ({n} days)",
+        days,
+        **said,
+    )
+    return Finding(check, "ok", valid, data=data)
 
 
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
-    return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
+    return [x509.Certificate.load(der) for _kind, _headers, der in pem.unarmor(data, multiple=True)]

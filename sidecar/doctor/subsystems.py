@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..i18n import N_, _, format_date, ngettext
 from . import DoctorContext, Finding
 from .probes import (
     EXPIRY_FAIL_DAYS,
@@ -26,12 +27,12 @@ from .probes import (
 __all__ = ["DOCTOR_CHECKS", "check_keys", "check_tsas"]
 
 _LOCKED_FIX = {
-    "pin_missing": "store the PIN in the OS secret store (sidecar keys ...), or set pin_source",
-    "pin_incorrect": "the stored PIN is wrong: store the right one before the token locks",
-    "pin_locked": "the token's PIN is locked: unblock it with the PUK (card issuer's tool)",
-    "token_absent": "insert the smartcard/token (and check pcscd is running)",
-    "passphrase_missing": "store the PKCS#12 passphrase in the OS secret store",
-    "passphrase_incorrect": "the stored PKCS#12 passphrase is wrong: store the right one",
+    "pin_missing": N_("store the PIN in the OS secret store (sidecar keys ...), or set pin_source"),
+    "pin_incorrect": N_("the stored PIN is wrong: store the right one before the token locks"),
+    "pin_locked": N_("the token's PIN is locked: unblock it with the PUK (card issuer's tool)"),
+    "token_absent": N_("insert the smartcard/token (and check pcscd is running)"),
+    "passphrase_missing": N_("store the PKCS#12 passphrase in the OS secret store"),
+    "passphrase_incorrect": N_("the stored PKCS#12 passphrase is wrong: store the right one"),
 }
 
 
@@ -40,12 +41,13 @@ def _days_finding(check: str, not_after: datetime | None, now: datetime) -> Find
         return None
     days = (not_after - now).total_seconds() / 86400
     data = {"not_after": not_after.isoformat(), "days_left": int(days)}
+    said = {"what": _("certificate"), "date": format_date(not_after)}
     if days < 0:
         return Finding(
             check,
             "fail",
-            f"certificate expired on {not_after:%Y-%m-%d}",
-            "renew the certificate and configure the new one",
+            _("{what} expired on {date}", **said),
+            _("renew the certificate and configure the new one"),
             data,
         )
     if days <= EXPIRY_WARN_DAYS:
@@ -53,8 +55,13 @@ def _days_finding(check: str, not_after: datetime | None, now: datetime) -> Find
         return Finding(
             check,
             "fail" if days <= EXPIRY_FAIL_DAYS else "warn",
-            f"certificate expires in {shown} days ({not_after:%Y-%m-%d})",
-            "order the renewal of the certificate now",
+            ngettext(
+                "{what} expires in {n} day ({date})",
+                "{what} expires in {n} days ({date})",
+                shown,
+                **said,
+            ),
+            _("order the renewal of the certificate now"),
             data,
         )
     return None
@@ -73,7 +80,10 @@ async def check_keys(ctx: DoctorContext) -> Iterable[Finding]:
     except Exception as exc:  # KeyConfigError and the like: say which, not how
         return [
             Finding(
-                "keys", "fail", f"the keys cannot be opened: {exc}", "correct the [[keys]] section"
+                "keys",
+                "fail",
+                _("the keys cannot be opened: {reason}", reason=exc),
+                _("correct the [[keys]] section"),
             )
         ]
     try:
@@ -85,13 +95,17 @@ async def check_keys(ctx: DoctorContext) -> Iterable[Finding]:
         check = f"key:{info.id}"
         if not info.unlocked:
             reason = info.locked_reason or "locked"
-            detail = f" ({info.locked_detail})" if info.locked_detail else ""
+            locked = (
+                _("key is locked: {reason} ({detail})", reason=reason, detail=info.locked_detail)
+                if info.locked_detail
+                else _("key is locked: {reason}", reason=reason)
+            )
             findings.append(
                 Finding(
                     check,
                     "fail",
-                    f"key is locked: {reason}{detail}",
-                    _LOCKED_FIX.get(reason, "unlock the key (PIN, passphrase, token)"),
+                    locked,
+                    _(_LOCKED_FIX.get(reason, N_("unlock the key (PIN, passphrase, token)"))),
                     {"reason": reason},
                 )
             )
@@ -99,7 +113,8 @@ async def check_keys(ctx: DoctorContext) -> Iterable[Finding]:
         if expiry is not None:
             findings.append(expiry)
         if info.unlocked and expiry is None:
-            findings.append(Finding(check, "ok", f"present and unlocked ({info.subject})"))
+            ready = _("present and unlocked ({subject})", subject=info.subject)
+            findings.append(Finding(check, "ok", ready))
     return findings
 
 
@@ -115,7 +130,10 @@ async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
                 Finding(
                     check,
                     "skip",
-                    "authenticated TSA: checked by the daemon (GET /v1/health with an admin token)",
+                    _(
+                        "authenticated TSA: checked by the daemon "
+                        "(GET /v1/health with an admin token)"
+                    ),
                 )
             )
             continue
@@ -128,9 +146,11 @@ async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
                 Finding(
                     check,
                     "fail",
-                    f"TSA {exc.kind}: {exc.detail}",
-                    "check the network path (proxy, firewall) to the TSA, "
-                    "or the URL in [[trust.tsa]]",
+                    exc.said("TSA"),
+                    _(
+                        "check the network path (proxy, firewall) to the TSA, "
+                        "or the URL in [[trust.tsa]]"
+                    ),
                     {"url": tsa.url},
                 )
             )
@@ -139,7 +159,7 @@ async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
             Finding(
                 check,
                 "ok",
-                f"timestamp granted in {probe.round_trip_seconds * 1000:.0f} ms",
+                _("timestamp granted in {ms} ms", ms=round(probe.round_trip_seconds * 1000)),
                 data={"url": tsa.url},
             )
         )

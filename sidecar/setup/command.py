@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..config import ConfigError, Settings, load_settings
+from ..i18n import _, format_date
 from ..keys import KeyLayerError, KeyLocked
 from ..keys.credentials import SecretUnavailable
 from ..keys.selftest import SelfTestFailed
@@ -78,7 +79,8 @@ def _start_from(target: Path, out: TextIO) -> Settings:
     try:
         return load_settings(target)
     except ConfigError as exc:
-        out.write(f"(the existing file does not load, it is replaced whole: {exc})\n")
+        out.write(_("(the existing file does not load, it is replaced whole: {error})", error=exc))
+        out.write("\n")
         return Settings()
 
 
@@ -92,7 +94,7 @@ def _tested_key(choice: KeyChoice, stash: SecretStash, ask: Prompter | None, out
             info = test_key(choice.config)
         except (KeyLayerError, SelfTestFailed) as exc:
             detail = getattr(exc, "detail", str(exc))
-            message = f"the key does not work: {detail}"
+            message = _("the key does not work: {detail}", detail=detail)
             if ask is None:
                 raise SetupAborted(message) from None
             ask.say(f"  {message}")
@@ -102,16 +104,23 @@ def _tested_key(choice: KeyChoice, stash: SecretStash, ask: Prompter | None, out
                 and secret is not None
             )
             if retry_secret and ask.confirm(
-                "Type it again? (a card counts wrong PINs and locks after a few)", True
+                _("Type it again? (a card counts wrong PINs and locks after a few)"), True
             ):
                 assert secret is not None
                 secret = Secret(secret.entry, secret.what, ask.secret(secret.what))
                 continue
             raise SetupAborted(message) from None
+        expires = format_date(info.not_after) if info.not_after else "-"
+        out.write(_("key {key!r} signs: {subject}", key=info.id, subject=info.subject) + "\n")
         out.write(
-            f"key {info.id!r} signs: {info.subject}\n"
-            f"    issued by {info.issuer}; {info.key_type}, expires "
-            f"{info.not_after:%Y-%m-%d}\n"
+            "    "
+            + _(
+                "issued by {issuer}; {key_type}, expires {date}",
+                issuer=info.issuer,
+                key_type=info.key_type,
+                date=expires,
+            )
+            + "\n"
         )
         return
 
@@ -159,12 +168,19 @@ def setup_command(
     target: Path = (args.config or paths.config_file).expanduser().absolute()
     interactive = not args.non_interactive
     if interactive and not sys.stdin.isatty():
-        err.write("sidecar setup: no terminal; an installer passes --non-interactive and flags\n")
+        err.write(
+            _("sidecar setup: no terminal; an installer passes --non-interactive and flags") + "\n"
+        )
         return 2
     ask = Prompter(out) if interactive else None
     replace = args.force or not target.exists()
-    if not replace and (ask is None or not ask.confirm(f"{target} exists. Replace it?", False)):
-        err.write(f"sidecar setup: {target} exists; nothing written (--force replaces it)\n")
+    if not replace and (
+        ask is None or not ask.confirm(_("{file} exists. Replace it?", file=target), False)
+    ):
+        refused = _(
+            "sidecar setup: {file} exists; nothing written (--force replaces it)", file=target
+        )
+        err.write(refused + "\n")
         return 2
     stash = SecretStash()
     try:
@@ -182,25 +198,29 @@ def setup_command(
         stash.undo()
         detail = getattr(exc, "detail", None) or str(exc)
         if isinstance(exc, SecretUnavailable):
-            detail += " (docs/production.md, 'The OS secret store', says which to use)"
-        err.write(f"sidecar setup: {detail}\nnothing written\n")
+            detail += " " + _("(docs/production.md, 'The OS secret store', says which to use)")
+        err.write(f"sidecar setup: {detail}\n" + _("nothing written") + "\n")
         return 2
     except KeyboardInterrupt:
         stash.undo()
-        err.write("\nsidecar setup: interrupted; nothing written\n")
+        err.write("\n" + _("sidecar setup: interrupted; nothing written") + "\n")
         return 130
     stash.keep()
-    out.write(f"\nwrote {target}\n")
+    out.write("\n" + _("wrote {file}", file=target) + "\n")
     if args.no_doctor:
         return 0
-    out.write("\nrunning sidecar doctor on it:\n\n")
+    out.write("\n" + _("running sidecar doctor on it:") + "\n\n")
     table, broken = _run_doctor(paths, target)
     out.write(table)
     if "daemon" in broken:
         out.write(
-            "\nThe daemon is not running yet: start it (sidecar serve, or the service), "
-            "then run 'sidecar doctor' again.\n"
+            "\n"
+            + _(
+                "The daemon is not running yet: start it (sidecar serve, or the service), "
+                "then run 'sidecar doctor' again."
+            )
+            + "\n"
         )
     else:
-        out.write("\nRestart the daemon so that it reads the new configuration.\n")
+        out.write("\n" + _("Restart the daemon so that it reads the new configuration.") + "\n")
     return 1 if set(broken) - _EXPECTED_AFTER_SETUP else 0

@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import CnsAuth, CnsBaseUrls, CnsSettings, CnsTls, TsaSettings
+from ..i18n import _
 from .secrets import Secret, secret_from_env
-from .terminal import Prompter, SetupAborted
+from .terminal import Prompter, SetupAborted, no_such_file
 
 __all__ = [
     "cns_from_flags",
@@ -83,22 +84,27 @@ def tsa_from_flags(args: argparse.Namespace) -> tuple[TsaSettings | None, list[S
 
 def tsa_interactively(ask: Prompter) -> tuple[TsaSettings | None, list[Secret]]:
     ask.say(
-        "\nTime-stamping authority (RFC 3161): the qualified TSA named in the CNS's "
-        "technical documentation."
+        "\n"
+        + _(
+            "Time-stamping authority (RFC 3161): the qualified TSA named in the CNS's "
+            "technical documentation."
+        )
     )
-    url = ask.ask("TSA URL", optional=True, check=field_check(TsaSettings, "url"))
+    url = ask.ask(_("TSA URL"), optional=True, check=field_check(TsaSettings, "url"))
     if not url:
-        ask.say("  no TSA: only B-B signatures until one is configured ([[trust.tsa]])")
+        ask.say("  " + _("no TSA: only B-B signatures until one is configured ([[trust.tsa]])"))
         return None, []
     policy = ask.ask(
-        "TSA policy OID to demand", optional=True, check=field_check(TsaSettings, "policy")
+        _("TSA policy OID to demand"), optional=True, check=field_check(TsaSettings, "policy")
     )
-    username = ask.ask("TSA user name (HTTP basic auth)", optional=True)
+    username = ask.ask(_("TSA user name (HTTP basic auth)"), optional=True)
     secrets: list[Secret] = []
     entry = ""
     if username:
         entry = _tsa_entry(url)
-        secrets.append(Secret(entry, "TSA password", ask.secret("TSA password (OS secret store)")))
+        secrets.append(
+            Secret(entry, "TSA password", ask.secret(_("TSA password (OS secret store)")))
+        )
     tsa = TsaSettings(url=url, policy=policy or None, username=username, password_keyring=entry)
     return tsa, secrets
 
@@ -172,35 +178,39 @@ def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[S
 
 
 def cns_interactively(ask: Prompter) -> tuple[CnsSettings | None, list[Secret]]:
-    ask.say("\nCNS (fee notes, PID v2): the endpoint and credentials the CNS gave you.")
-    environments = ["test", "production", "not now (no forwarding to the CNS)"]
-    index = ask.choose("Which CNS environment?", environments)
+    ask.say("\n" + _("CNS (fee notes, PID v2): the endpoint and credentials the CNS gave you."))
+    environments = ["test", "production"]
+    shown = [_("test"), _("production"), _("not now (no forwarding to the CNS)")]
+    index = ask.choose(_("Which CNS environment?"), shown)
     if index == 2:
         return None, []
     environment = environments[index]
-    url = ask.ask(f"CNS {environment} base URL", check=field_check(CnsBaseUrls, environment))
+    url = ask.ask(
+        _("CNS {environment} base URL", environment=shown[index]),
+        check=field_check(CnsBaseUrls, environment),
+    )
     secrets: list[Secret] = []
     mode = ["none", "bearer", "oauth2"][
         ask.choose(
-            "How does sidecar authenticate to it?",
+            _("How does sidecar authenticate to it?"),
             [
-                "client certificate only, or nothing",
-                "a bearer token",
-                "OAuth2 client credentials",
+                _("client certificate only, or nothing"),
+                _("a bearer token"),
+                _("OAuth2 client credentials"),
             ],
         )
     ]
     auth = CnsAuth()
     if mode == "bearer":
         entry = f"cns:{environment}:token"
-        secrets.append(Secret(entry, "CNS token", ask.secret("CNS token (OS secret store)")))
+        secrets.append(Secret(entry, "CNS token", ask.secret(_("CNS token (OS secret store)"))))
         auth = CnsAuth(mode="bearer", token_keyring=entry)
     elif mode == "oauth2":
         entry = f"cns:{environment}:client-secret"
-        token_url = ask.ask("OAuth2 token URL", check=field_check(CnsAuth, "token_url"))
-        client_id = ask.ask("OAuth2 client id")
-        scope = ask.ask("OAuth2 scope", optional=True)
-        secret = ask.secret("OAuth2 client secret (OS secret store)")
+        token_url = ask.ask(_("OAuth2 token URL"), check=field_check(CnsAuth, "token_url"))
+        client_id = ask.ask(_("OAuth2 client id"))
+        scope = ask.ask(_("OAuth2 scope"), optional=True)
+        secret = ask.secret(_("OAuth2 client secret (OS secret store)"))
         secrets.append(Secret(entry, "CNS client secret", secret))
         auth = CnsAuth(
             mode="oauth2",
@@ -212,12 +222,12 @@ def cns_interactively(ask: Prompter) -> tuple[CnsSettings | None, list[Secret]]:
     tls = CnsTls()
 
     def exists(answer: str) -> str | None:
-        return None if Path(answer).expanduser().is_file() else f"no such file: {answer}"
+        return None if Path(answer).expanduser().is_file() else no_such_file(answer)
 
-    p12 = ask.ask("Client certificate for the CNS (PKCS#12 file)", optional=True, check=exists)
+    p12 = ask.ask(_("Client certificate for the CNS (PKCS#12 file)"), optional=True, check=exists)
     if p12:
         entry = f"cns:{environment}:pkcs12"
-        passphrase = ask.secret("Its passphrase (OS secret store)")
+        passphrase = ask.secret(_("Its passphrase (OS secret store)"))
         secrets.append(Secret(entry, "CNS client certificate passphrase", passphrase))
         tls = CnsTls(pkcs12=Path(p12).expanduser().resolve(), pkcs12_passphrase_keyring=entry)
     return _cns(environment, url, auth, tls), secrets

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..i18n import _, format_date
 from ..keys import KeyConfig, KeyInfo, KeyLayerError, KeyRegistry
 from ..keys.discovery import (
     FoundModule,
@@ -25,7 +26,7 @@ from ..keys.discovery import (
 )
 from ..keys.selftest import self_test
 from .secrets import Secret, secret_from_env
-from .terminal import Prompter, SetupAborted
+from .terminal import Prompter, SetupAborted, no_such_file
 
 __all__ = [
     "KeyChoice",
@@ -227,13 +228,13 @@ def _choose_module(ask: Prompter, given: Path | None) -> Path:
     if given is not None:
         return given
     found = find_modules()
-    options = [f"{m.middleware}: {m.path}" for m in found] + ["another module (type its path)"]
+    options = [f"{m.middleware}: {m.path}" for m in found] + [_("another module (type its path)")]
     if not found:
-        ask.say("No PKCS#11 module found at the usual places.")
-    index = ask.choose("Which PKCS#11 module (the token's middleware)?", options)
+        ask.say(_("No PKCS#11 module found at the usual places."))
+    index = ask.choose(_("Which PKCS#11 module (the token's middleware)?"), options)
     if index < len(found):
         return found[index].path
-    return Path(ask.ask("Path of the PKCS#11 module (.so/.dll/.dylib)")).expanduser()
+    return Path(ask.ask(_("Path of the PKCS#11 module (.so/.dll/.dylib)"))).expanduser()
 
 
 def _pkcs11_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice:
@@ -247,35 +248,44 @@ def _pkcs11_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice:
         ask.say("\n".join(seen))
         if found:
             break
-        ask.say("No signer certificate on any token of this module.")
-        if not ask.confirm("Look again (insert the card first) or pick another module?", True):
-            raise SetupAborted("no signing key was chosen")
+        ask.say(_("No signer certificate on any token of this module."))
+        if not ask.confirm(_("Look again (insert the card first) or pick another module?"), True):
+            raise SetupAborted(_("no signing key was chosen"))
         given = None
     options = [
-        f"{c.certificate.subject} [{c.certificate.key_type}, expires "
-        f"{c.certificate.not_after:%Y-%m-%d}] on token {c.token.label!r}"
+        _(
+            "{subject} [{key_type}, expires {date}] on token {token!r}",
+            subject=c.certificate.subject,
+            key_type=c.certificate.key_type,
+            date=format_date(c.certificate.not_after),
+            token=c.token.label,
+        )
         for c in found
     ]
-    chosen = found[ask.choose("Which certificate signs?", options)]
+    chosen = found[ask.choose(_("Which certificate signs?"), options)]
     pin_source = "keyring"
     if chosen.token.pinpad and ask.confirm(
-        "The reader has a PIN pad: type the PIN on it at each start (nothing stored)?", True
+        _("The reader has a PIN pad: type the PIN on it at each start (nothing stored)?"), True
     ):
         pin_source = "pinpad"
-    name = ask.ask("Key id (what API callers name it)", suggest_key_id(chosen.certificate.subject))
+    name = ask.ask(
+        _("Key id (what API callers name it)"), suggest_key_id(chosen.certificate.subject)
+    )
     config = _pkcs11_config(chosen, key_name=name, description=None, pin_source=pin_source)
     if pin_source == "pinpad":
         return KeyChoice(config, None)
-    pin = ask.secret(f"PIN of token {chosen.token.label!r} (stored in the OS secret store)")
+    pin = ask.secret(
+        _("PIN of token {token!r} (stored in the OS secret store)", token=chosen.token.label)
+    )
     return KeyChoice(config, Secret(config.secret_entry, f"PIN of key {config.id!r}", pin))
 
 
 def _pkcs12_interactively(ask: Prompter) -> KeyChoice:
     def exists(answer: str) -> str | None:
-        return None if Path(answer).expanduser().is_file() else f"no such file: {answer}"
+        return None if Path(answer).expanduser().is_file() else no_such_file(answer)
 
-    path = Path(ask.ask("Path of the PKCS#12 file (.p12/.pfx)", check=exists)).expanduser()
-    name = ask.ask("Key id (what API callers name it)", suggest_key_id(path.stem))
+    path = Path(ask.ask(_("Path of the PKCS#12 file (.p12/.pfx)"), check=exists)).expanduser()
+    name = ask.ask(_("Key id (what API callers name it)"), suggest_key_id(path.stem))
     config = KeyConfig(
         id=name,
         backend="pkcs12",
@@ -283,7 +293,7 @@ def _pkcs12_interactively(ask: Prompter) -> KeyChoice:
         path=path.resolve(),
         passphrase_source="keyring",
     )
-    passphrase = ask.secret("Passphrase of the file (stored in the OS secret store)")
+    passphrase = ask.secret(_("Passphrase of the file (stored in the OS secret store)"))
     return KeyChoice(config, Secret(config.secret_entry, "PKCS#12 passphrase", passphrase))
 
 
@@ -295,11 +305,11 @@ def key_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice | No
         kind = 0
     else:
         kind = ask.choose(
-            "Where is the physician's signing key?",
+            _("Where is the physician's signing key?"),
             [
-                "on a smartcard or token (PKCS#11: LuxTrust card or stick, OpenSC...)",
-                "in a PKCS#12 file (.p12/.pfx)",
-                "none for now",
+                _("on a smartcard or token (PKCS#11: LuxTrust card or stick, OpenSC...)"),
+                _("in a PKCS#12 file (.p12/.pfx)"),
+                _("none for now"),
             ],
         )
     if kind == 0:

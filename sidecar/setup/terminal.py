@@ -11,7 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-__all__ = ["Prompter", "SetupAborted"]
+from ..i18n import _
+
+__all__ = ["Prompter", "SetupAborted", "no_such_file"]
+
+
+def no_such_file(answer: str) -> str:
+    """Why a path typed as an answer is refused."""
+    return _("no such file: {path}", path=answer)
 
 
 class SetupAborted(Exception):
@@ -40,7 +47,7 @@ class Prompter:
             return self._read_line(prompt).strip()
         except (EOFError, KeyboardInterrupt):
             self.say()
-            raise SetupAborted("setup ended before the configuration was written") from None
+            raise SetupAborted(_("setup ended before the configuration was written")) from None
 
     def ask(
         self,
@@ -51,11 +58,11 @@ class Prompter:
         optional: bool = False,
     ) -> str:
         """A line of text; *check* returns why an answer is refused, or None."""
-        shown = f" [{default}]" if default else (" (empty: none)" if optional else "")
+        shown = f" [{default}]" if default else (" " + _("(empty: none)") if optional else "")
         while True:
             answer = self._line(f"{question}{shown}: ") or (default or "")
             if not answer and not optional:
-                self.say("  an answer is needed")
+                self.say("  " + _("an answer is needed"))
                 continue
             problem = check(answer) if check is not None and answer else None
             if problem is None:
@@ -68,13 +75,14 @@ class Prompter:
         for number, option in enumerate(options, start=1):
             self.say(f"  {number}) {option}")
         while True:
-            answer = self._line(f"choice [{default}]: ") or str(default)
+            answer = self._line(_("choice [{default}]: ", default=default)) or str(default)
             if answer.isdigit() and 1 <= int(answer) <= len(options):
                 return int(answer) - 1
-            self.say(f"  type a number from 1 to {len(options)}")
+            self.say("  " + _("type a number from 1 to {last}", last=len(options)))
 
     def confirm(self, question: str, default: bool = False) -> bool:
-        hint = "Y/n" if default else "y/N"
+        # The answers of every language are accepted whatever the hint shows.
+        hint = _("Y/n") if default else _("y/N")
         while True:
             answer = self._line(f"{question} [{hint}]: ").lower()
             if not answer:
@@ -83,7 +91,7 @@ class Prompter:
                 return True
             if answer in ("n", "no", "non", "nee", "nein"):
                 return False
-            self.say("  answer y or n")
+            self.say("  " + _("answer y or n"))
 
     def secret(self, question: str, *, optional: bool = False) -> str:
         """A secret typed without echo; never empty unless *optional*."""
@@ -92,7 +100,7 @@ class Prompter:
                 answer = self._read_secret(f"{question}: ")
             except (EOFError, KeyboardInterrupt):
                 self.say()
-                raise SetupAborted("setup ended before the configuration was written") from None
+                raise SetupAborted(_("setup ended before the configuration was written")) from None
             if answer or optional:
                 return answer
-            self.say("  an answer is needed")
+            self.say("  " + _("an answer is needed"))
