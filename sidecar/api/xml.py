@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import SigningSettings
+from ..keys import Signer
 from ..signing.report import BASELINE_LEVELS, Level
 from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
@@ -36,6 +37,7 @@ from ..signing.xades import (
     sign_xml,
 )
 from ..signing.xml_safety import ForbiddenDtd, MalformedXml, XmlInputError, XmlLimitExceeded
+from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import SETTINGS
 from .pdf import PROFILES
@@ -47,8 +49,10 @@ __all__ = [
     "HANDLERS",
     "XML_WORKERS",
     "sign_xml_document",
+    "sign_xml_with",
     "xades_options",
     "xml_context",
+    "xml_level",
     "xml_problem",
     "xml_workers",
 ]
@@ -159,47 +163,55 @@ def xades_options(
     )
 
 
-def _profile_level(request: web.Request, name: str) -> Level | None:
+def _profile_level(app: web.Application, name: str) -> Level | None:
     """The XML level of profile ``name`` (404 when there is no such profile)."""
-    profile = request.app[PROFILES].get(name)
+    profile = app[PROFILES].get(name)
     if profile is None:
         raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
     return profile.xml_level
 
 
-async def sign_xml_document(request: web.Request) -> web.Response:
-    """``signXml``: the signed document, same encoding, otherwise byte for byte."""
-    settings = request.app[SETTINGS].signing
-    level = _LEVELS[settings.xml_level]
-    profile = request.query.get("profile")
+def xml_level(app: web.Application, profile: str | None, raw_level: str | None) -> Level:
+    """The level asked (``level``), else the profile's, else ``[signing] xml_level``."""
+    level = _LEVELS[app[SETTINGS].signing.xml_level]
     if profile:
-        level = _profile_level(request, profile) or level
-    raw_level = request.query.get("level")
+        level = _profile_level(app, profile) or level
     if raw_level is not None:
         if raw_level not in _LEVELS:
             raise bad_parameter("level", f"one of {', '.join(_LEVELS)} (got {raw_level!r})")
         level = _LEVELS[raw_level]
-    signer = await request.app[KEY_REGISTRY].acquire(request.query.get("key") or None)
+    return level
+
+
+async def sign_xml_with(app: web.Application, body: bytes, signer: Signer, level: Level) -> bytes:
+    """The XAdES engine on *body* with the daemon's trust layer and ``[signing]`` options."""
     try:
-        options = xades_options(settings)
+        options = xades_options(app[SETTINGS].signing)
     except ValueError as exc:
         raise Problem(500, "configuration_error", str(exc)) from None
-    body = await read_body(request)
-    trust = request.app.get(TRUST)
+    trust = app.get(TRUST)
     timestamps = validation = None
     if trust is not None:
         if trust.tsa.endpoints:
             timestamps = TrustTimestampSource(trust.tsa)
         validation = TrustValidationDataSource(trust.revocation)
-    signed = await sign_xml(
+    return await sign_xml(
         body,
         signer,
         level,
         options,
         timestamps=timestamps,
         validation_data=validation,
-        workers=xml_workers(request.app),
+        workers=xml_workers(app),
     )
+
+
+async def sign_xml_document(request: web.Request) -> web.Response:
+    """``signXml``: the signed document, same encoding, otherwise byte for byte."""
+    level = xml_level(request.app, request.query.get("profile"), request.query.get("level"))
+    signer = await request.app[KEY_REGISTRY].acquire(request.query.get("key") or None)
+    body = await read_body(request)
+    signed = await sign_xml_with(request.app, body, signer, level)
     log.info("signed an XML document at %s with key %s", level.value, signer.id)
     return web.Response(
         body=signed,
@@ -208,4 +220,4 @@ async def sign_xml_document(request: web.Request) -> web.Response:
     )
 
 
-HANDLERS = {"signXml": sign_xml_document}
+HANDLERS = {"signXml": with_operation_pin(sign_xml_document)}

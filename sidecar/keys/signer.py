@@ -15,6 +15,7 @@ synchronously (signxml runs in a worker thread) call ``sign_blocking``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from abc import ABC, abstractmethod
@@ -137,7 +138,10 @@ class Signer(ABC):
         """Hash ``data`` with ``digest`` and sign it, off the event loop."""
         loop = asyncio.get_running_loop()
         call = functools.partial(self.sign_blocking, data, digest=digest, pss=pss)
-        return await loop.run_in_executor(self._executor, call)
+        # The caller's context goes along: it holds the operation's authorisation
+        # (the PIN a key with CKA_ALWAYS_AUTHENTICATE logs in with for this signature).
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, context.run, call)
 
     async def ready(self) -> None:
         """Make sure the key can sign now, off the event loop: unlock it if it is not
@@ -151,7 +155,8 @@ class Signer(ABC):
             self.check_validity()
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._ready_blocking)
+        context = contextvars.copy_context()
+        await loop.run_in_executor(self._executor, context.run, self._ready_blocking)
 
     def _ready_blocking(self) -> None:
         if not self._is_unlocked():
