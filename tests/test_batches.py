@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -70,6 +71,19 @@ def make_api(
     return make
 
 
+async def _upstream_calls(api: Api) -> dict[str, float]:
+    """Exchanges with each upstream so far (TSA, OCSP, CRL), from the daemon's /metrics."""
+    response = await api.client.get("/metrics", headers=api.auth("all"))
+    calls: dict[str, float] = {}
+    for line in (await response.text()).splitlines():
+        match = re.match(
+            r'sidecar_upstream_requests_total\{upstream="(\w+)",outcome="\w+"\} (\S+)', line
+        )
+        if match:
+            calls[match[1]] = calls.get(match[1], 0) + float(match[2])
+    return calls
+
+
 async def _until_finished(api: Api, location: str, budget: float = 600) -> dict[str, Any]:
     deadline = time.monotonic() + budget
     while True:
@@ -103,6 +117,7 @@ async def test_a_hundred_fee_notes_with_one_pin(
     ]
     signer = api.client.app[KEY_REGISTRY].get("qualified")
     logins_before = signer.context_logins  # type: ignore[attr-defined]
+    calls_before = await _upstream_calls(api)
 
     response = await api.client.post(
         "/v1/batches",
@@ -121,6 +136,12 @@ async def test_a_hundred_fee_notes_with_one_pin(
     assert broken["problem"]["code"] == "malformed_xml" and broken["problem"]["status"] == 400
     # Every signature went through its own context-specific login, with the one PIN.
     assert signer.context_logins - logins_before == 100 * 2 + 2  # type: ignore[attr-defined]
+    # A timestamp per B-LT signature; the chain's revocation data fetched once, not per
+    # document (the trust layer's cache; concurrent documents share one validation).
+    calls = await _upstream_calls(api)
+    made = {name: calls.get(name, 0) - calls_before.get(name, 0) for name in calls}
+    assert made.get("tsa", 0) >= 102, made
+    assert made.get("ocsp", 0) + made.get("crl", 0) <= 6, made
 
     outputs: list[bytes] = []
     for entry in summary["documents"]:

@@ -22,6 +22,7 @@ from aiohttp import web
 from ..batches import Batch, BatchDocument, BatchStore, SignedDocument, SignOne
 from ..clients import Client
 from ..keys import Signer
+from ..keys.authorisation import forbid_core_dumps
 from ..signing.forms import sign_form
 from ..signing.pades import PadesOptions, parse_level
 from .authorisation import operation_authorisation
@@ -43,7 +44,10 @@ _FIELDS = {"name", "kind", "profile", "level", "xml", "pdf", "reason", "location
 
 
 async def batches_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem: the daemon's batches; running ones end (PINs wiped) when it stops."""
+    """Subsystem: the daemon's batches; running ones end (PINs wiped) when it stops.
+
+    Operations may now hold a PIN in memory: no core file may carry it to disk."""
+    forbid_core_dumps()
     store = BatchStore()
     app[BATCHES] = store
     try:

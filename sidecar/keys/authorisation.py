@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ from contextvars import ContextVar
 
 from .errors import KeyLocked
 
-__all__ = ["Authorisation", "authorised", "current_authorisation"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["Authorisation", "authorised", "current_authorisation", "forbid_core_dumps"]
 
 _CURRENT: ContextVar[Authorisation | None] = ContextVar("sidecar_authorisation", default=None)
 
@@ -123,3 +126,19 @@ def authorised(authorisation: Authorisation | None, *, close: bool = True) -> It
         _CURRENT.reset(token)
         if close and authorisation is not None:
             authorisation.close()
+
+
+def forbid_core_dumps() -> None:
+    """No core file for this process (and the workers it starts after this call).
+
+    A crash while an operation's PIN is in memory would otherwise write it to disk.
+    POSIX only; where the limit cannot be lowered the daemon says so and goes on.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no core files in this sense (WER is configured apart)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError) as exc:
+        logger.warning("core dumps could not be turned off (%s)", exc)
