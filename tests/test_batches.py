@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from asn1crypto import x509 as asn1_x509
 from pyhanko.sign.validation.status import PdfSignatureStatus
 
+from sidecar.api.observe import METRICS
 from sidecar.api.signing_keys import KEY_REGISTRY
 from sidecar.config import SandboxSettings, Settings, SigningSettings
 from sidecar.keys import KeyConfig
@@ -71,17 +71,19 @@ def make_api(
     return make
 
 
-async def _upstream_calls(api: Api) -> dict[str, float]:
-    """Exchanges with each upstream so far (TSA, OCSP, CRL), from the daemon's /metrics."""
-    response = await api.client.get("/metrics", headers=api.auth("all"))
-    calls: dict[str, float] = {}
-    for line in (await response.text()).splitlines():
-        match = re.match(
-            r'sidecar_upstream_requests_total\{upstream="(\w+)",outcome="\w+"\} (\S+)', line
+def _upstream_calls(api: Api) -> dict[str, float]:
+    """Exchanges with each upstream so far (downloads, not cache hits), from the metrics."""
+    registry = api.client.app[METRICS].registry
+    return {
+        upstream: sum(
+            registry.get_sample_value(
+                "sidecar_upstream_requests_total", {"upstream": upstream, "outcome": outcome}
+            )
+            or 0.0
+            for outcome in ("ok", "error", "unavailable", "timeout")
         )
-        if match:
-            calls[match[1]] = calls.get(match[1], 0) + float(match[2])
-    return calls
+        for upstream in ("tsa", "ocsp", "crl")
+    }
 
 
 async def _until_finished(api: Api, location: str, budget: float = 600) -> dict[str, Any]:
@@ -117,7 +119,7 @@ async def test_a_hundred_fee_notes_with_one_pin(
     ]
     signer = api.client.app[KEY_REGISTRY].get("qualified")
     logins_before = signer.context_logins  # type: ignore[attr-defined]
-    calls_before = await _upstream_calls(api)
+    calls_before = _upstream_calls(api)
 
     response = await api.client.post(
         "/v1/batches",
@@ -138,10 +140,10 @@ async def test_a_hundred_fee_notes_with_one_pin(
     assert signer.context_logins - logins_before == 100 * 2 + 2  # type: ignore[attr-defined]
     # A timestamp per B-LT signature; the chain's revocation data fetched once, not per
     # document (the trust layer's cache; concurrent documents share one validation).
-    calls = await _upstream_calls(api)
-    made = {name: calls.get(name, 0) - calls_before.get(name, 0) for name in calls}
-    assert made.get("tsa", 0) >= 102, made
-    assert made.get("ocsp", 0) + made.get("crl", 0) <= 6, made
+    calls = _upstream_calls(api)
+    made = {name: calls[name] - calls_before[name] for name in calls}
+    assert made["tsa"] >= 102, made
+    assert made["ocsp"] + made["crl"] <= 6, made
 
     outputs: list[bytes] = []
     for entry in summary["documents"]:
