@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,7 +35,7 @@ from sidecar.signing.xml_safety import parse_xml
 from tests.fixtures.daemon import Api
 from tests.fixtures.pades import pdfsig_report, pyhanko_offline
 from tests.fixtures.qualified import qualified_key  # noqa: F401
-from tests.fixtures.softhsm import MAIN_PIN, WRONG_PIN
+from tests.fixtures.softhsm import MAIN_PIN, WRONG_PIN, SoftHsm
 from tests.fixtures.xades import xadesjs_verify, xmlsec1_verify
 
 SAMPLES = BUNDLED_PROFILE_DIR / "samples"
@@ -267,3 +270,66 @@ async def test_ended_early_bounded_and_owned(
         response = await api.client.post("/v1/batches", json=bad, headers=pin)
         assert response.status == 400, bad
         assert (await response.json())["parameter"] == field
+
+
+def _sidecar(
+    home: Path, *args: str, stdin: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "SIDECAR_HOME": str(home)},
+        timeout=300,
+    )
+
+
+def test_sign_files_asks_the_pin_once(
+    softhsm: SoftHsm,
+    qualified_key: KeyConfig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``sidecar sign`` on several files: one PIN on the terminal, one batch."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "sidecar.toml").write_text(
+        "[[keys]]\n"
+        f'id = "{qualified_key.id}"\n'
+        'backend = "pkcs11"\n'
+        f'module = "{qualified_key.module}"\n'
+        f'token_label = "{qualified_key.token_label}"\n'
+        f'key_label = "{qualified_key.key_label}"\n'
+        'pin_source = "request"\n'
+    )
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    files = []
+    for n in range(4):
+        files.append(folder / f"note-{n}.xml")
+        files[-1].write_bytes(f"<note><n>{n}</n></note>".encode())
+    env = {"SOFTHSM2_CONF": str(softhsm.conf)}
+    args = ["sign", "--level", "B-B", *map(str, files)]
+
+    signed = _sidecar(home, *args, stdin=MAIN_PIN + "\n", env=env)
+    assert signed.returncode == 0, signed.stdout + signed.stderr
+    assert signed.stdout.count("signed at B-B") == 4
+    assert signed.stderr.count("PIN for key") == 1  # asked once
+    for source in files:
+        assert b"SignatureValue" in source.with_name(f"{source.stem}.signed.xml").read_bytes()
+
+    refused = _sidecar(home, *args, stdin=WRONG_PIN + "\n", env=env)
+    assert refused.returncode == 1
+    assert refused.stdout.count("refused") == 4
+    assert refused.stdout.count("(key_locked)") == 4
+    # The right PIN again (it also clears SoftHSM's failed-login count for other tests).
+    again = _sidecar(home, *args[:4], stdin=MAIN_PIN + "\n", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    for run in (signed, refused, again):
+        assert MAIN_PIN not in run.stdout + run.stderr
+        assert WRONG_PIN not in run.stdout + run.stderr
+    for path in home.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert MAIN_PIN.encode() not in content and WRONG_PIN.encode() not in content, path
