@@ -163,6 +163,15 @@ async def test_routes_take_the_pin_per_request(
     xml = b"<note>qualified</note>"
     headers = {**auth, "Content-Type": "application/xml"}
 
+    # The caller can tell the key wants a PIN with each operation; waiting for one is
+    # its normal state, not a health problem.
+    response = await client.get("/v1/keys", headers=auth)
+    (key,) = (await response.json())["keys"]
+    assert key["pin_per_operation"] is True and key["unlocked"] is False
+    response = await client.get("/v1/health", headers=qualified_api.auth("all"))
+    checks = {c["name"]: c for c in (await response.json())["checks"]}
+    assert checks["keys"]["status"] == "ok", checks["keys"]
+
     response = await client.post("/v1/xml/sign?level=B-B", data=xml, headers=headers)
     assert response.status == 423
     assert (await response.json())["reason"] == "pin_missing"

@@ -153,6 +153,10 @@ class Pkcs11Signer(Signer):
         """True when the key carries CKA_ALWAYS_AUTHENTICATE (known once opened)."""
         return self._always_authenticate
 
+    @property
+    def pin_per_operation(self) -> bool:
+        return self.config.pin_source == "request" or self._always_authenticate
+
     def _is_unlocked(self) -> bool:
         if not (
             self._session is not None

@@ -63,6 +63,10 @@ class KeyInfo:
     locked_reason: str | None
     """The :class:`KeyLocked` reason of the last failure, while locked."""
     locked_detail: str | None
+    pin_per_operation: bool = False
+    """The key signs only with a PIN given for each operation (``X-Sidecar-PIN``, a
+    batch's authorisation, or the pinpad): CKA_ALWAYS_AUTHENTICATE or ``pin_source =
+    "request"``. Locked for ``pin_missing`` between operations is then its normal state."""
 
 
 class Signer(ABC):
@@ -112,6 +116,11 @@ class Signer(ABC):
     def key_type(self) -> str:
         """``"rsa-2048"``, ``"ec-p256"``... from the certificate's public key."""
         return key_type_of(self.certificate.public_key)
+
+    @property
+    def pin_per_operation(self) -> bool:
+        """True when each operation must bring its PIN (see :class:`KeyInfo`)."""
+        return False
 
     @property
     def unlocked(self) -> bool:
@@ -211,6 +220,7 @@ class Signer(ABC):
             "unlocked": self._is_unlocked(),
             "locked_reason": lock.reason if lock else None,
             "locked_detail": lock.detail if lock else None,
+            "pin_per_operation": self.pin_per_operation,
         }
         if cert is None:
             return KeyInfo(
