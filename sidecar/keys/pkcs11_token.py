@@ -65,6 +65,17 @@ _SIGN_MECHANISMS = {
 }
 _MGF = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
 
+# Logins refused otherwise than for a wrong PIN (that one is PinIncorrect, handled apart).
+_PIN_REFUSALS = (
+    pkcs11.exceptions.PinLocked,
+    pkcs11.exceptions.PinLenRange,
+    pkcs11.exceptions.PinInvalid,
+    pkcs11.exceptions.PinExpired,
+    pkcs11.exceptions.FunctionCancelled,
+)
+# ...of which these say nothing against the PIN itself: it may be given again.
+_PIN_NOT_TRIED = (pkcs11.exceptions.PinLocked, pkcs11.exceptions.FunctionCancelled)
+
 # Errors after which the session (or the whole token) is gone: drop it and look again.
 _TOKEN_GONE = (
     pkcs11.exceptions.DeviceRemoved,
@@ -304,31 +315,8 @@ class Pkcs11Signer(Signer):
                 if authorisation is not None:
                     authorisation.refused()
             raise self._pin_rejected(token) from None
-        except pkcs11.exceptions.PinLocked:
-            raise KeyLocked(
-                "pin_locked",
-                f"key {self.id!r}: the token's user PIN is locked; unblock it with the PUK",
-                key_id=self.id,
-                retries_left=0,
-                token_flags=pin_flag_names(self._token_flags(token)),
-            ) from None
-        except (pkcs11.exceptions.PinLenRange, pkcs11.exceptions.PinInvalid):
-            raise KeyLocked(
-                "pin_incorrect",
-                f"key {self.id!r}: the token refused the PIN's length or characters",
-                key_id=self.id,
-                token_flags=pin_flag_names(flags),
-            ) from None
-        except pkcs11.exceptions.PinExpired:
-            raise KeyLocked(
-                "pin_locked",
-                f"key {self.id!r}: the PIN has expired; change it with the card issuer's tool",
-                key_id=self.id,
-            ) from None
-        except pkcs11.exceptions.FunctionCancelled:
-            raise KeyLocked(
-                "pin_missing", f"key {self.id!r}: PIN entry was cancelled", key_id=self.id
-            ) from None
+        except _PIN_REFUSALS as exc:
+            raise self._pin_refusal(exc, token, flags) from None
         self._rejected_pin = None
         self._accepted_pin = fingerprint if not pinpad else None
         return session
@@ -354,6 +342,35 @@ class Pkcs11Signer(Signer):
                 key_id=self.id,
                 token_flags=pin_flag_names(flags),
             )
+
+    def _pin_refusal(
+        self, exc: pkcs11.PKCS11Error, token: pkcs11.Token, flags: TokenFlag
+    ) -> KeyLocked:
+        """A login the token refused otherwise than for a wrong PIN (both logins)."""
+        if isinstance(exc, pkcs11.exceptions.PinLocked):
+            return KeyLocked(
+                "pin_locked",
+                f"key {self.id!r}: the token's user PIN is locked; unblock it with the PUK",
+                key_id=self.id,
+                retries_left=0,
+                token_flags=pin_flag_names(self._token_flags(token)),
+            )
+        if isinstance(exc, pkcs11.exceptions.PinExpired):
+            return KeyLocked(
+                "pin_locked",
+                f"key {self.id!r}: the PIN has expired; change it with the card issuer's tool",
+                key_id=self.id,
+            )
+        if isinstance(exc, pkcs11.exceptions.FunctionCancelled):
+            return KeyLocked(
+                "pin_missing", f"key {self.id!r}: PIN entry was cancelled", key_id=self.id
+            )
+        return KeyLocked(
+            "pin_incorrect",
+            f"key {self.id!r}: the token refused the PIN's length or characters",
+            key_id=self.id,
+            token_flags=pin_flag_names(flags),
+        )
 
     def _pin_rejected(self, token: pkcs11.Token) -> KeyLocked:
         try:
@@ -487,25 +504,12 @@ class Pkcs11Signer(Signer):
                 self._rejected_pin = authorisation.fingerprint(self._pin_salt)
                 authorisation.refused()
             raise self._context_pin_rejected() from None
-        except pkcs11.exceptions.PinLocked:
-            raise KeyLocked(
-                "pin_locked",
-                f"key {self.id!r}: the token's user PIN is locked; unblock it with the PUK",
-                key_id=self.id,
-                retries_left=0,
-            ) from None
-        except (pkcs11.exceptions.PinLenRange, pkcs11.exceptions.PinInvalid):
-            if authorisation is not None:
+        except _PIN_REFUSALS as exc:
+            if authorisation is not None and not isinstance(exc, _PIN_NOT_TRIED):
                 authorisation.refused()
-            raise KeyLocked(
-                "pin_incorrect",
-                f"key {self.id!r}: the token refused the PIN's length or characters",
-                key_id=self.id,
-            ) from None
-        except pkcs11.exceptions.FunctionCancelled:
-            raise KeyLocked(
-                "pin_missing", f"key {self.id!r}: PIN entry was cancelled", key_id=self.id
-            ) from None
+            session = self._session
+            assert session is not None
+            raise self._pin_refusal(exc, session.token, TokenFlag(0)) from None
         return signature
 
     def _context_pin(self) -> tuple[Authorisation | None, str | None]:
