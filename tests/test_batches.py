@@ -273,6 +273,23 @@ async def test_ended_early_bounded_and_owned(
         assert (await response.json())["parameter"] == field
 
 
+async def test_the_authorisation_runs_out(
+    make_api: Callable[..., Awaitable[Api]], fee_note_pdf: bytes
+) -> None:
+    """Past ``batch_max_minutes`` nothing more is signed with the batch's PIN."""
+    api = await make_api(batch_max_minutes=0.005, batch_concurrency=1)  # 0.3 s
+    body = {"documents": [_fee_note(n, fee_note_pdf) for n in range(20)]}
+    response = await api.client.post(
+        "/v1/batches", json=body, headers={**api.auth("signer"), "X-Sidecar-PIN": MAIN_PIN}
+    )
+    assert response.status == 202
+    summary = await _until_finished(api, response.headers["Location"], budget=120)
+    assert summary["state"] == "expired"
+    assert 1 <= summary["signed"] < 20
+    assert summary["signed"] + summary["cancelled"] + summary["failed"] == 20
+    assert summary["documents"][-1]["state"] in ("cancelled", "failed")
+
+
 def assert_pin_nowhere(
     pins: tuple[str, ...], since: float, *roots: Path, daemon_here: bool = True
 ) -> None:

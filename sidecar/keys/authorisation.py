@@ -105,6 +105,7 @@ class Authorisation:
         self._wipe()
 
     def _wipe(self) -> None:
+        self._fingerprints.clear()
         if self._pin is not None:
             for i in range(len(self._pin)):
                 self._pin[i] = 0
