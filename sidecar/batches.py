@@ -19,6 +19,7 @@ This module knows no HTTP: a batch is given ``sign_one`` (how to sign a document
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -162,6 +163,8 @@ class Batch:
         try:
             result.signed = await sign_one(self.documents[index])
             result.state = "signed"
+            # The input is not needed any more: only the output stays in memory.
+            self.documents[index] = dataclasses.replace(self.documents[index], xml=None, pdf=None)
         except asyncio.CancelledError:
             raise
         except KeyLocked as exc:

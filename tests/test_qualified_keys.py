@@ -20,7 +20,16 @@ from sidecar.keys.pkcs11_token import Pkcs11Signer
 from sidecar.sandbox import SandboxPKI
 from tests.fixtures.daemon import Api
 from tests.fixtures.qualified import QUALIFIED_LABEL, qualified_key  # noqa: F401
-from tests.fixtures.softhsm import MAIN_PIN, MAIN_TOKEN, WRONG_PIN, SoftHsm, verify_signature
+from tests.fixtures.softhsm import (
+    MAIN_PIN,
+    MAIN_TOKEN,
+    PINS_PIN,
+    PINS_TOKEN,
+    WRONG_PIN,
+    KeyPki,
+    SoftHsm,
+    verify_signature,
+)
 
 
 class FinalTryLater(Pkcs11Signer):
@@ -205,3 +214,38 @@ async def test_routes_take_the_pin_per_request(
         if path.is_file():
             content = path.read_bytes()
             assert MAIN_PIN.encode() not in content and WRONG_PIN.encode() not in content, path
+
+
+async def test_request_pin_without_always_authenticate(softhsm: SoftHsm, key_pki: KeyPki) -> None:
+    """``pin_source = "request"`` on an ordinary key: the session serves the operations
+    that bring the PIN it was opened with; another PIN is checked by the token."""
+    config = KeyConfig(
+        id="hsm-request",
+        backend="pkcs11",
+        module=softhsm.module,
+        token_label=PINS_TOKEN,
+        key_label="pins",
+        pin_source="request",
+    )
+    signer = Pkcs11Signer(config)
+    try:
+        with pytest.raises(KeyLocked) as none:
+            await signer.sign(b"x")
+        assert none.value.reason == "pin_missing"
+        with authorised(Authorisation(PINS_PIN)):
+            for n in range(3):
+                verify_signature(
+                    key_pki.leaves["pins"].certificate, b"%d" % n, await signer.sign(b"%d" % n)
+                )
+        assert not signer.always_authenticate and signer.pin_per_operation
+        # The session is open, but an operation with another PIN does not ride on it.
+        with authorised(Authorisation(WRONG_PIN)), pytest.raises(KeyLocked) as wrong:
+            await signer.sign(b"x")
+        assert wrong.value.reason == "pin_incorrect"
+        with pytest.raises(KeyLocked) as after:  # and none at all, still nothing
+            await signer.sign(b"x")
+        assert after.value.reason == "pin_missing"
+        with authorised(Authorisation(PINS_PIN)):
+            await signer.sign(b"y")  # the right one again (resets SoftHSM's count)
+    finally:
+        signer.close()

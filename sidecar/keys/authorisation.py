@@ -84,12 +84,18 @@ class Authorisation:
             self.logins += 1
             return None if self._pin is None else self._pin.decode("utf-8")
 
-    def fingerprint(self, salt: bytes) -> bytes | None:
-        """A salted slow hash of the PIN (to compare with a refused one), memoised per salt."""
+    def fingerprint(self, salt: bytes, *, compute: bool = True) -> bytes | None:
+        """A salted slow hash of the PIN (to compare with a refused one), memoised per salt.
+
+        ``None`` for the pinpad, or when not yet derived and *compute* is false (the
+        derivation takes ~10 ms of CPU: not on the event loop).
+        """
         with self._lock:
             if self._pin is None:
                 return None
             if salt not in self._fingerprints:
+                if not compute:
+                    return None
                 self._fingerprints[salt] = hashlib.pbkdf2_hmac("sha256", self._pin, salt, 10_000)
             return self._fingerprints[salt]
 

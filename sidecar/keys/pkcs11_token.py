@@ -168,7 +168,9 @@ class Pkcs11Signer(Signer):
     def pin_per_operation(self) -> bool:
         return self.config.pin_source == "request" or self._always_authenticate
 
-    def _is_unlocked(self) -> bool:
+    def _is_unlocked(self, *, slow: bool = False) -> bool:
+        """*slow*: allowed to derive the operation PIN's fingerprint (PBKDF2, ~10 ms):
+        only off the event loop. Without it an unknown fingerprint reads as "not yet"."""
         if not (
             self._session is not None
             and self._module is not None
@@ -182,8 +184,11 @@ class Pkcs11Signer(Signer):
         authorisation = current_authorisation()
         if authorisation is None or not authorisation.active:
             return False
-        return self._always_authenticate or hmac.compare_digest(
-            authorisation.fingerprint(self._pin_salt) or b"", self._accepted_pin or b"\0"
+        if self._always_authenticate:
+            return True
+        fingerprint = authorisation.fingerprint(self._pin_salt, compute=slow)
+        return fingerprint is not None and hmac.compare_digest(
+            fingerprint, self._accepted_pin or b"\0"
         )
 
     # -- opening --------------------------------------------------------------
@@ -191,7 +196,7 @@ class Pkcs11Signer(Signer):
     def _unlock(self) -> None:
         module = self.module
         with self._lock:
-            if self._is_unlocked():
+            if self._is_unlocked(slow=True):
                 return
             self._drop_session()
             seen = module.generation
@@ -466,7 +471,7 @@ class Pkcs11Signer(Signer):
     def _sign_unlocked(self, data: bytes, digest: str, pss: bool) -> bytes:
         module = self.module
         with self._lock:
-            if not self._is_unlocked():
+            if not self._is_unlocked(slow=True):
                 # Someone re-initialized the module or closed us since the check.
                 self._unlock()
             try:
