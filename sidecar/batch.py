@@ -10,6 +10,7 @@ keep in step with the first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -24,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from .api.app import create_app
+from .api.batches import batches_context
 from .api.pdf import signing_context
 from .api.signing_keys import keys_context
 from .api.timestamps import trust_context
@@ -88,7 +90,7 @@ async def local_daemon(
             settings,
             paths,
             client_store=store,
-            subsystems=[keys_context, trust_context, signing_context],
+            subsystems=[keys_context, trust_context, signing_context, batches_context],
             **sandbox_kwargs,
         )
         runner = web.AppRunner(app, access_log=None)
@@ -184,8 +186,12 @@ async def sign_files(
     sandbox: bool,
     output: Path | None,
     out: TextIO,
+    pin: str | None = None,
 ) -> int:
-    """Sign each file; ``output`` is a file (one input) or a directory. Exit status."""
+    """Sign each file; ``output`` is a file (one input) or a directory. Exit status.
+
+    Several files (or a *pin*) go through ``POST /v1/batches``: one authorisation, one
+    card session, the PIN typed once for all of them."""
     output_dir = output is not None and await asyncio.to_thread(output.is_dir)
     if output is not None and len(files) > 1 and not output_dir:
         raise ValueError(
@@ -194,8 +200,9 @@ async def sign_files(
     failures = 0
     async with local_daemon(settings, paths, sandbox=sandbox) as session:
         with Progress(len(files), "signing", unit="file") as progress:
-            for source in files:
-                signed, note = await _sign_one(session, source, request)
+            batched = len(files) > 1 or pin is not None
+            signing = _batch_results if batched else _one_by_one
+            async for source, signed, note in signing(session, files, request, pin, settings):
                 if signed is None:
                     failures += 1
                     print(_("{file}: refused: {reason}", file=source, reason=note), file=out)
@@ -210,6 +217,79 @@ async def sign_files(
                     print(f"{source}: {note} -> {target}", file=out)
                 progress.advance(note=source.name, failed=signed is None)
     return 1 if failures else 0
+
+
+async def _one_by_one(
+    session: aiohttp.ClientSession,
+    files: Sequence[Path],
+    request: SignRequest,
+    pin: str | None,
+    settings: Settings,
+) -> AsyncIterator[tuple[Path, bytes | None, str]]:
+    for source in files:
+        signed, note = await _sign_one(session, source, request)
+        yield source, signed, note
+
+
+async def _batch_document(source: Path, request: SignRequest) -> dict[str, Any]:
+    data = await asyncio.to_thread(source.read_bytes)
+    encoded = base64.b64encode(data).decode("ascii")
+    if _kind(data) == _PDF:
+        entry = {"kind": "pdf", "pdf": encoded, "level": request.level}
+        entry.update(reason=request.reason, location=request.location)
+    elif request.profile:
+        entry = {"kind": "form", "xml": encoded, "profile": request.profile}
+        if request.pdf is not None:
+            pdf = await asyncio.to_thread(request.pdf.read_bytes)
+            entry["pdf"] = base64.b64encode(pdf).decode("ascii")
+    else:
+        entry = {"kind": "xml", "xml": encoded, "level": request.level}
+    return {"name": source.name, **{k: v for k, v in entry.items() if v is not None}}
+
+
+async def _batch_results(
+    session: aiohttp.ClientSession,
+    files: Sequence[Path],
+    request: SignRequest,
+    pin: str | None,
+    settings: Settings,
+) -> AsyncIterator[tuple[Path, bytes | None, str]]:
+    """Each file's result, in order, as ``POST /v1/batches`` signs them (one PIN for all;
+    more files than ``[signing] batch_max_documents`` make several batches)."""
+    headers = {"X-Sidecar-PIN": pin} if pin is not None else {}
+    params = {"key": request.key} if request.key else {}
+    size = settings.signing.batch_max_documents
+    for start in range(0, len(files), size):
+        chunk = files[start : start + size]
+        documents = [await _batch_document(source, request) for source in chunk]
+        async with session.post(
+            "/v1/batches", params=params, json={"documents": documents}, headers=headers
+        ) as response:
+            if response.status != 202:
+                note = await _problem_text(response)
+                for source in files[start:]:
+                    yield source, None, note
+                return
+            location = response.headers["Location"]
+        del documents
+        done = 0
+        while done < len(chunk):
+            async with session.get(location) as response:
+                summary = await response.json()
+            entries = summary["documents"]
+            while done < len(chunk) and entries[done]["state"] != "pending":
+                entry = entries[done]
+                if entry["state"] == "signed":
+                    async with session.get(entry["href"]) as response:
+                        level = response.headers.get("X-Signature-Level", "?")
+                        yield chunk[done], await response.read(), f"signed at {level}"
+                else:
+                    problem = entry.get("problem") or {}
+                    note = f"{problem.get('detail', entry['state'])} ({problem.get('code')})"
+                    yield chunk[done], None, note
+                done += 1
+            if done < len(chunk):
+                await asyncio.sleep(0.2)
 
 
 async def verify_files(

@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         help="output file (one input) or directory (several inputs, or a name ending in /: "
         "made if missing); default NAME.signed.EXT next to each input",
     )
+    sign.add_argument(
+        "--ask-pin",
+        action="store_true",
+        help="ask the key's PIN once for all the files (asked anyway for a key whose PIN "
+        "comes with each operation)",
+    )
     verify = commands.add_parser("verify", help="report the signatures of XML/PDF files")
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
     verify.add_argument("--json", action="store_true")
@@ -227,6 +233,20 @@ async def _keys_async(args: argparse.Namespace, settings: Settings, paths: Paths
         await registry.close()
 
 
+def _operation_pin(settings: Settings, args: argparse.Namespace) -> str | None:
+    """The PIN typed once on the terminal for this command, when one is wanted."""
+    import getpass
+
+    wanted = args.ask_pin
+    alone = len(settings.keys) == 1
+    for key in settings.keys:
+        chosen = key.id == args.key or (args.key is None and (key.default or alone))
+        wanted = wanted or (chosen and key.pin_source == "request")
+    if not wanted:
+        return None
+    return getpass.getpass(f"PIN for key {args.key or 'default'}: ")
+
+
 def _documents(args: argparse.Namespace, paths: Paths) -> int:
     import asyncio
 
@@ -272,6 +292,7 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
                 sandbox=args.sandbox,
                 output=output,
                 out=sys.stdout,
+                pin=_operation_pin(settings, args),
             )
         )
     except ValueError as exc:

@@ -137,6 +137,8 @@ class LimitSettings:
     pdf: int = _size_field(50 * 1024**2)
     form: int = _size_field(70 * 1024**2)
     timestamp: int = _size_field(1024**2)
+    #: ``POST /v1/batches``: many documents, base64 in JSON (a third larger than raw).
+    batch: int = _size_field(200 * 1024**2)
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,13 @@ class SigningSettings:
     #: its prefixes as "prefix=namespace-uri" strings.
     xml_signature_parent: str | None = None
     xml_namespaces: tuple[str, ...] = ()
+    #: ``POST /v1/batches``: at most this many documents per batch (one authorisation)...
+    batch_max_documents: int = field(default=250, metadata={"check": _positive})
+    #: ...signed within this many minutes of the PIN entry (24 h: a working day's notes).
+    batch_max_minutes: float = field(default=1440.0, metadata={"check": _positive})
+    #: Documents of a batch in flight at once: their TSA and revocation requests
+    #: overlap; the key signs one at a time. Keep it within what the TSA allows.
+    batch_concurrency: int = field(default=4, metadata={"check": _positive})
 
 
 @dataclass(frozen=True)

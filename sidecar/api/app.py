@@ -18,7 +18,7 @@ from ..health import CheckResult
 from ..paths import Paths
 from ..sandbox.pki import SandboxPKI, ensure_sandbox_pki
 from ..sandbox.services import serve_sandbox_pki
-from . import cns, docs, forms, observe, pdf, service, signing_keys, timestamps
+from . import batches, cns, docs, forms, observe, pdf, service, signing_keys, timestamps
 from . import verify as verify_api
 from . import xml as xml_api
 from .contract import CONTRACT
@@ -46,6 +46,7 @@ HANDLERS: Mapping[str, Handler] = {
     **pdf.HANDLERS,
     **forms.HANDLERS,
     **xml_api.HANDLERS,
+    **batches.HANDLERS,
     **verify_api.HANDLERS,
     **cns.HANDLERS,
     **observe.HANDLERS,
@@ -62,6 +63,7 @@ SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     timestamps.trust_context,
     pdf.signing_context,
     xml_api.xml_context,
+    batches.batches_context,
     cns.fee_note_context,  # the deposit's signing seams, before cns_context reads them
     cns_context,
 ]
@@ -128,7 +130,9 @@ def create_app(
     app = web.Application(
         middlewares=middlewares(),
         # aiohttp's own ceiling; each route's lower limit is enforced by the guards.
-        client_max_size=max(limits.json, limits.xml, limits.pdf, limits.form, limits.timestamp),
+        client_max_size=max(
+            limits.json, limits.xml, limits.pdf, limits.form, limits.timestamp, limits.batch
+        ),
     )
     app[SETTINGS] = settings
     app[PATHS] = paths

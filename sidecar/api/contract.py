@@ -17,7 +17,7 @@ from ..cns.outbox import Status
 __all__ = ["CONTRACT", "MESSAGE_STATES", "Operation", "Parameter"]
 
 #: The :class:`~sidecar.config.LimitSettings` field that bounds a route's body.
-BodyLimit = Literal["json", "xml", "pdf", "form", "timestamp"]
+BodyLimit = Literal["json", "xml", "pdf", "form", "timestamp", "batch"]
 
 
 #: The states of a CNS message (docs/api.md), in the order of its life.
@@ -66,6 +66,7 @@ _LEVEL = Parameter(
 _KEY = Parameter("key", "query", "Signing key id (GET /v1/keys); the default key when absent.")
 _PROFILE = Parameter("profile", "query", "Signature/form profile name (profiles/).")
 _UUID = Parameter("uuid", "path", "The message's RFC 4122 UUID.", {"type": "string"}, True)
+_BATCH = Parameter("batch", "path", "The batch's id (from POST /v1/batches).", required=True)
 _XML = ("application/xml", "text/xml")
 _SIGN_ERRORS = (400, 404, 413, 415, 422, 423, 502, 503, 504)
 
@@ -192,6 +193,61 @@ CONTRACT: tuple[Operation, ...] = (
             _KEY,
         ),
         errors=_SIGN_ERRORS,
+    ),
+    Operation(
+        "createBatch",
+        "POST",
+        "/v1/batches",
+        "Sign many documents (forms with their PDFs, PDFs, XMLs) with one authorisation.",
+        Scope.SIGN,
+        "signing",
+        request_types=("application/json",),
+        limit="batch",
+        success=202,
+        parameters=(_KEY,),
+        response_schema="Batch",
+        description=(
+            "One PIN entry (header `X-Sidecar-PIN`, or the token's pinpad) for the whole "
+            "batch, within `[signing] batch_max_documents` and `batch_max_minutes`. The "
+            "first document is signed before the answer: a refused PIN is a 423 here."
+        ),
+        errors=(400, 404, 413, 415, 422, 423),
+    ),
+    Operation(
+        "getBatch",
+        "GET",
+        "/v1/batches/{batch}",
+        "Progress of a batch and one result (signed, or a problem) per document.",
+        Scope.SIGN,
+        "signing",
+        parameters=(_BATCH,),
+        response_schema="Batch",
+        errors=(404,),
+    ),
+    Operation(
+        "getBatchDocument",
+        "GET",
+        "/v1/batches/{batch}/documents/{index}",
+        "One signed document of a batch.",
+        Scope.SIGN,
+        "signing",
+        response_type="application/octet-stream",
+        parameters=(
+            _BATCH,
+            Parameter("index", "path", "The document's index (0-based).", {"type": "integer"}),
+        ),
+        errors=(404, 409),
+    ),
+    Operation(
+        "endBatch",
+        "DELETE",
+        "/v1/batches/{batch}",
+        "End a batch early: nothing more is signed, the PIN is wiped; results stay readable.",
+        Scope.SIGN,
+        "signing",
+        parameters=(_BATCH,),
+        response_schema="Batch",
+        errors=(404,),
     ),
     Operation(
         "verify",

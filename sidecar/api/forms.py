@@ -20,6 +20,7 @@ from ..signing.report import Level
 from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import sign_xml
+from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import SETTINGS
 from .multipart import form_parts
@@ -188,4 +189,4 @@ async def sign_form_document(request: web.Request) -> web.Response:
     return web.Response(body=signed.xml, content_type="application/xml", headers=headers)
 
 
-HANDLERS = {"signForm": sign_form_document}
+HANDLERS = {"signForm": with_operation_pin(sign_form_document)}

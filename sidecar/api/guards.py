@@ -173,7 +173,7 @@ async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamR
         response: web.StreamResponse = web.Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
         response.headers["Access-Control-Allow-Headers"] = (
-            "Authorization, Content-Type, X-Request-Id"
+            "Authorization, Content-Type, X-Request-Id, X-Sidecar-PIN"
         )
         response.headers["Access-Control-Max-Age"] = "600"
     else:

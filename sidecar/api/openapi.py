@@ -128,6 +128,43 @@ _SCHEMAS: dict[str, Any] = {
             "status_url": {"type": "string"},
         },
     },
+    "Batch": {
+        "type": "object",
+        "required": ["id", "state", "total", "documents"],
+        "properties": {
+            "id": {"type": "string"},
+            "state": {
+                "type": "string",
+                "enum": ["running", "done", "cancelled", "expired", "refused"],
+            },
+            "key": {"type": ["string", "null"]},
+            "total": {"type": "integer"},
+            "pending": {"type": "integer"},
+            "signed": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "cancelled": {"type": "integer"},
+            "created": {"type": "string", "format": "date-time"},
+            "expires": {"type": "string", "format": "date-time"},
+            "finished": {"type": ["string", "null"], "format": "date-time"},
+            "documents": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["form", "xml", "pdf"]},
+                        "state": {
+                            "type": "string",
+                            "enum": ["pending", "signed", "failed", "cancelled"],
+                        },
+                        "href": {"type": "string"},
+                        "problem": {"$ref": "#/components/schemas/Problem"},
+                    },
+                },
+            },
+        },
+    },
     "Message": {
         "type": "object",
         "properties": {

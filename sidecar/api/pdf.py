@@ -17,6 +17,7 @@ from ..signing.pades import PadesEngine, PadesError, PadesOptions, VisibleStamp,
 from ..signing.pdf_checks import PdfInspector, PdfLimits, PdfRefused
 from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
 from ..trust import TsaError
+from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import SETTINGS
 from .problems import Problem, bad_parameter, register_problem_mapper
@@ -163,4 +164,4 @@ async def signing_context(app: web.Application) -> AsyncIterator[None]:
         inspector.close()
 
 
-HANDLERS = {"signPdf": sign_pdf}
+HANDLERS = {"signPdf": with_operation_pin(sign_pdf)}

@@ -113,6 +113,7 @@ def key_info_json(info: KeyInfo) -> dict[str, Any]:
         "unlocked": info.unlocked,
         "locked_reason": info.locked_reason,
         "locked_detail": info.locked_detail,
+        "pin_per_operation": info.pin_per_operation,
     }
 
 
@@ -129,7 +130,9 @@ def _check(registry: KeyRegistry) -> CheckResult:
     worst = "ok"
     for info in infos:
         days = (info.not_after - datetime.now(UTC)).days if info.not_after else None
-        if not info.unlocked or info.certificate_status != "valid":
+        # A key that takes its PIN with each operation waits for one: not a fault.
+        waiting = info.pin_per_operation and info.locked_reason == "pin_missing"
+        if (not info.unlocked and not waiting) or info.certificate_status != "valid":
             problems.append(f"{info.id}: {info.locked_detail or info.certificate_status}")
             worst = "degraded"
         elif days is not None and days < EXPIRY_WARNING_DAYS:

@@ -27,9 +27,10 @@ from typing import Any
 from aiohttp import web
 
 from ..config import SigningSettings
+from ..keys import Signer
 from ..signing.forms import check_profile
 from ..signing.profiles import Profile
-from ..signing.report import BASELINE_LEVELS
+from ..signing.report import BASELINE_LEVELS, Level
 from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.workers import WorkerPool, WorkersUnavailable, pool_check
@@ -48,6 +49,7 @@ from ..signing.xml_safety import (
     XmlLimitExceeded,
     parse_xml,
 )
+from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import CLIENT, HEALTH_CHECKS, SETTINGS
 from .pdf import PROFILES
@@ -60,8 +62,10 @@ __all__ = [
     "XML_WORKERS",
     "client_name",
     "sign_xml_document",
+    "sign_xml_with",
     "xades_options",
     "xml_context",
+    "xml_level",
     "xml_problem",
     "xml_workers",
     "xml_workers_started",
@@ -241,37 +245,44 @@ def xades_options(
     )
 
 
-def _named_profile(request: web.Request, name: str) -> Profile:
+def named_profile(app: web.Application, name: str) -> Profile:
     """Profile ``name`` (404 when there is no such profile)."""
-    profile = request.app[PROFILES].get(name)
+    profile = app[PROFILES].get(name)
     if profile is None:
         raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
     return profile
 
 
-async def sign_xml_document(request: web.Request) -> web.Response:
-    """``signXml``: the signed document, same encoding, otherwise byte for byte.
-
-    With ``?profile=`` the document must be that profile's (root element and XSD, as
-    the form route checks: 422 ``schema_violation``)."""
-    app = request.app
-    settings = app[SETTINGS].signing
-    level = _LEVELS[settings.xml_level]
-    name = request.query.get("profile")
-    profile = _named_profile(request, name) if name else None
+def xml_level(app: web.Application, profile: Profile | None, raw_level: str | None) -> Level:
+    """The level asked (``level``), else the profile's, else ``[signing] xml_level``."""
+    level = _LEVELS[app[SETTINGS].signing.xml_level]
     if profile is not None:
         level = profile.xml_level or level
-    raw_level = request.query.get("level")
     if raw_level is not None:
         if raw_level not in _LEVELS:
             raise bad_parameter("level", f"one of {', '.join(_LEVELS)} (got {raw_level!r})")
         level = _LEVELS[raw_level]
-    signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
+    return level
+
+
+async def sign_xml_with(
+    app: web.Application,
+    body: bytes,
+    signer: Signer,
+    level: Level,
+    *,
+    profile: Profile | None = None,
+    client: str | None = None,
+) -> bytes:
+    """The XAdES engine on *body* with the daemon's trust layer and ``[signing]`` options.
+
+    With a *profile* the document must be that profile's (root element and XSD, as the
+    form route checks: 422 ``schema_violation``); *client*: whose share of the drafting
+    workers it uses."""
     try:
-        options = xades_options(settings)
+        options = xades_options(app[SETTINGS].signing)
     except ValueError as exc:
         raise Problem(500, "configuration_error", str(exc)) from None
-    body = await read_body(request)
     if profile is not None:
         limit = app[SETTINGS].limits.xml
         # Parsing and XSD validation are CPU work: off the event loop.
@@ -282,7 +293,7 @@ async def sign_xml_document(request: web.Request) -> web.Response:
         if trust.tsa.endpoints:
             timestamps = TrustTimestampSource(trust.tsa)
         validation = TrustValidationDataSource(trust.revocation)
-    signed = await sign_xml(
+    return await sign_xml(
         body,
         signer,
         level,
@@ -290,7 +301,20 @@ async def sign_xml_document(request: web.Request) -> web.Response:
         timestamps=timestamps,
         validation_data=validation,
         workers=xml_workers(app),
-        client=client_name(request),
+        client=client,
+    )
+
+
+async def sign_xml_document(request: web.Request) -> web.Response:
+    """``signXml``: the signed document, same encoding, otherwise byte for byte."""
+    app = request.app
+    name = request.query.get("profile")
+    profile = named_profile(app, name) if name else None
+    level = xml_level(app, profile, request.query.get("level"))
+    signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
+    body = await read_body(request)
+    signed = await sign_xml_with(
+        app, body, signer, level, profile=profile, client=client_name(request)
     )
     log.info("signed an XML document at %s with key %s", level.value, signer.id)
     return web.Response(
@@ -300,4 +324,4 @@ async def sign_xml_document(request: web.Request) -> web.Response:
     )
 
 
-HANDLERS = {"signXml": sign_xml_document}
+HANDLERS = {"signXml": with_operation_pin(sign_xml_document)}

@@ -4,6 +4,7 @@ Keys know tokens and nothing of documents: the engines hand bytes in and get
 signatures back.
 """
 
+from .authorisation import Authorisation, authorised, current_authorisation
 from .config import KEYRING_SERVICE, KeyConfig
 from .errors import (
     CertificateNotValid,
@@ -18,6 +19,7 @@ from .signer import KeyInfo, Signer
 
 __all__ = [
     "KEYRING_SERVICE",
+    "Authorisation",
     "CertificateNotValid",
     "KeyConfig",
     "KeyConfigError",
@@ -28,5 +30,7 @@ __all__ = [
     "KeyRegistry",
     "Signer",
     "UnsupportedAlgorithm",
+    "authorised",
     "create_signer",
+    "current_authorisation",
 ]

@@ -73,7 +73,11 @@ class KeyConfig:
     """CKA_LABEL of the certificate when it differs from the key's."""
     cert_id: str | None = None
     """CKA_ID of the certificate in hex, when it differs from the key's."""
-    pin_source: Literal["keyring", "config", "pinpad"] = "keyring"
+    pin_source: Literal["keyring", "config", "pinpad", "request"] = "keyring"
+    """Where the user PIN comes from. ``"request"``: only with each operation (a
+    request's or a batch's authorisation, :mod:`sidecar.keys.authorisation`), never
+    stored. A key with CKA_ALWAYS_AUTHENTICATE takes its per-signature PIN from the
+    operation (or the pinpad) whatever this says: a stored PIN is not used for it."""
     pin: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -42,11 +42,12 @@ class SecretUnavailable(Exception):
 def read_secret(config: KeyConfig, kind: Literal["PIN", "passphrase"]) -> str | None:
     """The key's PIN or passphrase, or ``None`` when none is needed.
 
-    ``None`` means "no secret": a PKCS#12 file without a passphrase, or a
-    pinpad. Raises :class:`SecretUnavailable` when one is needed but missing.
+    ``None`` means "no stored secret": a PKCS#12 file without a passphrase, a
+    pinpad, or a PIN that comes with each operation (``pin_source = "request"``).
+    Raises :class:`SecretUnavailable` when one is needed but missing.
     """
     source = config.pin_source if kind == "PIN" else config.passphrase_source
-    if source == "pinpad" or source == "none":
+    if source in ("pinpad", "none", "request"):
         return None
     if source == "config":
         if config.id not in _warned_config_secrets:

@@ -12,8 +12,16 @@ SoftHSM — and some card middlewares — see a token that came back).
 PINs: the PIN is read from its source for each login and never kept. A PIN
 the token rejected is remembered as a salted hash only, so that the same
 wrong PIN is not presented again on every request — each try burns one of
-the card's few. When the token reports CKF_USER_PIN_FINAL_TRY, a stored PIN
-is not presented at all.
+the card's few. When the token reports CKF_USER_PIN_FINAL_TRY, a PIN is not
+presented at all (only the pinpad, where the physician decides, is used then).
+
+Keys with CKA_ALWAYS_AUTHENTICATE (qualified signature keys on cards): every
+signature is preceded by a context-specific login (``C_Login(CKU_CONTEXT_SPECIFIC)``
+right after ``C_SignInit``), with the PIN of the operation's
+:class:`~sidecar.keys.authorisation.Authorisation` or through the pinpad — never
+with a PIN from the keyring or the configuration, and under the same two guards.
+A key with ``pin_source = "request"`` also logs its session in with the
+operation's PIN, and does not sign for an operation that brought another one.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pkcs11 import MGF, Attribute, Mechanism, ObjectClass, TokenFlag
 
 from .algorithms import digest as compute_digest
 from .algorithms import digest_info, ecdsa_raw_to_der, hash_algorithm
+from .authorisation import Authorisation, current_authorisation
 from .certificates import load_certificates, order_chain
 from .config import KeyConfig
 from .credentials import SecretUnavailable, read_secret
@@ -55,6 +64,17 @@ _SIGN_MECHANISMS = {
     "sha512": (Mechanism.SHA512_RSA_PKCS, Mechanism.SHA512_RSA_PKCS_PSS, Mechanism.SHA512),
 }
 _MGF = {"sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
+
+# Logins refused otherwise than for a wrong PIN (that one is PinIncorrect, handled apart).
+_PIN_REFUSALS = (
+    pkcs11.exceptions.PinLocked,
+    pkcs11.exceptions.PinLenRange,
+    pkcs11.exceptions.PinInvalid,
+    pkcs11.exceptions.PinExpired,
+    pkcs11.exceptions.FunctionCancelled,
+)
+# ...of which these say nothing against the PIN itself: it may be given again.
+_PIN_NOT_TRIED = (pkcs11.exceptions.PinLocked, pkcs11.exceptions.FunctionCancelled)
 
 # Errors after which the session (or the whole token) is gone: drop it and look again.
 _TOKEN_GONE = (
@@ -122,6 +142,12 @@ class Pkcs11Signer(Signer):
         self._mechanisms: frozenset[Mechanism] = frozenset()
         self._pin_salt = os.urandom(16)
         self._rejected_pin: bytes | None = None
+        #: Fingerprint of the operation PIN the session was logged in with (pin_source
+        #: "request"): another operation's PIN is checked by the token, not assumed.
+        self._accepted_pin: bytes | None = None
+        self._always_authenticate = False
+        #: Context-specific logins attempted (one per signature of such a key).
+        self.context_logins = 0
 
     # -- state --------------------------------------------------------------
 
@@ -133,11 +159,36 @@ class Pkcs11Signer(Signer):
             self._module = load_module(self.config.module)
         return self._module
 
-    def _is_unlocked(self) -> bool:
-        return (
+    @property
+    def always_authenticate(self) -> bool:
+        """True when the key carries CKA_ALWAYS_AUTHENTICATE (known once opened)."""
+        return self._always_authenticate
+
+    @property
+    def pin_per_operation(self) -> bool:
+        return self.config.pin_source == "request" or self._always_authenticate
+
+    def _is_unlocked(self, *, slow: bool = False) -> bool:
+        """*slow*: allowed to derive the operation PIN's fingerprint (PBKDF2, ~10 ms):
+        only off the event loop. Without it an unknown fingerprint reads as "not yet"."""
+        if not (
             self._session is not None
             and self._module is not None
             and self._generation == self._module.generation
+        ):
+            return False
+        if self.config.pin_source != "request":
+            return True
+        # Ready only for an operation that brought a PIN: the one the session was
+        # opened with, or any (checked by the token) when each signature logs in.
+        authorisation = current_authorisation()
+        if authorisation is None or not authorisation.active:
+            return False
+        if self._always_authenticate:
+            return True
+        fingerprint = authorisation.fingerprint(self._pin_salt, compute=slow)
+        return fingerprint is not None and hmac.compare_digest(
+            fingerprint, self._accepted_pin or b"\0"
         )
 
     # -- opening --------------------------------------------------------------
@@ -145,7 +196,7 @@ class Pkcs11Signer(Signer):
     def _unlock(self) -> None:
         module = self.module
         with self._lock:
-            if self._is_unlocked():
+            if self._is_unlocked(slow=True):
                 return
             self._drop_session()
             seen = module.generation
@@ -238,62 +289,93 @@ class Pkcs11Signer(Signer):
                 logger.warning("key %s: one PIN try left; asking on the pinpad", self.id)
             credential: object = pkcs11.PROTECTED_AUTH
         else:
-            try:
-                pin = read_secret(self.config, "PIN")
-            except SecretUnavailable as exc:
-                raise KeyLocked(
-                    "pin_missing", f"key {self.id!r}: {exc.detail}", key_id=self.id
-                ) from None
-            assert pin is not None
-            fingerprint = self._fingerprint(pin)
-            if self._rejected_pin is not None and hmac.compare_digest(
-                fingerprint, self._rejected_pin
-            ):
-                raise KeyLocked(
-                    "pin_incorrect",
-                    f"key {self.id!r}: the token rejected this PIN before; it is not presented "
-                    "again. Store the right PIN, then retry",
-                    key_id=self.id,
-                    token_flags=pin_flag_names(flags),
-                )
+            authorisation: Authorisation | None = None
+            if self.config.pin_source == "request":
+                authorisation = self._operation_authorisation()
+                fingerprint = authorisation.fingerprint(self._pin_salt) or b""
+                self._refuse_known_wrong(fingerprint, flags)
+                pin = authorisation.pin(self.id)
+            else:
+                try:
+                    pin = read_secret(self.config, "PIN")
+                except SecretUnavailable as exc:
+                    raise KeyLocked(
+                        "pin_missing", f"key {self.id!r}: {exc.detail}", key_id=self.id
+                    ) from None
+                assert pin is not None
+                fingerprint = self._fingerprint(pin)
+                self._refuse_known_wrong(fingerprint, flags)
             credential = pin
         try:
             session = token.open(user_pin=credential)
         except pkcs11.exceptions.UserAlreadyLoggedIn:
             # Another signer of this process is logged in to the same token, and
             # PKCS#11 login state is per application: a plain session is enough.
+            # (With pin_source "request" this PIN is then unchecked for a key without
+            # CKA_ALWAYS_AUTHENTICATE: one key per card is the case this serves.)
             return token.open()
         except pkcs11.exceptions.PinIncorrect:
             if not pinpad:
                 self._rejected_pin = fingerprint
+                if authorisation is not None:
+                    authorisation.refused()
             raise self._pin_rejected(token) from None
-        except pkcs11.exceptions.PinLocked:
+        except _PIN_REFUSALS as exc:
+            raise self._pin_refusal(exc, token, flags) from None
+        self._rejected_pin = None
+        self._accepted_pin = fingerprint if not pinpad else None
+        return session
+
+    def _operation_authorisation(self) -> Authorisation:
+        """The operation's authorisation with a PIN, or :class:`KeyLocked` ``pin_missing``."""
+        authorisation = current_authorisation()
+        if authorisation is None or authorisation.protected_path:
             raise KeyLocked(
+                "pin_missing",
+                f"key {self.id!r} signs only with a PIN given for the operation, "
+                "and none was given",
+                key_id=self.id,
+            )
+        return authorisation
+
+    def _refuse_known_wrong(self, fingerprint: bytes, flags: TokenFlag) -> None:
+        if self._rejected_pin is not None and hmac.compare_digest(fingerprint, self._rejected_pin):
+            raise KeyLocked(
+                "pin_incorrect",
+                f"key {self.id!r}: the token rejected this PIN before; it is not presented "
+                "again. Give the right PIN, then retry",
+                key_id=self.id,
+                token_flags=pin_flag_names(flags),
+            )
+
+    def _pin_refusal(
+        self, exc: pkcs11.PKCS11Error, token: pkcs11.Token, flags: TokenFlag
+    ) -> KeyLocked:
+        """A login the token refused otherwise than for a wrong PIN (both logins)."""
+        if isinstance(exc, pkcs11.exceptions.PinLocked):
+            return KeyLocked(
                 "pin_locked",
                 f"key {self.id!r}: the token's user PIN is locked; unblock it with the PUK",
                 key_id=self.id,
                 retries_left=0,
                 token_flags=pin_flag_names(self._token_flags(token)),
-            ) from None
-        except (pkcs11.exceptions.PinLenRange, pkcs11.exceptions.PinInvalid):
-            raise KeyLocked(
-                "pin_incorrect",
-                f"key {self.id!r}: the token refused the PIN's length or characters",
-                key_id=self.id,
-                token_flags=pin_flag_names(flags),
-            ) from None
-        except pkcs11.exceptions.PinExpired:
-            raise KeyLocked(
+            )
+        if isinstance(exc, pkcs11.exceptions.PinExpired):
+            return KeyLocked(
                 "pin_locked",
                 f"key {self.id!r}: the PIN has expired; change it with the card issuer's tool",
                 key_id=self.id,
-            ) from None
-        except pkcs11.exceptions.FunctionCancelled:
-            raise KeyLocked(
+            )
+        if isinstance(exc, pkcs11.exceptions.FunctionCancelled):
+            return KeyLocked(
                 "pin_missing", f"key {self.id!r}: PIN entry was cancelled", key_id=self.id
-            ) from None
-        self._rejected_pin = None
-        return session
+            )
+        return KeyLocked(
+            "pin_incorrect",
+            f"key {self.id!r}: the token refused the PIN's length or characters",
+            key_id=self.id,
+            token_flags=pin_flag_names(flags),
+        )
 
     def _pin_rejected(self, token: pkcs11.Token) -> KeyLocked:
         try:
@@ -377,6 +459,11 @@ class Pkcs11Signer(Signer):
             )
         key = found[0]
         assert isinstance(key, pkcs11.PrivateKey)
+        try:
+            self._always_authenticate = bool(key[Attribute.ALWAYS_AUTHENTICATE])
+        except pkcs11.exceptions.AttributeTypeInvalid:
+            # A PKCS#11 v2.01 module that predates the attribute: no such keys there.
+            self._always_authenticate = False
         return key
 
     # -- signing -------------------------------------------------------------
@@ -384,7 +471,7 @@ class Pkcs11Signer(Signer):
     def _sign_unlocked(self, data: bytes, digest: str, pss: bool) -> bytes:
         module = self.module
         with self._lock:
-            if not self._is_unlocked():
+            if not self._is_unlocked(slow=True):
                 # Someone re-initialized the module or closed us since the check.
                 self._unlock()
             try:
@@ -408,25 +495,99 @@ class Pkcs11Signer(Signer):
             return self._sign_with(key, data, digest, pss)
 
     def _sign_with(self, key: pkcs11.PrivateKey, data: bytes, digest: str, pss: bool) -> bytes:
+        if not self._always_authenticate:
+            return self._sign_mechanism(key, data, digest, pss, {})
+        authorisation, pin = self._context_pin()
+        # python-pkcs11 logs in (CKU_CONTEXT_SPECIFIC) between C_SignInit and C_Sign
+        # when given pin=; an empty one stands for the protected authentication path
+        # (a zero-length PIN is how modules tell it from a typed one there).
+        self.context_logins += 1
+        try:
+            signature = self._sign_mechanism(key, data, digest, pss, {"pin": pin or ""})
+        except pkcs11.exceptions.PinIncorrect:
+            if authorisation is not None:
+                self._rejected_pin = authorisation.fingerprint(self._pin_salt)
+                authorisation.refused()
+            raise self._context_pin_rejected() from None
+        except _PIN_REFUSALS as exc:
+            if authorisation is not None and not isinstance(exc, _PIN_NOT_TRIED):
+                authorisation.refused()
+            session = self._session
+            assert session is not None
+            raise self._pin_refusal(exc, session.token, TokenFlag(0)) from None
+        return signature
+
+    def _context_pin(self) -> tuple[Authorisation | None, str | None]:
+        """What the context-specific login of the next signature presents.
+
+        The pinpad when the key is configured for it; otherwise the operation's PIN —
+        never a stored one, never one the token refused, never on the final try.
+        """
+        session = self._session
+        assert session is not None
+        flags = self._token_flags(session.token)
+        pinpad = self.config.pin_source == "pinpad"
+        check_pin_flags(flags, key_id=self.id, pinpad=pinpad)
+        if pinpad:
+            if not flags & TokenFlag.PROTECTED_AUTHENTICATION_PATH:
+                raise KeyLocked(
+                    "pinpad_unavailable",
+                    f"key {self.id!r}: pin_source is 'pinpad' but the token has no "
+                    "protected authentication path",
+                    key_id=self.id,
+                )
+            return None, None
+        authorisation = self._operation_authorisation()
+        self._refuse_known_wrong(authorisation.fingerprint(self._pin_salt) or b"", flags)
+        return authorisation, authorisation.pin(self.id)
+
+    def _context_pin_rejected(self) -> KeyLocked:
+        session = self._session
+        try:
+            flags = self._token_flags(session.token) if session is not None else TokenFlag(0)
+        except pkcs11.PKCS11Error:
+            flags = TokenFlag(0)
+        final = bool(flags & TokenFlag.USER_PIN_FINAL_TRY)
+        return KeyLocked(
+            "pin_incorrect",
+            f"key {self.id!r}: the token refused the PIN given for this signature "
+            "(CKA_ALWAYS_AUTHENTICATE); it is not presented again"
+            + ("; one try is left, which sidecar will not use" if final else ""),
+            key_id=self.id,
+            retries_left=1 if final else None,
+            token_flags=pin_flag_names(flags),
+        )
+
+    def _sign_mechanism(
+        self,
+        key: pkcs11.PrivateKey,
+        data: bytes,
+        digest: str,
+        pss: bool,
+        login: dict[str, str],
+    ) -> bytes:
         combined, combined_pss, hash_mechanism = _SIGN_MECHANISMS[digest]
         if self.key_type.startswith("ec"):
             # SoftHSM 2.6 and several cards lack CKM_ECDSA_SHA256: hash here, sign raw.
-            raw = key.sign(compute_digest(digest, data), mechanism=Mechanism.ECDSA)
+            raw = key.sign(compute_digest(digest, data), mechanism=Mechanism.ECDSA, **login)
             return ecdsa_raw_to_der(raw)
         if pss:
             params = (hash_mechanism, _MGF[digest], hash_algorithm(digest).digest_size)
             if combined_pss in self._mechanisms:
-                return key.sign(data, mechanism=combined_pss, mechanism_param=params)
+                return key.sign(data, mechanism=combined_pss, mechanism_param=params, **login)
             return key.sign(
                 compute_digest(digest, data),
                 mechanism=Mechanism.RSA_PKCS_PSS,
                 mechanism_param=params,
+                **login,
             )
         if combined in self._mechanisms:
-            return key.sign(data, mechanism=combined)
+            return key.sign(data, mechanism=combined, **login)
         # Cards that only offer raw CKM_RSA_PKCS sign a DigestInfo we build.
         return key.sign(
-            digest_info(digest, compute_digest(digest, data)), mechanism=Mechanism.RSA_PKCS
+            digest_info(digest, compute_digest(digest, data)),
+            mechanism=Mechanism.RSA_PKCS,
+            **login,
         )
 
     def _gone(self, exc: Exception) -> KeyLocked:

@@ -15,6 +15,7 @@ synchronously (signxml runs in a worker thread) call ``sign_blocking``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from abc import ABC, abstractmethod
@@ -62,6 +63,10 @@ class KeyInfo:
     locked_reason: str | None
     """The :class:`KeyLocked` reason of the last failure, while locked."""
     locked_detail: str | None
+    pin_per_operation: bool = False
+    """The key signs only with a PIN given for each operation (``X-Sidecar-PIN``, a
+    batch's authorisation, or the pinpad): CKA_ALWAYS_AUTHENTICATE or ``pin_source =
+    "request"``. Locked for ``pin_missing`` between operations is then its normal state."""
 
 
 class Signer(ABC):
@@ -113,6 +118,11 @@ class Signer(ABC):
         return key_type_of(self.certificate.public_key)
 
     @property
+    def pin_per_operation(self) -> bool:
+        """True when each operation must bring its PIN (see :class:`KeyInfo`)."""
+        return False
+
+    @property
     def unlocked(self) -> bool:
         """True when the key can sign right now without a login or a passphrase."""
         return self._is_unlocked()
@@ -137,7 +147,10 @@ class Signer(ABC):
         """Hash ``data`` with ``digest`` and sign it, off the event loop."""
         loop = asyncio.get_running_loop()
         call = functools.partial(self.sign_blocking, data, digest=digest, pss=pss)
-        return await loop.run_in_executor(self._executor, call)
+        # The caller's context goes along: it holds the operation's authorisation
+        # (the PIN a key with CKA_ALWAYS_AUTHENTICATE logs in with for this signature).
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, context.run, call)
 
     async def ready(self) -> None:
         """Make sure the key can sign now, off the event loop: unlock it if it is not
@@ -151,7 +164,8 @@ class Signer(ABC):
             self.check_validity()
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._ready_blocking)
+        context = contextvars.copy_context()
+        await loop.run_in_executor(self._executor, context.run, self._ready_blocking)
 
     def _ready_blocking(self) -> None:
         if not self._is_unlocked():
@@ -206,6 +220,7 @@ class Signer(ABC):
             "unlocked": self._is_unlocked(),
             "locked_reason": lock.reason if lock else None,
             "locked_detail": lock.detail if lock else None,
+            "pin_per_operation": self.pin_per_operation,
         }
         if cert is None:
             return KeyInfo(

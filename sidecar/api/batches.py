@@ -1,0 +1,266 @@
+"""``/v1/batches``: many documents signed with one authorisation (:mod:`sidecar.batches`).
+
+The body is JSON: ``{"documents": [{"name", "kind", "profile", "level", "xml", "pdf",
+"reason", "location"}]}`` with the documents in base64; the PIN, when the key takes
+one per operation, comes in ``X-Sidecar-PIN`` (never logged, stored or echoed; see
+``docs/pin.md``). A batch belongs to the client that made it: another client gets a
+404, as for a batch that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ..batches import Batch, BatchDocument, BatchStore, SignedDocument, SignOne
+from ..clients import Client
+from ..keys import Signer
+from ..keys.authorisation import forbid_core_dumps
+from ..signing.forms import sign_form
+from ..signing.pades import PadesOptions, parse_level
+from .authorisation import operation_authorisation
+from .forms import xades_for
+from .guards import read_body
+from .keys import CLIENT, SETTINGS
+from .pdf import PADES
+from .problems import Problem, bad_parameter, problem_for
+from .signing_keys import KEY_REGISTRY
+from .xml import named_profile, sign_xml_with, xml_level
+
+__all__ = ["BATCHES", "HANDLERS", "batches_context"]
+
+log = logging.getLogger("sidecar.batches")
+
+BATCHES = web.AppKey("batches", BatchStore)
+_KINDS = ("form", "xml", "pdf")
+_FIELDS = {"name", "kind", "profile", "level", "xml", "pdf", "reason", "location"}
+
+
+async def batches_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem: the daemon's batches; running ones end (PINs wiped) when it stops.
+
+    Operations may now hold a PIN in memory: no core file may carry it to disk."""
+    forbid_core_dumps()
+    store = BatchStore()
+    app[BATCHES] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+def _problem_of(exc: BaseException) -> dict[str, Any]:
+    problem = exc if isinstance(exc, Problem) else problem_for(exc)
+    if problem is None:
+        log.error("batch document failed unexpectedly", exc_info=exc)
+        problem = Problem(500, "internal_error", "the document could not be signed")
+    return problem.body()
+
+
+def _b64(entry: dict[str, Any], name: str, index: int) -> bytes | None:
+    value = entry.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_parameter(f"documents[{index}].{name}", "base64 text expected")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Problem(
+            400,
+            "malformed_pdf" if name == "pdf" else "bad_parameter",
+            f"documents[{index}].{name}: not valid base64",
+            parameter=f"documents[{index}].{name}",
+        ) from None
+
+
+def _text(entry: dict[str, Any], name: str, index: int) -> str | None:
+    value = entry.get(name)
+    if value is not None and not isinstance(value, str):
+        raise bad_parameter(f"documents[{index}].{name}", "text expected")
+    return value
+
+
+def parse_documents(body: Any, max_documents: int) -> list[BatchDocument]:
+    """The batch's documents, each checked for shape (its content is the engines' task)."""
+    if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
+        raise bad_parameter("documents", "a JSON object with a 'documents' array expected")
+    entries = body["documents"]
+    if not entries:
+        raise bad_parameter("documents", "the batch is empty")
+    if len(entries) > max_documents:
+        raise Problem(
+            422,
+            "batch_too_large",
+            f"{len(entries)} documents; one authorisation covers at most {max_documents} "
+            "([signing] batch_max_documents)",
+            limit=max_documents,
+        )
+    documents = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise bad_parameter(f"documents[{index}]", "an object expected")
+        unknown = sorted(set(entry) - _FIELDS)
+        if unknown:
+            raise bad_parameter(f"documents[{index}].{unknown[0]}", "unknown field")
+        kind = entry.get("kind")
+        if kind not in _KINDS:
+            raise bad_parameter(f"documents[{index}].kind", f"one of {', '.join(_KINDS)}")
+        xml, pdf = _b64(entry, "xml", index), _b64(entry, "pdf", index)
+        if kind in ("form", "xml") and xml is None:
+            raise bad_parameter(f"documents[{index}].xml", f"a {kind} needs its XML")
+        if kind == "pdf" and (pdf is None or xml is not None):
+            raise bad_parameter(f"documents[{index}].pdf", "a pdf document has one 'pdf'")
+        if kind == "xml" and pdf is not None:
+            raise bad_parameter(f"documents[{index}].pdf", "use kind 'form' for an XML and PDF")
+        profile = _text(entry, "profile", index)
+        if kind == "form" and not profile:
+            raise bad_parameter(f"documents[{index}].profile", "a form needs its profile")
+        documents.append(
+            BatchDocument(
+                index=index,
+                name=_text(entry, "name", index) or f"document-{index}",
+                kind=kind,
+                xml=xml,
+                pdf=pdf,
+                profile=profile,
+                level=_text(entry, "level", index),
+                reason=_text(entry, "reason", index),
+                location=_text(entry, "location", index),
+            )
+        )
+    return documents
+
+
+def _signer_for(app: web.Application, signer: Signer, owner: str) -> SignOne:
+    """``async (document) -> SignedDocument``: each kind through its route's engine, on
+    the drafting-worker share of the batch's *owner*."""
+    xades = xades_for(app, owner)
+    default_pdf_level = app[SETTINGS].signing.pdf_level
+
+    async def sign_one(doc: BatchDocument) -> SignedDocument:
+        # The key, ready for this batch's authorisation (one session for the batch).
+        await signer.ready()
+        if doc.kind == "form":
+            form_profile = named_profile(app, doc.profile or "")
+            assert doc.xml is not None
+            form = await sign_form(
+                form_profile, doc.xml, doc.pdf, signer, pades=app[PADES], sign_xml=xades
+            )
+            info = {"level": form.xml_level.value if form.xml_level else "none"}
+            if form.pdf_level:
+                info["pdf_level"] = form.pdf_level.value
+            if form.uuid:
+                info["uuid"] = form.uuid
+            return SignedDocument(form.xml, "application/xml", info)
+        if doc.kind == "xml":
+            assert doc.xml is not None
+            profile = named_profile(app, doc.profile) if doc.profile else None
+            level = xml_level(app, profile, doc.level)
+            signed = await sign_xml_with(app, doc.xml, signer, level, profile=profile, client=owner)
+            return SignedDocument(signed, "application/xml", {"level": level.value})
+        assert doc.pdf is not None
+        try:
+            pdf_level = parse_level(doc.level or default_pdf_level)
+        except ValueError as exc:
+            raise bad_parameter("level", str(exc)) from None
+        options = PadesOptions(level=pdf_level, reason=doc.reason, location=doc.location)
+        result = await app[PADES].sign(doc.pdf, signer, options)
+        return SignedDocument(result.data, "application/pdf", {"level": result.level.value})
+
+    return sign_one
+
+
+def _owned(request: web.Request) -> Batch:
+    client: Client = request[CLIENT]
+    batch = request.app[BATCHES].get(request.match_info["batch"])
+    if batch is None or batch.owner != client.name:
+        raise Problem(404, "not_found", "no such batch", batch=request.match_info["batch"])
+    return batch
+
+
+def _summary(request: web.Request, batch: Batch) -> dict[str, Any]:
+    return batch.summary(lambda index: f"/v1/batches/{batch.id}/documents/{index}")
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS].signing
+    registry = app[KEY_REGISTRY]
+    key_id = request.query.get("key") or None
+    signer = registry.get(key_id)
+    raw = await read_body(request)
+    try:
+        body = await asyncio.to_thread(json.loads, raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_parameter("body", "not JSON") from None
+    del raw
+    documents = await asyncio.to_thread(parse_documents, body, settings.batch_max_documents)
+    del body
+    authorisation = operation_authorisation(request, lifetime=settings.batch_max_minutes * 60)
+    batch = Batch(
+        documents,
+        owner=request[CLIENT].name,
+        key_id=signer.id,
+        authorisation=authorisation,
+        max_minutes=settings.batch_max_minutes,
+    )
+    sign_one = _signer_for(app, signer, request[CLIENT].name)
+    await batch.sign_first(sign_one, _problem_of)
+    app[BATCHES].add(batch)
+    batch.start(sign_one, _problem_of, concurrency=settings.batch_concurrency)
+    log.info("batch %s: %d document(s) with key %s", batch.id, len(documents), signer.id)
+    return web.json_response(
+        _summary(request, batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"}
+    )
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    return web.json_response(_summary(request, _owned(request)))
+
+
+async def get_batch_document(request: web.Request) -> web.Response:
+    batch = _owned(request)
+    try:
+        index = int(request.match_info["index"])
+        result = batch.results[index]
+    except (ValueError, IndexError):
+        raise Problem(404, "not_found", "no such document in this batch") from None
+    if result.signed is None:
+        raise Problem(
+            409,
+            "not_signed",
+            f"document {index} is {result.state}",
+            state=result.state,
+            **({"problem": result.problem} if result.problem else {}),
+        )
+    headers = {"X-Signature-Level": result.signed.info.get("level", "none")}
+    if "pdf_level" in result.signed.info:
+        headers["X-Pdf-Signature-Level"] = result.signed.info["pdf_level"]
+    if "uuid" in result.signed.info:
+        headers["X-Form-UUID"] = result.signed.info["uuid"]
+    return web.Response(
+        body=result.signed.data, content_type=result.signed.content_type, headers=headers
+    )
+
+
+async def end_batch(request: web.Request) -> web.Response:
+    batch = _owned(request)
+    batch.cancel()
+    await batch.wait()
+    return web.json_response(_summary(request, batch))
+
+
+HANDLERS = {
+    "createBatch": create_batch,
+    "getBatch": get_batch,
+    "getBatchDocument": get_batch_document,
+    "endBatch": end_batch,
+}
