@@ -981,6 +981,12 @@ class TimeStampClient:
     def anchors(self) -> TrustAnchors:
         return self._anchors
 
+    @anchors.setter
+    def anchors(self, anchors: TrustAnchors) -> None:
+        # The trusted lists changed (sidecar.trust.lists); the path cache keys on the
+        # anchors object, so nothing validated against the old set is reused.
+        self._anchors = anchors
+
     @property
     def endpoints(self) -> tuple[TsaEndpoint, ...]:
         return tuple(t.endpoint for t in self._tsas)
