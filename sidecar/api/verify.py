@@ -22,6 +22,7 @@ from asn1crypto import x509
 
 from ..signing.forms import embedded_pdf, embedded_pdf_note
 from ..signing.pades_verify import verify_pdf
+from ..signing.qualification import qualify_reports
 from ..signing.report import SignatureReport
 from ..signing.xades_verify import VerificationPolicy, verify_xml
 from ..signing.xml_safety import parse_xml
@@ -50,7 +51,14 @@ def _trust_roots(app: web.Application) -> Sequence[x509.Certificate]:
     return []
 
 
-def _report_json(reports: Sequence[SignatureReport], kind: str) -> dict[str, Any]:
+def _report_json(
+    app: web.Application, reports: Sequence[SignatureReport], kind: str
+) -> dict[str, Any]:
+    # Qualification from the EU trusted lists (n/a, "not configured", without them).
+    trust = app.get(TRUST)
+    lists = trust.lists.current if trust is not None and trust.lists is not None else None
+    roots = list(trust.anchors.certificates) if trust is not None else []
+    qualify_reports(reports, lists, roots)
     return {"format": kind, "signatures": [r.as_json() for r in reports]}
 
 
@@ -62,16 +70,16 @@ async def verify_document(request: web.Request) -> web.Response:
     inspector = app[PADES].inspector
     if request.content_type not in _XML:
         reports = await verify_pdf(body, trust_roots=roots, inspector=inspector)
-        return web.json_response(_report_json(reports, "pdf"))
+        return web.json_response(_report_json(app, reports, "pdf"))
     policy = VerificationPolicy(trust_roots=roots, max_size=app[SETTINGS].limits.xml)
-    answer = _report_json(await verify_xml(body, policy), "xml")
+    answer = _report_json(app, await verify_xml(body, policy), "xml")
     # verify_xml has refused anything unsafe already; this parse only finds the PDF.
     found = embedded_pdf(parse_xml(body, max_size=policy.max_size).tree, app[PROFILES])
     if found is not None:
         profile, pdf = found
         pdf_reports = await verify_pdf(pdf, trust_roots=roots, inspector=inspector)
         answer["profile"] = profile.name
-        embedded = _report_json(pdf_reports, "pdf")
+        embedded = _report_json(app, pdf_reports, "pdf")
         embedded["profile_level"] = profile.pdf_level.value
         for entry, report in zip(embedded["signatures"], pdf_reports, strict=True):
             # Whether this signature is what the form asks for; ``note`` says why when

@@ -44,7 +44,7 @@ from pyhanko_certvalidator.policy_decl import (
 
 from .pades import ValidationContextFactory
 from .pdf_checks import PdfInspector, inspect_pdf, quick_guard
-from .report import Indication, Level, SignatureReport, SubIndication
+from .report import Evidence, Indication, Level, SignatureReport, SubIndication
 
 __all__ = ["REQUIRE_REVINFO", "verify_pdf"]
 
@@ -336,6 +336,11 @@ async def _verify_one(
             "document_timestamps": doc_timestamps,
             "revision": signature.signed_revision,
         },
+        evidence=Evidence(
+            cert,
+            tuple(signature.other_embedded_certs),
+            ((ts.timestamp, ts.signing_cert),) if ts is not None else (),
+        ),
     )
 
 

@@ -1,0 +1,96 @@
+"""The sandbox's own trusted lists, end to end: served over loopback, fetched, verified,
+cached, and used in /v1/verify (qualification of the signer and of the timestamp).
+
+Each test has its own sandbox PKI (its lists are rewritten here: the TSA withdrawn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sidecar.api.keys import HTTP_SESSION
+from sidecar.api.timestamps import TRUST
+from sidecar.config import SandboxSettings, Settings
+from sidecar.sandbox import serve_sandbox_pki
+from sidecar.sandbox.lists import ensure_sandbox_lists, sandbox_list_policy, write_sandbox_lists
+from sidecar.trust.lists import ListCache, read_lists
+from tests.fixtures.daemon import Api
+from tests.fixtures.sandbox import MakeSandboxPKI
+from tests.fixtures.xades import FORM
+
+XML = {"Content-Type": "application/xml"}
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _lists_loaded(api: Api, deadline: float = 60.0) -> None:
+    trust = api.client.server.app[TRUST]
+    assert trust.lists is not None
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not trust.lists.current.usable:
+        assert loop.time() < end, trust.lists.as_json()
+        await asyncio.sleep(0.1)
+
+
+async def _sign_and_verify(api: Api) -> dict[str, object]:
+    response = await api.client.post(
+        "/v1/xml/sign", data=FORM, headers={**api.auth("signer"), **XML}
+    )
+    assert response.status == 200, await response.text()
+    response = await api.client.post(
+        "/v1/verify", data=await response.read(), headers={**api.auth("verifier"), **XML}
+    )
+    (report,) = (await response.json())["signatures"]
+    assert (report["level"], report["indication"]) == ("B-LT", "TOTAL_PASSED"), report
+    return report
+
+
+async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
+    api_factory: Callable[..., Awaitable[Api]],
+    make_sandbox_pki: MakeSandboxPKI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pki = make_sandbox_pki()
+    async with serve_sandbox_pki(pki):
+        api = await api_factory(Settings(sandbox=SandboxSettings(softhsm=False)), sandbox_pki=pki)
+        await _lists_loaded(api)
+        report = await _sign_and_verify(api)
+        qualification = report["qualification"]
+        assert isinstance(qualification, dict)
+        # The sandbox CA/QC service says QCStatement + QCForESig + QCWithQSCD.
+        assert qualification["signature"] == "QESig", qualification
+        assert qualification["qscd"] is True
+        assert qualification["at_signing_time"]["service"] == "Sidecar Sandbox Issuing CA"
+        assert qualification["qualified_timestamp"] is True
+        (stamp,) = qualification["timestamps"]
+        assert stamp["qualified"] is True and stamp["service"] == "Sidecar Sandbox TSA"
+        assert qualification["trusted_lists"] == "current"
+
+        # The TSA's QTST service withdrawn an hour ago: a new timestamp is not qualified.
+        app = api.client.server.app
+        write_sandbox_lists(pki, tsa_withdrawn=datetime.now(UTC) - timedelta(hours=1))
+        assert await app[TRUST].lists.refresh(app[HTTP_SESSION]) == []
+        report = await _sign_and_verify(api)
+        qualification = report["qualification"]
+        assert qualification["signature"] == "QESig"
+        assert qualification["qualified_timestamp"] is False
+        assert qualification["timestamps"][0]["qualified"] is False
+        assert any("not a granted QTST" in m for m in report["messages"])
+
+        # Once cached, the lists are read with no network at all.
+        def refuse(*args: object, **kwargs: object) -> socket.socket:
+            raise AssertionError("the trusted lists opened a socket")
+
+        cache: ListCache = app[TRUST].lists.cache
+        policy = sandbox_list_policy(ensure_sandbox_lists(pki))
+        with monkeypatch.context() as patch:
+            patch.setattr(socket, "socket", refuse)
+            patch.setattr(socket, "create_connection", refuse)
+            offline = read_lists(cache, policy)
+        assert offline.usable and offline.problems == ()
+        assert {i.key: i.state for i in offline.lists} == {"EU": "current", "LU": "current"}
