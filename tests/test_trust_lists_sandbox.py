@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.api.keys import HTTP_SESSION
 from sidecar.api.timestamps import TRUST
-from sidecar.config import SandboxSettings, Settings
+from sidecar.config import ListSettings, SandboxSettings, Settings, TrustSettings
 from sidecar.sandbox import serve_sandbox_pki
 from sidecar.sandbox.lists import ensure_sandbox_lists, sandbox_list_policy, write_sandbox_lists
 from sidecar.trust.lists import ListCache, read_lists
@@ -37,11 +37,12 @@ async def _lists_loaded(api: Api, deadline: float = 60.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _sign_and_verify(api: Api) -> dict[str, object]:
+async def _sign_and_verify(api: Api, qualification: str) -> dict[str, object]:
     response = await api.client.post(
         "/v1/xml/sign", data=FORM, headers={**api.auth("signer"), **XML}
     )
     assert response.status == 200, await response.text()
+    assert response.headers["X-Signature-Qualification"] == qualification
     response = await api.client.post(
         "/v1/verify", data=await response.read(), headers={**api.auth("verifier"), **XML}
     )
@@ -59,7 +60,7 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
     async with serve_sandbox_pki(pki):
         api = await api_factory(Settings(sandbox=SandboxSettings(softhsm=False)), sandbox_pki=pki)
         await _lists_loaded(api)
-        report = await _sign_and_verify(api)
+        report = await _sign_and_verify(api, "QESig; timestamp=qualified")
         qualification = report["qualification"]
         assert isinstance(qualification, dict)
         # The sandbox CA/QC service says QCStatement + QCForESig + QCWithQSCD.
@@ -75,7 +76,8 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         app = api.client.server.app
         write_sandbox_lists(pki, tsa_withdrawn=datetime.now(UTC) - timedelta(hours=1))
         assert await app[TRUST].lists.refresh(app[HTTP_SESSION]) == []
-        report = await _sign_and_verify(api)
+        # Signing warns by default: signed, and the answer says the timestamp is not qualified.
+        report = await _sign_and_verify(api, "QESig; timestamp=not-qualified")
         qualification = report["qualification"]
         assert qualification["signature"] == "QESig"
         assert qualification["qualified_timestamp"] is False
@@ -94,3 +96,26 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
             offline = read_lists(cache, policy)
         assert offline.usable and offline.problems == ()
         assert {i.key: i.state for i in offline.lists} == {"EU": "current", "LU": "current"}
+
+        # at_signing = "refuse": no signature with a TSA that is not a granted QTST.
+        strict = Settings(
+            sandbox=SandboxSettings(softhsm=False),
+            trust=TrustSettings(lists=ListSettings(at_signing="refuse")),
+        )
+        refusing = await api_factory(strict, sandbox_pki=pki)
+        await _lists_loaded(refusing)
+        headers = {**refusing.auth("signer"), **XML}
+        # Its TSA's chain is not known before its first timestamp: that one is judged
+        # after it, and the signed document is not handed out.
+        response = await refusing.client.post("/v1/xml/sign", data=FORM, headers=headers)
+        assert response.status == 422, await response.text()
+        problem = await response.json()
+        assert problem["code"] == "not_qualified"
+        assert "is not a granted QTST" in problem["detail"]
+        assert response.headers["X-Signature-Qualification"] == "QESig; timestamp=not-qualified"
+        # Now known: refused before signing (no TSA request is spent on it).
+        tsa = refusing.client.server.app[TRUST].tsa
+        before = tsa.attempts(pki.tsa_url)
+        response = await refusing.client.post("/v1/xml/sign", data=FORM, headers=headers)
+        assert response.status == 422
+        assert tsa.attempts(pki.tsa_url) == before
