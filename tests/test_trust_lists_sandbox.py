@@ -11,13 +11,16 @@ import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 
-from sidecar.api.keys import HTTP_SESSION
+from sidecar.api.keys import HTTP_SESSION, PATHS
 from sidecar.api.timestamps import TRUST
 from sidecar.config import ListSettings, SandboxSettings, Settings, TrustSettings
-from sidecar.sandbox import serve_sandbox_pki
+from sidecar.doctor import DoctorContext, Finding, run_doctor
+from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
 from sidecar.sandbox.lists import ensure_sandbox_lists, sandbox_list_policy, write_sandbox_lists
+from sidecar.trust.doctor import check_trusted_lists
 from sidecar.trust.lists import ListCache, read_lists
 from tests.fixtures.daemon import Api
 from tests.fixtures.sandbox import MakeSandboxPKI
@@ -51,6 +54,21 @@ async def _sign_and_verify(api: Api, qualification: str) -> dict[str, object]:
     return report
 
 
+async def _doctor(api: Api, pki: SandboxPKI) -> dict[str, Finding]:
+    app = api.client.server.app
+    async with aiohttp.ClientSession() as session:
+        ctx = DoctorContext(
+            paths=app[PATHS],
+            settings=Settings(),
+            sandbox=True,
+            session=session,
+            timeout=10.0,
+            _sandbox_pki=pki,
+        )
+        report = await run_doctor(ctx, [("trusted-lists", check_trusted_lists)])
+    return {f.check: f for f in report.findings}
+
+
 async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
     api_factory: Callable[..., Awaitable[Api]],
     make_sandbox_pki: MakeSandboxPKI,
@@ -71,6 +89,16 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         (stamp,) = qualification["timestamps"]
         assert stamp["qualified"] is True and stamp["service"] == "Sidecar Sandbox TSA"
         assert qualification["trusted_lists"] == "current"
+        # The doctor: each list's age and state, the signers' and the TSA's qualification.
+        found = await _doctor(api, pki)
+        assert found["trusted-list:LU"].status == "ok", {
+            k: (f.status, f.summary) for k, f in found.items()
+        }
+        assert 0 <= found["trusted-list:LU"].data["age_seconds"] < 600
+        assert "fetched 0 h ago" in found["trusted-list:EU"].summary
+        assert found["qualification:key:sandbox-rsa"].status == "ok"
+        assert found["qualification:key:sandbox-rsa"].summary.startswith("QESig")
+        assert found["qualification:tsa:127.0.0.1"].status == "ok"
 
         # The TSA's QTST service withdrawn an hour ago: a new timestamp is not qualified.
         app = api.client.server.app
@@ -83,6 +111,8 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         assert qualification["qualified_timestamp"] is False
         assert qualification["timestamps"][0]["qualified"] is False
         assert any("not a granted QTST" in m for m in report["messages"])
+        tsa_finding = (await _doctor(api, pki))["qualification:tsa:127.0.0.1"]
+        assert tsa_finding.status == "warn" and "not a granted QTST" in tsa_finding.summary
 
         # Once cached, the lists are read with no network at all.
         def refuse(*args: object, **kwargs: object) -> socket.socket:

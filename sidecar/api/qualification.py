@@ -14,7 +14,7 @@ import logging
 from aiohttp import web
 
 from ..keys import Signer
-from ..signing.qualification import chain_of
+from ..trust.lists import chain_of
 from ..trust.lists.signing import SigningVerdict, judge_signing
 from .problems import Problem
 from .timestamps import TRUST

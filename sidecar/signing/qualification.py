@@ -11,44 +11,16 @@ qualification (``n/a``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from asn1crypto import x509
 
-from ..trust.lists import TrustedLists, qualify_signer, qualify_timestamp
+from ..trust.lists import TrustedLists, chain_of, qualify_signer, qualify_timestamp
 from .report import Indication, SignatureReport
 
-__all__ = ["chain_of", "qualify_reports"]
-
-
-def chain_of(cert: x509.Certificate, pool: Iterable[x509.Certificate]) -> list[x509.Certificate]:
-    """*cert* and its issuers found in *pool* by name (and key identifier when both say
-    one), leaf first. Validation proper is the engines' job: this only finds the CAs."""
-    candidates = list(pool)
-    chain = [cert]
-    # asn1crypto's self_signed is "no", "maybe" (issuer = subject) or "yes".
-    while len(chain) < 10 and chain[-1].self_signed == "no":
-        current = chain[-1]
-        issuer = next(
-            (
-                c
-                for c in candidates
-                if c.subject == current.issuer
-                and (
-                    current.authority_key_identifier is None
-                    or c.key_identifier is None
-                    or current.authority_key_identifier == c.key_identifier
-                )
-                and all(c.sha256 != seen.sha256 for seen in chain)
-            ),
-            None,
-        )
-        if issuer is None:
-            break
-        chain.append(issuer)
-    return chain
+__all__ = ["qualify_reports"]
 
 
 def _lists_state(lists: TrustedLists | None) -> str:

@@ -9,7 +9,13 @@ used only in :mod:`._pyhanko`.
 
 from .cache import ListCache
 from .errors import ListError, ListSignatureInvalid, ListStale, ListUnavailable, ListUnparseable
-from .qualify import SignerQualification, TimestampQualification, qualify_signer, qualify_timestamp
+from .qualify import (
+    SignerQualification,
+    TimestampQualification,
+    chain_of,
+    qualify_signer,
+    qualify_timestamp,
+)
 from .source import (
     LOTL_KEY,
     ListedService,
@@ -36,6 +42,7 @@ __all__ = [
     "TimestampQualification",
     "TrustedLists",
     "bundled_lotl_signers",
+    "chain_of",
     "fetch_lists",
     "qualify_signer",
     "qualify_timestamp",

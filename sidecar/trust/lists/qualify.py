@@ -16,7 +16,7 @@ identity of a TSA/QTST service granted at the token's genTime.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,7 @@ from .source import TrustedLists
 __all__ = [
     "SignerQualification",
     "TimestampQualification",
+    "chain_of",
     "qualify_signer",
     "qualify_timestamp",
 ]
@@ -84,6 +85,34 @@ class TimestampQualification:
 
 
 _TYPES = {QcCertType.QC_ESIGN: "esign", QcCertType.QC_ESEAL: "eseal", QcCertType.QC_WEB: "web"}
+
+
+def chain_of(cert: x509.Certificate, pool: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """*cert* and its issuers found in *pool* by name (and key identifier when both say
+    one), leaf first. Validation proper is the engines' job: this only finds the CAs."""
+    candidates = list(pool)
+    chain = [cert]
+    # asn1crypto's self_signed is "no", "maybe" (issuer = subject) or "yes".
+    while len(chain) < 10 and chain[-1].self_signed == "no":
+        current = chain[-1]
+        issuer = next(
+            (
+                c
+                for c in candidates
+                if c.subject == current.issuer
+                and (
+                    current.authority_key_identifier is None
+                    or c.key_identifier is None
+                    or current.authority_key_identifier == c.key_identifier
+                )
+                and all(c.sha256 != seen.sha256 for seen in chain)
+            ),
+            None,
+        )
+        if issuer is None:
+            break
+        chain.append(issuer)
+    return chain
 
 
 def _path(chain: Sequence[x509.Certificate]) -> ValidationPath:
