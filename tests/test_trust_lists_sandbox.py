@@ -99,6 +99,10 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         assert found["qualification:key:sandbox-rsa"].status == "ok"
         assert found["qualification:key:sandbox-rsa"].summary.startswith("QESig")
         assert found["qualification:tsa:127.0.0.1"].status == "ok"
+        response = await api.client.get("/v1/health", headers=api.auth("all"))
+        card = next(c for c in (await response.json())["checks"] if c["name"] == "trusted-lists")
+        assert card["status"] == "ok", card
+        assert card["detail"] == "EU current, LU current; signatures now: QESig; timestamp=qualified"
 
         # The TSA's QTST service withdrawn an hour ago: a new timestamp is not qualified.
         app = api.client.server.app
@@ -113,6 +117,11 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         assert any("not a granted QTST" in m for m in report["messages"])
         tsa_finding = (await _doctor(api, pki))["qualification:tsa:127.0.0.1"]
         assert tsa_finding.status == "warn" and "not a granted QTST" in tsa_finding.summary
+        # The status page's card (a health check, admin only): degraded, and why.
+        response = await api.client.get("/v1/health", headers=api.auth("all"))
+        card = next(c for c in (await response.json())["checks"] if c["name"] == "trusted-lists")
+        assert card["status"] == "degraded" and "is not a granted QTST" in card["detail"]
+        assert card["data"]["signing"]["qualification"] == "QESig; timestamp=not-qualified"
 
         # Once cached, the lists are read with no network at all.
         def refuse(*args: object, **kwargs: object) -> socket.socket:

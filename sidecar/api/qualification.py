@@ -10,16 +10,24 @@ what the signature will pass as (also when all is well).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..keys import Signer
+from ..health import CheckResult
+from ..keys import KeyLayerError, Signer
 from ..trust.lists import chain_of
 from ..trust.lists.signing import SigningVerdict, judge_signing
 from .problems import Problem
 from .timestamps import TRUST
 
-__all__ = ["HEADER", "after_signing", "before_signing", "signing_verdict"]
+__all__ = [
+    "HEADER",
+    "after_signing",
+    "before_signing",
+    "signing_verdict",
+    "trusted_lists_check",
+]
 
 log = logging.getLogger("sidecar.trust.lists")
 
@@ -63,3 +71,36 @@ def after_signing(app: web.Application, signer: Signer) -> dict[str, str]:
     for problem in verdict.problems:
         log.warning("signing with key %s: %s", signer.id, problem)
     return {HEADER: verdict.header()}
+
+
+def trusted_lists_check(app: web.Application) -> Callable[[], Awaitable[CheckResult]]:
+    """Health check (and status page card): the lists' state and age, and what a
+    signature with the default key and the configured TSAs would pass as now."""
+    from .signing_keys import KEY_REGISTRY
+
+    async def check() -> CheckResult:
+        trust = app[TRUST]
+        assert trust.lists is not None
+        data = trust.lists.as_json()
+        current = trust.lists.current
+        if not current.usable and trust.lists.last_refresh is None and not current.lists:
+            # Nothing cached yet and the first fetch (at start) is under way.
+            return CheckResult("trusted-lists", "ok", "fetching the trusted lists", data)
+        if not current.usable:
+            detail = "; ".join(current.problems) or "no trusted list in use"
+            return CheckResult("trusted-lists", "degraded", detail, data)
+        try:
+            signer = app[KEY_REGISTRY].get(None)
+            verdict = signing_verdict(app, signer)
+        except KeyLayerError:
+            verdict = None  # no default key, or its certificate not read yet
+        if verdict is not None:
+            data["signing"] = {"qualification": verdict.header(), "problems": verdict.problems}
+        lists = ", ".join(f"{i['list']} {i['state']}" for i in data["lists"])
+        problems = [*current.problems, *(verdict.problems if verdict else [])]
+        if problems:
+            return CheckResult("trusted-lists", "degraded", "; ".join(problems), data)
+        said = f"; signatures now: {verdict.header()}" if verdict else ""
+        return CheckResult("trusted-lists", "ok", f"{lists}{said}", data)
+
+    return check

@@ -168,6 +168,10 @@ async def trust_context(app: web.Application) -> AsyncIterator[None]:
             return CheckResult("tsa", "down", "every TSA is failing (circuits open)", data)
 
         app[HEALTH_CHECKS].append(("tsa", check))
+        if trust.lists is not None:
+            from .qualification import trusted_lists_check
+
+            app[HEALTH_CHECKS].append(("trusted-lists", trusted_lists_check(app)))
         yield
 
 
