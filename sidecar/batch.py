@@ -274,4 +274,15 @@ def _line(file: str, signature: dict[str, Any]) -> str:
     return (
         f"{file}: {signature['format']} {signature['level']} "
         f"{signature['indication']}{sub} — {signature.get('signer') or 'unknown signer'}"
+        + _qualification(signature.get("qualification"))
     )
+
+
+def _qualification(found: dict[str, Any] | None) -> str:
+    """`` — QESig, qualified timestamp``: the EU trusted lists' verdict, when in use."""
+    if not found or found.get("trusted_lists") == "not configured":
+        return ""
+    stamp = "qualified timestamp" if found.get("qualified_timestamp") else "timestamp not qualified"
+    if not found.get("timestamps"):
+        stamp = "no timestamp"
+    return f" — {found.get('signature')}, {stamp}"

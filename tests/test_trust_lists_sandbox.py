@@ -7,9 +7,14 @@ Each test has its own sandbox PKI (its lists are rewritten here: the TSA withdra
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -102,7 +107,9 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         response = await api.client.get("/v1/health", headers=api.auth("all"))
         card = next(c for c in (await response.json())["checks"] if c["name"] == "trusted-lists")
         assert card["status"] == "ok", card
-        assert card["detail"] == "EU current, LU current; signatures now: QESig; timestamp=qualified"
+        assert (
+            card["detail"] == "EU current, LU current; signatures now: QESig; timestamp=qualified"
+        )
 
         # The TSA's QTST service withdrawn an hour ago: a new timestamp is not qualified.
         app = api.client.server.app
@@ -158,3 +165,51 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         response = await refusing.client.post("/v1/xml/sign", data=FORM, headers=headers)
         assert response.status == 422
         assert tsa.attempts(pki.tsa_url) == before
+
+
+def _sidecar(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "SIDECAR_HOME": str(home)},
+    )
+
+
+async def test_trust_refresh_then_lists_offline(
+    make_sandbox_pki: MakeSandboxPKI, tmp_path: Path
+) -> None:
+    pki = make_sandbox_pki()
+    lists = ensure_sandbox_lists(pki)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "sidecar.toml").write_text(
+        "[trust.lists]\nenabled = true\n"
+        f'lotl_url = "{lists.lotl_url}"\nlotl_signers = "{lists.directory / "signer.pem"}"\n'
+    )
+    async with serve_sandbox_pki(pki):
+        done = await asyncio.to_thread(_sidecar, home, "trust", "refresh")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.startswith("EU  current  sequence 1")
+        assert "LU  current  sequence 1" in done.stdout and "!" not in done.stdout
+        # A list whose signature no longer verifies is not taken; the cached one stays.
+        lu = lists.directory / "lu.xml"
+        lu.write_bytes(lu.read_bytes().replace(b"Sidecar Sandbox TSA", b"Sidecar Sandbox TSA!", 1))
+        done = await asyncio.to_thread(_sidecar, home, "trust", "refresh")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "! refresh: trusted list LU: XML signature does not verify" in done.stdout
+        assert "LU  current" in done.stdout
+    # The sandbox is no longer served: the cache alone answers.
+    done = await asyncio.to_thread(_sidecar, home, "trust", "lists", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert [(i["list"], i["state"]) for i in report["lists"]] == [
+        ("EU", "current"),
+        ("LU", "current"),
+    ]
+    # A damaged LOTL in the cache (its SHA-256 no longer matches): nothing is used.
+    (home / "trusted-lists" / "EU.xml").write_text("<TrustServiceStatusList>")
+    done = await asyncio.to_thread(_sidecar, home, "trust", "lists")
+    assert done.returncode == 1
+    assert "trusted list EU" in done.stdout

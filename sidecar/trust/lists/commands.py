@@ -44,6 +44,8 @@ def _print(service: ListService, out: TextIO, as_json: bool) -> None:
             f"{item['issued']}, next update {item['next_update']}, "
             f"fetched {item['age_seconds'] // 3600} h ago\n"
         )
+    for problem in report["last_refresh_problems"]:
+        out.write(f"  ! refresh: {problem}\n")
     for problem in report["problems"]:
         out.write(f"  ! {problem}\n")
 

@@ -96,5 +96,6 @@ class ListService:
             "lists": [i.as_json(now) for i in self.current.lists],
             "problems": list(self.current.problems),
             "last_refresh": self.last_refresh.isoformat() if self.last_refresh else None,
+            "last_refresh_problems": list(self.last_refresh_problems),
             "at_signing": self.settings.at_signing,
         }
