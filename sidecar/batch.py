@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -29,7 +28,7 @@ from .api.signing_keys import keys_context
 from .api.timestamps import trust_context
 from .clients import ClientStore, Scope
 from .config import Settings
-from .paths import Paths
+from .paths import Paths, write_atomically
 from .progress import Progress
 from .sandbox.pki import ensure_sandbox_pki
 
@@ -112,16 +111,7 @@ def _default_output(source: Path) -> Path:
 
 def _write_atomically(target: Path, data: bytes) -> None:
     # A signed file is either wholly there or not there: never half-written.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, data)
 
 
 async def _problem_text(response: aiohttp.ClientResponse) -> str:

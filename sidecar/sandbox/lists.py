@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,19 +126,8 @@ def _lang(parent: etree._Element, tag: str, child: str, text: str) -> None:
     _e(_e(parent, tag), child, text, **{"{http://www.w3.org/XML/1998/namespace}lang": "en"})
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _scheme(
-    root: etree._Element, *, sequence: int, territory: str, list_type: str, issued: datetime
-) -> etree._Element:
-    info = _e(root, "SchemeInformation")
-    _e(info, "TSLVersionIdentifier", "5")
-    _e(info, "TSLSequenceNumber", str(sequence))
-    _e(info, "TSLType", f"{_TL}/TSLType/{list_type}")
-    _lang(info, "SchemeOperatorName", "Name", "Sidecar sandbox")
-    address = _e(info, "SchemeOperatorAddress")
+def _address(parent: etree._Element, tag: str) -> None:
+    address = _e(parent, tag)
     postal = _e(
         _e(address, "PostalAddresses"),
         "PostalAddress",
@@ -147,6 +137,21 @@ def _scheme(
     _e(postal, "Locality", "Loopback")
     _e(postal, "CountryName", "LU")
     _lang(address, "ElectronicAddress", "URI", "mailto:sandbox@localhost")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _scheme(
+    root: etree._Element, *, sequence: int, territory: str, list_type: str
+) -> etree._Element:
+    info = _e(root, "SchemeInformation")
+    _e(info, "TSLVersionIdentifier", "5")
+    _e(info, "TSLSequenceNumber", str(sequence))
+    _e(info, "TSLType", f"{_TL}/TSLType/{list_type}")
+    _lang(info, "SchemeOperatorName", "Name", "Sidecar sandbox")
+    _address(info, "SchemeOperatorAddress")
     _lang(info, "SchemeName", "Name", f"{territory}: sidecar sandbox trusted list (tests only)")
     _lang(info, "SchemeInformationURI", "URI", "http://127.0.0.1/")
     _e(info, "StatusDeterminationApproach", f"{_TL}/StatusDetn/EUappropriate")
@@ -186,7 +191,7 @@ def _lotl(
         Id="lotl",
         TSLTag="http://uri.etsi.org/19612/TSLTag",
     )
-    info = _scheme(root, sequence=1, territory="EU", list_type="EUlistofthelists", issued=issued)
+    info = _scheme(root, sequence=1, territory="EU", list_type="EUlistofthelists")
     pointer = _e(_e(info, "PointersToOtherTSL"), "OtherTSLPointer")
     _digital_identity(
         _e(pointer, "ServiceDigitalIdentities"),
@@ -201,12 +206,12 @@ def _lotl(
     rules = _e(_e(more, "OtherInformation"), "SchemeTypeCommunityRules")
     _e(rules, "URI", f"{_TL}/schemerules/EUcommon")
     _e(rules, "URI", f"{_TL}/schemerules/LU")
-    # ListIssueDateTime and NextUpdate come after the pointers in the schema's sequence.
-    _reorder_dates(info, issued)
+    _dates(info, issued)
     return root
 
 
-def _reorder_dates(info: etree._Element, issued: datetime) -> None:
+def _dates(info: etree._Element, issued: datetime) -> None:
+    # ListIssueDateTime and NextUpdate come after PointersToOtherTSL in the schema.
     _e(info, "ListIssueDateTime", _iso(issued))
     _next_update(info, issued + timedelta(days=180))
 
@@ -270,21 +275,12 @@ def _lu(pki: SandboxPKI, issued: datetime, tsa_withdrawn: datetime | None) -> et
         Id="tl-lu",
         TSLTag="http://uri.etsi.org/19612/TSLTag",
     )
-    info = _scheme(root, sequence=1, territory="LU", list_type="EUgeneric", issued=issued)
-    _reorder_dates(info, issued)
+    info = _scheme(root, sequence=1, territory="LU", list_type="EUgeneric")
+    _dates(info, issued)
     tsp = _e(_e(root, "TrustServiceProviderList"), "TrustServiceProvider")
     tsp_info = _e(tsp, "TSPInformation")
     _lang(tsp_info, "TSPName", "Name", "Sidecar sandbox")
-    address = _e(tsp_info, "TSPAddress")
-    postal = _e(
-        _e(address, "PostalAddresses"),
-        "PostalAddress",
-        **{"{http://www.w3.org/XML/1998/namespace}lang": "en"},
-    )
-    _e(postal, "StreetAddress", "127.0.0.1")
-    _e(postal, "Locality", "Loopback")
-    _e(postal, "CountryName", "LU")
-    _lang(address, "ElectronicAddress", "URI", "mailto:sandbox@localhost")
+    _address(tsp_info, "TSPAddress")
     _lang(tsp_info, "TSPInformationURI", "URI", "http://127.0.0.1/")
     services = _e(tsp, "TSPServices")
     ca_der, ca_from = _pem_der(pki.directory / "certs" / "intermediate.pem")
@@ -333,7 +329,11 @@ def write_sandbox_lists(
 def ensure_sandbox_lists(pki: SandboxPKI) -> SandboxLists:
     """The sandbox lists, written and signed at first use."""
     directory = _lists_dir(pki)
-    if (directory / "lu.xml").exists() and (directory / "eu-lotl.xml").exists():
+    lu, lotl = directory / "lu.xml", directory / "eu-lotl.xml"
+    # Re-issued monthly, well before their NextUpdate (180 days): a sandbox kept for
+    # months still has current lists.
+    fresh = time.time() - 30 * 86400
+    if lu.exists() and lotl.exists() and min(lu.stat().st_mtime, lotl.stat().st_mtime) > fresh:
         _, cert = _signer(directory)
         return SandboxLists(
             directory,

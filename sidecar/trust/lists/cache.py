@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from ...paths import write_atomically
 
 __all__ = ["CachedList", "ListCache"]
 
@@ -28,19 +28,6 @@ class CachedList:
     url: str
     fetched: datetime
     xml: str
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ListCache:
@@ -75,7 +62,7 @@ class ListCache:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = xml.encode("utf-8")
         name = f"{key}.xml"
-        _write_atomically(self.directory / name, data)
+        write_atomically(self.directory / name, data)
         index = self._index()
         index[key] = {
             "file": name,
@@ -83,7 +70,7 @@ class ListCache:
             "fetched": fetched.isoformat(),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-        _write_atomically(
+        write_atomically(
             self.directory / _INDEX, json.dumps(index, indent=1, sort_keys=True).encode()
         )
 
