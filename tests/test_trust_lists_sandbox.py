@@ -25,6 +25,7 @@ from sidecar.config import ListSettings, SandboxSettings, Settings, TrustSetting
 from sidecar.doctor import DoctorContext, Finding, run_doctor
 from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
 from sidecar.sandbox.lists import ensure_sandbox_lists, sandbox_list_policy, write_sandbox_lists
+from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
 from sidecar.trust.doctor import check_trusted_lists
 from sidecar.trust.lists import ListCache, read_lists
 from tests.fixtures.daemon import Api
@@ -32,6 +33,7 @@ from tests.fixtures.sandbox import MakeSandboxPKI
 from tests.fixtures.xades import FORM
 
 XML = {"Content-Type": "application/xml"}
+PDF = (BUNDLED_PROFILE_DIR / "samples" / "fee-note.pdf").read_bytes()
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
@@ -94,6 +96,24 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         (stamp,) = qualification["timestamps"]
         assert stamp["qualified"] is True and stamp["service"] == "Sidecar Sandbox TSA"
         assert qualification["trusted_lists"] == "current"
+        # A PAdES B-LT signature likewise.
+        response = await api.client.post(
+            "/v1/pdf/sign?level=B-LT",
+            data=PDF,
+            headers={**api.auth("signer"), "Content-Type": "application/pdf"},
+        )
+        assert response.status == 200, await response.text()
+        assert response.headers["X-Signature-Qualification"] == "QESig; timestamp=qualified"
+        response = await api.client.post(
+            "/v1/verify",
+            data=await response.read(),
+            headers={**api.auth("verifier"), "Content-Type": "application/pdf"},
+        )
+        (pdf_report,) = (await response.json())["signatures"]
+        assert pdf_report["level"] == "B-LT", pdf_report
+        assert pdf_report["qualification"]["signature"] == "QESig"
+        assert pdf_report["qualification"]["qualified_timestamp"] is True
+
         # The doctor: each list's age and state, the signers' and the TSA's qualification.
         found = await _doctor(api, pki)
         assert found["trusted-list:LU"].status == "ok", {
