@@ -233,3 +233,26 @@ async def test_trust_refresh_then_lists_offline(
     done = await asyncio.to_thread(_sidecar, home, "trust", "lists")
     assert done.returncode == 1
     assert "trusted list EU" in done.stdout
+
+
+async def test_lists_refresh_on_their_schedule(
+    api_factory: Callable[..., Awaitable[Api]], make_sandbox_pki: MakeSandboxPKI
+) -> None:
+    pki = make_sandbox_pki()
+    settings = Settings(
+        sandbox=SandboxSettings(softhsm=False),
+        trust=TrustSettings(lists=ListSettings(refresh_interval=1.0)),
+    )
+    async with serve_sandbox_pki(pki):
+        api = await api_factory(settings, sandbox_pki=pki)
+        await _lists_loaded(api)
+        lists = api.client.server.app[TRUST].lists
+        first = lists.last_refresh
+        # The TSA withdrawn on the server: the next scheduled refresh takes it in.
+        write_sandbox_lists(pki, tsa_withdrawn=datetime.now(UTC) - timedelta(hours=1))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 60
+        while lists.current.tsa_certificates(datetime.now(UTC)):
+            assert loop.time() < end, lists.as_json()
+            await asyncio.sleep(0.2)
+        assert lists.last_refresh is not None and lists.last_refresh != first
