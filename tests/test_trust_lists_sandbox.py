@@ -201,7 +201,7 @@ async def test_trust_refresh_then_lists_offline(
     make_sandbox_pki: MakeSandboxPKI, tmp_path: Path
 ) -> None:
     pki = make_sandbox_pki()
-    lists = ensure_sandbox_lists(pki)
+    lists = write_sandbox_lists(pki, sequence=2)
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     (home / "sidecar.toml").write_text(
@@ -212,7 +212,12 @@ async def test_trust_refresh_then_lists_offline(
         done = await asyncio.to_thread(_sidecar, home, "trust", "refresh")
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.startswith("EU  current  sequence 1")
-        assert "LU  current  sequence 1" in done.stdout and "!" not in done.stdout
+        assert "LU  current  sequence 2" in done.stdout and "!" not in done.stdout
+        # An older list (sequence 1) served later does not replace the cached one.
+        write_sandbox_lists(pki, sequence=1)
+        done = await asyncio.to_thread(_sidecar, home, "trust", "refresh")
+        assert "! refresh: trusted list LU: older than the cached copy" in done.stdout
+        assert "LU  current  sequence 2" in done.stdout
         # A list whose signature no longer verifies is not taken; the cached one stays.
         lu = lists.directory / "lu.xml"
         lu.write_bytes(lu.read_bytes().replace(b"Sidecar Sandbox TSA", b"Sidecar Sandbox TSA!", 1))

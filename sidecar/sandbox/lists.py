@@ -268,14 +268,16 @@ def _pem_der(path: Path) -> tuple[bytes, datetime]:
     return der, cert.not_valid_before
 
 
-def _lu(pki: SandboxPKI, issued: datetime, tsa_withdrawn: datetime | None) -> etree._Element:
+def _lu(
+    pki: SandboxPKI, issued: datetime, tsa_withdrawn: datetime | None, sequence: int
+) -> etree._Element:
     root = etree.Element(
         f"{{{_TSL}}}TrustServiceStatusList",
         nsmap={None: _TSL, "ns5": _SIE},
         Id="tl-lu",
         TSLTag="http://uri.etsi.org/19612/TSLTag",
     )
-    info = _scheme(root, sequence=1, territory="LU", list_type="EUgeneric")
+    info = _scheme(root, sequence=sequence, territory="LU", list_type="EUgeneric")
     _dates(info, issued)
     tsp = _e(_e(root, "TrustServiceProviderList"), "TrustServiceProvider")
     tsp_info = _e(tsp, "TSPInformation")
@@ -307,16 +309,20 @@ def _lu(pki: SandboxPKI, issued: datetime, tsa_withdrawn: datetime | None) -> et
 
 
 def write_sandbox_lists(
-    pki: SandboxPKI, *, tsa_withdrawn: datetime | None = None, issued: datetime | None = None
+    pki: SandboxPKI,
+    *,
+    tsa_withdrawn: datetime | None = None,
+    issued: datetime | None = None,
+    sequence: int = 1,
 ) -> SandboxLists:
     """(Re)write and sign the sandbox LOTL and LU list; *tsa_withdrawn*: the TSA's
-    QTST service withdrawn from that time on."""
+    QTST service withdrawn from that time on; *sequence*: the LU list's TSLSequenceNumber."""
     directory = _lists_dir(pki)
     key, cert = _signer(directory)
     issued = issued or datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     lotl_url = f"{pki.base_url}{LIST_ROUTE}/eu-lotl.xml"
     lu_url = f"{pki.base_url}{LIST_ROUTE}/lu.xml"
-    (directory / "lu.xml").write_bytes(_sign(_lu(pki, issued, tsa_withdrawn), key, cert))
+    (directory / "lu.xml").write_bytes(_sign(_lu(pki, issued, tsa_withdrawn, sequence), key, cert))
     (directory / "eu-lotl.xml").write_bytes(_sign(_lotl(pki, cert, lu_url, issued), key, cert))
     return SandboxLists(
         directory,

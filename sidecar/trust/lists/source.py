@@ -355,8 +355,9 @@ async def fetch_lists(
     try:
         fetched = await _download(session, policy.lotl_url, policy.timeout)
         lotl = await asyncio.to_thread(_verify, LOTL_KEY, fetched, signers, now)
-        if _newer(cache, LOTL_KEY, lotl, now, policy, signers):
-            cache.put(LOTL_KEY, policy.lotl_url, now, fetched)
+        await asyncio.to_thread(
+            _store_if_newer, cache, LOTL_KEY, policy.lotl_url, lotl, fetched, now, signers
+        )
         lotl_xml = fetched
     except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as exc:
         problems.append(
@@ -390,30 +391,35 @@ async def fetch_lists(
         except ListError as exc:
             problems.append(str(exc))
             continue
-        if _newer(cache, territory, tl, now, policy, ref.tlso_certs):
-            cache.put(territory, ref.location_uri, now, xml)
-        else:
+        if not await asyncio.to_thread(
+            _store_if_newer, cache, territory, ref.location_uri, tl, xml, now, ref.tlso_certs
+        ):
             problems.append(
                 f"trusted list {territory}: older than the cached copy; kept the cached one"
             )
     return problems
 
 
-def _newer(
+def _store_if_newer(
     cache: ListCache,
     key: str,
+    url: str,
     fetched: _Verified,
+    xml: str,
     now: datetime,
-    policy: ListPolicy,
     signers: Sequence[x509.Certificate],
 ) -> bool:
-    """Whether *fetched* may replace the cached copy (no roll-back to a lower sequence)."""
+    """Store *xml* unless the cached copy has a higher sequence number (no roll-back).
+    Heavy (the cached copy is verified again): run it off the event loop."""
     cached = cache.get(key)
-    if cached is None:
-        return True
-    try:
-        previous = _verify(key, cached.xml, signers, now)
-    except ListError:
-        return True
-    old, new = previous.header.sequence, fetched.header.sequence
-    return old is None or new is None or new >= old
+    if cached is not None:
+        try:
+            previous = _verify(key, cached.xml, signers, now)
+        except ListError:
+            previous = None  # a cached copy that no longer verifies is replaced
+        if previous is not None:
+            old, new = previous.header.sequence, fetched.header.sequence
+            if old is not None and new is not None and new < old:
+                return False
+    cache.put(key, url, now, xml)
+    return True
