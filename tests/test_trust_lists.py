@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pyhanko.sign.validation.qualified import eutl_parse
 
+from sidecar.trust.anchors import TrustAnchors
 from sidecar.trust.lists import (
     LOTL_KEY,
     ListCache,
@@ -26,6 +27,7 @@ from sidecar.trust.lists import (
     read_lists,
 )
 from sidecar.trust.lists import _pyhanko as fenced
+from sidecar.trust.service import with_list_anchors
 
 DATA = Path(__file__).parent / "data" / "trusted-lists"
 LOTL_URL = "https://ec.europa.eu/tools/lotl/eu-lotl.xml"
@@ -192,3 +194,12 @@ def test_pyhanko_private_hooks_still_there() -> None:
     assert eutl_parse.parse_lotl_unsafe(signed).references
     assert not fenced.read_services(signed)  # a LOTL has no TSP
     assert timedelta(0) < header.next_update - header.issued  # type: ignore[operator]
+
+
+def test_with_no_configured_root_every_listed_ca_is_an_anchor(tmp_path: Path) -> None:
+    lists = read_lists(_cache(tmp_path), POLICY, WHEN)
+    listed = lists.ca_certificates(WHEN) + lists.tsa_certificates(WHEN)
+    anchors = with_list_anchors(TrustAnchors.of([]), lists, WHEN)
+    assert {c.sha256 for c in anchors.certificates} == {c.sha256 for c in listed}
+    names = {c.subject.native["common_name"] for c in anchors.certificates}
+    assert "LuxTrust Global Qualified CA 3" in names

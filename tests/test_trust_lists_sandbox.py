@@ -26,8 +26,10 @@ from sidecar.doctor import DoctorContext, Finding, run_doctor
 from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
 from sidecar.sandbox.lists import ensure_sandbox_lists, sandbox_list_policy, write_sandbox_lists
 from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
+from sidecar.trust.anchors import TrustAnchors
 from sidecar.trust.doctor import check_trusted_lists
 from sidecar.trust.lists import ListCache, read_lists
+from sidecar.trust.service import with_list_anchors
 from tests.fixtures.daemon import Api
 from tests.fixtures.sandbox import MakeSandboxPKI
 from tests.fixtures.xades import FORM
@@ -261,3 +263,24 @@ async def test_lists_refresh_on_their_schedule(
             assert loop.time() < end, lists.as_json()
             await asyncio.sleep(0.2)
         assert lists.last_refresh is not None and lists.last_refresh != first
+
+
+def test_a_listed_ca_under_a_configured_root_stays_an_intermediate(
+    make_sandbox_pki: MakeSandboxPKI, tmp_path: Path
+) -> None:
+    pki = make_sandbox_pki()
+    published = write_sandbox_lists(pki)
+    cache = ListCache(tmp_path / "lists")
+    now = datetime.now(UTC)
+    cache.put("EU", published.lotl_url, now, (published.directory / "eu-lotl.xml").read_text())
+    cache.put("LU", published.lu_url, now, (published.directory / "lu.xml").read_text())
+    lists = read_lists(cache, sandbox_list_policy(published), now)
+    listed = lists.ca_certificates(now) + lists.tsa_certificates(now)
+    assert len(listed) == 2  # the issuing CA (CA/QC) and the TSA (QTST)
+    # The sandbox root configured: the issuing CA and the TSA chain to it, so they are
+    # not made anchors (B-LT signatures keep carrying the CA's revocation data).
+    root = TrustAnchors.load([pki.roots_pem])
+    assert with_list_anchors(root, lists, now).certificates == root.certificates
+    # No root configured: both are anchors.
+    alone = with_list_anchors(TrustAnchors.of([]), lists, now)
+    assert {c.sha256 for c in alone.certificates} == {c.sha256 for c in listed}

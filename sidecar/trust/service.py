@@ -21,6 +21,7 @@ import aiohttp
 
 from ..config import TrustSettings, TsaSettings
 from .anchors import TrustAnchors, bundled_anchor_dir
+from .lists.qualify import chain_of
 from .lists.service import ListService
 from .lists.source import ListPolicy, TrustedLists
 from .revocation import RevocationCache, RevocationService
@@ -57,11 +58,20 @@ class TrustServices:
 def with_list_anchors(
     anchors: TrustAnchors, lists: TrustedLists, at: datetime | None = None
 ) -> TrustAnchors:
-    """*anchors* plus the certificates of the CA/QC and TSA/QTST services granted *at*."""
+    """*anchors* plus the certificates of the CA/QC and TSA/QTST services granted *at*
+    that do not already chain to one of *anchors*.
+
+    A listed CA is usually an issuing CA, not a root: made an anchor beside its own
+    root, it would cut the chains short, and B-LT signatures would no longer carry the
+    revocation data of that CA for a verifier that trusts only the root.
+    """
     at = at or datetime.now(UTC)
-    return TrustAnchors.of(
-        [*anchors.certificates, *lists.ca_certificates(at), *lists.tsa_certificates(at)]
-    )
+    listed = [*lists.ca_certificates(at), *lists.tsa_certificates(at)]
+    pool = [*anchors.certificates, *listed]
+    added = [
+        cert for cert in listed if cert not in anchors and chain_of(cert, pool)[-1] not in anchors
+    ]
+    return TrustAnchors.of([*anchors.certificates, *added])
 
 
 def load_anchors(settings: TrustSettings, extra_files: Sequence[Path] = ()) -> TrustAnchors:
