@@ -265,7 +265,7 @@ async def test_lists_refresh_on_their_schedule(
         assert lists.last_refresh is not None and lists.last_refresh != first
 
 
-def test_a_listed_ca_under_a_configured_root_stays_an_intermediate(
+async def test_a_listed_ca_under_a_configured_root_stays_an_intermediate(
     make_sandbox_pki: MakeSandboxPKI, tmp_path: Path
 ) -> None:
     pki = make_sandbox_pki()
