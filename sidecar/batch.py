@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +31,7 @@ from .api.timestamps import trust_context
 from .clients import ClientStore, Scope
 from .config import Settings
 from .i18n import _, current
-from .paths import Paths
+from .paths import Paths, write_atomically
 from .progress import Progress
 from .sandbox.pki import ensure_sandbox_pki
 
@@ -116,16 +115,7 @@ def _default_output(source: Path) -> Path:
 
 def _write_atomically(target: Path, data: bytes) -> None:
     # A signed file is either wholly there or not there: never half-written.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, data)
 
 
 async def _problem_text(response: aiohttp.ClientResponse) -> str:
@@ -362,4 +352,15 @@ def _line(file: str, signature: dict[str, Any]) -> str:
     return (
         f"{file}: {signature['format']} {signature['level']} "
         f"{signature['indication']}{sub} — {signer}"
+        + _qualification(signature.get("qualification"))
     )
+
+
+def _qualification(found: dict[str, Any] | None) -> str:
+    """`` — QESig, qualified timestamp``: the EU trusted lists' verdict, when in use."""
+    if not found or found.get("trusted_lists") == "not configured":
+        return ""
+    stamp = "qualified timestamp" if found.get("qualified_timestamp") else "timestamp not qualified"
+    if not found.get("timestamps"):
+        stamp = "no timestamp"
+    return f" — {found.get('signature')}, {stamp}"

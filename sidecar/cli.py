@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     from .setup.arguments import add_parser as add_setup_parser
 
     add_setup_parser(commands, config_option)
+    from .trust.lists.commands import add_parser as add_trust_parser
+
+    add_trust_parser(commands, config_option)
     return parser
 
 
@@ -361,6 +364,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from .setup.command import setup_command
 
             return setup_command(args, paths)
+        if args.command == "trust":
+            from .trust.lists.commands import trust_command
+
+            return trust_command(args, _settings(paths, args.config), paths, sys.stdout)
         if args.command == "config":
             from .server import validate_for_serve
 

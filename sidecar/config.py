@@ -26,6 +26,7 @@ __all__ = [
     "CnsSettings",
     "ConfigError",
     "LimitSettings",
+    "ListSettings",
     "LogSettings",
     "SandboxSettings",
     "ServerSettings",
@@ -376,6 +377,42 @@ class RevocationSettings:
     refresh_margin: float = 60.0
 
 
+def _territories(value: tuple[str, ...]) -> None:
+    for code in value:
+        if not re.match(r"^[A-Za-z]{2}$", code):
+            raise ValueError(f"{code!r} is not a two-letter territory code such as LU")
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    """``[trust.lists]``: the EU trusted lists (ETSI TS 119 612), cached and used offline."""
+
+    #: Fetch, cache and use the lists (anchors from CA/QC and TSA/QTST services,
+    #: qualification in verify reports, the check at signing).
+    enabled: bool = False
+    #: Where the EU list of trusted lists is published.
+    lotl_url: str = field(
+        default="https://ec.europa.eu/tools/lotl/eu-lotl.xml", metadata={"check": _url}
+    )
+    #: The member states' lists used (two-letter codes as in the LOTL).
+    territories: tuple[str, ...] = field(default=("LU",), metadata={"check": _territories})
+    #: PEM file of the certificates the LOTL may be signed with (default: those
+    #: bundled with pyHanko, from the Official Journal).
+    lotl_signers: Path | None = None
+    #: Where the lists are kept; ``<data dir>/trusted-lists`` when absent.
+    cache_dir: Path | None = None
+    #: Seconds between two refreshes while the daemon runs.
+    refresh_interval: float = field(default=86400.0, metadata={"check": _positive})
+    #: Seconds one download may take.
+    timeout: float = field(default=60.0, metadata={"check": _positive})
+    #: Seconds a list past its NextUpdate is still used, with a warning; after that it
+    #: is refused (0: refused as soon as it is past NextUpdate).
+    stale_grace: float = field(default=7 * 86400.0, metadata={"check": _not_negative})
+    #: At signing, a TSA that is not a granted QTST or a signer whose chain reaches no
+    #: CA/QC on the lists: ``warn`` (sign, and say so) or ``refuse`` (do not sign).
+    at_signing: Literal["warn", "refuse"] = "warn"
+
+
 @dataclass(frozen=True)
 class TrustSettings:
     """``[trust]``: trust anchors, TSAs (``[[trust.tsa]]``), revocation data."""
@@ -392,6 +429,7 @@ class TrustSettings:
     tsa: tuple[TsaSettings, ...] = ()
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
+    lists: ListSettings = field(default_factory=ListSettings)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-__all__ = ["HomeNotWritable", "Paths", "resolve_paths", "unwritable_reason"]
+__all__ = ["HomeNotWritable", "Paths", "resolve_paths", "unwritable_reason", "write_atomically"]
 
 APP_NAME = "sidecar"
 
@@ -36,6 +37,20 @@ class HomeNotWritable(Exception):
             f"(the daemon's user), or give this user write access to it "
             f"(chown/chmod), or point SIDECAR_HOME at a directory of this user's"
         )
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write *target* whole or not at all: a temporary file beside it, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def unwritable_reason(directory: Path) -> str | None:

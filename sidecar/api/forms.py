@@ -26,6 +26,7 @@ from .keys import SETTINGS
 from .multipart import form_parts
 from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
+from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
 from .xml import client_name, xades_options, xml_workers
@@ -171,6 +172,7 @@ async def sign_form_document(request: web.Request) -> web.Response:
     else:
         xml = body
 
+    before_signing(app, signer)  # [trust.lists] at_signing
     signed = await sign_form(
         profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app, client_name(request))
     )
@@ -186,6 +188,7 @@ async def sign_form_document(request: web.Request) -> web.Response:
         headers["X-Form-UUID"] = signed.uuid
     if signed.pdf_level:
         headers["X-Pdf-Signature-Level"] = signed.pdf_level.value
+    headers.update(after_signing(app, signer))
     return web.Response(body=signed.xml, content_type="application/xml", headers=headers)
 
 

@@ -21,6 +21,7 @@ from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import SETTINGS
 from .problems import Problem, bad_parameter, register_problem_mapper
+from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST, tsa_problem
 
@@ -117,6 +118,7 @@ async def sign_pdf(request: web.Request) -> web.Response:
     options = pdf_options(request, app[SETTINGS].signing.pdf_level)
     signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
     body = await read_body(request)
+    before_signing(app, signer)  # [trust.lists] at_signing
     signed = await app[PADES].sign(body, signer, options)
     log.info(
         "signed a PDF at %s with key %s (%d -> %d bytes)",
@@ -128,7 +130,11 @@ async def sign_pdf(request: web.Request) -> web.Response:
     return web.Response(
         body=signed.data,
         content_type="application/pdf",
-        headers={"X-Signature-Level": signed.level.value, "X-Signature-Field": signed.field_name},
+        headers={
+            "X-Signature-Level": signed.level.value,
+            "X-Signature-Field": signed.field_name,
+            **after_signing(app, signer),
+        },
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -31,6 +32,10 @@ from .guards import read_body
 from .keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from .observe import METRICS
 from .problems import Problem, bad_parameter
+
+if TYPE_CHECKING:
+    from ..sandbox import SandboxPKI
+    from ..trust.lists import ListPolicy
 
 __all__ = ["HANDLERS", "TRUST", "create_timestamp", "trust_context", "tsa_problem"]
 
@@ -104,6 +109,14 @@ def tsa_problem(exc: TsaError) -> Problem:
     return Problem(502, "upstream_error", str(exc), **extra)
 
 
+def _sandbox_list_policy(sandbox: SandboxPKI | None) -> ListPolicy | None:
+    if sandbox is None:
+        return None
+    from ..sandbox.lists import ensure_sandbox_lists, sandbox_list_policy
+
+    return sandbox_list_policy(ensure_sandbox_lists(sandbox))
+
+
 async def trust_context(app: web.Application) -> AsyncIterator[None]:
     """Subsystem: build the trust layer; in sandbox mode trust its roots and use its TSA."""
     sandbox = app.get(SANDBOX_PKI)
@@ -114,6 +127,8 @@ async def trust_context(app: web.Application) -> AsyncIterator[None]:
         data_dir=app[PATHS].data_dir,
         extra_anchor_files=[sandbox.roots_pem] if sandbox is not None else [],
         default_tsa_url=sandbox.tsa_url if sandbox is not None else None,
+        # The sandbox publishes its own signed trusted lists (sidecar.sandbox.lists).
+        list_policy=_sandbox_list_policy(sandbox),
         # Every TSA/OCSP/CRL exchange feeds sidecar_upstream_* on /metrics.
         on_exchange=metrics.upstream_done if metrics is not None else None,  # type: ignore[arg-type]
     )
@@ -153,6 +168,10 @@ async def trust_context(app: web.Application) -> AsyncIterator[None]:
             return CheckResult("tsa", "down", "every TSA is failing (circuits open)", data)
 
         app[HEALTH_CHECKS].append(("tsa", check))
+        if trust.lists is not None:
+            from .qualification import trusted_lists_check
+
+            app[HEALTH_CHECKS].append(("trusted-lists", trusted_lists_check(app)))
         yield
 
 

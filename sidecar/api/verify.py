@@ -24,6 +24,7 @@ from asn1crypto import x509
 
 from ..signing.forms import embedded_pdf, embedded_pdf_note
 from ..signing.pades_verify import verify_pdf
+from ..signing.qualification import qualify_reports
 from ..signing.report import SignatureReport
 from ..signing.xades_verify import VerificationPolicy, verify_xml_bounded
 from ..signing.xml_safety import parse_xml
@@ -52,7 +53,14 @@ def _trust_roots(app: web.Application) -> Sequence[x509.Certificate]:
     return []
 
 
-def _report_json(reports: Sequence[SignatureReport], kind: str) -> dict[str, Any]:
+def _report_json(
+    app: web.Application, reports: Sequence[SignatureReport], kind: str
+) -> dict[str, Any]:
+    # Qualification from the EU trusted lists (n/a, "not configured", without them).
+    trust = app.get(TRUST)
+    lists = trust.lists.current if trust is not None and trust.lists is not None else None
+    roots = list(trust.anchors.certificates) if trust is not None else []
+    qualify_reports(reports, lists, roots)
     return {"format": kind, "signatures": [r.as_json() for r in reports]}
 
 
@@ -64,12 +72,12 @@ async def verify_document(request: web.Request) -> web.Response:
     inspector = app[PADES].inspector
     if request.content_type not in _XML:
         reports = await verify_pdf(body, trust_roots=roots, inspector=inspector)
-        return web.json_response(_report_json(reports, "pdf"))
+        return web.json_response(_report_json(app, reports, "pdf"))
     policy = VerificationPolicy(trust_roots=roots, max_size=app[SETTINGS].limits.xml)
     reports = await verify_xml_bounded(
         body, policy, inspector, app[SETTINGS].signing.verify_timeout
     )
-    answer = _report_json(reports, "xml")
+    answer = _report_json(app, reports, "xml")
     # The XML was refused already if it is unsafe; this parse only finds the PDF.
     parsed = await asyncio.to_thread(parse_xml, body, max_size=policy.max_size)
     found = embedded_pdf(parsed.tree, app[PROFILES])
@@ -77,7 +85,7 @@ async def verify_document(request: web.Request) -> web.Response:
         profile, pdf = found
         pdf_reports = await verify_pdf(pdf, trust_roots=roots, inspector=inspector)
         answer["profile"] = profile.name
-        embedded = _report_json(pdf_reports, "pdf")
+        embedded = _report_json(app, pdf_reports, "pdf")
         embedded["profile_level"] = profile.pdf_level.value
         for entry, report in zip(embedded["signatures"], pdf_reports, strict=True):
             # Whether this signature is what the form asks for; ``note`` says why when

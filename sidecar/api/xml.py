@@ -54,6 +54,7 @@ from .guards import read_body
 from .keys import CLIENT, HEALTH_CHECKS, SETTINGS
 from .pdf import PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
+from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
 
@@ -287,6 +288,7 @@ async def sign_xml_with(
         limit = app[SETTINGS].limits.xml
         # Parsing and XSD validation are CPU work: off the event loop.
         await asyncio.to_thread(lambda: check_profile(parse_xml(body, max_size=limit), profile))
+    before_signing(app, signer)  # [trust.lists] at_signing
     trust = app.get(TRUST)
     timestamps = validation = None
     if trust is not None:
@@ -320,7 +322,7 @@ async def sign_xml_document(request: web.Request) -> web.Response:
     return web.Response(
         body=signed,
         content_type="application/xml",
-        headers={"X-Signature-Level": level.value},
+        headers={"X-Signature-Level": level.value, **after_signing(app, signer)},
     )
 
 

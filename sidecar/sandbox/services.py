@@ -8,6 +8,7 @@ relative to :attr:`SandboxPKI.base_url`::
     POST /sandbox/ocsp/{root,intermediate}        RFC 6960, POST only
     GET  /sandbox/crls/{root,intermediate}/latest.crl
     GET  /sandbox/certs/{root,intermediate}/ca.crt   (the caIssuers URLs)
+    GET  /sandbox/lists/{eu-lotl,lu}.xml          its trusted lists (sidecar.sandbox.lists)
 
 Certomancer's handlers sign synchronously (tens of milliseconds each, it reparses the
 RSA key every time); acceptable for a sandbox, but it does block the loop meanwhile.
@@ -60,6 +61,11 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
         # through certomancer's fake-time header; harmless on a sandbox.
         allow_time_override=True,
     )
+    # The sandbox's own trusted lists (sidecar.sandbox.lists), beside TSA/OCSP/CRL.
+    from sidecar.sandbox.lists import add_list_routes, ensure_sandbox_lists
+
+    await asyncio.to_thread(ensure_sandbox_lists, pki)
+    add_list_routes(app, pki)
     runner = web.AppRunner(app)
     try:
         await runner.setup()

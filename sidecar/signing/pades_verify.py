@@ -61,7 +61,7 @@ from .pdf_checks import (
     inspect_pdf,
     quick_guard,
 )
-from .report import Indication, Level, SignatureReport, SubIndication
+from .report import Evidence, Indication, Level, SignatureReport, SubIndication
 from .workers import WorkerLost
 
 __all__ = ["REQUIRE_REVINFO", "VerifyOutcome", "verify_pdf", "verify_pdf_blocking"]
@@ -648,6 +648,11 @@ async def _signature_report(
             "revision": signature.signed_revision,
             "changes_after_signing": changes,
         },
+        evidence=Evidence(
+            cert,
+            tuple(signature.other_embedded_certs),
+            ((ts.timestamp, ts.signing_cert),) if ts is not None else (),
+        ),
     )
 
 

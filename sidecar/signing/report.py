@@ -8,12 +8,21 @@ a vendor sees matches what the CNS's validator says.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["BASELINE_LEVELS", "Indication", "Level", "SignatureReport", "SubIndication"]
+from asn1crypto import x509
+
+__all__ = [
+    "BASELINE_LEVELS",
+    "Evidence",
+    "Indication",
+    "Level",
+    "SignatureReport",
+    "SubIndication",
+]
 
 
 class Indication(StrEnum):
@@ -67,6 +76,17 @@ BASELINE_LEVELS: tuple[Level, ...] = (Level.B_B, Level.B_T, Level.B_LT, Level.B_
 _RANK = {Level.NONE: -1, **{level: rank for rank, level in enumerate(BASELINE_LEVELS)}}
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What judging a signature's qualification needs (never serialised): the signer's
+    certificate, the certificates the document carries, each signature timestamp's
+    genTime and TSA certificate."""
+
+    signer: x509.Certificate
+    certificates: tuple[x509.Certificate, ...] = ()
+    timestamps: tuple[tuple[datetime, x509.Certificate | None], ...] = ()
+
+
 @dataclass
 class SignatureReport:
     """The outcome for one signature in a document."""
@@ -94,9 +114,16 @@ class SignatureReport:
     messages: list[str] = field(default_factory=list)
     #: Engine-specific details (e.g. checks performed), kept JSON-serialisable.
     details: dict[str, Any] = field(default_factory=dict)
+    #: From the EU trusted lists (sidecar.signing.qualification): the signer
+    #: certificate's qualification (QESig, QESeal, AdESig-QC, AdESig, n/a), the QSCD
+    #: indication, and whether each timestamp's TSA was a granted QTST at genTime.
+    qualification: dict[str, Any] | None = None
+    #: Set by the engines for the qualification; not part of the JSON.
+    evidence: Evidence | None = field(default=None, repr=False, compare=False)
 
     def as_json(self) -> dict[str, Any]:
-        entry = asdict(self)
+        entry = asdict(replace(self, evidence=None))
+        entry.pop("evidence")
         for key in ("claimed_signing_time", "timestamp_time"):
             value = getattr(self, key)
             entry[key] = value.isoformat() if value else None

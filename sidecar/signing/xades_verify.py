@@ -57,7 +57,7 @@ from pyhanko_certvalidator.errors import (
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 
 from .pdf_checks import PdfInspector
-from .report import Indication, Level, SignatureReport, SubIndication
+from .report import Evidence, Indication, Level, SignatureReport, SubIndication
 from .tst import TokenContents, read_token
 from .workers import WorkerLost
 from .xades_properties import (
@@ -590,6 +590,11 @@ async def _verify_into(
     # Every stamp here is intact (a broken one raised): it makes the level B-T; a
     # TSA that cannot be validated makes the verdict indeterminate, further down.
     checks["signature_timestamps"] = [s.message for s in signature_stamps]
+    report.evidence = Evidence(
+        cert,
+        tuple(embedded.certificates),
+        tuple((s.contents.gen_time, s.contents.tsa_certificate) for s in signature_stamps),
+    )
     if signature_stamps:
         earliest = min(signature_stamps, key=lambda s: s.contents.gen_time)
         report.timestamp_time = earliest.contents.gen_time

@@ -1,4 +1,5 @@
-"""The trust layer: trust anchors, the RFC 3161 client, and revocation data (OCSP/CRL).
+"""The trust layer: trust anchors, the RFC 3161 client, revocation data (OCSP/CRL), and
+the EU trusted lists (:mod:`sidecar.trust.lists`: anchors and qualification).
 
 Engines use :class:`TrustServices`: ``tsa.timestamp(digest, algorithm)`` or
 ``tsa.timestamper()`` (pyHanko) for B-T, ``revocation.revocation_info(chain)`` or

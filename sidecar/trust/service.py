@@ -1,4 +1,4 @@
-"""The trust layer as one object: anchors, the TSA client, revocation data.
+"""The trust layer as one object: anchors, the TSA client, revocation data, the EU lists.
 
 :func:`open_trust` builds it from ``[trust]`` and tears it down (closes the
 revocation cache). It knows nothing of the HTTP API: the API layer's cleanup
@@ -8,31 +8,70 @@ sandbox roots and TSA URL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 
 from ..config import TrustSettings, TsaSettings
 from .anchors import TrustAnchors, bundled_anchor_dir
+from .lists.qualify import chain_of
+from .lists.service import ListService
+from .lists.source import ListPolicy, TrustedLists
 from .revocation import RevocationCache, RevocationService
 from .tsa import TimeStampClient, TsaEndpoint
 
-__all__ = ["REVOCATION_CACHE_FILE", "TrustServices", "load_anchors", "open_trust"]
+__all__ = [
+    "REVOCATION_CACHE_FILE",
+    "TrustServices",
+    "load_anchors",
+    "open_trust",
+    "with_list_anchors",
+]
 
 log = logging.getLogger("sidecar.trust")
 
 REVOCATION_CACHE_FILE = "revocation.sqlite3"
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrustServices:
     anchors: TrustAnchors
     tsa: TimeStampClient
     revocation: RevocationService
+    #: The EU trusted lists, when ``[trust.lists] enabled`` (or the sandbox's).
+    lists: ListService | None = None
+
+    def use_anchors(self, anchors: TrustAnchors) -> None:
+        """Replace the anchors everywhere (the trusted lists changed)."""
+        self.anchors = anchors
+        self.tsa.anchors = anchors
+        self.revocation.anchors = anchors
+
+
+def with_list_anchors(
+    anchors: TrustAnchors, lists: TrustedLists, at: datetime | None = None
+) -> TrustAnchors:
+    """*anchors* plus the certificates of the CA/QC and TSA/QTST services granted *at*
+    that do not already chain to one of *anchors*.
+
+    A listed CA is usually an issuing CA, not a root: made an anchor beside its own
+    root, it would cut the chains short, and B-LT signatures would no longer carry the
+    revocation data of that CA for a verifier that trusts only the root.
+    """
+    at = at or datetime.now(UTC)
+    listed = [*lists.ca_certificates(at), *lists.tsa_certificates(at)]
+    pool = [*anchors.certificates, *listed]
+    added = [
+        cert for cert in listed if cert not in anchors and chain_of(cert, pool)[-1] not in anchors
+    ]
+    return TrustAnchors.of([*anchors.certificates, *added])
 
 
 def load_anchors(settings: TrustSettings, extra_files: Sequence[Path] = ()) -> TrustAnchors:
@@ -53,11 +92,15 @@ async def open_trust(
     extra_anchor_files: Sequence[Path] = (),
     default_tsa_url: str | None = None,
     on_exchange: Callable[[str, str, float], None] | None = None,
+    list_policy: ListPolicy | None = None,
 ) -> AsyncIterator[TrustServices]:
     """Anchors, TSA client and revocation service, ready; the cache closed on exit.
 
     *default_tsa_url* (the sandbox TSA) is used when ``[[trust.tsa]]`` names none;
     *on_exchange(upstream, outcome, seconds)* hears of every TSA/OCSP/CRL exchange.
+    With ``[trust.lists] enabled`` (or a *list_policy*, the sandbox's lists), the cached
+    trusted lists are loaded (no network), their granted CA/QC and TSA/QTST services
+    join the anchors, and a background task refreshes them every ``refresh_interval``.
     Raises ValueError / :class:`~sidecar.trust.anchors.AnchorError` for an unusable
     configuration, before anything is started.
     """
@@ -78,6 +121,7 @@ async def open_trust(
         refresh_margin=rev.refresh_margin,
     )
     await cache.open()
+    refresher: asyncio.Task[None] | None = None
     try:
         # Issuers fetched before (a TSA's CA) are kept on disk: a restart must not
         # depend on the host that serves them.
@@ -99,6 +143,25 @@ async def open_trust(
         revocation = RevocationService(
             session, anchors, cache, timeout=rev.timeout, on_exchange=on_exchange
         )
-        yield TrustServices(anchors, tsa, revocation)
+        services = TrustServices(anchors, tsa, revocation)
+        if settings.lists.enabled or list_policy is not None:
+            lists = ListService(settings.lists, data_dir, policy=list_policy)
+            configured = anchors
+            lists.on_change = lambda current: services.use_anchors(
+                with_list_anchors(configured, current)
+            )
+            await lists.load()
+            services.lists = lists
+            log.info(
+                "trusted lists: %s, %d anchor(s) in all",
+                ", ".join(f"{i.key} {i.state}" for i in lists.current.lists) or "none cached",
+                len(services.anchors),
+            )
+            refresher = asyncio.create_task(lists.run(session), name="trusted-lists-refresh")
+        yield services
     finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
         await cache.close()

@@ -1053,10 +1053,18 @@ class TimeStampClient:
         self._timestamper: CheckedTimeStamper | None = None
         #: Validated TSA certificate paths (what is kept and how long: TsaPathCache).
         self.paths = TsaPathCache()
+        #: Per TSA URL, the chain of its last checked token (the trusted lists judge it).
+        self.last_chains: dict[str, tuple[x509.Certificate, ...]] = {}
 
     @property
     def anchors(self) -> TrustAnchors:
         return self._anchors
+
+    @anchors.setter
+    def anchors(self, anchors: TrustAnchors) -> None:
+        # The trusted lists changed (sidecar.trust.lists); the path cache keys on the
+        # anchors object, so nothing validated against the old set is reused.
+        self._anchors = anchors
 
     @property
     def endpoints(self) -> tuple[TsaEndpoint, ...]:
@@ -1226,6 +1234,7 @@ class TimeStampClient:
         )
         for cert in token.chain:
             self._known_certs.register(cert)
+        self.last_chains[endpoint.url] = tuple(token.chain)
         return RelayedReply(reply, token)
 
     async def _post(self, tsa: _Tsa, body: bytes) -> bytes:
