@@ -32,6 +32,7 @@ from .keys import (
     SANDBOX_PKI,
     SETTINGS,
 )
+from .protocol import install_protocol
 
 __all__ = ["HANDLERS", "SANDBOX_DIR", "SUBSYSTEMS", "create_app"]
 
@@ -126,6 +127,11 @@ def create_app(
         middlewares=middlewares(),
         # aiohttp's own ceiling; each route's lower limit is enforced by the guards.
         client_max_size=max(limits.json, limits.xml, limits.pdf, limits.form, limits.timestamp),
+    )
+    install_protocol(
+        app,
+        header_timeout=settings.server.header_timeout,
+        keepalive_timeout=settings.server.keepalive_timeout,
     )
     app[SETTINGS] = settings
     app[PATHS] = paths
