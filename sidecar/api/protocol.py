@@ -17,7 +17,8 @@ listed in :data:`PRIVATE_HOOKS` and checked by ``tests/test_http_surface.py``
   connection's :class:`~aiohttp.web.RequestHandler` from;
 - ``RequestHandler.handle_error(request, status, exc, message)``, which renders the
   parser's refusals, and its state ``_request_count`` (heads parsed on this
-  connection), ``_request_in_progress`` and ``_messages`` (heads parsed, not handled).
+  connection), ``_waiter`` (set while it waits for the next request) and ``_messages``
+  (heads parsed, not handled yet).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ PRIVATE_HOOKS: tuple[tuple[str, str], ...] = (
     ("web.Server", "_loop"),
     ("web.RequestHandler", "handle_error"),
     ("web.RequestHandler", "_request_count"),
-    ("web.RequestHandler", "_request_in_progress"),
+    ("web.RequestHandler", "_waiter"),
     ("web.RequestHandler", "_messages"),
 )
 
@@ -118,9 +119,10 @@ class _Connection(web.RequestHandler):
             self._arm_header_timer()
 
     def _awaiting_head(self) -> bool:
-        # Bytes that arrive while a request is handled (or queued) are its body or a
-        # pipelined head; only bytes on an otherwise idle connection start a head.
-        return not self._request_in_progress and not self._messages
+        # Only bytes that arrive while the connection waits for its next request start
+        # a head: others are a body being handled or drained, or a pipelined head.
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
 
     def _arm_header_timer(self) -> None:
         if self._header_timeout > 0:
