@@ -352,6 +352,19 @@ async def test_real_gzip_body_is_read(api: Api) -> None:
     assert (await problem(response))["code"] == "malformed_xml"
 
 
+async def test_undecodable_token_is_401(api: Api) -> None:
+    # Found by the fuzz test: a token with bytes that are not UTF-8 was a 500.
+    for token in (b"\xff\xfeabc", "é".encode(), b"abc\x7f"):
+        answer = await exchange(
+            api,
+            b"GET /v1/uuids HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + token + b"\r\n\r\n",
+        )
+        status, headers, body = parse_answer(answer)
+        assert status in (400, 401), (token, answer[:200])
+        assert headers["content-type"] == PROBLEM
+
+
 # 5. Nothing secret in the log; log files 0600 --------------------------------------------
 
 

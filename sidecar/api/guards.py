@@ -180,12 +180,17 @@ async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # Tokens are printable ASCII; other bytes (undecodable ones included) name no client.
+    if scheme.lower() != "bearer" or not token.strip() or not _printable_ascii(token):
         raise Problem(
             401,
             "unauthorized",
