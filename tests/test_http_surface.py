@@ -360,7 +360,7 @@ async def test_undecodable_token_is_401(api: Api) -> None:
             b"GET /v1/uuids HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             b"Authorization: Bearer " + token + b"\r\n\r\n",
         )
-        status, headers, body = parse_answer(answer)
+        status, headers, _body = parse_answer(answer)
         assert status in (400, 401), (token, answer[:200])
         assert headers["content-type"] == PROBLEM
 
