@@ -341,6 +341,23 @@ async def test_gzip_declared_on_plain_body_is_400(api: Api) -> None:
     assert (await problem(response))["code"] == "malformed_body"
 
 
+async def test_undecodable_unread_body_is_no_daemon_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Refused before its body is read (no token): aiohttp drains the body afterwards.
+    body = b"not gzip at all" * 10
+    answer = await exchange(
+        api,
+        b"POST /v1/verify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n"
+        b"Content-Encoding: gzip\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+    )
+    assert parse_answer(answer)[0] == 401
+    await asyncio.sleep(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 async def test_real_gzip_body_is_read(api: Api) -> None:
     response = await api.client.post(
         "/v1/verify",

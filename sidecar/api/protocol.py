@@ -16,9 +16,10 @@ listed in :data:`PRIVATE_HOOKS` and checked by ``tests/test_http_surface.py``
 - ``web.Server._kwargs`` / ``web.Server._loop``, what ``Server.__call__`` builds a
   connection's :class:`~aiohttp.web.RequestHandler` from;
 - ``RequestHandler.handle_error(request, status, exc, message)``, which renders the
-  parser's refusals, and its state ``_request_count`` (heads parsed on this
-  connection), ``_waiter`` (set while it waits for the next request) and ``_messages``
-  (heads parsed, not handled yet).
+  parser's refusals; ``RequestHandler.log_exception(*args, exc_info=...)``; and the
+  handler's state ``_request_count`` (heads parsed on this connection), ``_waiter``
+  (set while it waits for the next request) and ``_messages`` (heads parsed, not
+  handled yet).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ PRIVATE_HOOKS: tuple[tuple[str, str], ...] = (
     ("web.Server", "_kwargs"),
     ("web.Server", "_loop"),
     ("web.RequestHandler", "handle_error"),
+    ("web.RequestHandler", "log_exception"),
     ("web.RequestHandler", "_request_count"),
     ("web.RequestHandler", "_waiter"),
     ("web.RequestHandler", "_messages"),
@@ -157,6 +159,16 @@ class _Connection(web.RequestHandler):
         )
         log.info("closed a connection whose request head took over %g s", self._header_timeout)
         self.force_close()
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        # aiohttp drains a body the handler left unread after answering; one it cannot
+        # decode (a lying Content-Encoding, bad chunking) is the client's fault, not
+        # an "Unhandled exception" of the daemon's.
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            log.info("dropped an unread request body that cannot be decoded")
+            return
+        super().log_exception(*args, **kwargs)
 
     def handle_error(
         self,
