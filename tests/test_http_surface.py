@@ -5,6 +5,7 @@ HTTP parser's own refusals as problem+json, read timeouts on raw sockets, 4xx (n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -21,16 +22,9 @@ from sidecar.api import protocol
 from sidecar.config import ServerSettings, Settings
 from sidecar.logs import configure_logging
 from tests.fixtures.daemon import Api
+from tests.test_api_guards import problem
 
 PROBLEM = "application/problem+json"
-
-
-async def problem(response) -> dict:  # type: ignore[no-untyped-def]
-    assert response.content_type == PROBLEM, await response.text()
-    body = await response.json()
-    assert body["status"] == response.status
-    assert body["type"].endswith(body["code"])
-    return body
 
 
 def address(api: Api) -> tuple[str, int]:
@@ -385,12 +379,11 @@ async def test_undecodable_token_is_401(api: Api) -> None:
 # 5. Nothing secret in the log; log files 0600 --------------------------------------------
 
 
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    """The daemon's logging configured to a file, as ``sidecar serve`` does it."""
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[Path]:
+    """The daemon's logging configured to *path*, as ``sidecar serve`` does; then undone."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    path = tmp_path / "logs" / "sidecar.log"
     configure_logging("debug", "text", path)
     try:
         yield path
@@ -401,6 +394,12 @@ def log_file(tmp_path: Path) -> Iterator[Path]:
         for handler in saved[0]:
             root.addHandler(handler)
         root.setLevel(saved[1])
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    with logging_to(tmp_path / "logs" / "sidecar.log") as path:
+        yield path
 
 
 async def test_overlong_authorization_is_not_logged(api: Api, log_file: Path) -> None:
@@ -437,14 +436,6 @@ def test_existing_log_file_is_made_0600(tmp_path: Path) -> None:
     path = tmp_path / "old.log"
     path.write_text("")
     path.chmod(0o644)
-    root = logging.getLogger()
-    saved = list(root.handlers)
-    try:
-        configure_logging("info", "text", path)
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        for handler in saved:
-            root.addHandler(handler)
+    with logging_to(path):
+        pass
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
