@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.api import protocol
+from sidecar.cns.simulator import KEPT_BOOKINGS, CnsSimulator
 from sidecar.config import ServerSettings, Settings
 from sidecar.logs import configure_logging
 from tests.fixtures.daemon import Api
@@ -439,3 +441,20 @@ def test_existing_log_file_is_made_0600(tmp_path: Path) -> None:
     with logging_to(path):
         pass
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# 6. Memory ------------------------------------------------------------------------------
+
+
+def test_sandbox_simulator_keeps_a_bounded_number_of_bodies(stand_in_xsd: Path) -> None:
+    # The main process of `serve --sandbox` grew by every fee note the simulator booked
+    # (~70 KiB each, kept forever): the tracemalloc finding of issue 15.
+    simulator = CnsSimulator(xsd=stand_in_xsd)
+    for index in range(KEPT_BOOKINGS + 100):
+        key = str(uuid.UUID(int=index, version=4))
+        simulator.bookings[key] = b"x" * 1000
+        simulator.booking_counts[key] += 1
+    assert len(simulator.bookings) == KEPT_BOOKINGS
+    assert simulator.stats()["bookings"] == KEPT_BOOKINGS + 100
+    newest = str(uuid.UUID(int=KEPT_BOOKINGS + 99, version=4))
+    assert simulator.bookings[newest] == b"x" * 1000
