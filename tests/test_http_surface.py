@@ -84,6 +84,15 @@ async def test_host_guard_still_takes_loopback(api: Api, host: str) -> None:
     assert (await api.client.get("/v1/health", headers={"Host": host})).status == 200
 
 
+async def test_host_guard_takes_a_configured_ipv6_in_any_spelling(api_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(server=ServerSettings(allowed_hosts=("2001:DB8:0::1", "Praxis.LU")))
+    api = await api_factory(settings)
+    for host in ("[2001:db8::1]:7420", "[2001:0db8:0:0:0:0:0:1]", "praxis.lu"):
+        assert (await api.client.get("/v1/health", headers={"Host": host})).status == 200, host
+    for host in ("2001:db8::1", "[2001:db8::2]"):
+        assert (await api.client.get("/v1/health", headers={"Host": host})).status == 403, host
+
+
 # 2. The HTTP parser's own errors ---------------------------------------------------------
 
 MALFORMED = {

@@ -147,6 +147,14 @@ def _host_name(host_header: str) -> str | None:
     return str(match["name"])
 
 
+def _configured_host(host: str) -> str:
+    """A configured name or address as :func:`_host_name` spells it (IPv6 compressed)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host.lower()
+
+
 @web.middleware
 async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse DNS-rebinding (a foreign Host) and browsers from foreign origins."""
@@ -154,9 +162,9 @@ async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamR
     host_header = request.headers.get("Host")
     if host_header is not None:
         name = _host_name(host_header)
-        allowed = {h.lower() for h in server.allowed_hosts}
+        allowed = {_configured_host(h) for h in server.allowed_hosts}
         if not server.is_loopback:
-            allowed.add(server.host.lower())
+            allowed.add(_configured_host(server.host))
         if name is None or not (is_loopback_host(name) or name in allowed):
             raise Problem(403, "forbidden", "the Host header names no address of this daemon")
     origin = request.headers.get("Origin")
