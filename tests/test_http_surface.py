@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import json
 import logging
 import os
 import stat
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from sidecar import memory
 from sidecar.api import protocol
 from sidecar.cns.simulator import KEPT_BOOKINGS, CnsSimulator
 from sidecar.config import ServerSettings, Settings
@@ -467,3 +470,28 @@ def test_sandbox_simulator_keeps_a_bounded_number_of_bodies(stand_in_xsd: Path) 
     assert simulator.stats()["bookings"] == KEPT_BOOKINGS + 100
     newest = str(uuid.UUID(int=KEPT_BOOKINGS + 99, version=4))
     assert simulator.bookings[newest] == b"x" * 1000
+
+
+def test_freed_memory_is_given_back() -> None:
+    """What "does not give it back" was, beyond the simulator: glibc's free lists."""
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    assert sys.platform.startswith("linux") and memory.give_back()  # CI: Linux, glibc
+    blocks = [bytes(2000) + bytes([index % 256]) for index in range(40_000)]  # ~80 MiB
+    kept = blocks[::50]  # a block kept here and there: the heap cannot shrink from its top
+    del blocks
+    gc.collect()
+    freed = rss_mib()
+    assert memory.give_back()
+    assert rss_mib() < freed - 30, (freed, rss_mib())
+    assert len(kept) == 800
+
+
+async def test_the_daemon_trims_periodically(api: Api) -> None:
+    # The trimming task runs for as long as the app does.
+    names = [task.get_coro().__name__ for task in asyncio.all_tasks()]  # type: ignore[union-attr]
+    assert "trim_periodically" in names
