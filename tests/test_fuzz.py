@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -723,8 +724,6 @@ async def fuzz_api(
     sandbox_services: SandboxPKI,
     real_cns_simulator: SimulatorThread,
 ) -> Api:
-    import dataclasses
-
     settings = sandbox_cns_settings(real_cns_simulator.url)
     # Short read timeouts, so that a truncated raw request is answered 408 quickly.
     settings = dataclasses.replace(
