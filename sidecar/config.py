@@ -123,6 +123,15 @@ class ServerSettings:
     allowed_origins: tuple[str, ...] = field(default=(), metadata={"check": _origin})
     #: Seconds a graceful stop waits for requests under way.
     shutdown_timeout: float = field(default=30.0, metadata={"check": _positive})
+    #: Seconds a client has to send a whole request head (line and headers), from
+    #: the connection's start or a later request's first byte; then 408 and close.
+    header_timeout: float = field(default=60.0, metadata={"check": _positive})
+    #: Seconds a request body may stall (no byte received) before 408 and close.
+    body_timeout: float = field(default=60.0, metadata={"check": _positive})
+    #: Seconds an idle keep-alive connection is kept open between requests. Longer
+    #: than the idle timeouts of common HTTP clients (.NET 1-2 min, Go 90 s), so that
+    #: they, not the daemon, close it and never reuse a connection just closed.
+    keepalive_timeout: float = field(default=300.0, metadata={"check": _positive})
 
     @property
     def is_loopback(self) -> bool:

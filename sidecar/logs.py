@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -20,6 +21,9 @@ from typing import Any
 
 __all__ = [
     "JsonLinesFormatter",
+    "LibraryExceptionText",
+    "PrivateFileHandler",
+    "PrivateRotatingFileHandler",
     "SecretMask",
     "configure_logging",
     "current_request_id",
@@ -77,6 +81,47 @@ class SecretMask(logging.Filter):
         return True
 
 
+class LibraryExceptionText(logging.Filter):
+    """Keep only the type of an exception logged by aiohttp, not its message.
+
+    aiohttp logs the errors of its HTTP parser with a message quoting up to ~100
+    bytes of the offending line, an ``Authorization`` header included. Our own
+    handlers log by type already; this catches a path that is not ours.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("aiohttp") and record.exc_info and record.exc_info[0]:
+            record.msg = f"{record.getMessage()} ({record.exc_info[0].__name__})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _private_file(file: Path) -> None:
+    """Create *file* readable by its owner only (0600), or make it so."""
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.close(fd)
+    if os.name == "posix":
+        os.chmod(file, 0o600)
+
+
+class PrivateFileHandler(logging.FileHandler):
+    """A log file created 0600: a log line may name a patient's message or a client."""
+
+    def _open(self) -> Any:  # logging's hook, called for each (re)opening
+        _private_file(Path(self.baseFilename))
+        return super()._open()
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """:class:`PrivateFileHandler`, rotating: each new file is created 0600 too."""
+
+    def _open(self) -> Any:
+        _private_file(Path(self.baseFilename))
+        return super()._open()
+
+
 class JsonLinesFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any extras."""
 
@@ -119,13 +164,14 @@ def configure_logging(level: str = "info", fmt: str = "text", file: Path | None 
     """Send the ``sidecar`` loggers (and aiohttp's) to stderr or *file*."""
     handler: logging.Handler
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(file, encoding="utf-8")
+        file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handler = PrivateFileHandler(file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLinesFormatter() if fmt == "json" else _TextFormatter())
     handler.addFilter(RequestIdFilter())
     handler.addFilter(SecretMask())
+    handler.addFilter(LibraryExceptionText())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

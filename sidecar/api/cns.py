@@ -30,7 +30,7 @@ import hashlib
 import logging
 import time
 import uuid as uuid_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -302,6 +302,15 @@ def _since(raw: str) -> float:
     return moment.timestamp()
 
 
+def _count(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
+        raise bad_parameter(name, f"an integer from {low} to {high}")
+    return int(raw)
+
+
 async def list_messages(request: web.Request) -> web.Response:
     """Paged with ``limit`` (1-1000, default 100) and the opaque cursor ``after``."""
     runtime = _runtime(request)
@@ -314,13 +323,9 @@ async def list_messages(request: web.Request) -> web.Response:
             allowed = ", ".join(s.value for s in Status)
             raise bad_parameter("status", f"one of {allowed}") from None
     since = _since(query["since"]) if "since" in query else None
-    try:
-        limit = int(query.get("limit", "100"))
-        after = int(query.get("after", "0"))
-    except ValueError:
-        raise bad_parameter("limit", "limit and after are integers") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_parameter("limit", f"must be between 1 and {MAX_PAGE}")
+    limit = _count(query, "limit", 100, 1, MAX_PAGE)
+    # The cursor is a row id: SQLite's integers end at 2**63 - 1.
+    after = _count(query, "after", 0, 0, 2**63 - 1)
     messages = await runtime.outbox.run(
         runtime.outbox.list, status=status, since=since, after=after, limit=limit
     )

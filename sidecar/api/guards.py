@@ -9,6 +9,9 @@ passed all of these.
 
 from __future__ import annotations
 
+import asyncio
+import email.message
+import ipaddress
 import logging
 import re
 import time
@@ -125,6 +128,9 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
         else:
             response = _internal_error(request, exc, request_id)
     response.headers["X-Request-Id"] = request_id
+    if response.headers.get("Connection") == "close":
+        # A body left unread or unreadable: the connection cannot carry another request.
+        response.force_close()
     if request.app[SETTINGS].log.access:
         client = request.get(CLIENT)
         access_log.info(
@@ -141,13 +147,34 @@ async def errors_and_ids(request: web.Request, handler: Handler) -> web.StreamRe
     return response
 
 
-def _host_name(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):  # [::1]:7420
-        return host[1 : host.find("]")] if "]" in host else host
-    if host.count(":") == 1:
-        return host.rsplit(":", 1)[0]
-    return host
+# RFC 9110 Host: a name or an IPv4 address, or an IPv6 literal in brackets; then
+# optionally ":" and a port. Nothing else: "[::1].evil.example" is no loopback name.
+_HOST = re.compile(
+    r"(?:(?P<name>[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)|\[(?P<ipv6>[0-9a-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?",
+)
+
+
+def _host_name(host_header: str) -> str | None:
+    """The host of a ``Host`` header, or ``None`` when the header is not exactly one."""
+    match = _HOST.fullmatch(host_header.strip().lower())
+    if match is None:
+        return None
+    if match["port"] is not None and int(match["port"]) > 65535:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            return str(ipaddress.IPv6Address(match["ipv6"]))
+        except ValueError:
+            return None
+    return str(match["name"])
+
+
+def _configured_host(host: str) -> str:
+    """A configured name or address as :func:`_host_name` spells it (IPv6 compressed)."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host.lower()
 
 
 @web.middleware
@@ -157,10 +184,10 @@ async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamR
     host_header = request.headers.get("Host")
     if host_header is not None:
         name = _host_name(host_header)
-        allowed = {h.lower() for h in server.allowed_hosts}
+        allowed = {_configured_host(h) for h in server.allowed_hosts}
         if not server.is_loopback:
-            allowed.add(server.host.lower())
-        if not (is_loopback_host(name) or name in allowed):
+            allowed.add(_configured_host(server.host))
+        if name is None or not (is_loopback_host(name) or name in allowed):
             raise Problem(403, "forbidden", N_("the Host header names no address of this daemon"))
     origin = request.headers.get("Origin")
     if origin is None:
@@ -185,12 +212,17 @@ async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
 def _bearer(request: web.Request) -> str | None:
     header = request.headers.get("Authorization")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    # Tokens are printable ASCII; other bytes (undecodable ones included) name no client.
+    if scheme.lower() != "bearer" or not token.strip() or not _printable_ascii(token):
         raise Problem(
             401,
             "unauthorized",
@@ -269,20 +301,66 @@ async def body_rules(request: web.Request, handler: Handler) -> web.StreamRespon
             params={"given": request.content_type, "accepted": " or ".join(op.request_types)},
             accepted=list(op.request_types),
         )
+    if request.content_type == "multipart/form-data":
+        _check_boundary(request.headers.get("Content-Type", ""))
     return await handler(request)
+
+
+# RFC 2046 section 5.1.1: 1-70 of these, the last not a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+def _check_boundary(content_type: str) -> None:
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
+        raise Problem(
+            400,
+            "bad_parameter",
+            "Content-Type: a multipart body needs a boundary of 1-70 ASCII letters, "
+            "digits or '()+_,-./:=? (RFC 2046)",
+            parameter="boundary",
+        )
 
 
 async def read_body(request: web.Request) -> bytes:
     """The whole body, refused with 413 as soon as it passes the route's limit.
 
     Content-Length was checked by :func:`body_rules`; this also bounds a chunked
-    body, which declares no length.
+    body, which declares no length. A body that stalls longer than
+    ``[server] body_timeout`` between two reads gets 408; one aiohttp cannot
+    decode (bad chunking, a ``Content-Encoding`` it does not match) gets 400.
     """
     op: Operation = request[OPERATION]
     limit = _limit(request, op)
+    stall = request.app[SETTINGS].server.body_timeout
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
+    while True:
+        try:
+            async with asyncio.timeout(stall):
+                chunk = await request.content.read(64 * 1024)
+        except TimeoutError:
+            raise Problem(
+                408,
+                "body_timeout",
+                f"the body stalled: no byte for {stall:g} s",
+                headers={"Connection": "close"},
+            ) from None
+        except web.RequestPayloadError:
+            # The rest of the body is unreadable: end it here, so that aiohttp does
+            # not try to drain it after the answer (and log that as unhandled).
+            request.content.feed_eof()
+            # Not aiohttp's message: it may quote bytes of the body.
+            raise Problem(
+                400,
+                "malformed_body",
+                "the body cannot be read: its chunked framing or Content-Encoding is invalid",
+                headers={"Connection": "close"},
+            ) from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise Problem(
@@ -292,7 +370,6 @@ async def read_body(request: web.Request) -> bytes:
                 params={"limit": limit},
             )
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def not_implemented(op: Operation) -> Handler:

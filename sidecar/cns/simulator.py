@@ -265,6 +265,24 @@ class _Dropped(Exception):
     """The connection was dropped on purpose."""
 
 
+#: Booked documents the simulator keeps (each ~70 KiB with its PDF): a bound, so that
+#: a long-running sandbox does not grow by every note it books.
+KEPT_BOOKINGS = 256
+
+
+class _Recent(dict[str, bytes]):
+    """A dict that forgets its oldest entry past *size* entries."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        if key not in self and len(self) >= self.size:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
 class CnsSimulator:
     """The simulator's state and its aiohttp application (:meth:`app`)."""
 
@@ -285,8 +303,9 @@ class CnsSimulator:
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not secrets
         #: Idempotency key → the first answer.
         self.answers: dict[str, _Answer] = {}
-        #: Fee note UUID → the booked document (once, ever).
-        self.bookings: dict[str, bytes] = {}
+        #: Fee note UUID → the booked document, for the last :data:`KEPT_BOOKINGS` notes
+        #: (``booking_counts`` keeps every UUID): ``serve --sandbox`` runs for days.
+        self.bookings: dict[str, bytes] = _Recent(KEPT_BOOKINGS)
         #: Fee note UUID → how many times it was booked (the tests want 1).
         self.booking_counts: Counter[str] = Counter()
         #: Fee note UUID → the cancellation's UUID.
@@ -316,7 +335,7 @@ class CnsSimulator:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "bookings": len(self.bookings),
+            "bookings": len(self.booking_counts),
             "booking_counts": dict(self.booking_counts),
             "cancellations": dict(self.cancellations),
             "requests": dict(self.requests),
@@ -447,7 +466,7 @@ class CnsSimulator:
 
     async def _cancel(self, request: web.Request, key: str, body: bytes) -> _Answer:
         note = request.match_info["uuid"].lower()
-        if note not in self.bookings:
+        if note not in self.booking_counts:
             return _rejection(404, key, [("UNKNOWN_FEE_NOTE", "mémoire d'honoraires inconnu")])
         if note in self.cancellations:
             return _rejection(409, key, [("ALREADY_CANCELLED", "déjà annulé")])

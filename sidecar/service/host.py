@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from ..config import ConfigError, Settings
-from ..logs import SecretMask, configure_logging
+from ..logs import (
+    LibraryExceptionText,
+    PrivateRotatingFileHandler,
+    SecretMask,
+    configure_logging,
+)
 from ..paths import Paths
 
 __all__ = ["LOG_FILE_BACKUPS", "LOG_FILE_BYTES", "ServiceHost", "StatusReporter", "file_handler"]
@@ -44,8 +49,8 @@ class StatusReporter(Protocol):
 
 def file_handler(log_dir: Path, formatter: logging.Formatter | None) -> logging.Handler:
     """The service's rotating log file (``sidecar.log`` + 5 backups of 10 MiB backups)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handler = PrivateRotatingFileHandler(
         log_dir / "sidecar.log",
         maxBytes=LOG_FILE_BYTES,
         backupCount=LOG_FILE_BACKUPS,
@@ -54,6 +59,7 @@ def file_handler(log_dir: Path, formatter: logging.Formatter | None) -> logging.
     if formatter is not None:
         handler.setFormatter(formatter)
     handler.addFilter(SecretMask())
+    handler.addFilter(LibraryExceptionText())
     return handler
 
 

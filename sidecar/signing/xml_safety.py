@@ -238,9 +238,28 @@ def _detect_encoding(data: bytes) -> str:
         return "utf-8"
     name = match.group(1).decode("ascii")
     try:
-        return codecs.lookup(name).name
+        codec = codecs.lookup(name).name
     except LookupError:
         raise MalformedXml(f"unknown encoding {name!r}", line=1, column=1) from None
+    if not _expat_reads(name):
+        # expat reads UTF-8, UTF-16 and single-byte encodings; UTF-7, UTF-32 and the
+        # multi-byte Asian ones it refuses with a bare ValueError.
+        raise MalformedXml(
+            f"encoding {name!r} is not supported (use UTF-8 or UTF-16)", line=1, column=1
+        )
+    return codec
+
+
+@functools.lru_cache(maxsize=64)
+def _expat_reads(encoding: str) -> bool:
+    parser = expat.ParserCreate()
+    try:
+        parser.Parse(f'<?xml version="1.0" encoding="{encoding}"?><a/>'.encode("ascii"), True)
+    except ValueError:
+        return False
+    except expat.ExpatError:
+        pass  # the encoding is read; a mismatch with the bytes is reported later
+    return True
 
 
 def _check_fast(data: bytes, namespaces: NamespaceBounds) -> None:
