@@ -11,9 +11,9 @@ paths and methods. Every answer must be either a success or problem+json with a
 stable code, never a 5xx other than the documented upstream 502/503/504, and never
 show the token or a path of the machine.
 
-Mutated *signed PDFs* have their own test, :func:`test_fuzz_signed_pdf_mutations`:
-the PDF engine answers some of them 500 today (the ``realpdf`` work); that test
-lists each such answer by its cause.
+Mutated *signed PDFs* have their own test, :func:`test_fuzz_signed_pdf_mutations`
+(600 more requests, another seed): the class of input that once got 500s from the PDF
+engine; a failure there lists each bad answer by its cause.
 """
 
 from __future__ import annotations
