@@ -85,6 +85,7 @@ from pyhanko_certvalidator.policy_decl import (
 )
 from pyhanko_certvalidator.util import get_relevant_crl_dps, issuer_serial
 
+from ..storage import open_private, storage_error
 from .anchors import TrustAnchors
 
 __all__ = [
@@ -219,7 +220,7 @@ class RevocationCache:
 
     def _open_db(self) -> None:
         assert self._database is not None
-        self._database.parent.mkdir(parents=True, exist_ok=True)
+        open_private(self._database)
         db = sqlite3.connect(self._database, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -230,8 +231,15 @@ class RevocationCache:
             " PRIMARY KEY (kind, key, seq))"
         )
         now = self._now().isoformat()
-        with db:
-            db.execute("DELETE FROM revinfo WHERE expires <= ?", (now,))
+        try:
+            with db:
+                db.execute("DELETE FROM revinfo WHERE expires <= ?", (now,))
+        except sqlite3.Error as exc:
+            # A full or read-only disk: the expired rows stay (they are never served) and
+            # the cache works from memory; anything else is a real fault.
+            if storage_error("revocation cache", exc) is None:
+                raise
+            log.warning("revocation cache: cannot write to its file: %s", exc)
         rows = db.execute(
             "SELECT kind, key, der, this_update, expires, refresh_at FROM revinfo "
             "ORDER BY kind, key, seq"

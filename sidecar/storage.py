@@ -1,0 +1,217 @@
+"""What every SQLite store (outbox, audit journal, revocation cache) shares: private
+files, and one meaning for "the disk cannot take this write".
+
+Files: :func:`open_private` creates a store's database ``0600`` before SQLite opens
+it, and tightens an existing one (and its ``-wal``/``-shm``) to ``0600``. SQLite
+creates its ``-wal`` and ``-shm`` files with the database file's own permissions, so
+no process-wide umask is needed (a umask would race with the other threads that
+write files meant to be readable, such as the sandbox's ``roots.pem``).
+
+Failures: a full disk, a file system remounted read-only or an I/O error reach the
+stores as ``sqlite3.OperationalError`` (``SQLITE_FULL``, ``SQLITE_READONLY``,
+``SQLITE_IOERR``...) or ``OSError`` (``ENOSPC``, ``EROFS``...). :func:`storage_error`
+turns them into :class:`StorageUnavailable`, which the API answers
+``503 storage_unavailable``; :class:`StoreHealth` remembers the last such failure so
+that ``/v1/health`` can say degraded until a write succeeds again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "LOW_DISK_BYTES",
+    "DiskSpace",
+    "StorageUnavailable",
+    "StoreHealth",
+    "WriteTransaction",
+    "disk_space",
+    "open_private",
+    "storage_error",
+]
+
+log = logging.getLogger("sidecar.storage")
+
+#: Free space under which the disk counts as short (or 5 % of a smaller file system).
+LOW_DISK_BYTES = 100 * 1024 * 1024
+
+_SQLITE_STORAGE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+_OS_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+
+
+class StorageUnavailable(Exception):
+    """A store cannot write: the disk is full, read-only or failing. Nothing was changed."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"the {store} cannot write: {reason}")
+        self.store = store
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str | None:
+    """Why *exc* means the disk refused a write, in a few words; None if it does not."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF not in _SQLITE_STORAGE_CODES:
+            return None
+        return {
+            sqlite3.SQLITE_FULL: "the disk is full",
+            sqlite3.SQLITE_READONLY: "the file system is read-only",
+        }.get(code & 0xFF, "the disk reported an I/O error")
+    if isinstance(exc, OSError) and exc.errno in _OS_STORAGE_ERRNOS:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "the disk is full"
+        return "the file system is read-only" if exc.errno == errno.EROFS else "I/O error"
+    return None
+
+
+def storage_error(store: str, exc: BaseException) -> StorageUnavailable | None:
+    """*exc* as a :class:`StorageUnavailable` of *store*, or None if it is another error."""
+    reason = _reason(exc)
+    return StorageUnavailable(store, reason) if reason is not None else None
+
+
+def open_private(path: Path) -> None:
+    """Make sure *path* (a SQLite database) and its WAL files are ``0600`` (POSIX).
+
+    Called before ``sqlite3.connect``: a new database is created empty with mode 0600
+    (SQLite accepts an empty file as a new database, and gives its ``-wal``/``-shm``
+    the same mode); an existing one made by an older version is tightened.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.name != "posix":
+        return  # Windows: the ACLs of the data directory decide
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if exc.errno not in _OS_STORAGE_ERRNOS:
+            raise
+        return  # a read-only disk: SQLite opens what is there, and says so on write
+    os.close(fd)
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _OS_STORAGE_ERRNOS:
+                raise
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    free: int
+    total: int
+
+    @property
+    def short(self) -> bool:
+        return self.free < min(LOW_DISK_BYTES, self.total // 20)
+
+
+def disk_space(path: Path) -> DiskSpace:
+    usage = shutil.disk_usage(path)
+    return DiskSpace(free=usage.free, total=usage.total)
+
+
+class StoreHealth:
+    """The last write failure of one store, cleared by the next write that succeeds."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._failure: StorageUnavailable | None = None
+        self._since = 0.0
+
+    def failed(self, exc: StorageUnavailable) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._since = time.time()
+            self._failure = exc
+
+    def wrote(self) -> None:
+        with self._lock:
+            self._failure = None
+
+    @property
+    def failure(self) -> StorageUnavailable | None:
+        with self._lock:
+            return self._failure
+
+    @property
+    def failing_since(self) -> float | None:
+        with self._lock:
+            return self._since if self._failure is not None else None
+
+
+class WriteTransaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on a store's connection, under its lock.
+
+    Any error rolls back. A full, read-only or failing disk is raised as
+    :class:`StorageUnavailable` (nothing changed) and noted in *health*; a commit that
+    changed rows clears it (an empty transaction writes nothing, so proves nothing).
+    IMMEDIATE takes the write lock at once, so that a CLI or a second daemon on the same
+    file waits instead of failing halfway through.
+    """
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, health: StoreHealth) -> None:
+        self._db = db
+        self._lock = lock
+        self._health = health
+        self._changes = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._changes = self._db.total_changes
+        except BaseException as exc:
+            self._lock.release()
+            self._raise_storage(exc)
+            raise
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, _tb: object) -> None:
+        try:
+            if exc is not None:
+                self._rollback()
+                self._raise_storage(exc)
+                return  # the original exception propagates
+            wrote = self._db.total_changes != self._changes
+            try:
+                self._db.execute("COMMIT")
+            except BaseException as commit_error:
+                self._rollback()
+                self._raise_storage(commit_error)
+                raise
+            if wrote:
+                self._health.wrote()
+        finally:
+            self._lock.release()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("%s: rollback failed", self._health.store, exc_info=True)
+
+    def _raise_storage(self, exc: BaseException) -> None:
+        unavailable = storage_error(self._health.store, exc)
+        if unavailable is not None:
+            self._health.failed(unavailable)
+            raise unavailable from exc
