@@ -30,15 +30,15 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import logging
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .storage import StoreHealth, WriteTransaction, open_private
+from .storage import SqliteStore, WriteTransaction, storage_error
 
 __all__ = [
     "GENESIS_HASH",
@@ -48,6 +48,8 @@ __all__ = [
     "SourceEvent",
     "VerifyReport",
 ]
+
+log = logging.getLogger("sidecar.audit")
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
@@ -72,15 +74,15 @@ CREATE TABLE IF NOT EXISTS head (
     seq  INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sources (
-    name TEXT PRIMARY KEY,
-    seq  INTEGER NOT NULL
-);
 CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 """
+
+#: Per source of imported events, the last one the journal holds.
+_SOURCES = "CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+_SCHEMA += _SOURCES + ";\n"
 
 _FIELDS = (
     "seq",
@@ -178,24 +180,30 @@ class SourceEvent(Protocol):
 class AuditJournal:
     """The journal in one SQLite file."""
 
-    def __init__(self, path: Path, *, health: StoreHealth | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
+        self._store = SqliteStore(path, "audit journal", synchronous="FULL")
         #: The last write failure (full or read-only disk), for ``/v1/health``.
-        self.health = health or StoreHealth("audit journal")
-        open_private(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self.health = self._store.health
+        self._lock = self._store.lock
         # Creates only what is missing: nothing is written to an existing journal here,
-        # so that a daemon restarted on a full disk still opens it.
-        self._db.executescript(_SCHEMA)
+        # so that a daemon restarted on a full disk still opens it. (A journal from
+        # before ``sources`` gets it with the first import that can write.)
+        try:
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            if storage_error(self.health.store, exc) is None:
+                raise
+            log.warning("audit journal: schema update waits for a disk that takes writes")
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._store.db
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
     def append(
         self,
@@ -233,6 +241,7 @@ class AuditJournal:
         each event is journaled exactly once, whoever (daemon, CLI) imports and however
         a process ends. Returns ``(entries added, last event seq held)``."""
         with self._transaction():
+            self._db.execute(_SOURCES)
             row = self._db.execute("SELECT seq FROM sources WHERE name = ?", (source,)).fetchone()
             last = row[0] if row else 0
             events = fetch(last)
@@ -264,13 +273,14 @@ class AuditJournal:
     def probe(self) -> None:
         """A real write that adds no entry, to learn whether the disk takes writes again."""
         with self._transaction():
+            self._db.execute(_SOURCES)
             self._db.execute(
                 "INSERT INTO sources (name, seq) VALUES ('probe', 1) "
                 "ON CONFLICT (name) DO UPDATE SET seq = seq + 1"
             )
 
     def _transaction(self) -> WriteTransaction:
-        return WriteTransaction(self._db, self._lock, self.health)
+        return self._store.transaction()
 
     def _insert(self, fields: dict[str, Any]) -> dict[str, Any]:
         """One chained entry, inside a transaction; its stored values."""

@@ -7,6 +7,13 @@ creates its ``-wal`` and ``-shm`` files with the database file's own permissions
 no process-wide umask is needed (a umask would race with the other threads that
 write files meant to be readable, such as the sandbox's ``roots.pem``).
 
+Connections: :class:`SqliteStore` opens a store in WAL mode. On a disk so full that
+SQLite cannot create the ``-shm`` wal-index (a restart with the disk full), it opens
+the file in exclusive locking mode, where SQLite keeps the wal-index in memory: the
+daemon reads its outbox and comes up degraded instead of dying. Once a write has gone
+through again, the store reconnects normally, so that the CLI and ``doctor`` can open
+the file beside the daemon again.
+
 Failures: a full disk, a file system remounted read-only or an I/O error reach the
 stores as ``sqlite3.OperationalError`` (``SQLITE_FULL``, ``SQLITE_READONLY``,
 ``SQLITE_IOERR``...) or ``OSError`` (``ENOSPC``, ``EROFS``...). :func:`storage_error`
@@ -30,6 +37,7 @@ from pathlib import Path
 __all__ = [
     "LOW_DISK_BYTES",
     "DiskSpace",
+    "SqliteStore",
     "StorageUnavailable",
     "StoreHealth",
     "WriteTransaction",
@@ -137,6 +145,8 @@ class StoreHealth:
         self._lock = threading.Lock()
         self._failure: StorageUnavailable | None = None
         self._since = 0.0
+        #: Transactions that wrote, since the start.
+        self.writes = 0
 
     def failed(self, exc: StorageUnavailable) -> None:
         with self._lock:
@@ -147,6 +157,7 @@ class StoreHealth:
     def wrote(self) -> None:
         with self._lock:
             self._failure = None
+            self.writes += 1
 
     @property
     def failure(self) -> StorageUnavailable | None:
@@ -215,3 +226,76 @@ class WriteTransaction:
         if unavailable is not None:
             self._health.failed(unavailable)
             raise unavailable from exc
+
+
+class SqliteStore:
+    """One store's SQLite connection (WAL), its lock and its health.
+
+    Blocking; every use of :attr:`db` holds :attr:`lock` (writes through
+    :meth:`transaction`)."""
+
+    def __init__(
+        self, path: Path, name: str, *, synchronous: str = "FULL", timeout: float = 5.0
+    ) -> None:
+        self.path = path
+        self.health = StoreHealth(name)
+        self.lock = threading.Lock()
+        self._synchronous = synchronous
+        self._timeout = timeout
+        open_private(path)
+        self.db, self.exclusive = self._connect()
+        self._writes_at_open = self.health.writes
+
+    def _connect(self) -> tuple[sqlite3.Connection, bool]:
+        db = self._open()
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db, False
+        except sqlite3.Error as exc:
+            db.close()
+            unavailable = storage_error(self.health.store, exc)
+            if unavailable is None:
+                raise
+            self.health.failed(unavailable)
+        # No room for the -shm file: exclusive mode keeps the wal-index in memory.
+        log.warning(
+            "%s: opened exclusively (the disk is full or read-only): the command line "
+            "cannot open it beside the daemon until a write has gone through",
+            self.health.store,
+        )
+        db = self._open()
+        try:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error as exc:
+            db.close()
+            unavailable = storage_error(self.health.store, exc)
+            raise unavailable or exc from exc
+        return db, True
+
+    def _open(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._timeout
+        )
+
+    def transaction(self) -> WriteTransaction:
+        """A write transaction (see :class:`WriteTransaction`)."""
+        if self.exclusive and self.health.writes > self._writes_at_open:
+            self._share_again()
+        return WriteTransaction(self.db, self.lock, self.health)
+
+    def _share_again(self) -> None:
+        with self.lock:
+            self.db.close()
+            self.db, self.exclusive = self._connect()
+            self._writes_at_open = self.health.writes
+        if not self.exclusive:
+            log.info("%s: the disk takes writes again; the file is shared again", self.health.store)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()

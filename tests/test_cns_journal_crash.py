@@ -54,7 +54,8 @@ def journal_view(home: Path, *, with_pending: bool) -> tuple[dict[str, list[str]
         ).fetchone()
         outcomes: dict[str, list[str]] = {}
         for uuid, outcome in journal.execute(
-            "SELECT uuid, outcome FROM entries WHERE operation LIKE 'cns.%' ORDER BY seq"
+            "SELECT uuid, outcome FROM entries WHERE operation LIKE 'cns.%' "
+            "AND operation NOT LIKE 'cns.pid.%' ORDER BY seq"
         ):
             outcomes.setdefault(uuid, []).append(outcome)
         pending = outbox.execute(

@@ -5,9 +5,10 @@ the change (``events`` table); this module copies them into the journal with
 :meth:`AuditJournal.import_events`, which records in the same journal transaction how
 far it got. So whatever kills the process, and whenever the journal's disk refuses a
 write, every outbox state has its journal entry, at the latest after the next copy:
-right after each change (:meth:`JournalFeed.flush`, awaited by :meth:`Outbox.run`),
-every :data:`POLL_SECONDS` (events written by ``sidecar outbox retry`` or left by a
-crash or a full disk), at start and at stop.
+right after each change (:meth:`Outbox.run` kicks the feed, which copies in the
+background: the caller does not wait for a second fsync), every :data:`POLL_SECONDS`
+(events written by ``sidecar outbox retry`` or left by a crash or a full disk), at
+start and at stop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from ..audit import AuditJournal
 from ..storage import StorageUnavailable
@@ -51,6 +53,8 @@ class JournalFeed:
         self.journal = journal
         self.poll_seconds = poll_seconds
         self._lock = asyncio.Lock()
+        self._kicked = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._held = 0
         self._pruned = 0
@@ -59,15 +63,17 @@ class JournalFeed:
     async def start(self) -> None:
         """Copy what a crash left behind, then keep copying; outbox changes call back."""
         await self.flush()
-        self.outbox.after_events = self.flush
+        self.outbox.on_events = self._kicked.set
         self._task = asyncio.create_task(self._poll(), name="journal-feed")
 
     async def stop(self) -> None:
-        self.outbox.after_events = None
+        # A flag, not a cancellation: Python 3.11's wait_for can lose a cancellation that
+        # lands as the event it waits on is set (as every outbox change sets it).
+        self.outbox.on_events = None
+        self._stopping = True
+        self._kicked.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
         await self.flush()
 
     async def flush(self) -> None:
@@ -86,11 +92,18 @@ class JournalFeed:
             self._failing = False
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_seconds)
+        last_prune = time.monotonic()
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._kicked.wait()
+            if self._stopping:
+                return
+            self._kicked.clear()
             try:
                 await self.flush()
-                if self._held > self._pruned:
+                if self._held > self._pruned and time.monotonic() - last_prune > self.poll_seconds:
+                    last_prune = time.monotonic()
                     await self.outbox.run(self.outbox.prune_events, self._held)
                     self._pruned = self._held
             except StorageUnavailable:

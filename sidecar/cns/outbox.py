@@ -45,9 +45,8 @@ import hashlib
 import json
 import logging
 import sqlite3
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..migrations import Migration, migrate
-from ..storage import StorageUnavailable, StoreHealth, WriteTransaction, open_private
+from ..storage import SqliteStore, StorageUnavailable, WriteTransaction
 
 __all__ = [
     "FINAL",
@@ -296,23 +295,14 @@ def _message(row: tuple[Any, ...], body: bytes | None = None) -> Message:
 class Outbox:
     """The outbox database. Methods are blocking; call them through :meth:`run`."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        clock: Callable[[], float] = time.time,
-        health: StoreHealth | None = None,
-    ) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        #: The last write failure (full or read-only disk), for ``/v1/health``.
-        self.health = health or StoreHealth("outbox")
-        open_private(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, which is what makes 202 mean durable.
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._store = SqliteStore(path, "outbox", synchronous="FULL", timeout=30)
+        #: The last write failure (full or read-only disk), for ``/v1/health``.
+        self.health = self._store.health
+        self._lock = self._store.lock
         migrate(self._db, _MIGRATIONS, store="outbox", backup=True)
         (self.store_id,) = self._db.execute(
             "SELECT value FROM meta WHERE key = 'store_id'"
@@ -322,27 +312,30 @@ class Outbox:
         self._unrecorded: dict[str, dict[str, Any]] = {}
         #: A recovery (rows left ``sending``) the disk refused at start: done at the next claim.
         self._recovery_due = False
-        #: Called (on the loop, awaited) after a :meth:`run` that wrote journal events.
-        self.after_events: Callable[[], Awaitable[None]] | None = None
+        #: Called (on the loop) after a :meth:`run` that wrote journal events.
+        self.on_events: Callable[[], None] | None = None
         self._events_written = 0
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking method on the outbox's thread; then hand its journal events on."""
+        """Run a blocking method on the outbox's thread; then say it wrote journal events."""
         loop = asyncio.get_running_loop()
         before = self._events_written
         try:
             return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
         finally:
-            if self._events_written != before and self.after_events is not None:
-                await self.after_events()
+            if self._events_written != before and self.on_events is not None:
+                self.on_events()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._store.db
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
     def _transaction(self) -> WriteTransaction:
-        return WriteTransaction(self._db, self._lock, self.health)
+        return self._store.transaction()
 
     def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[Message]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM messages {where}", args).fetchall()  # noqa: S608

@@ -157,7 +157,10 @@ class DeliveryWorker:
                     if claimed or closed:
                         continue  # there may be more
                 timeout = await self._idle_seconds()
-            except Exception:  # the loop must survive a bad row or a full disk
+            except StorageUnavailable as exc:  # a full disk: wait for room, quietly
+                log.warning("CNS delivery waits: %s", exc)
+                timeout = self.poll_seconds
+            except Exception:  # the loop must survive a bad row
                 log.exception("CNS delivery loop error; retrying shortly")
                 timeout = self.poll_seconds
             self._wake.clear()

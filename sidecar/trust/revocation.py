@@ -209,7 +209,13 @@ class RevocationCache:
         """Open the database and load the entries still valid into memory."""
         if self._database is None:
             return
-        await asyncio.to_thread(self._open_db)
+        try:
+            await asyncio.to_thread(self._open_db)
+        except sqlite3.Error as exc:
+            # A full or read-only disk (no room for the WAL index): serve from memory.
+            if storage_error("revocation cache", exc) is None:
+                raise
+            log.warning("revocation cache: cannot open its file, memory only: %s", exc)
 
     async def close(self) -> None:
         for task in list(self._inflight.values()):
@@ -348,7 +354,7 @@ class RevocationCache:
         try:
             await asyncio.to_thread(self._store_db, kind, key, entry)
         except sqlite3.Error as exc:  # the memory copy still serves; say why the disk did not
-            log.warning("revocation cache: cannot write to %s: %s", self._database, exc)
+            log.warning("revocation cache: cannot write to its file: %s", exc)
         return ders
 
     def _entry(self, kind: Kind, ders: tuple[bytes, ...]) -> _Entry:
