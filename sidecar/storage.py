@@ -31,6 +31,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,58 +244,97 @@ class SqliteStore:
         self._synchronous = synchronous
         self._timeout = timeout
         open_private(path)
-        self.db, self.exclusive = self._connect()
+        #: ``shared`` (normal), ``exclusive`` (no room for the -shm file) or ``read-only``.
+        self.mode = "shared"
+        self.db = self._connect()
         self._writes_at_open = self.health.writes
 
-    def _connect(self) -> tuple[sqlite3.Connection, bool]:
-        db = self._open()
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return db, False
-        except sqlite3.Error as exc:
-            db.close()
-            unavailable = storage_error(self.health.store, exc)
-            if unavailable is None:
-                raise
-            self.health.failed(unavailable)
-        # No room for the -shm file: exclusive mode keeps the wal-index in memory.
-        log.warning(
-            "%s: opened exclusively (the disk is full or read-only): the command line "
-            "cannot open it beside the daemon until a write has gone through",
-            self.health.store,
+    def _connect(self) -> sqlite3.Connection:
+        """Shared if the disk allows, else exclusive, else read-only (sets :attr:`mode`)."""
+        attempts: tuple[tuple[str, Callable[[], sqlite3.Connection]], ...] = (
+            ("shared", self._shared),
+            # No room for the -shm file: exclusive mode keeps the wal-index in memory.
+            ("exclusive", self._exclusive),
+            # A read-only file system with no -shm file: only an immutable read works,
+            # which is safe there (nobody can write); writes fail until a reconnect.
+            ("read-only", self._read_only),
         )
-        db = self._open()
+        for mode, connect in attempts:
+            try:
+                db = connect()
+            except sqlite3.Error as exc:
+                unavailable = storage_error(self.health.store, exc)
+                if unavailable is None or mode == "read-only":
+                    raise unavailable or exc from exc
+                self.health.failed(unavailable)
+                continue
+            if mode != "shared":
+                log.warning(
+                    "%s opened %s (the disk is full or read-only): the command line cannot "
+                    "open it beside the daemon until the disk takes writes again",
+                    self.health.store,
+                    mode,
+                )
+            self.mode = mode
+            return db
+        raise AssertionError("unreachable")
+
+    def _shared(self) -> sqlite3.Connection:
+        return self._checked(self._open(self.path), "")
+
+    def _exclusive(self) -> sqlite3.Connection:
+        return self._checked(self._open(self.path), "PRAGMA locking_mode=EXCLUSIVE")
+
+    def _read_only(self) -> sqlite3.Connection:
+        db = self._open(f"file:{self.path}?mode=ro&immutable=1", uri=True)
+        return self._checked(db, "", wal=False)
+
+    def _checked(
+        self, db: sqlite3.Connection, first: str, *, wal: bool = True
+    ) -> sqlite3.Connection:
         try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            if first:
+                db.execute(first)
+            if wal and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
-        except sqlite3.Error as exc:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
             db.close()
-            unavailable = storage_error(self.health.store, exc)
-            raise unavailable or exc from exc
-        return db, True
+            raise
+        return db
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, target: Path | str, *, uri: bool = False) -> sqlite3.Connection:
         return sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self._timeout
+            target, isolation_level=None, check_same_thread=False, timeout=self._timeout, uri=uri
         )
 
     def transaction(self) -> WriteTransaction:
-        """A write transaction (see :class:`WriteTransaction`)."""
-        if self.exclusive and self.health.writes > self._writes_at_open:
-            self._share_again()
+        """A write transaction (see :class:`WriteTransaction`).
+
+        Opened exclusive on a full disk: shared again once a write went through. Opened
+        read-only: every write first tries to reconnect, so that a file system
+        remounted read-write is used without a restart."""
+        if (self.mode == "exclusive" and self.health.writes > self._writes_at_open) or (
+            self.mode == "read-only"
+        ):
+            self._reconnect()
         return WriteTransaction(self.db, self.lock, self.health)
 
-    def _share_again(self) -> None:
+    def _reconnect(self) -> None:
         with self.lock:
+            before = self.mode
+            try:
+                db = self._connect()
+            except sqlite3.Error:
+                return  # still nothing better: keep what we have
+            except StorageUnavailable:
+                return
             self.db.close()
-            self.db, self.exclusive = self._connect()
+            self.db = db
             self._writes_at_open = self.health.writes
-        if not self.exclusive:
-            log.info("%s: the disk takes writes again; the file is shared again", self.health.store)
+        if self.mode != before:
+            log.info("%s: the disk takes writes again (%s)", self.health.store, self.mode)
 
     def close(self) -> None:
         with self.lock:

@@ -67,6 +67,9 @@ class SmallDisk:
     def free(self) -> None:
         self.ballast.unlink()
 
+    def remount(self, mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True)
+
 
 def mount_small_disk(path: Path, size: str = "32m") -> SmallDisk:
     path.mkdir(parents=True, exist_ok=True)
@@ -304,4 +307,41 @@ def test_a_start_on_a_full_disk_comes_up_degraded_and_recovers(
     assert daemon.stop() == 0
     log = daemon.log_text()
     assert "Traceback" not in log
+    assert_every_state_journaled(home, with_pending=False)
+
+
+def test_a_start_on_a_read_only_disk_comes_up_degraded_and_recovers(
+    tmp_path: Path,
+    small_disk: Callable[[Path], SmallDisk],
+    daemon_factory: Callable[..., DaemonProcess],
+    cns_simulator: SimulatorThread,
+    fee_notes: FeeNotes,
+) -> None:
+    """The file system remounted read-only (as ext4 does on errors) before a start: the
+    daemon reads its outbox, refuses deposits with 503, and takes them again once the
+    file system is read-write, without a restart."""
+    home = tmp_path / "home"
+    disk = small_disk(home)
+    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url)
+    daemon = daemon_factory(home, "--sandbox", "--config", str(config))
+    first_uuid, first = fee_notes.make()
+    assert post_note(daemon, first) == 202
+    wait_all_delivered(home, {first_uuid}, timeout=60)
+    assert daemon.stop() == 0
+
+    disk.remount("ro")
+    daemon = daemon_factory(home, "--sandbox", "--config", str(config))
+    status, health = get_json(daemon, "/v1/health")
+    assert (status, health["status"]) == (200, "degraded")
+    status, one = get_json(daemon, f"/v1/cns/messages/{first_uuid}")
+    assert (status, one["status"]) == (200, "delivered")
+    new_uuid, new_note = fee_notes.make()
+    assert post_note(daemon, new_note) == 503
+
+    disk.remount("rw")
+    assert post_note(daemon, new_note) == 202
+    wait_all_delivered(home, {first_uuid, new_uuid}, timeout=60)
+    assert set(cns_simulator.simulator.booking_counts.values()) == {1}
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log_text()
     assert_every_state_journaled(home, with_pending=False)
