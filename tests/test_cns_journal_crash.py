@@ -115,7 +115,7 @@ def test_kill_9_leaves_no_outbox_state_without_its_journal_entry(
         poster = threading.Thread(target=post_all)
         poster.start()
         # Killed while posts and deliveries are under way.
-        time.sleep(rng.uniform(0.3, 1.5))
+        time.sleep(rng.uniform(0.1, 1.0))
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(10)
         poster.join(60)

@@ -240,10 +240,9 @@ def _storage_check(outbox: Outbox, journal: AuditJournal) -> Callable[[], Awaita
             if health.failure is not None
         ]
         space = await asyncio.to_thread(disk_space, outbox.path.parent)
-        data = {
-            "disk_free_bytes": space.free,
-            "outcomes_held_in_memory": outbox.unrecorded,
-        }
+        # No free-space figure in the data: it moves with every write on the machine,
+        # and the status page shows each figure as it was read.
+        data = {"outcomes_held_in_memory": outbox.unrecorded}
         if space.short:
             problems.append(f"the disk is short: {space.free // 1024} KiB free")
         if problems:
