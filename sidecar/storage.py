@@ -324,14 +324,11 @@ class SqliteStore:
     def _reconnect(self) -> None:
         with self.lock:
             before = self.mode
-            try:
-                db = self._connect()
-            except sqlite3.Error:
-                return  # still nothing better: keep what we have
-            except StorageUnavailable:
-                return
+            # Closed first: an exclusive connection would keep the new one waiting for
+            # its lock. _connect falls back as far as read-only, which a readable file
+            # always allows.
             self.db.close()
-            self.db = db
+            self.db = self._connect()
             self._writes_at_open = self.health.writes
         if self.mode != before:
             log.info("%s: the disk takes writes again (%s)", self.health.store, self.mode)

@@ -235,7 +235,7 @@ def _storage_check(outbox: Outbox, journal: AuditJournal) -> Callable[[], Awaita
             with contextlib.suppress(StorageUnavailable):
                 await asyncio.to_thread(journal.probe)
         problems = [
-            str(health.failure)
+            f"{health.failure} (for {time.time() - (health.failing_since or time.time()):.0f} s)"
             for health in (outbox.health, journal.health)
             if health.failure is not None
         ]
