@@ -13,6 +13,15 @@ administrator needs its head hash published elsewhere — out of scope here).
 SQLite in WAL mode with ``synchronous=FULL``: an entry that :meth:`append` returned
 is on disk. Writes are serialized by a lock; :meth:`append_async` runs them off the
 event loop on the journal's own thread.
+
+Entries about the CNS outbox are not appended by whoever changed the outbox: the outbox
+writes each state change's event in the same transaction as the change, and
+:meth:`AuditJournal.import_events` copies them here, each exactly once: the journal
+keeps, per source, the last event it holds (``sources``), in the transaction that
+appends them. A crash between the outbox commit and the copy only delays the entry to
+the next copy (at the latest, the next start).
+
+A full or read-only disk raises :class:`~sidecar.storage.StorageUnavailable`.
 """
 
 from __future__ import annotations
@@ -21,15 +30,26 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import logging
 import sqlite3
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["GENESIS_HASH", "AuditEntry", "AuditJournal", "AuditProblem", "VerifyReport"]
+from .storage import SqliteStore, WriteTransaction, storage_error
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "AuditJournal",
+    "AuditProblem",
+    "SourceEvent",
+    "VerifyReport",
+]
+
+log = logging.getLogger("sidecar.audit")
 
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
@@ -59,6 +79,10 @@ BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 """
+
+#: Per source of imported events, the last one the journal holds.
+_SOURCES = "CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+_SCHEMA += _SOURCES + ";\n"
 
 _FIELDS = (
     "seq",
@@ -130,23 +154,56 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+class SourceEvent(Protocol):
+    """An event another store recorded for the journal (e.g. an outbox state change)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def client(self) -> str: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def detail(self) -> dict[str, Any]: ...
+
+
 class AuditJournal:
     """The journal in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._store = SqliteStore(path, "audit journal", synchronous="FULL")
+        #: The last write failure (full or read-only disk), for ``/v1/health``.
+        self.health = self._store.health
+        self._lock = self._store.lock
+        # Creates only what is missing: nothing is written to an existing journal here,
+        # so that a daemon restarted on a full disk still opens it. (A journal from
+        # before ``sources`` gets it with the first import that can write.)
+        try:
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            if storage_error(self.health.store, exc) is None:
+                raise
+            log.warning("audit journal: schema update waits for a disk that takes writes")
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._store.db
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
     def append(
         self,
@@ -161,40 +218,92 @@ class AuditJournal:
         detail: dict[str, Any] | None = None,
     ) -> AuditEntry:
         """Record one event; durable when this returns."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
-                seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
-                values: dict[str, Any] = {
-                    "seq": seq,
-                    "at": _now(),
-                    "client": client,
-                    "operation": operation,
-                    "uuid": uuid,
-                    "digest": digest,
-                    "key_id": key_id,
-                    "level": level,
-                    "outcome": outcome,
-                    "detail": json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
-                    "prev_hash": prev,
-                }
-                values["hash"] = entry_hash(values)
-                self._db.execute(
-                    f"INSERT INTO entries ({', '.join(values)}) "  # noqa: S608 - fixed names
-                    f"VALUES ({', '.join('?' * len(values))})",
-                    tuple(values.values()),
+        fields = {
+            "at": _now(),
+            "client": client,
+            "operation": operation,
+            "uuid": uuid,
+            "digest": digest,
+            "key_id": key_id,
+            "level": level,
+            "outcome": outcome,
+            "detail": detail,
+        }
+        with self._transaction():
+            return _entry(self._insert(fields))
+
+    def import_events(
+        self, source: str, fetch: Callable[[int], Sequence[SourceEvent]]
+    ) -> tuple[int, int]:
+        """Append the events ``fetch(after)`` gives past the last one held from *source*.
+
+        One transaction: the entries and the new position are committed together, so
+        each event is journaled exactly once, whoever (daemon, CLI) imports and however
+        a process ends. Returns ``(entries added, last event seq held)``."""
+        with self._transaction():
+            self._db.execute(_SOURCES)
+            row = self._db.execute("SELECT seq FROM sources WHERE name = ?", (source,)).fetchone()
+            last = row[0] if row else 0
+            events = fetch(last)
+            for event in events:
+                self._insert(
+                    {
+                        "at": datetime.fromtimestamp(event.at, UTC).isoformat(
+                            timespec="microseconds"
+                        ),
+                        "client": event.client,
+                        "operation": event.operation,
+                        "uuid": event.uuid,
+                        "digest": event.digest,
+                        "key_id": "",
+                        "level": event.level,
+                        "outcome": event.outcome,
+                        "detail": event.detail,
+                    }
                 )
+                last = max(last, event.seq)
+            if events:
                 self._db.execute(
-                    "INSERT INTO head (id, seq, hash) VALUES (1, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    (seq, values["hash"]),
+                    "INSERT INTO sources (name, seq) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                    (source, last),
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return _entry(values)
+        return len(events), last
+
+    def probe(self) -> None:
+        """A real write that adds no entry, to learn whether the disk takes writes again."""
+        with self._transaction():
+            self._db.execute(_SOURCES)
+            self._db.execute(
+                "INSERT INTO sources (name, seq) VALUES ('probe', 1) "
+                "ON CONFLICT (name) DO UPDATE SET seq = seq + 1"
+            )
+
+    def _transaction(self) -> WriteTransaction:
+        return self._store.transaction()
+
+    def _insert(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """One chained entry, inside a transaction; its stored values."""
+        row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+        values: dict[str, Any] = {
+            "seq": seq,
+            **fields,
+            "detail": json.dumps(fields["detail"] or {}, sort_keys=True, ensure_ascii=False),
+            "prev_hash": prev,
+        }
+        values["hash"] = entry_hash(values)
+        self._db.execute(
+            f"INSERT INTO entries ({', '.join(values)}) "  # noqa: S608 - fixed names
+            f"VALUES ({', '.join('?' * len(values))})",
+            tuple(values.values()),
+        )
+        self._db.execute(
+            "INSERT INTO head (id, seq, hash) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (seq, values["hash"]),
+        )
+        return values
 
     async def append_async(self, operation: str, outcome: str, **fields: Any) -> AuditEntry:
         """:meth:`append` on the journal's thread, so the fsync never blocks the loop."""

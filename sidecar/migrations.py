@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .storage import open_private
+
 __all__ = [
     "Migration",
     "MigrationError",
@@ -119,6 +121,7 @@ def _backup(connection: sqlite3.Connection, version: int, store: str) -> Path | 
     if not main_file:  # in-memory database
         return None
     target = Path(f"{main_file}.v{version}.bak")
+    open_private(target)  # a copy of the store holds what the store holds
     with sqlite3.connect(target) as copy:
         connection.backup(copy)
     copy.close()

@@ -21,11 +21,17 @@ Codes besides API.md's stable ones (an extension, nothing existing changed):
 signing key or no ``fee-note`` profile), ``invalid_uuid``
 (422: no RFC 4122 v4 UUID in the message), ``not_cancellable`` (409: the deposit
 was rejected or failed, the CNS has nothing to cancel), ``cns_rejected`` (422: the
-CNS refused a PID v2 request; ``errors`` holds its reasons).
+CNS refused a PID v2 request; ``errors`` holds its reasons), ``storage_unavailable``
+(503: the disk is full or read-only; nothing was accepted, try again later).
+
+Each message belongs to the client that deposited it: another client gets 404 when it
+reads, lists or cancels it (and 409 ``duplicate_uuid`` when it posts the same UUID);
+a client with the ``admin`` scope sees and cancels all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -36,6 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..clients import Scope
 from ..cns.documents import (
     DocumentError,
     ForbiddenDtd,
@@ -62,12 +69,13 @@ from ..signing.report import Level
 from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import augment_xml
+from ..storage import StorageUnavailable
 from .forms import fee_note_signer
 from .guards import read_body
 from .keys import CLIENT, SETTINGS
 from .observe import METRICS
 from .pdf import PADES, PROFILES
-from .problems import Problem, bad_parameter
+from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
 
@@ -78,6 +86,10 @@ log = logging.getLogger("sidecar.cns")
 #: Seconds a caller is told to wait when the CNS cannot be reached.
 RETRY_AFTER = "30"
 MAX_PAGE = 1000
+#: SQLite's integers are 64-bit: a larger cursor is no cursor of ours.
+MAX_CURSOR = 2**63 - 1
+#: Seconds a caller is told to wait when the disk cannot take a write.
+STORAGE_RETRY_AFTER = "60"
 
 _LEVELS_BELOW_LT = {"B-B", "B-T"}
 
@@ -89,6 +101,39 @@ def _runtime(request: web.Request) -> CnsRuntime:
 def _client(request: web.Request) -> str:
     client = request.get(CLIENT)
     return client.name if client is not None else ""
+
+
+def _owner(request: web.Request) -> str | None:
+    """Whose messages the caller may see: its own, or (``admin``) everyone's (None)."""
+    client = request.get(CLIENT)
+    if client is not None and Scope.ADMIN in client.scopes:
+        return None
+    return _client(request)
+
+
+def _storage_problem(exc: StorageUnavailable) -> Problem:
+    return Problem(
+        503,
+        "storage_unavailable",
+        f"{exc}: nothing was accepted or changed; try again later",
+        headers={"Retry-After": STORAGE_RETRY_AFTER},
+    )
+
+
+register_problem_mapper(StorageUnavailable, _storage_problem)
+
+
+async def _writable(request: web.Request) -> None:
+    """Refuse early (503 ``storage_unavailable``) while a store is known not to write.
+
+    A store that failed is probed with a real write first, so that the first request
+    after the disk has room again goes through."""
+    runtime = _runtime(request)
+    journal = request.app[AUDIT_JOURNAL]
+    if runtime.outbox.health.failure is not None:
+        await runtime.outbox.run(runtime.outbox.probe)
+    if journal.health.failure is not None:
+        await asyncio.to_thread(journal.probe)
 
 
 def _transport(runtime: CnsRuntime) -> CnsTransport:
@@ -112,26 +157,13 @@ def _document_problem(exc: DocumentError) -> Problem:
     return Problem(422, "schema_violation", exc.detail)
 
 
-async def _announce(
-    request: web.Request,
-    runtime: CnsRuntime,
-    message: Message,
-    operation: str,
-    **journal: Any,
-) -> None:
-    """A newly accepted message: wake the worker, count it, journal it."""
+def _announce(request: web.Request, runtime: CnsRuntime, message: Message, operation: str) -> None:
+    """A newly accepted message: wake the worker, count it (the outbox journaled it)."""
     assert runtime.worker is not None
     runtime.worker.wake()
     metrics = request.app.get(METRICS)
     if metrics is not None:
         metrics.cns_message(operation, message.status.value)
-    await request.app[AUDIT_JOURNAL].append_async(
-        f"cns.{operation}.accept",
-        message.status.value,
-        client=message.client,
-        uuid=message.id,
-        **journal,
-    )
 
 
 def _accepted(message: Message, status: int = 202) -> web.Response:
@@ -164,13 +196,16 @@ async def deposit_fee_note(request: web.Request) -> web.Response:
         note_uuid = message_uuid(root, settings.uuid_xpath)
     except DocumentError as exc:
         raise _document_problem(exc) from None
+    await _writable(request)
     # Idempotency is on what the caller sent, before any signing.
     digest = hashlib.sha256(body).hexdigest()
     outbox = runtime.outbox
+    owner = _owner(request)
     async with runtime.deposit_lock(note_uuid):
         existing = await outbox.run(outbox.get, note_uuid)
         if existing is not None:
-            if existing.digest != digest or existing.operation != "deposit":
+            mine = owner is None or existing.client == owner
+            if existing.digest != digest or existing.operation != "deposit" or not mine:
                 raise _duplicate(existing)
             return _accepted(existing)
         document = body
@@ -197,19 +232,12 @@ async def deposit_fee_note(request: web.Request) -> web.Response:
                 client=_client(request),
                 level=level,
                 awaiting_timestamp=awaiting,
+                detail={"bytes": len(document), "signed_here": signed is not None},
             )
         except DuplicateUuid as exc:
             raise _duplicate(exc.existing) from None
     if created:
-        await _announce(
-            request,
-            runtime,
-            message,
-            "deposit",
-            digest=digest,
-            level=level,
-            detail={"bytes": len(document), "signed_here": signed is not None},
-        )
+        _announce(request, runtime, message, "deposit")
     return _accepted(message)
 
 
@@ -269,24 +297,29 @@ async def cancel_fee_note(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     _transport(runtime)
     note_uuid = _uuid_parameter(request)
+    await _writable(request)
     outbox = runtime.outbox
     try:
         message, created = await outbox.run(
-            outbox.enqueue_cancel, note_uuid, str(uuid_module.uuid4()), client=_client(request)
+            outbox.enqueue_cancel,
+            note_uuid,
+            str(uuid_module.uuid4()),
+            client=_client(request),
+            owner=_owner(request),
         )
     except UnknownMessage:
         raise Problem(404, "not_found", f"no fee note {note_uuid} was deposited here") from None
     except InvalidState as exc:
         raise Problem(409, "not_cancellable", str(exc), uuid=note_uuid) from None
     if created:
-        await _announce(request, runtime, message, "cancel", detail={"fee_note": note_uuid})
+        _announce(request, runtime, message, "cancel")
     return _accepted(message)
 
 
 async def get_message(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     message_id = _uuid_parameter(request)
-    message = await runtime.outbox.run(runtime.outbox.get, message_id)
+    message = await runtime.outbox.run(runtime.outbox.get, message_id, owner=_owner(request))
     if message is None:
         raise Problem(404, "not_found", f"no CNS message {message_id}")
     return web.json_response(message.as_json())
@@ -325,9 +358,14 @@ async def list_messages(request: web.Request) -> web.Response:
     since = _since(query["since"]) if "since" in query else None
     limit = _count(query, "limit", 100, 1, MAX_PAGE)
     # The cursor is a row id: SQLite's integers end at 2**63 - 1.
-    after = _count(query, "after", 0, 0, 2**63 - 1)
+    after = _count(query, "after", 0, 0, MAX_CURSOR)
     messages = await runtime.outbox.run(
-        runtime.outbox.list, status=status, since=since, after=after, limit=limit
+        runtime.outbox.list,
+        status=status,
+        since=since,
+        after=after,
+        limit=limit,
+        owner=_owner(request),
     )
     next_url = None
     if len(messages) == limit:
@@ -348,6 +386,7 @@ def _pid(kind: PidKind) -> Any:
             key = message_uuid(root, settings.uuid_xpath)
         except DocumentError as exc:
             raise _document_problem(exc) from None
+        await _writable(request)  # no answer from the CNS that the journal cannot keep
         journal = request.app[AUDIT_JOURNAL]
         digest = hashlib.sha256(body).hexdigest()
 

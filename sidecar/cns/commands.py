@@ -17,6 +17,8 @@ from ..audit import AuditJournal
 from ..config import Settings
 from ..paths import Paths
 from ..progress import progress_iter
+from ..storage import StorageUnavailable
+from .journal_feed import copy_events
 from .outbox import InvalidState, Outbox, Status, UnknownMessage
 
 __all__ = ["add_parsers", "audit_path", "outbox_path", "run"]
@@ -63,6 +65,17 @@ def run(
     if args.command == "audit":
         return _audit(args, paths, out)
     return _outbox(args, settings, paths, out)
+
+
+def _journal_events(outbox: Outbox, paths: Paths) -> None:
+    """Copy the retry's journal event now (the daemon would at its next poll)."""
+    journal = AuditJournal(audit_path(paths))
+    try:
+        copy_events(outbox, journal)
+    except StorageUnavailable as exc:
+        print(f"sidecar: the journal entry waits in the outbox: {exc}", file=sys.stderr)
+    finally:
+        journal.close()
 
 
 def _audit(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
@@ -127,6 +140,10 @@ def _outbox(args: argparse.Namespace, settings: Settings, paths: Paths, out: Tex
         except InvalidState as exc:
             print(f"sidecar: {exc}", file=sys.stderr)
             return 1
+        except StorageUnavailable as exc:
+            print(f"sidecar: {exc}", file=sys.stderr)
+            return 1
+        _journal_events(outbox, paths)
         print(f"{message.id} queued again", file=out)
         return 0
     finally:

@@ -26,15 +26,31 @@ most one cancellation per fee note.
 
 All database work runs on the outbox's single thread (:meth:`Outbox.run`): writes are
 serialized, so two concurrent posts of the same UUID make exactly one row.
+
+Every state change writes its audit event into the ``events`` table in the same
+transaction (a transactional outbox for the journal): a state with no event cannot
+exist, whenever the process dies. :mod:`sidecar.cns.journal_feed` copies the events
+into the audit journal, exactly once, and prunes what the journal holds.
+
+Each message belongs to the client that deposited it (``client``); a cancellation
+belongs to its fee note's owner. :meth:`Outbox.get`, :meth:`Outbox.list` and
+:meth:`Outbox.enqueue_cancel` take an ``owner`` (None: an admin, who sees all).
+
+A full or read-only disk: writes raise :class:`~sidecar.storage.StorageUnavailable`
+and change nothing, except the outcome of a delivery the CNS has answered: that one is
+kept in memory and recorded at the next claim that can write (the worker's poll), so
+the answer is never lost while the process lives (after a crash, the message is sent
+again with the same UUID, which the CNS deduplicates).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import json
+import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +59,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..migrations import Migration, migrate
+from ..storage import SqliteStore, StorageUnavailable, WriteTransaction
+
 __all__ = [
     "FINAL",
     "DuplicateUuid",
@@ -50,11 +69,14 @@ __all__ = [
     "Message",
     "Operation",
     "Outbox",
+    "OutboxEvent",
     "Status",
     "UnknownMessage",
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("sidecar.cns.outbox")
 
 
 class Status(StrEnum):
@@ -95,7 +117,7 @@ class InvalidState(Exception):
         self.message = message
 
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS messages (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT NOT NULL UNIQUE,
@@ -122,6 +144,37 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_cancel_per_note
 CREATE INDEX IF NOT EXISTS by_status ON messages (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS by_update ON messages (updated_at);
 """
+
+# Version 2: owners, the journal's events, the store's identity.
+# ``client`` existed from the start (the deposit's client), so every existing row already
+# has its owner; a cancellation made by another client (before ownership) is given to
+# its fee note's owner, the one who may now see it.
+_SCHEMA_V2 = """
+UPDATE messages SET client = (
+    SELECT d.client FROM messages d WHERE d.id = messages.subject AND d.operation = 'deposit')
+WHERE operation = 'cancel' AND EXISTS (
+    SELECT 1 FROM messages d WHERE d.id = messages.subject AND d.operation = 'deposit');
+CREATE INDEX by_owner ON messages (client, seq);
+CREATE TABLE events (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        REAL NOT NULL,
+    operation TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    client    TEXT NOT NULL,
+    uuid      TEXT NOT NULL,
+    digest    TEXT NOT NULL,
+    level     TEXT NOT NULL,
+    detail    TEXT NOT NULL
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+INSERT INTO meta (key, value) VALUES ('probe', '0');
+"""
+
+_MIGRATIONS = (
+    Migration(1, "messages", _SCHEMA_V1),
+    Migration(2, "owners, journal events, store id", _SCHEMA_V2),
+)
 
 _COLUMNS = (
     "seq, id, operation, subject, client, digest, level, status, attempts, created_at, "
@@ -187,6 +240,21 @@ class Message:
         return entry
 
 
+@dataclass(frozen=True)
+class OutboxEvent:
+    """The audit journal entry of one state change, written with it."""
+
+    seq: int
+    at: float
+    operation: str
+    outcome: str
+    client: str
+    uuid: str
+    digest: str
+    level: str
+    detail: dict[str, Any]
+
+
 def _message(row: tuple[Any, ...], body: bytes | None = None) -> Message:
     (
         seq,
@@ -237,31 +305,76 @@ class Outbox:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, which is what makes 202 mean durable.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._store = SqliteStore(path, "outbox", synchronous="FULL", timeout=30)
+        #: The last write failure (full or read-only disk), for ``/v1/health``.
+        self.health = self._store.health
+        self._lock = self._store.lock
+        migrate(self._db, _MIGRATIONS, store="outbox", backup=True)
+        (self.store_id,) = self._db.execute(
+            "SELECT value FROM meta WHERE key = 'store_id'"
+        ).fetchone()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        #: Outcomes the CNS gave that the disk could not take yet: uuid → finish() arguments.
+        self._unrecorded: dict[str, dict[str, Any]] = {}
+        #: A recovery (rows left ``sending``) the disk refused at start: done at the next claim.
+        self._recovery_due = False
+        #: Called (on the loop) after a :meth:`run` that wrote journal events.
+        self.on_events: Callable[[], None] | None = None
+        self._events_written = 0
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking method on the outbox's thread."""
+        """Run a blocking method on the outbox's thread; then say it wrote journal events."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        before = self._events_written
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        finally:
+            if self._events_written != before and self.on_events is not None:
+                self.on_events()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._store.db
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        with self._lock:
-            self._db.close()
+        self._store.close()
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    def _transaction(self) -> WriteTransaction:
+        return self._store.transaction()
 
     def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[Message]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM messages {where}", args).fetchall()  # noqa: S608
         return [_message(row) for row in rows]
+
+    def _event(
+        self,
+        operation: str,
+        outcome: str,
+        uuid: str,
+        *,
+        client: str = "",
+        digest: str = "",
+        level: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """The journal entry of a state change, inside that change's transaction."""
+        self._db.execute(
+            "INSERT INTO events (at, operation, outcome, client, uuid, digest, level, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._clock(),
+                operation,
+                str(outcome),
+                client,
+                uuid,
+                digest,
+                level,
+                json.dumps(detail or {}, sort_keys=True, ensure_ascii=False),
+            ),
+        )
+        self._events_written += 1
 
     # -- accepting -------------------------------------------------------------------
 
@@ -274,9 +387,11 @@ class Outbox:
         client: str,
         level: str = "",
         awaiting_timestamp: bool = False,
+        detail: dict[str, Any] | None = None,
     ) -> tuple[Message, bool]:
         """Persist a deposit; ``(message, created)``. Same UUID and digest: the existing
-        message, ``created=False``; same UUID, other digest: :class:`DuplicateUuid`."""
+        message, ``created=False``; same UUID, other digest: :class:`DuplicateUuid`.
+        *detail* goes into its journal entry (``cns.deposit.accept``)."""
         now = self._clock()
         status = Status.AWAITING_TIMESTAMP if awaiting_timestamp else Status.QUEUED
         with self._transaction():
@@ -291,16 +406,29 @@ class Outbox:
                 "VALUES (?, 'deposit', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (uuid, uuid, client, digest, level, body, status.value, now, now, now),
             )
+            self._event(
+                "cns.deposit.accept",
+                status,
+                uuid,
+                client=client,
+                digest=digest,
+                level=level,
+                detail=detail,
+            )
             return self._select("WHERE id = ?", (uuid,))[0], True
 
     def enqueue_cancel(
-        self, fee_note_uuid: str, cancel_uuid: str, *, client: str
+        self, fee_note_uuid: str, cancel_uuid: str, *, client: str, owner: str | None = None
     ) -> tuple[Message, bool]:
-        """Persist the cancellation of a deposited fee note (at most one per note)."""
+        """Persist the cancellation of a deposited fee note (at most one per note).
+
+        *client* asks for it; *owner*: the fee note must be theirs (None: anyone's, for
+        an admin), else :class:`UnknownMessage`. The cancellation belongs to the fee
+        note's owner."""
         now = self._clock()
         with self._transaction():
             deposit = self._select("WHERE id = ? AND operation = 'deposit'", (fee_note_uuid,))
-            if not deposit:
+            if not deposit or (owner is not None and deposit[0].client != owner):
                 raise UnknownMessage(fee_note_uuid)
             if deposit[0].status in (Status.REJECTED, Status.FAILED):
                 raise InvalidState(
@@ -313,16 +441,26 @@ class Outbox:
                 "INSERT INTO messages (id, operation, subject, client, digest, status, "
                 "created_at, updated_at, next_attempt_at) "
                 "VALUES (?, 'cancel', ?, ?, '', 'queued', ?, ?, ?)",
-                (cancel_uuid, fee_note_uuid, client, now, now, now),
+                (cancel_uuid, fee_note_uuid, deposit[0].client, now, now, now),
+            )
+            self._event(
+                "cns.cancel.accept",
+                Status.QUEUED,
+                cancel_uuid,
+                client=client,
+                detail={"fee_note": fee_note_uuid},
             )
             return self._select("WHERE id = ?", (cancel_uuid,))[0], True
 
     # -- reading -----------------------------------------------------------------------
 
-    def get(self, uuid: str, *, with_body: bool = False) -> Message | None:
+    def get(
+        self, uuid: str, *, with_body: bool = False, owner: str | None = None
+    ) -> Message | None:
+        """The message; None if there is none, or it is not *owner*'s (None: anyone's)."""
         with self._lock:
             found = self._select("WHERE id = ?", (uuid,))
-            if not found:
+            if not found or (owner is not None and found[0].client != owner):
                 return None
             if not with_body:
                 return found[0]
@@ -337,8 +475,9 @@ class Outbox:
         since: float | None = None,
         after: int = 0,
         limit: int = 100,
+        owner: str | None = None,
     ) -> list[Message]:
-        """Messages in acceptance order, from ``seq > after``."""
+        """Messages in acceptance order, from ``seq > after``; *owner*'s only, if given."""
         clauses, args = ["seq > ?"], [after]
         if status is not None:
             clauses.append("status = ?")
@@ -346,6 +485,9 @@ class Outbox:
         if since is not None:
             clauses.append("updated_at >= ?")
             args.append(since)
+        if owner is not None:
+            clauses.append("client = ?")
+            args.append(owner)
         with self._lock:
             return self._select(
                 f"WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", (*args, limit)
@@ -372,43 +514,93 @@ class Outbox:
             rows = self._db.execute("SELECT status, count(*) FROM messages GROUP BY status")
             return dict(rows.fetchall())
 
+    # -- the journal's events ----------------------------------------------------------
+
+    def events_after(self, after: int, limit: int = 500) -> list[OutboxEvent]:
+        """Events with ``seq > after``, oldest first (:mod:`sidecar.cns.journal_feed`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, at, operation, outcome, client, uuid, digest, level, detail "
+                "FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [OutboxEvent(*row[:-1], detail=json.loads(row[-1])) for row in rows]
+
+    def prune_events(self, upto: int) -> None:
+        """Forget the events the journal holds (``seq <= upto``)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (upto,))
+
+    def probe(self) -> None:
+        """A real write (one row), to learn whether the disk takes writes again."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'probe'"
+            )
+
+    @property
+    def unrecorded(self) -> int:
+        """Outcomes held in memory until the disk takes them."""
+        return len(self._unrecorded)
+
     # -- delivering --------------------------------------------------------------------
 
     def recover(self) -> list[str]:
         """At start: rows left ``sending`` by a crash go back to the queue, due now.
 
-        They are re-sent with the same UUID; the CNS deduplicates."""
+        They are re-sent with the same UUID; the CNS deduplicates. On a disk that
+        refuses the write, the recovery is done by the first claim that can write."""
+        try:
+            with self._transaction():
+                ids = self._recover()
+        except StorageUnavailable as exc:
+            log.warning("outbox recovery postponed until the disk takes writes: %s", exc)
+            self._recovery_due = True
+            return []
+        self._recovery_due = False
+        return ids
+
+    def _recover(self) -> list[str]:
         now = self._clock()
-        with self._transaction():
-            ids = [
-                r[0] for r in self._db.execute("SELECT id FROM messages WHERE status = 'sending'")
-            ]
-            self._db.execute(
-                "UPDATE messages SET status = 'queued', next_attempt_at = ?, updated_at = ? "
-                "WHERE status = 'sending'",
-                (now, now),
-            )
+        ids = [r[0] for r in self._db.execute("SELECT id FROM messages WHERE status = 'sending'")]
+        ids = [i for i in ids if i not in self._unrecorded]
+        self._db.executemany(
+            "UPDATE messages SET status = 'queued', next_attempt_at = ?, updated_at = ? "
+            "WHERE id = ? AND status = 'sending'",
+            [(now, now, i) for i in ids],
+        )
+        for uuid in ids:
+            self._event("cns.recover", Status.QUEUED, uuid)
         return ids
 
     def requeue(self, ids: list[str]) -> None:
         """Deliveries cut short by a stop go back to the queue, due now."""
         now = self._clock()
         with self._transaction():
-            self._db.executemany(
-                "UPDATE messages SET status = 'queued', next_attempt_at = ?, updated_at = ? "
-                "WHERE id = ? AND status = 'sending'",
-                [(now, now, i) for i in ids],
-            )
+            for uuid in ids:
+                cursor = self._db.execute(
+                    "UPDATE messages SET status = 'queued', next_attempt_at = ?, updated_at = ? "
+                    "WHERE id = ? AND status = 'sending'",
+                    (now, now, uuid),
+                )
+                if cursor.rowcount:
+                    self._event("cns.requeue", Status.QUEUED, uuid)
 
     def claim(self, limit: int) -> tuple[list[Message], list[Message]]:
         """Mark up to *limit* due messages ``sending`` and return them with their bodies.
 
         A cancellation is due only once its deposit is final; one whose deposit was
-        rejected or failed is closed ``failed`` instead (second list), never sent."""
+        rejected or failed is closed ``failed`` instead (second list), never sent.
+        Outcomes held in memory (the disk was full) are recorded first."""
         now = self._clock()
         claimed: list[Message] = []
         closed: list[Message] = []
+        recovering, unrecorded = self._recovery_due, list(self._unrecorded.items())
         with self._transaction():
+            if recovering:
+                self._recover()
+            for uuid, outcome in unrecorded:
+                self._finish(uuid, **outcome)
             rows = self._db.execute(
                 f"SELECT {_COLUMNS}, body FROM messages m WHERE m.status = 'queued' "  # noqa: S608
                 "AND m.next_attempt_at <= ? AND (m.operation = 'deposit' OR NOT EXISTS ("
@@ -430,12 +622,28 @@ class Outbox:
                             "updated_at = ? WHERE id = ?",
                             (error, now, message.id),
                         )
+                        self._event(
+                            "cns.cancel",
+                            Status.FAILED,
+                            message.id,
+                            client=message.client,
+                            detail={"reason": "deposit not delivered", "fee_note": message.subject},
+                        )
                         closed.append(message)
                         continue
                 self._db.execute(
                     "UPDATE messages SET status = 'sending', attempts = attempts + 1, "
                     "updated_at = ? WHERE id = ?",
                     (now, message.id),
+                )
+                self._event(
+                    f"cns.{message.operation}.send",
+                    Status.SENDING,
+                    message.id,
+                    client=message.client,
+                    digest=message.digest,
+                    level=message.level,
+                    detail={"attempt": message.attempts + 1, "fee_note": message.subject},
                 )
                 claimed.append(
                     Message(
@@ -446,6 +654,10 @@ class Outbox:
                         }
                     )
                 )
+        # Committed with the claims (on a rollback, all are kept for the next claim).
+        self._recovery_due = self._recovery_due and not recovering
+        for uuid, _ in unrecorded:
+            self._unrecorded.pop(uuid, None)
         return claimed, closed
 
     def finish(
@@ -459,34 +671,94 @@ class Outbox:
         reasons: list[dict[str, str]] | None = None,
         error: str = "",
         retry_at: float | None = None,
+        event: str = "",
+        settled_by: str = "",
     ) -> Message:
-        """Record the outcome of an attempt: final, or back to the queue at *retry_at*."""
-        now = self._clock()
+        """Record the outcome of an attempt: final, or back to the queue at *retry_at*.
+
+        Journaled as ``cns.<operation>`` (or *event*), with *settled_by* when the outcome
+        came from elsewhere than the attempt's answer (the CNS's status lookup). On a disk that refuses the write,
+        the outcome is kept in memory and recorded by the next :meth:`claim` that can
+        write; :class:`StorageUnavailable` is raised all the same."""
         if status == Status.QUEUED and retry_at is None:
             raise ValueError("a retried message needs retry_at")
-        with self._transaction():
-            self._db.execute(
-                "UPDATE messages SET status = ?, updated_at = ?, next_attempt_at = ?, "
-                "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
-                "last_error = ?, answer_status = coalesce(?, answer_status), "
-                "answer_type = CASE WHEN ? IS NULL THEN answer_type ELSE ? END, "
-                "answer_body = coalesce(?, answer_body), reasons = ? WHERE id = ?",
-                (
-                    status.value,
-                    now,
-                    retry_at if retry_at is not None else now,
-                    status.value,
-                    now,
-                    error,
-                    answer_status,
-                    answer_status,
-                    answer_type,
-                    answer_body,
-                    json.dumps(reasons or [], ensure_ascii=False),
-                    uuid,
-                ),
-            )
-            return self._select("WHERE id = ?", (uuid,))[0]
+        outcome: dict[str, Any] = {
+            "status": status,
+            "answer_status": answer_status,
+            "answer_type": answer_type,
+            "answer_body": answer_body,
+            "reasons": reasons,
+            "error": error,
+            "retry_at": retry_at,
+            "event": event,
+            "settled_by": settled_by,
+            "at": self._clock(),
+        }
+        try:
+            with self._transaction():
+                return self._finish(uuid, **outcome)
+        except StorageUnavailable:
+            self._unrecorded[uuid] = outcome
+            raise
+
+    def _finish(
+        self,
+        uuid: str,
+        *,
+        status: Status,
+        answer_status: int | None,
+        answer_type: str,
+        answer_body: bytes | None,
+        reasons: list[dict[str, str]] | None,
+        error: str,
+        retry_at: float | None,
+        event: str,
+        settled_by: str,
+        at: float,
+    ) -> Message:
+        # ``at``: when the answer came, which is when it is delivered, even if the disk
+        # could only take it later.
+        self._db.execute(
+            "UPDATE messages SET status = ?, updated_at = ?, next_attempt_at = ?, "
+            "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
+            "last_error = ?, answer_status = coalesce(?, answer_status), "
+            "answer_type = CASE WHEN ? IS NULL THEN answer_type ELSE ? END, "
+            "answer_body = coalesce(?, answer_body), reasons = ? WHERE id = ?",
+            (
+                status.value,
+                at,
+                retry_at if retry_at is not None else at,
+                status.value,
+                at,
+                error,
+                answer_status,
+                answer_status,
+                answer_type,
+                answer_body,
+                json.dumps(reasons or [], ensure_ascii=False),
+                uuid,
+            ),
+        )
+        message = self._select("WHERE id = ?", (uuid,))[0]
+        self._event(
+            event or f"cns.{message.operation}",
+            message.status,
+            uuid,
+            client=message.client,
+            digest=message.digest,
+            level=message.level,
+            detail={
+                "attempt": message.attempts,
+                "cns_status": answer_status,
+                "error": error or None,
+                "fee_note": message.subject,
+                "answer_sha256": hashlib.sha256(answer_body).hexdigest()
+                if answer_body is not None
+                else None,
+                **({"settled_by": settled_by} if settled_by else {}),
+            },
+        )
+        return message
 
     # -- offline mode ------------------------------------------------------------------
 
@@ -511,7 +783,16 @@ class Outbox:
             )
             if cursor.rowcount != 1:
                 raise UnknownMessage(uuid)
-            return self._select("WHERE id = ?", (uuid,))[0]
+            message = self._select("WHERE id = ?", (uuid,))[0]
+            self._event(
+                "cns.timestamp_upgrade",
+                Status.QUEUED,
+                uuid,
+                client=message.client,
+                level=level,
+                digest=hashlib.sha256(body).hexdigest(),
+            )
+            return message
 
     def unknown(self) -> list[Message]:
         """Messages whose outcome at the CNS is not known (to be asked about)."""
@@ -549,28 +830,7 @@ class Outbox:
                 "updated_at = ?, last_error = '' WHERE id = ?",
                 (now, now, uuid),
             )
+            self._event(
+                "cns.retry", Status.QUEUED, uuid, client=found[0].client, detail={"by": "operator"}
+            )
             return self._select("WHERE id = ?", (uuid,))[0]
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` under the outbox lock (rollback on error)."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db = db
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-        try:
-            # IMMEDIATE: take the write lock now, so that a CLI or a second daemon on the
-            # same file waits instead of failing halfway through.
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        finally:
-            self._lock.release()

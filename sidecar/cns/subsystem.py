@@ -43,7 +43,9 @@ from ..config import ConfigError
 from ..health import CheckResult
 from ..ports import bind_error
 from ..sandbox.pki import SandboxError
+from ..storage import StorageUnavailable, disk_space
 from .commands import audit_path
+from .journal_feed import JournalFeed
 from .outbox import Outbox
 from .simulator import CnsSimulator, serve_simulator, xades_verifier
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
@@ -134,8 +136,10 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
     outbox = Outbox(cns.outbox or data_dir / "outbox.sqlite3")
     runtime = CnsRuntime(outbox, None, None)
     app[CNS] = runtime
+    feed = JournalFeed(outbox, journal)
     simulator_server = None
     try:
+        await feed.start()
         sandbox_url = None
         pki = app.get(SANDBOX_PKI)
         if pki is not None and cns.environment == "sandbox" and not cns.base_urls.sandbox:
@@ -171,7 +175,6 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
                 outbox,
                 runtime.transport,
                 cns,
-                audit=journal,
                 upgrader=app.get(FEE_NOTE_UPGRADER),
                 metrics=app.get(METRICS),
             )
@@ -179,10 +182,12 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
             log.info("CNS forwarding to %s (%s)", base_url, cns.environment)
         app[HEALTH_CHECKS].append(("cns", _reachability(runtime)))
         app[HEALTH_CHECKS].append(("outbox", _outbox_check(outbox)))
+        app[HEALTH_CHECKS].append(("storage", _storage_check(outbox, journal)))
         yield
     finally:
         if runtime.worker is not None:
             await runtime.worker.stop()
+        await feed.stop()
         if simulator_server is not None:
             await simulator_server.__aexit__(None, None, None)
         outbox.close()
@@ -236,5 +241,35 @@ def _outbox_check(outbox: Outbox) -> Callable[[], Awaitable[CheckResult]]:
                 )
             return CheckResult("outbox", "degraded", detail, data)
         return CheckResult("outbox", "ok", f"{depth} pending", data)
+
+    return check
+
+
+def _storage_check(outbox: Outbox, journal: AuditJournal) -> Callable[[], Awaitable[CheckResult]]:
+    """``storage``: degraded while the outbox or the journal cannot write, or the disk
+    is short. A store that failed is probed with a real write, so that the check says
+    ok again once the disk takes writes, without waiting for the next deposit."""
+
+    async def check() -> CheckResult:
+        if outbox.health.failure is not None:
+            with contextlib.suppress(StorageUnavailable):
+                await outbox.run(outbox.probe)
+        if journal.health.failure is not None:
+            with contextlib.suppress(StorageUnavailable):
+                await asyncio.to_thread(journal.probe)
+        problems = [
+            f"{health.failure} (for {time.time() - (health.failing_since or time.time()):.0f} s)"
+            for health in (outbox.health, journal.health)
+            if health.failure is not None
+        ]
+        space = await asyncio.to_thread(disk_space, outbox.path.parent)
+        # No free-space figure in the data: it moves with every write on the machine,
+        # and the status page shows each figure as it was read.
+        data = {"outcomes_held_in_memory": outbox.unrecorded}
+        if space.short:
+            problems.append(f"the disk is short: {space.free // 1024} KiB free")
+        if problems:
+            return CheckResult("storage", "degraded", "; ".join(problems), data)
+        return CheckResult("storage", "ok", "the outbox and the audit journal can write", data)
 
     return check

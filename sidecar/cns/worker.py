@@ -30,13 +30,16 @@ retry step, which after a long outage is up to ``backoff_max`` away.
 At start, rows left ``sending`` by a crash are queued again (:meth:`Outbox.recover`).
 On stop, deliveries under way get ``drain_timeout`` seconds to finish; the rest are
 cancelled and queued again.
+
+The outbox journals every state change itself, in the same transaction
+(:mod:`sidecar.cns.journal_feed`). An outcome the disk cannot take (full, read-only)
+is kept by the outbox and recorded at the next claim that can write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
@@ -44,8 +47,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..audit import AuditJournal
 from ..config import CnsSettings
+from ..storage import StorageUnavailable
 from .outbox import Message, Operation, Outbox, Status
 from .transport import CnsAnswer, CnsTransport, CnsTransportError
 
@@ -121,7 +124,6 @@ class DeliveryWorker:
         transport: CnsTransport,
         settings: CnsSettings,
         *,
-        audit: AuditJournal | None = None,
         upgrader: Upgrader | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
@@ -129,7 +131,6 @@ class DeliveryWorker:
         self.outbox = outbox
         self.transport = transport
         self.settings = settings
-        self.audit = audit
         self.upgrader = upgrader
         #: ``sidecar_cns_messages{operation, result}``: final states, retries, upgrades.
         self.metrics = metrics
@@ -154,7 +155,6 @@ class DeliveryWorker:
         recovered = await self.outbox.run(self.outbox.recover)
         for uuid in recovered:
             log.warning("message %s was being sent when the daemon stopped: queued again", uuid)
-            await self._journal("cns.recover", "queued", uuid=uuid)
         self._loop_task = asyncio.create_task(self._run(), name="cns-delivery")
 
     def wake(self) -> None:
@@ -181,8 +181,6 @@ class DeliveryWorker:
             await asyncio.gather(*unfinished, return_exceptions=True)
             if ids:
                 await self.outbox.run(self.outbox.requeue, ids)
-                for uuid in ids:
-                    await self._journal("cns.requeue", "queued", uuid=uuid)
                 log.info("%d CNS deliveries cut short: queued again", len(ids))
 
     # -- the loop ----------------------------------------------------------------------
@@ -198,12 +196,6 @@ class DeliveryWorker:
                     claimed, closed = await self.outbox.run(self.outbox.claim, free)
                     for message in closed:
                         self._count(message.operation, "failed")
-                        await self._journal(
-                            f"cns.{message.operation}",
-                            "failed",
-                            uuid=message.id,
-                            detail={"reason": "deposit not delivered", "fee_note": message.subject},
-                        )
                     for message in claimed:
                         task = asyncio.create_task(self._deliver(message))
                         self._inflight[message.id] = task
@@ -211,7 +203,10 @@ class DeliveryWorker:
                     if claimed or closed:
                         continue  # there may be more
                 timeout = await self._idle_seconds()
-            except Exception:  # the loop must survive a bad row or a full disk
+            except StorageUnavailable as exc:  # a full disk: wait for room, quietly
+                log.warning("CNS delivery waits: %s", exc)
+                timeout = self.poll_seconds
+            except Exception:  # the loop must survive a bad row
                 log.exception("CNS delivery loop error; retrying shortly")
                 timeout = self.poll_seconds
             self._wake.clear()
@@ -246,17 +241,22 @@ class DeliveryWorker:
         if status == Status.QUEUED:
             retry_at = time.time() + backoff_delay(message.attempts, self.settings, self._rng)
         answer = outcome.answer
-        final = await self.outbox.run(
-            self.outbox.finish,
-            message.id,
-            status,
-            answer_status=answer.status if answer else None,
-            answer_type=answer.content_type if answer else "",
-            answer_body=answer.body if answer else None,
-            reasons=answer.reasons() if answer and status == Status.REJECTED else None,
-            error=outcome.error,
-            retry_at=retry_at,
-        )
+        try:
+            final = await self.outbox.run(
+                self.outbox.finish,
+                message.id,
+                status,
+                answer_status=answer.status if answer else None,
+                answer_type=answer.content_type if answer else "",
+                answer_body=answer.body if answer else None,
+                reasons=answer.reasons() if answer and status == Status.REJECTED else None,
+                error=outcome.error,
+                retry_at=retry_at,
+                settled_by="status lookup" if outcome.looked_up else "",
+            )
+        except StorageUnavailable as exc:  # the outbox keeps the outcome until it can write
+            log.warning("%s %s: %s; outcome held until it can", message.operation, message.id, exc)
+            return
         self._count(message.operation, "retried" if final.status == Status.QUEUED else final.status)
         log.info(
             "%s %s attempt %d: %s%s",
@@ -265,22 +265,6 @@ class DeliveryWorker:
             message.attempts,
             final.status,
             f" ({outcome.error})" if outcome.error else "",
-        )
-        await self._journal(
-            f"cns.{message.operation}",
-            final.status.value,
-            uuid=message.id,
-            client=message.client,
-            digest=message.digest,
-            level=message.level,
-            detail={
-                "attempt": message.attempts,
-                "cns_status": answer.status if answer else None,
-                "error": outcome.error or None,
-                "fee_note": message.subject,
-                "answer_sha256": hashlib.sha256(answer.body).hexdigest() if answer else None,
-                **({"settled_by": "status lookup"} if outcome.looked_up else {}),
-            },
         )
 
     async def _attempt(self, message: Message) -> _Outcome:
@@ -416,30 +400,18 @@ class DeliveryWorker:
                 # waiting longer will not help, and it must not hold the others back.
                 error = f"cannot be upgraded to B-LT: {type(exc).__name__}: {exc}"
                 log.warning("fee note %s %s", message.id, error)
-                await self.outbox.run(self.outbox.finish, message.id, Status.FAILED, error=error)
-                self._count(message.operation, "failed")
-                await self._journal(
-                    "cns.timestamp_upgrade", "failed", uuid=message.id, detail={"error": error}
+                await self.outbox.run(
+                    self.outbox.finish,
+                    message.id,
+                    Status.FAILED,
+                    error=error,
+                    event="cns.timestamp_upgrade",
                 )
+                self._count(message.operation, "failed")
                 continue
             await self.outbox.run(self.outbox.timestamped, message.id, body, level)
             self._count(message.operation, "timestamped")
-            await self._journal(
-                "cns.timestamp_upgrade",
-                "queued",
-                uuid=message.id,
-                level=level,
-                digest=hashlib.sha256(body).hexdigest(),
-            )
 
     def _count(self, operation: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.cns_message(str(operation), str(result))
-
-    async def _journal(self, operation: str, outcome: str, **fields: object) -> None:
-        if self.audit is None:
-            return
-        try:
-            await self.audit.append_async(operation, outcome, **fields)
-        except Exception:  # the delivery happened; a journal failure must not undo it
-            log.exception("could not write the audit journal entry for %s", operation)

@@ -90,6 +90,7 @@ from pyhanko_certvalidator.policy_decl import (
 )
 from pyhanko_certvalidator.util import get_relevant_crl_dps, issuer_serial
 
+from ..storage import open_private, storage_error
 from .anchors import TrustAnchors
 
 __all__ = [
@@ -217,7 +218,13 @@ class RevocationCache:
         """Open the database and load the entries still valid into memory."""
         if self._database is None:
             return
-        await asyncio.to_thread(self._open_db)
+        try:
+            await asyncio.to_thread(self._open_db)
+        except sqlite3.Error as exc:
+            # A full or read-only disk (no room for the WAL index): serve from memory.
+            if storage_error("revocation cache", exc) is None:
+                raise
+            log.warning("revocation cache: cannot open its file, memory only: %s", exc)
 
     async def close(self) -> None:
         for task in list(self._inflight.values()):
@@ -228,7 +235,7 @@ class RevocationCache:
 
     def _open_db(self) -> None:
         assert self._database is not None
-        self._database.parent.mkdir(parents=True, exist_ok=True)
+        open_private(self._database)
         db = sqlite3.connect(self._database, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -239,8 +246,15 @@ class RevocationCache:
             " PRIMARY KEY (kind, key, seq))"
         )
         now = self._now().isoformat()
-        with db:
-            db.execute("DELETE FROM revinfo WHERE expires <= ?", (now,))
+        try:
+            with db:
+                db.execute("DELETE FROM revinfo WHERE expires <= ?", (now,))
+        except sqlite3.Error as exc:
+            # A full or read-only disk: the expired rows stay (they are never served) and
+            # the cache works from memory; anything else is a real fault.
+            if storage_error("revocation cache", exc) is None:
+                raise
+            log.warning("revocation cache: cannot write to its file: %s", exc)
         rows = db.execute(
             "SELECT kind, key, der, this_update, expires, refresh_at FROM revinfo "
             "ORDER BY kind, key, seq"
@@ -381,7 +395,7 @@ class RevocationCache:
         try:
             await asyncio.to_thread(self._store_db, kind, key, entry)
         except sqlite3.Error as exc:  # the memory copy still serves; say why the disk did not
-            log.warning("revocation cache: cannot write to %s: %s", self._database, exc)
+            log.warning("revocation cache: cannot write to its file: %s", exc)
         return ders
 
     def _entry(self, kind: Kind, ders: tuple[bytes, ...]) -> _Entry:
