@@ -677,9 +677,10 @@ class Outbox:
         """Record the outcome of an attempt: final, or back to the queue at *retry_at*.
 
         Journaled as ``cns.<operation>`` (or *event*), with *settled_by* when the outcome
-        came from elsewhere than the attempt's answer (the CNS's status lookup). On a disk that refuses the write,
-        the outcome is kept in memory and recorded by the next :meth:`claim` that can
-        write; :class:`StorageUnavailable` is raised all the same."""
+        came from elsewhere than the attempt's answer (the CNS's status lookup). On a
+        disk that refuses the write, the outcome is kept in memory and recorded by the
+        next :meth:`claim` that can write; :class:`StorageUnavailable` is raised all the
+        same."""
         if status == Status.QUEUED and retry_at is None:
             raise ValueError("a retried message needs retry_at")
         outcome: dict[str, Any] = {
