@@ -203,13 +203,15 @@ async def test_status_page_shows_unknown_messages(cns_api: Api, browser: Browser
     page = await browser.new_page()
     await page.goto(f"{cns_api.client.make_url('/')}#token={token}")
     assert await page.wait_for("document.body.dataset.ready") == "true"
-    figure = await page.evaluate(
-        "(() => { const e = document.querySelector('[data-field=\"outbox.unknown\"]');"
-        " return [e.dataset.value, e.className]; })()"
+    # The outbox card says it in words, as a warning; what to do is in the list of
+    # what is wrong, first on the page.
+    warning = await page.evaluate(
+        "Array.from(document.querySelectorAll('[data-check=\"outbox\"] p.warn'))"
+        ".map(e => e.textContent).join(' ')"
     )
-    assert figure[0] == "1" and "warn" in figure[1]
+    assert "1 fee note's fate at the CNS is not known yet" in warning
     detail = await page.evaluate(
-        "document.querySelector('[data-check=\"outbox\"] .detail').textContent"
+        "document.querySelector('[data-todo=\"outbox\"] .detail').textContent"
     )
     assert "do not send them again under a new UUID" in detail
     await page.close()
