@@ -72,6 +72,18 @@ async def health(api: Api, token: str) -> dict[str, Any]:
     return await response.json()
 
 
+async def settled(api: Api, token: str) -> None:
+    """Wait until the sandbox's first trusted-list fetch (at start, in the background)
+    is done: the page and the test's own /v1/health must see the same figures."""
+    for _ in range(300):
+        checks = {c["name"]: c for c in (await health(api, token))["checks"]}
+        lists = checks.get("trusted-lists")
+        if lists is None or lists["data"].get("last_refresh") is not None:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the trusted lists were not fetched within 30 s")
+
+
 def assert_figures_match(shown: dict[str, str], body: dict[str, Any]) -> list[str]:
     """Every figure of every check of /v1/health is on the page with the same value."""
     compared = []
@@ -126,6 +138,7 @@ async def test_status_page_key_tsa_and_outbox_figures(sandbox_api: Api, browser:
     """The figures an IT person looks for first: keys' expiry, the TSA, the outbox."""
     token = admin_token(sandbox_api)
     page = await browser.new_page()
+    await settled(sandbox_api, token)
     await page.goto(f"{sandbox_api.client.make_url('/')}#token={token}")
     assert await page.wait_for("document.body.dataset.ready") == "true"
     body = await health(sandbox_api, token)
@@ -160,6 +173,7 @@ async def test_status_page_in_the_readers_language(
         "Network.setUserAgentOverride", userAgent=agent, acceptLanguage=f"{language}-LU,{language}"
     )
     await page.send("Emulation.setLocaleOverride", locale=f"{language}-LU")
+    await settled(sandbox_api, token)
     await page.goto(f"{sandbox_api.client.make_url('/')}#token={token}")
     assert await page.wait_for("document.body.dataset.ready") == "true"
     body = await health(sandbox_api, token)

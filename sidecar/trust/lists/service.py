@@ -72,10 +72,13 @@ class ListService:
     async def refresh(self, session: aiohttp.ClientSession) -> list[str]:
         """Fetch the lists, store those that verify, and load them. Returns the problems."""
         problems = await fetch_lists(session, self.cache, self.policy, clock=self._clock)
-        self.last_refresh, self.last_refresh_problems = self._clock(), problems
         for problem in problems:
             log.warning("trusted lists refresh: %s", problem)
+        refreshed = self._clock()
         await self.load()
+        # Only once the fetched lists are loaded: the health check reads "refreshed, and
+        # nothing usable" as a problem, not as the first fetch under way.
+        self.last_refresh, self.last_refresh_problems = refreshed, problems
         return problems
 
     async def run(self, session: aiohttp.ClientSession) -> None:
