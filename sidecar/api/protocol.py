@@ -34,7 +34,8 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from .problems import Problem, problem_response
+from ..i18n import N_
+from .problems import Problem, problem_language, problem_response
 
 __all__ = ["PRIVATE_HOOKS", "install_protocol"]
 
@@ -52,6 +53,7 @@ PRIVATE_HOOKS: tuple[tuple[str, str], ...] = (
     ("web.RequestHandler", "_messages"),
 )
 
+_NOT_HTTP = N_("the request is not valid HTTP")
 # The parser's refusals, most specific first: a stable code and a detail of our own.
 # The exception's own message is never shown nor logged: it quotes the raw line.
 _PARSER_ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
@@ -59,29 +61,29 @@ _PARSER_ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
         http_exceptions.LineTooLong,
         431,
         "header_too_large",
-        "the request line or a header line is over 8190 bytes",
+        N_("the request line or a header line is over 8190 bytes"),
     ),
-    (http_exceptions.BadHttpMethod, 400, "malformed_http", "not an HTTP request (bad method)"),
-    (http_exceptions.InvalidURLError, 400, "malformed_http", "the request target is not valid"),
-    (http_exceptions.InvalidHeader, 400, "malformed_http", "a header name or value is invalid"),
+    (http_exceptions.BadHttpMethod, 400, "malformed_http", N_("not an HTTP request (bad method)")),
+    (http_exceptions.InvalidURLError, 400, "malformed_http", N_("the request target is not valid")),
+    (http_exceptions.InvalidHeader, 400, "malformed_http", N_("a header name or value is invalid")),
     (
         http_exceptions.PayloadEncodingError,
         400,
         "malformed_body",
-        "the body's framing or encoding is invalid",
+        N_("the body's framing or encoding is invalid"),
     ),
-    (http_exceptions.BadStatusLine, 400, "malformed_http", "the request line is not valid"),
-    (http_exceptions.HttpProcessingError, 400, "malformed_http", "the request is not valid HTTP"),
+    (http_exceptions.BadStatusLine, 400, "malformed_http", N_("the request line is not valid")),
+    (http_exceptions.HttpProcessingError, 400, "malformed_http", _NOT_HTTP),
 )
 
 
 def _parser_problem(status: int, exc: BaseException | None) -> Problem:
     if status >= 500:
-        return Problem(500, "internal_error", "internal error; see the daemon's log")
+        return Problem(500, "internal_error", N_("internal error; see the daemon's log"))
     for exc_type, their_status, code, detail in _PARSER_ERRORS:
         if isinstance(exc, exc_type):
             return Problem(their_status, code, detail)
-    return Problem(status, "malformed_http", "the request is not valid HTTP")
+    return Problem(status, "malformed_http", _NOT_HTTP)
 
 
 def _with_request_id(response: web.StreamResponse) -> web.StreamResponse:
@@ -146,7 +148,8 @@ class _Connection(web.RequestHandler):
         problem = Problem(
             408,
             "header_timeout",
-            f"the request head was not complete within {self._header_timeout:g} s",
+            N_("the request head was not complete within {seconds} s"),
+            params={"seconds": f"{self._header_timeout:g}"},
         )
         body = json.dumps(problem.body()).encode()
         transport.write(
@@ -206,10 +209,12 @@ def _outermost(
                 raise
             if exc.status == 417:
                 problem = Problem(
-                    417, "expectation_failed", "the only Expect understood is 100-continue"
+                    417, "expectation_failed", N_("the only Expect understood is 100-continue")
                 )
             else:
                 problem = Problem(exc.status, "bad_request", exc.reason or "request refused")
+            # The middlewares have not run: the caller's language is set here.
+            problem_language.set(request.headers.get("Accept-Language"))
             return _with_request_id(problem_response(problem))
 
     return handle
