@@ -433,3 +433,31 @@ def test_batch_refusals_are_marked_for_translation() -> None:
     assert many.value.body(language="fr")["detail"].startswith(
         "3 documents ; une autorisation en couvre au plus 2"
     )
+
+
+async def test_parser_refusals_in_the_language_of_the_head(api_factory: Any) -> None:
+    """431 and a 408 header_timeout come before aiohttp parsed the head: the
+    Accept-Language is read from the head's first bytes."""
+    import asyncio
+
+    from sidecar.config import ServerSettings, Settings
+    from tests.test_http_surface import address, exchange, parse_answer
+
+    api = await api_factory(Settings(server=ServerSettings(header_timeout=1.0)))
+    head = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nAccept-Language: fr-LU,fr;q=0.9\r\n"
+    status, headers, body = parse_answer(
+        await exchange(api, head + b"X-Big: " + b"x" * 9000 + b"\r\n\r\n")
+    )
+    assert (status, body["code"], headers["content-language"]) == (431, "header_too_large", "fr")
+    assert body["title"] == "En-têtes de requête trop volumineux"
+    assert body["detail"] == "la ligne de requête ou une ligne d'en-tête dépasse 8190 octets"
+    status, headers, body = parse_answer(await exchange(api, b"GARBAGE\r\n\r\n"))
+    assert status == 400 and body["title"] == "Bad Request" and "content-language" not in headers
+
+    reader, writer = await asyncio.open_connection(*address(api))
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nAccept-Language: de\r\n")
+    answer = await asyncio.wait_for(reader.read(), 20)  # the head never ends
+    writer.close()
+    status, headers, body = parse_answer(answer)
+    assert (status, body["code"], headers["content-language"]) == (408, "header_timeout", "de")
+    assert body["detail"] == "die Kopfzeilen der Anfrage waren nach 1 s nicht vollständig"

@@ -20,6 +20,9 @@ listed in :data:`PRIVATE_HOOKS` and checked by ``tests/test_http_surface.py``
   handler's state ``_request_count`` (heads parsed on this connection), ``_waiter``
   (set while it waits for the next request) and ``_messages`` (heads parsed, not
   handled yet).
+
+These answers come before aiohttp has parsed the head, so its ``Accept-Language`` is
+read from the head's first bytes, kept for that purpose only (:meth:`_Connection.language`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -34,7 +38,7 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from ..i18n import N_
+from ..i18n import N_, negotiate
 from .problems import Problem, problem_language, problem_response
 
 __all__ = ["PRIVATE_HOOKS", "install_protocol"]
@@ -52,6 +56,10 @@ PRIVATE_HOOKS: tuple[tuple[str, str], ...] = (
     ("web.RequestHandler", "_waiter"),
     ("web.RequestHandler", "_messages"),
 )
+
+#: How much of a request head is kept to find its Accept-Language (its first bytes).
+_HEAD_KEPT = 8192
+_ACCEPT_LANGUAGE = re.compile(rb"\r\naccept-language[ \t]*:[ \t]*([\x20-\x7e]{1,200})\r\n", re.I)
 
 _NOT_HTTP = N_("the request is not valid HTTP")
 # The parser's refusals, most specific first: a stable code and a detail of our own.
@@ -105,6 +113,8 @@ class _Connection(web.RequestHandler):
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._heads_when_armed = 0
+        self._head = b""  # the current head's first bytes, for its Accept-Language
+        self._head_of = 0  # the _request_count when _head began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -116,6 +126,10 @@ class _Connection(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
+        if heads != self._head_of:  # a head was parsed since: a new one starts
+            self._head, self._head_of = b"", heads
+        if len(self._head) < _HEAD_KEPT:
+            self._head += data[: _HEAD_KEPT - len(self._head)]
         super().data_received(data)
         if self._request_count != heads:
             self._disarm_header_timer()
@@ -138,6 +152,11 @@ class _Connection(web.RequestHandler):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def language(self) -> str | None:
+        """The ``Accept-Language`` of the head being received, as far as it came."""
+        found = _ACCEPT_LANGUAGE.search(self._head)
+        return found.group(1).decode("ascii") if found else None
+
     def _header_deadline(self) -> None:
         self._header_timer = None
         transport = self.transport
@@ -151,10 +170,12 @@ class _Connection(web.RequestHandler):
             N_("the request head was not complete within {seconds} s"),
             params={"seconds": f"{self._header_timeout:g}"},
         )
-        body = json.dumps(problem.body()).encode()
+        language = negotiate(self.language())
+        body = json.dumps(problem.body(language=language), ensure_ascii=False).encode()
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\n"
             b"Content-Type: application/problem+json\r\n"
+            + (f"Content-Language: {language}\r\n".encode() if language else b"")
             + f"Content-Length: {len(body)}\r\n".encode()
             + f"X-Request-Id: {uuid.uuid4()}\r\n".encode()
             + b"Connection: close\r\n\r\n"
@@ -191,6 +212,7 @@ class _Connection(web.RequestHandler):
             )
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; it cannot become an error")
+        problem_language.set(self.language())  # the connection closes after this answer
         response = problem_response(_parser_problem(status, exc))
         response.force_close()
         return _with_request_id(response)
