@@ -382,22 +382,11 @@ def test_progress_lines_speak_the_current_language() -> None:
 
 async def test_stalled_body_408_in_the_callers_language(api_factory: Any) -> None:
     """A problem added with the HTTP hardening (408 body_timeout) comes back in French."""
-    import asyncio
-
     from sidecar.config import ServerSettings, Settings
-    from tests.test_http_surface import address, parse_answer
+    from tests.test_http_surface import stalled_body
 
     api = await api_factory(Settings(server=ServerSettings(body_timeout=1.0)))
-    reader, writer = await asyncio.open_connection(*address(api))
-    writer.write(
-        b"POST /v1/verify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n"
-        + f"Authorization: Bearer {api.tokens['all']}\r\n".encode()
-        + b"Accept-Language: fr-LU, fr;q=0.9\r\nContent-Length: 1000\r\n\r\n<a>"
-    )
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 20)
-    writer.close()
-    status, headers, body = parse_answer(answer)
+    status, headers, body = await stalled_body(api, extra=b"Accept-Language: fr-LU, fr;q=0.9\r\n")
     assert (status, body["code"], headers["content-language"]) == (408, "body_timeout", "fr")
     assert body["title"] == "Délai de requête dépassé"
     assert body["detail"] == "le corps de la requête est bloqué : aucun octet reçu depuis 1 s"
