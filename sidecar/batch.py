@@ -189,7 +189,7 @@ async def sign_files(
         )
     failures = 0
     async with local_daemon(settings, paths, sandbox=sandbox) as session:
-        with Progress(len(files), "signing", unit="file") as progress:
+        with Progress(len(files), _("signing"), unit="file") as progress:
             batched = len(files) > 1 or pin is not None
             signing = _batch_results if batched else _one_by_one
             async for source, signed, note in signing(session, files, request, pin, settings):
@@ -272,7 +272,11 @@ async def _batch_results(
                 if entry["state"] == "signed":
                     async with session.get(entry["href"]) as response:
                         level = response.headers.get("X-Signature-Level", "?")
-                        yield chunk[done], await response.read(), f"signed at {level}"
+                        yield (
+                            chunk[done],
+                            await response.read(),
+                            _("signed at {level}", level=level),
+                        )
                 else:
                     problem = entry.get("problem") or {}
                     note = f"{problem.get('detail', entry['state'])} ({problem.get('code')})"
@@ -295,7 +299,7 @@ async def verify_files(
     results: list[dict[str, Any]] = []
     all_passed = True
     async with local_daemon(settings, paths, sandbox=sandbox) as session:
-        with Progress(len(files), "verifying", unit="file") as progress:
+        with Progress(len(files), _("verifying"), unit="file") as progress:
             for source in files:
                 data = await asyncio.to_thread(source.read_bytes)
                 async with session.post(
@@ -360,7 +364,11 @@ def _qualification(found: dict[str, Any] | None) -> str:
     """`` — QESig, qualified timestamp``: the EU trusted lists' verdict, when in use."""
     if not found or found.get("trusted_lists") == "not configured":
         return ""
-    stamp = "qualified timestamp" if found.get("qualified_timestamp") else "timestamp not qualified"
+    stamp = (
+        _("qualified timestamp")
+        if found.get("qualified_timestamp")
+        else _("timestamp not qualified")
+    )
     if not found.get("timestamps"):
-        stamp = "no timestamp"
+        stamp = _("no timestamp")
     return f" — {found.get('signature')}, {stamp}"

@@ -260,7 +260,7 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
     paths.ensure_writable()  # the trust layer's caches, the sandbox's PKI
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
-        print(f"sidecar: no such file: {', '.join(missing)}", file=sys.stderr)
+        print(_("sidecar: no such file: {files}", files=", ".join(missing)), file=sys.stderr)
         return 2
     if args.command == "verify":
         return asyncio.run(
@@ -269,12 +269,14 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
             )
         )
     if args.pdf is not None and not args.profile:
-        print("sidecar: --pdf goes with --profile (the form recipe)", file=sys.stderr)
+        print(_("sidecar: --pdf goes with --profile (the form recipe)"), file=sys.stderr)
         return 2
     output = None if args.out is None else Path(args.out)
     if output is not None and (len(args.files) > 1 or args.out.endswith(("/", os.sep))):
         if output.exists() and not output.is_dir():
-            print(f"sidecar: --out {output} is a file, not a directory", file=sys.stderr)
+            print(
+                _("sidecar: --out {path} is a file, not a directory", path=output), file=sys.stderr
+            )
             return 2
         output.mkdir(parents=True, exist_ok=True)
     request = SignRequest(

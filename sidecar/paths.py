@@ -21,6 +21,8 @@ from pathlib import Path
 
 import platformdirs
 
+from .i18n import _
+
 __all__ = ["HomeNotWritable", "Paths", "resolve_paths", "unwritable_reason", "write_atomically"]
 
 APP_NAME = "sidecar"
@@ -33,9 +35,13 @@ class HomeNotWritable(Exception):
         self.directory = directory
         self.reason = reason
         super().__init__(
-            f"cannot write to {directory} ({reason}): run sidecar as the user who owns it "
-            f"(the daemon's user), or give this user write access to it "
-            f"(chown/chmod), or point SIDECAR_HOME at a directory of this user's"
+            _(
+                "cannot write to {directory} ({reason}): run sidecar as the user who owns it "
+                "(the daemon's user), or give this user write access to it "
+                "(chown/chmod), or point SIDECAR_HOME at a directory of this user's",
+                directory=directory,
+                reason=reason,
+            )
         )
 
 
@@ -60,14 +66,14 @@ def unwritable_reason(directory: Path) -> str | None:
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileNotFoundError:
-        return "it does not exist"
+        return _("it does not exist")
     except OSError as exc:
         return exc.strerror or type(exc).__name__
     os.close(fd)
     try:
         probe.unlink()
     except OSError as exc:
-        return f"a file made there cannot be removed: {exc.strerror}"
+        return _("a file made there cannot be removed: {error}", error=exc.strerror)
     return None
 
 

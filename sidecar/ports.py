@@ -11,6 +11,8 @@ import errno
 import os
 import socket
 
+from .i18n import _
+
 __all__ = ["bind", "bind_error", "free_port"]
 
 
@@ -50,9 +52,9 @@ def free_port(host: str = "127.0.0.1", *, avoid: tuple[int, ...] = ()) -> int:
 def bind_error(exc: OSError) -> str:
     """Why a bind failed, in words: "the port is taken" or the system's reason."""
     if exc.errno == errno.EADDRINUSE:
-        return "the port is taken"
+        return _("the port is taken")
     if exc.errno == errno.EADDRNOTAVAIL:
-        return "no such address on this machine"
+        return _("no such address on this machine")
     if exc.errno == errno.EACCES:
-        return "permission denied (a port below 1024 needs privileges)"
+        return _("permission denied (a port below 1024 needs privileges)")
     return exc.strerror or str(exc)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TextIO, TypeVar
 
+from .i18n import _, format_number, ngettext
+
 __all__ = ["Progress", "progress_iter"]
 
 T = TypeVar("T")
@@ -42,7 +44,15 @@ def _duration(seconds: float) -> str:
 
 
 def _units(unit: str, count: int) -> str:
-    if count == 1:
+    """The word for *count* items of *unit* ("file", "entry", "item") in the current
+    language; spelled out per unit so that the catalogs have each plural."""
+    if unit == "file":
+        return ngettext("file", "files", count)
+    if unit == "entry":
+        return ngettext("entry", "entries", count)
+    if unit == "item":
+        return ngettext("item", "items", count)
+    if count == 1:  # a unit of a caller's own, English
         return unit
     return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
 
@@ -112,15 +122,23 @@ class Progress:
         units = _units(self.unit, self.done)
         if self.total:
             percent = self.done * 100 // self.total
-            text = f"{self.label}: {self.done}/{self.total} {units} ({percent}%)"
+            text = _(
+                "{label}: {done}/{total} {units} ({percent}%)",
+                label=self.label,
+                done=self.done,
+                total=self.total,
+                units=units,
+                percent=percent,
+            )
         else:
             text = f"{self.label}: {self.done} {units}"
         if rate > 0:
-            text += f", {rate:.1f}/s"
+            text += f", {format_number(rate, pattern='0.0')}/s"
             if self.total and self.done < self.total:
-                text += f", about {_duration((self.total - self.done) / rate)} left"
+                left = _duration((self.total - self.done) / rate)
+                text += ", " + _("about {time} left", time=left)
         if self.failed:
-            text += f", {self.failed} failed"
+            text += ", " + _("{failed} failed", failed=self.failed)
         if note:
             text += f" — {note}"
         return text
@@ -144,10 +162,16 @@ class Progress:
             return
         elapsed = self._clock() - self._started
         units = _units(self.unit, self.done)
-        word = "stopped after" if interrupted else "done:"
-        text = f"{self.label}: {word} {self.done} {units} in {_duration(elapsed)}"
+        summary = (
+            _("{label}: stopped after {done} {units} in {time}")
+            if interrupted
+            else _("{label}: done: {done} {units} in {time}")
+        )
+        text = summary.format(
+            label=self.label, done=self.done, units=units, time=_duration(elapsed)
+        )
         if self.failed:
-            text += f", {self.failed} failed"
+            text += ", " + _("{failed} failed", failed=self.failed)
         if self.interactive:
             padding = " " * max(0, self._line_width - len(text))
             self.stream.write(f"\r{text}{padding}\n")

@@ -17,6 +17,7 @@ from .api.app import create_app
 from .api.keys import INSTANCE
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
+from .i18n import _
 from .paths import HomeNotWritable, Paths
 from .ports import bind, bind_error
 from .runtime import new_runtime, remove_runtime, write_runtime
@@ -148,9 +149,13 @@ async def _serve(
 
 def _taken(server: ServerSettings, exc: OSError) -> StartupError:
     return StartupError(
-        f"cannot listen on {server.host}:{server.port}: {bind_error(exc)}"
-        " (another sidecar running? stop it, or choose another port with --port"
-        " or [server] port)"
+        _(
+            "cannot listen on {host}:{port}: {reason} (another sidecar running? stop it, "
+            "or choose another port with --port or [server] port)",
+            host=server.host,
+            port=server.port,
+            reason=bind_error(exc),
+        )
     )
 
 
@@ -195,7 +200,7 @@ def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
         asyncio.run(_serve(settings, paths, sandbox))
     except ConfigError as exc:
         # Word for word what `sidecar config check` says of the same file.
-        print(f"sidecar: configuration refused: {exc}", file=sys.stderr)
+        print(_("sidecar: configuration refused: {error}", error=exc), file=sys.stderr)
         return 2
     except (StartupError, SandboxError) as exc:
         print(f"sidecar: {exc}", file=sys.stderr)

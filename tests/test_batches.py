@@ -128,7 +128,8 @@ async def test_a_hundred_fee_notes_with_one_pin(
     response = await api.client.post(
         "/v1/batches",
         json={"documents": documents},
-        headers={**api.auth("signer"), "X-Sidecar-PIN": MAIN_PIN},
+        # The practice software reads French: a failed document's problem is French too.
+        headers={**api.auth("signer"), "X-Sidecar-PIN": MAIN_PIN, "Accept-Language": "fr"},
     )
     assert response.status == 202, await response.text()
     answers = [await response.text()]
@@ -140,6 +141,7 @@ async def test_a_hundred_fee_notes_with_one_pin(
     broken = summary["documents"][40]
     assert broken["name"] == "broken" and broken["state"] == "failed"
     assert broken["problem"]["code"] == "malformed_xml" and broken["problem"]["status"] == 400
+    assert broken["problem"]["title"] == "Requête incorrecte"
     # Every signature went through its own context-specific login, with the one PIN.
     assert signer.context_logins - logins_before == 100 * 2 + 2  # type: ignore[attr-defined]
     # A timestamp per B-LT signature; the chain's revocation data fetched once, not per

@@ -273,18 +273,23 @@ async def test_drained_body_starts_no_header_deadline(api_factory) -> None:  # t
     assert again.startswith(b"HTTP/1.1 200"), again
 
 
-async def test_stalled_body_is_408(short_timeouts: Api) -> None:
-    token = short_timeouts.tokens["all"]
-    reader, writer = await asyncio.open_connection(*address(short_timeouts))
+async def stalled_body(api: Api, *, extra: bytes = b"") -> tuple[int, dict[str, str], dict]:
+    """A POST whose body stops after 3 of its 1000 bytes; the answer, parsed."""
+    reader, writer = await asyncio.open_connection(*address(api))
     writer.write(
         b"POST /v1/verify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/xml\r\n"
-        + f"Authorization: Bearer {token}\r\n".encode()
+        + f"Authorization: Bearer {api.tokens['all']}\r\n".encode()
+        + extra
         + b"Content-Length: 1000\r\n\r\n<a>"
     )
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 20)
     writer.close()
-    status, headers, body = parse_answer(answer)
+    return parse_answer(answer)
+
+
+async def test_stalled_body_is_408(short_timeouts: Api) -> None:
+    status, headers, body = await stalled_body(short_timeouts)
     assert status == 408 and body["code"] == "body_timeout"
     assert headers["connection"] == "close"
 

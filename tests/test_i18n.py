@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,181 @@ async def test_status_page_catalog_follows_the_browser_unless_configured(
     configured = await api_factory(Settings(ui=UiSettings(language="de")))
     language, messages, _ = await catalog(configured, "fr-LU,fr")
     assert language == "de" and messages["Everything works."] == "Alles funktioniert."
+
+
+def _sidecar(env: dict[str, str], locale: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ``sidecar`` command in *locale* (no other LANG/LC_* of this machine)."""
+    clean = {k: v for k, v in env.items() if not k.startswith(("LC_", "LANG"))}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**clean, "LANG": locale, "COLUMNS": "120"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("locale", "expected", "english"),
+    [
+        (
+            "fr_LU.UTF-8",
+            ["emplacement ", ": jeton '", "expire le ", "émis par ", "certificat d'autorité"],
+            ["expires", "issued by", "CA certificate", "not initialized"],
+        ),
+        (
+            "de_LU.UTF-8",
+            ["Steckplatz ", ": Token '", "läuft ab am ", "ausgestellt von ", "CA-Zertifikat"],
+            ["expires", "issued by", "CA certificate", "not initialized"],
+        ),
+    ],
+)
+def test_setup_list_speaks_the_os_locale(
+    tmp_path: Path, softhsm: Any, locale: str, expected: list[str], english: list[str]
+) -> None:
+    """What practice IT staff read to pick the physician's card: ``setup --list``."""
+    env = {**os.environ, "SIDECAR_HOME": str(tmp_path), "SOFTHSM2_CONF": str(softhsm.conf)}
+    result = _sidecar(env, locale, "setup", "--list", "--module", str(softhsm.module))
+    assert result.returncode == 0, result.stderr
+    for text in expected:
+        assert text in result.stdout, f"{text!r} not in:\n{result.stdout}"
+    for text in english:
+        assert text not in result.stdout, f"{text!r} left in English:\n{result.stdout}"
+    # "slot" may be in a reader's own description ("SoftHSM slot ID 0x3"), not ours.
+    assert not re.search(r"^\s+slot \d", result.stdout, re.MULTILINE), result.stdout
+    # Dates as Luxembourg writes them in that language.
+    separator = "/" if locale.startswith("fr") else "."
+    assert f"{separator}20" in result.stdout
+
+
+def test_setup_flag_errors_speak_the_os_locale(tmp_path: Path) -> None:
+    """``setup --non-interactive`` names what is missing, in the person's language."""
+    env = {**os.environ, "SIDECAR_HOME": str(tmp_path)}
+    args = ("setup", "--non-interactive", "--no-key", "--no-cns")
+    french = _sidecar(env, "fr_LU.UTF-8", *args)
+    assert french.returncode == 2
+    assert "aucune autorité d'horodatage indiquée : donnez --tsa-url" in french.stderr
+    assert "rien n'a été écrit" in french.stderr, french.stderr
+    german = _sidecar(env, "de_LU.UTF-8", *args)
+    assert "kein Zeitstempeldienst angegeben: geben Sie --tsa-url" in german.stderr, german.stderr
+
+
+def test_cli_refusals_speak_the_os_locale(tmp_path: Path) -> None:
+    """A port taken (French) and a home that cannot be made (German): one line each."""
+    import socket
+
+    env = {**os.environ, "SIDECAR_HOME": str(tmp_path / "home")}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = _sidecar(env, "fr_LU.UTF-8", "serve", "--port", str(port))
+    assert taken.returncode == 1, taken.stderr
+    line = taken.stderr.strip().splitlines()[-1]
+    assert f"impossible d'écouter sur 127.0.0.1:{port} : le port est déjà occupé" in line, line
+    assert "un autre sidecar tourne-t-il déjà ?" in line and "cannot listen" not in line
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    home = blocker / "home"  # under a file: no user, root included, can make it
+    refused = _sidecar({**env, "SIDECAR_HOME": str(home)}, "de_LU.UTF-8", "serve")
+    assert refused.returncode != 0
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "ist nicht beschreibbar" in lines[0] and "Starten Sie sidecar als" in lines[0]
+    assert "cannot write to" not in lines[0]
+
+
+def test_progress_lines_speak_the_current_language() -> None:
+    """The lines a batch signing writes to stderr, in French."""
+    import io
+
+    from sidecar.i18n import use
+    from sidecar.progress import Progress
+
+    ticks = iter(float(t) for t in range(100))
+    stream = io.StringIO()
+    use("fr")
+    try:
+        with Progress(4, "signature", unit="file", stream=stream, clock=lambda: next(ticks)) as p:
+            for _ in range(3):
+                p.advance(note="note.xml")
+            p.advance(failed=True)
+    finally:
+        use("en")
+    text = stream.getvalue()
+    assert "signature : 1/4 fichier (25 %), 1,0/s, encore 3 s environ — note.xml" in text, text
+    assert "signature : terminé : 4 fichiers en " in text and ", 1 en échec" in text, text
+    assert "file" not in text and "done" not in text
+
+
+async def test_stalled_body_408_in_the_callers_language(api_factory: Any) -> None:
+    """A problem added with the HTTP hardening (408 body_timeout) comes back in French."""
+    from sidecar.config import ServerSettings, Settings
+    from tests.test_http_surface import stalled_body
+
+    api = await api_factory(Settings(server=ServerSettings(body_timeout=1.0)))
+    status, headers, body = await stalled_body(api, extra=b"Accept-Language: fr-LU, fr;q=0.9\r\n")
+    assert (status, body["code"], headers["content-language"]) == (408, "body_timeout", "fr")
+    assert body["title"] == "Délai de requête dépassé"
+    assert body["detail"] == "le corps de la requête est bloqué : aucun octet reçu depuis 1 s"
+
+
+async def test_problems_answered_before_the_middlewares_are_translated(api: Api) -> None:
+    """An unknown ``Expect`` is refused before the middlewares run: German all the same."""
+    response = await api.client.get(
+        "/v1/health", headers={"Expect": "teapot", "Accept-Language": "de"}
+    )
+    body = await response.json()
+    assert response.status == 417 and body["code"] == "expectation_failed"
+    assert response.headers["Content-Language"] == "de"
+    assert body["detail"] == "als Expect wird nur 100-continue verstanden"
+
+
+def test_batch_refusals_are_marked_for_translation() -> None:
+    """The batch route's refusals: the parameter's name filled into the translation."""
+    from sidecar.api.batches import parse_documents
+    from sidecar.api.problems import Problem
+
+    with pytest.raises(Problem) as empty:
+        parse_documents({"documents": []}, 10)
+    assert empty.value.body()["detail"] == "documents: the batch is empty"
+    assert empty.value.body(language="fr")["detail"] == "documents : le lot est vide"
+    with pytest.raises(Problem) as kind:
+        parse_documents({"documents": [{"kind": "odt"}]}, 10)
+    assert kind.value.body(language="de")["detail"] == (
+        "documents[0].kind: einer der Werte form, xml, pdf"
+    )
+    with pytest.raises(Problem) as many:
+        parse_documents({"documents": [{}] * 3}, 2)
+    assert many.value.body(language="fr")["detail"].startswith(
+        "3 documents ; une autorisation en couvre au plus 2"
+    )
+
+
+async def test_parser_refusals_in_the_language_of_the_head(api_factory: Any) -> None:
+    """431 and a 408 header_timeout come before aiohttp parsed the head: the
+    Accept-Language is read from the head's first bytes."""
+    import asyncio
+
+    from sidecar.config import ServerSettings, Settings
+    from tests.test_http_surface import address, exchange, parse_answer
+
+    api = await api_factory(Settings(server=ServerSettings(header_timeout=1.0)))
+    head = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nAccept-Language: fr-LU,fr;q=0.9\r\n"
+    status, headers, body = parse_answer(
+        await exchange(api, head + b"X-Big: " + b"x" * 9000 + b"\r\n\r\n")
+    )
+    assert (status, body["code"], headers["content-language"]) == (431, "header_too_large", "fr")
+    assert body["title"] == "En-têtes de requête trop volumineux"
+    assert body["detail"] == "la ligne de requête ou une ligne d'en-tête dépasse 8190 octets"
+    status, headers, body = parse_answer(await exchange(api, b"GARBAGE\r\n\r\n"))
+    assert status == 400 and body["title"] == "Bad Request" and "content-language" not in headers
+
+    reader, writer = await asyncio.open_connection(*address(api))
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nAccept-Language: de\r\n")
+    answer = await asyncio.wait_for(reader.read(), 20)  # the head never ends
+    writer.close()
+    status, headers, body = parse_answer(answer)
+    assert (status, body["code"], headers["content-language"]) == (408, "header_timeout", "de")
+    assert body["detail"] == "die Kopfzeilen der Anfrage waren nach 1 s nicht vollständig"

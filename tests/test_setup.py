@@ -232,7 +232,7 @@ def test_list_shows_tokens_and_certificates(setup_env: dict[str, str], softhsm: 
     done = run_sidecar(setup_env, "setup", "--list", "--module", str(softhsm.module))
     assert done.returncode == 0, done.stderr
     assert f"token '{MAIN_TOKEN}'" in done.stdout
-    assert re.search(r"Dr Test rsa.*\[rsa-2048, expires \d{4}-\d\d-\d\d\]", done.stdout)
+    assert re.search(r"Dr Test rsa.*\[rsa-2048, expires \d\d/\d\d/\d{4}\]", done.stdout)
     assert "issued by" in done.stdout and "Test Intermediate" in done.stdout
     assert "label 'ec', id 02" in done.stdout and "CA certificate" in done.stdout
 

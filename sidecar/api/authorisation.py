@@ -12,6 +12,7 @@ import functools
 
 from aiohttp import web
 
+from ..i18n import N_
 from ..keys import Authorisation, authorised
 from .guards import Handler
 from .problems import Problem
@@ -37,7 +38,8 @@ def operation_authorisation(
         raise Problem(
             400,
             "bad_parameter",
-            f"{PIN_HEADER}: a PIN is 1 to {_MAX_PIN} printable characters",
+            N_("{header}: a PIN is 1 to {limit} printable characters"),
+            params={"header": PIN_HEADER, "limit": _MAX_PIN},
             parameter=PIN_HEADER,
         )
     return Authorisation(value, lifetime=lifetime)

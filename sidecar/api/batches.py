@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..batches import Batch, BatchDocument, BatchStore, SignedDocument, SignOne
 from ..clients import Client
+from ..i18n import N_, negotiate
 from ..keys import Signer
 from ..keys.authorisation import forbid_core_dumps
 from ..signing.forms import sign_form
@@ -30,7 +31,7 @@ from .forms import xades_for
 from .guards import read_body
 from .keys import CLIENT, SETTINGS
 from .pdf import PADES
-from .problems import Problem, bad_parameter, problem_for
+from .problems import Problem, bad_parameter, problem_for, problem_language
 from .signing_keys import KEY_REGISTRY
 from .xml import named_profile, sign_xml_with, xml_level
 
@@ -60,8 +61,9 @@ def _problem_of(exc: BaseException) -> dict[str, Any]:
     problem = exc if isinstance(exc, Problem) else problem_for(exc)
     if problem is None:
         log.error("batch document failed unexpectedly", exc_info=exc)
-        problem = Problem(500, "internal_error", "the document could not be signed")
-    return problem.body()
+        problem = Problem(500, "internal_error", N_("the document could not be signed"))
+    # Signed in a task started by the request: its context has the caller's language.
+    return problem.body(language=negotiate(problem_language.get()))
 
 
 def _b64(entry: dict[str, Any], name: str, index: int) -> bytes | None:
@@ -69,14 +71,17 @@ def _b64(entry: dict[str, Any], name: str, index: int) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise bad_parameter(f"documents[{index}].{name}", "base64 text expected")
+        raise bad_parameter(
+            f"documents[{index}].{name}", N_("{name}: base64 text expected"), params={}
+        )
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise Problem(
             400,
             "malformed_pdf" if name == "pdf" else "bad_parameter",
-            f"documents[{index}].{name}: not valid base64",
+            N_("{name}: not valid base64"),
+            params={"name": f"documents[{index}].{name}"},
             parameter=f"documents[{index}].{name}",
         ) from None
 
@@ -84,45 +89,68 @@ def _b64(entry: dict[str, Any], name: str, index: int) -> bytes | None:
 def _text(entry: dict[str, Any], name: str, index: int) -> str | None:
     value = entry.get(name)
     if value is not None and not isinstance(value, str):
-        raise bad_parameter(f"documents[{index}].{name}", "text expected")
+        raise bad_parameter(f"documents[{index}].{name}", N_("{name}: text expected"), params={})
     return value
 
 
 def parse_documents(body: Any, max_documents: int) -> list[BatchDocument]:
     """The batch's documents, each checked for shape (its content is the engines' task)."""
     if not isinstance(body, dict) or not isinstance(body.get("documents"), list):
-        raise bad_parameter("documents", "a JSON object with a 'documents' array expected")
+        raise bad_parameter(
+            "documents", N_("{name}: a JSON object with a 'documents' array expected"), params={}
+        )
     entries = body["documents"]
     if not entries:
-        raise bad_parameter("documents", "the batch is empty")
+        raise bad_parameter("documents", N_("{name}: the batch is empty"), params={})
     if len(entries) > max_documents:
         raise Problem(
             422,
             "batch_too_large",
-            f"{len(entries)} documents; one authorisation covers at most {max_documents} "
-            "([signing] batch_max_documents)",
+            N_(
+                "{count} documents; one authorisation covers at most {limit} "
+                "([signing] batch_max_documents)"
+            ),
+            params={"count": len(entries), "limit": max_documents},
             limit=max_documents,
         )
     documents = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise bad_parameter(f"documents[{index}]", "an object expected")
+            raise bad_parameter(f"documents[{index}]", N_("{name}: an object expected"), params={})
         unknown = sorted(set(entry) - _FIELDS)
         if unknown:
-            raise bad_parameter(f"documents[{index}].{unknown[0]}", "unknown field")
+            raise bad_parameter(
+                f"documents[{index}].{unknown[0]}", N_("{name}: unknown field"), params={}
+            )
         kind = entry.get("kind")
         if kind not in _KINDS:
-            raise bad_parameter(f"documents[{index}].kind", f"one of {', '.join(_KINDS)}")
+            raise bad_parameter(
+                f"documents[{index}].kind",
+                N_("{name}: one of {kinds}"),
+                params={"kinds": ", ".join(_KINDS)},
+            )
         xml, pdf = _b64(entry, "xml", index), _b64(entry, "pdf", index)
         if kind in ("form", "xml") and xml is None:
-            raise bad_parameter(f"documents[{index}].xml", f"a {kind} needs its XML")
+            raise bad_parameter(
+                f"documents[{index}].xml",
+                N_("{name}: a {kind} needs its XML"),
+                params={"kind": kind},
+            )
         if kind == "pdf" and (pdf is None or xml is not None):
-            raise bad_parameter(f"documents[{index}].pdf", "a pdf document has one 'pdf'")
+            raise bad_parameter(
+                f"documents[{index}].pdf", N_("{name}: a pdf document has one 'pdf'"), params={}
+            )
         if kind == "xml" and pdf is not None:
-            raise bad_parameter(f"documents[{index}].pdf", "use kind 'form' for an XML and PDF")
+            raise bad_parameter(
+                f"documents[{index}].pdf",
+                N_("{name}: use kind 'form' for an XML and PDF"),
+                params={},
+            )
         profile = _text(entry, "profile", index)
         if kind == "form" and not profile:
-            raise bad_parameter(f"documents[{index}].profile", "a form needs its profile")
+            raise bad_parameter(
+                f"documents[{index}].profile", N_("{name}: a form needs its profile"), params={}
+            )
         documents.append(
             BatchDocument(
                 index=index,
@@ -182,7 +210,7 @@ def _owned(request: web.Request) -> Batch:
     client: Client = request[CLIENT]
     batch = request.app[BATCHES].get(request.match_info["batch"])
     if batch is None or batch.owner != client.name:
-        raise Problem(404, "not_found", "no such batch", batch=request.match_info["batch"])
+        raise Problem(404, "not_found", N_("no such batch"), batch=request.match_info["batch"])
     return batch
 
 
@@ -200,7 +228,7 @@ async def create_batch(request: web.Request) -> web.Response:
     try:
         body = await asyncio.to_thread(json.loads, raw)
     except (ValueError, UnicodeDecodeError):
-        raise bad_parameter("body", "not JSON") from None
+        raise bad_parameter("body", N_("{name}: not JSON"), params={}) from None
     del raw
     documents = await asyncio.to_thread(parse_documents, body, settings.batch_max_documents)
     del body
@@ -232,12 +260,13 @@ async def get_batch_document(request: web.Request) -> web.Response:
         index = int(request.match_info["index"])
         result = batch.results[index]
     except (ValueError, IndexError):
-        raise Problem(404, "not_found", "no such document in this batch") from None
+        raise Problem(404, "not_found", N_("no such document in this batch")) from None
     if result.signed is None:
         raise Problem(
             409,
             "not_signed",
-            f"document {index} is {result.state}",
+            N_("document {index} is {state}"),
+            params={"index": index, "state": result.state},
             state=result.state,
             **({"problem": result.problem} if result.problem else {}),
         )

@@ -64,11 +64,12 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Proble
         return Problem(
             405,
             "method_not_allowed",
-            f"{request.path} answers {', '.join(allowed) or 'no method'}",
+            N_("{path} answers {methods}") if allowed else N_("{path} answers no method"),
+            params={"path": request.path, "methods": ", ".join(allowed)},
             headers={"Allow": ", ".join(allowed)},
         )
     if exc.status == 413:
-        return Problem(413, "too_large", "the request body is over the configured limit")
+        return Problem(413, "too_large", N_("the request body is over the configured limit"))
     code = {400: "bad_request", 401: "unauthorized", 403: "forbidden"}.get(exc.status, "error")
     return Problem(exc.status, code, exc.reason or "request refused")
 
@@ -226,7 +227,7 @@ def _bearer(request: web.Request) -> str | None:
         raise Problem(
             401,
             "unauthorized",
-            "use Authorization: Bearer <token>",
+            N_("use Authorization: Bearer <token>"),
             headers={"WWW-Authenticate": 'Bearer realm="sidecar"'},
         )
     return token.strip()
@@ -282,7 +283,12 @@ async def body_rules(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     if not op.request_types:
         if request.content_length:
-            raise Problem(400, "bad_parameter", f"{op.method} {op.path} takes no body")
+            raise Problem(
+                400,
+                "bad_parameter",
+                N_("{method} {path} takes no body"),
+                params={"method": op.method, "path": op.path},
+            )
         return await handler(request)
     limit = _limit(request, op)
     if request.content_length is not None and request.content_length > limit:
@@ -318,8 +324,10 @@ def _check_boundary(content_type: str) -> None:
         raise Problem(
             400,
             "bad_parameter",
-            "Content-Type: a multipart body needs a boundary of 1-70 ASCII letters, "
-            "digits or '()+_,-./:=? (RFC 2046)",
+            N_(
+                "Content-Type: a multipart body needs a boundary of 1-70 ASCII letters, "
+                "digits or '()+_,-./:=? (RFC 2046)"
+            ),
             parameter="boundary",
         )
 
@@ -345,7 +353,8 @@ async def read_body(request: web.Request) -> bytes:
             raise Problem(
                 408,
                 "body_timeout",
-                f"the body stalled: no byte for {stall:g} s",
+                N_("the body stalled: no byte for {seconds} s"),
+                params={"seconds": f"{stall:g}"},
                 headers={"Connection": "close"},
             ) from None
         except web.RequestPayloadError:
@@ -356,7 +365,7 @@ async def read_body(request: web.Request) -> bytes:
             raise Problem(
                 400,
                 "malformed_body",
-                "the body cannot be read: its chunked framing or Content-Encoding is invalid",
+                N_("the body cannot be read: its chunked framing or Content-Encoding is invalid"),
                 headers={"Connection": "close"},
             ) from None
         if not chunk:
@@ -377,7 +386,8 @@ def not_implemented(op: Operation) -> Handler:
         raise Problem(
             501,
             "not_implemented",
-            f"{op.method} {op.path} is part of the contract but not built in this version",
+            N_("{method} {path} is part of the contract but not built in this version"),
+            params={"method": op.method, "path": op.path},
         )
 
     return handler

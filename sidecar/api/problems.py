@@ -148,8 +148,13 @@ def problem_response(problem: Problem, *, instance: str | None = None) -> web.Re
     )
 
 
-def bad_parameter(name: str, detail: str) -> Problem:
-    return Problem(400, "bad_parameter", f"{name}: {detail}", parameter=name)
+def bad_parameter(name: str, detail: str, *, params: Mapping[str, Any] | None = None) -> Problem:
+    """400 ``bad_parameter`` naming *name*: ``"{name}: {detail}"`` in English; with
+    *params* (``{}`` if it has none) *detail* is a template marked ``N_("{name}: ...")``,
+    translated like any other, and ``{name}`` is filled in with the rest."""
+    if params is None:
+        return Problem(400, "bad_parameter", f"{name}: {detail}", parameter=name)
+    return Problem(400, "bad_parameter", detail, params={"name": name, **params}, parameter=name)
 
 
 _MAPPERS: list[tuple[type[BaseException], Callable[[Any], Problem]]] = []

@@ -20,6 +20,9 @@ listed in :data:`PRIVATE_HOOKS` and checked by ``tests/test_http_surface.py``
   handler's state ``_request_count`` (heads parsed on this connection), ``_waiter``
   (set while it waits for the next request) and ``_messages`` (heads parsed, not
   handled yet).
+
+These answers come before aiohttp has parsed the head, so its ``Accept-Language`` is
+read from the head's first bytes, kept for that purpose only (:meth:`_Connection.language`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -34,7 +38,8 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from .problems import Problem, problem_response
+from ..i18n import N_, negotiate
+from .problems import Problem, problem_language, problem_response
 
 __all__ = ["PRIVATE_HOOKS", "install_protocol"]
 
@@ -52,6 +57,11 @@ PRIVATE_HOOKS: tuple[tuple[str, str], ...] = (
     ("web.RequestHandler", "_messages"),
 )
 
+#: How much of a request head is kept to find its Accept-Language (its first bytes).
+_HEAD_KEPT = 8192
+_ACCEPT_LANGUAGE = re.compile(rb"\r\naccept-language[ \t]*:[ \t]*([\x20-\x7e]{1,200})\r\n", re.I)
+
+_NOT_HTTP = N_("the request is not valid HTTP")
 # The parser's refusals, most specific first: a stable code and a detail of our own.
 # The exception's own message is never shown nor logged: it quotes the raw line.
 _PARSER_ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
@@ -59,29 +69,29 @@ _PARSER_ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
         http_exceptions.LineTooLong,
         431,
         "header_too_large",
-        "the request line or a header line is over 8190 bytes",
+        N_("the request line or a header line is over 8190 bytes"),
     ),
-    (http_exceptions.BadHttpMethod, 400, "malformed_http", "not an HTTP request (bad method)"),
-    (http_exceptions.InvalidURLError, 400, "malformed_http", "the request target is not valid"),
-    (http_exceptions.InvalidHeader, 400, "malformed_http", "a header name or value is invalid"),
+    (http_exceptions.BadHttpMethod, 400, "malformed_http", N_("not an HTTP request (bad method)")),
+    (http_exceptions.InvalidURLError, 400, "malformed_http", N_("the request target is not valid")),
+    (http_exceptions.InvalidHeader, 400, "malformed_http", N_("a header name or value is invalid")),
     (
         http_exceptions.PayloadEncodingError,
         400,
         "malformed_body",
-        "the body's framing or encoding is invalid",
+        N_("the body's framing or encoding is invalid"),
     ),
-    (http_exceptions.BadStatusLine, 400, "malformed_http", "the request line is not valid"),
-    (http_exceptions.HttpProcessingError, 400, "malformed_http", "the request is not valid HTTP"),
+    (http_exceptions.BadStatusLine, 400, "malformed_http", N_("the request line is not valid")),
+    (http_exceptions.HttpProcessingError, 400, "malformed_http", _NOT_HTTP),
 )
 
 
 def _parser_problem(status: int, exc: BaseException | None) -> Problem:
     if status >= 500:
-        return Problem(500, "internal_error", "internal error; see the daemon's log")
+        return Problem(500, "internal_error", N_("internal error; see the daemon's log"))
     for exc_type, their_status, code, detail in _PARSER_ERRORS:
         if isinstance(exc, exc_type):
             return Problem(their_status, code, detail)
-    return Problem(status, "malformed_http", "the request is not valid HTTP")
+    return Problem(status, "malformed_http", _NOT_HTTP)
 
 
 def _with_request_id(response: web.StreamResponse) -> web.StreamResponse:
@@ -103,6 +113,8 @@ class _Connection(web.RequestHandler):
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._heads_when_armed = 0
+        self._head = b""  # the current head's first bytes, for its Accept-Language
+        self._head_of = 0  # the _request_count when _head began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -114,6 +126,10 @@ class _Connection(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
+        if heads != self._head_of:  # a head was parsed since: a new one starts
+            self._head, self._head_of = b"", heads
+        if len(self._head) < _HEAD_KEPT:
+            self._head += data[: _HEAD_KEPT - len(self._head)]
         super().data_received(data)
         if self._request_count != heads:
             self._disarm_header_timer()
@@ -136,6 +152,11 @@ class _Connection(web.RequestHandler):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def language(self) -> str | None:
+        """The ``Accept-Language`` of the head being received, as far as it came."""
+        found = _ACCEPT_LANGUAGE.search(self._head)
+        return found.group(1).decode("ascii") if found else None
+
     def _header_deadline(self) -> None:
         self._header_timer = None
         transport = self.transport
@@ -146,12 +167,15 @@ class _Connection(web.RequestHandler):
         problem = Problem(
             408,
             "header_timeout",
-            f"the request head was not complete within {self._header_timeout:g} s",
+            N_("the request head was not complete within {seconds} s"),
+            params={"seconds": f"{self._header_timeout:g}"},
         )
-        body = json.dumps(problem.body()).encode()
+        language = negotiate(self.language())
+        body = json.dumps(problem.body(language=language), ensure_ascii=False).encode()
         transport.write(
             b"HTTP/1.1 408 Request Timeout\r\n"
             b"Content-Type: application/problem+json\r\n"
+            + (f"Content-Language: {language}\r\n".encode() if language else b"")
             + f"Content-Length: {len(body)}\r\n".encode()
             + f"X-Request-Id: {uuid.uuid4()}\r\n".encode()
             + b"Connection: close\r\n\r\n"
@@ -188,6 +212,7 @@ class _Connection(web.RequestHandler):
             )
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; it cannot become an error")
+        problem_language.set(self.language())  # the connection closes after this answer
         response = problem_response(_parser_problem(status, exc))
         response.force_close()
         return _with_request_id(response)
@@ -206,10 +231,12 @@ def _outermost(
                 raise
             if exc.status == 417:
                 problem = Problem(
-                    417, "expectation_failed", "the only Expect understood is 100-continue"
+                    417, "expectation_failed", N_("the only Expect understood is 100-continue")
                 )
             else:
                 problem = Problem(exc.status, "bad_request", exc.reason or "request refused")
+            # The middlewares have not run: the caller's language is set here.
+            problem_language.set(request.headers.get("Accept-Language"))
             return _with_request_id(problem_response(problem))
 
     return handle

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from ..audit import AuditJournal
 from ..config import Settings
+from ..i18n import _
 from ..paths import Paths
 from ..progress import progress_iter
 from ..storage import StorageUnavailable
@@ -96,7 +97,7 @@ def _audit(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
         try:
             # stdout is the data; the progress line goes to stderr on a terminal.
             entries = progress_iter(
-                journal.entries(since=args.since), label="exporting", unit="entry"
+                journal.entries(since=args.since), label=_("exporting"), unit="entry"
             )
             for entry in entries:
                 print(json.dumps(entry.as_json(), ensure_ascii=False), file=out)

@@ -21,7 +21,13 @@ PACKAGE = Path(__file__).resolve().parent.parent
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 #: What each domain is extracted from (Babel method maps), relative to ``sidecar/``.
 DOMAINS = {
-    "sidecar": [("**/sandbox/**.py", "ignore"), ("**.py", "python")],
+    # The sandbox is a developer's tool, English only; but for what its start-up says
+    # when it cannot serve (a port taken), which practice IT staff read too.
+    "sidecar": [
+        ("**/sandbox/services.py", "python"),
+        ("**/sandbox/**.py", "ignore"),
+        ("**.py", "python"),
+    ],
     "web": [("web/status.js", "javascript"), ("web/common.js", "javascript")],
 }
 KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2)}

@@ -15,6 +15,7 @@ architecture, not a PKCS#11 library) give the same words.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ import pkcs11
 from asn1crypto import x509
 from pkcs11 import Attribute, ObjectClass, SlotFlag, TokenFlag
 
+from ..i18n import _
 from .algorithms import key_type_of
 from .errors import KeyConfigError
 from .pkcs11_module import load_module
@@ -224,7 +226,9 @@ def _run_with_deadline(call: Callable[[], T], seconds: float, what: str) -> T:
         except BaseException as exc:
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name="pkcs11-listing", daemon=True)
+    # In the caller's context: what the listing says comes in the command's language.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(run,), name="pkcs11-listing", daemon=True)
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
@@ -269,9 +273,9 @@ def _token(slot: pkcs11.Slot) -> TokenListing:
         try:
             certificates = _certificates(token)
         except pkcs11.PKCS11Error as exc:
-            problem = f"the certificates cannot be read ({type(exc).__name__})"
+            problem = _("the certificates cannot be read ({error})", error=type(exc).__name__)
     else:
-        problem = "the token is not initialized (no PIN, no keys)"
+        problem = _("the token is not initialized (no PIN, no keys)")
     return TokenListing(
         label=token.label.strip(),
         serial=token.serial.decode("ascii", "replace").strip(),

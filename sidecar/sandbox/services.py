@@ -29,6 +29,7 @@ from asn1crypto import pem as asn1_pem
 from certomancer.integrations.aiohttp_animator import build_animator_app
 from certomancer.registry import ArchLabel
 
+from sidecar.i18n import _
 from sidecar.ports import bind, bind_error
 from sidecar.sandbox.pki import ARCH_LABEL, SandboxError, SandboxPKI, load_certomancer_config
 
@@ -72,9 +73,7 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
         try:
             await web.SockSite(runner, sock).start()  # listens
         except OSError as exc:  # a sandbox started meanwhile listened first
-            raise SandboxError(
-                f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {bind_error(exc)}"
-            ) from None
+            raise SandboxError(_cannot_serve(pki, bind_error(exc))) from None
         logger.info("sandbox PKI services listening on %s", pki.base_url)
         yield pki
     finally:
@@ -88,22 +87,28 @@ def _bind(pki: SandboxPKI) -> socket.socket:
     except OSError as exc:
         reason = bind_error(exc)
         if exc.errno != errno.EADDRINUSE:
-            raise SandboxError(
-                f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {reason}"
-            ) from None
+            raise SandboxError(_cannot_serve(pki, reason)) from None
     if _serves_this_sandbox(pki):
-        what_to_do = (
+        what_to_do = _(
             "another sidecar already serves this same sandbox (same SIDECAR_HOME): "
             "use that one, or stop it first"
         )
     else:
         # The certificates name this port: only a new sandbox can move elsewhere.
-        what_to_do = (
+        what_to_do = _(
             "another program holds it; stop that program, or delete "
-            f"{pki.directory} and start again to regenerate the sandbox on free ports"
+            "{directory} and start again to regenerate the sandbox on free ports",
+            directory=pki.directory,
         )
-    raise SandboxError(
-        f"cannot serve the sandbox PKI on {pki.host}:{pki.port}: {reason}: {what_to_do}"
+    raise SandboxError(f"{_cannot_serve(pki, reason)}: {what_to_do}")
+
+
+def _cannot_serve(pki: SandboxPKI, reason: str) -> str:
+    return _(
+        "cannot serve the sandbox PKI on {host}:{port}: {reason}",
+        host=pki.host,
+        port=pki.port,
+        reason=reason,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..i18n import _
 from ..keys.credentials import (
     SecretUnavailable,
     delete_stored_secret,
@@ -72,8 +73,16 @@ def secret_from_env(variable: str | None, what: str, flag: str) -> str:
     """A secret an installer hands over in an environment variable (never on the
     command line, which other users of the machine can read)."""
     if not variable:
-        raise SetupAborted(f"{what}: name the environment variable holding it with {flag}")
+        raise SetupAborted(
+            _("{what}: name the environment variable holding it with {flag}", what=what, flag=flag)
+        )
     value = os.environ.get(variable)
     if not value:
-        raise SetupAborted(f"{what}: environment variable {variable} is empty or unset")
+        raise SetupAborted(
+            _(
+                "{what}: environment variable {variable} is empty or unset",
+                what=what,
+                variable=variable,
+            )
+        )
     return value

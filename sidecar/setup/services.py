@@ -64,7 +64,7 @@ def tsa_from_flags(args: argparse.Namespace) -> tuple[TsaSettings | None, list[S
     if get("no_tsa"):
         return None, []
     if not get("tsa_url"):
-        raise SetupAborted("no TSA named: give --tsa-url (and its credentials), or --no-tsa")
+        raise SetupAborted(_("no TSA named: give --tsa-url (and its credentials), or --no-tsa"))
     url = _checked(get("tsa_url"), field_check(TsaSettings, "url"), "--tsa-url")
     policy = get("tsa_policy")
     if policy:
@@ -75,7 +75,7 @@ def tsa_from_flags(args: argparse.Namespace) -> tuple[TsaSettings | None, list[S
     if username:
         entry = _tsa_entry(url)
         password = secret_from_env(
-            get("tsa_password_env"), "the TSA password", "--tsa-password-env"
+            get("tsa_password_env"), _("the TSA password"), "--tsa-password-env"
         )
         secrets.append(Secret(entry, "TSA password", password))
     tsa = TsaSettings(url=url, policy=policy or None, username=username, password_keyring=entry)
@@ -129,7 +129,7 @@ def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[S
         return None, []
     if not get("cns_url"):
         raise SetupAborted(
-            "no CNS endpoint named: give --cns-url (and --cns-environment), or --no-cns"
+            _("no CNS endpoint named: give --cns-url (and --cns-environment), or --no-cns")
         )
     environment = get("cns_environment") or "test"
     url = _checked(get("cns_url"), field_check(CnsBaseUrls, environment), "--cns-url")
@@ -138,7 +138,7 @@ def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[S
     auth = CnsAuth(mode=mode)
     if mode == "bearer":
         entry = f"cns:{environment}:token"
-        token = secret_from_env(get("cns_token_env"), "the CNS token", "--cns-token-env")
+        token = secret_from_env(get("cns_token_env"), _("the CNS token"), "--cns-token-env")
         secrets.append(Secret(entry, "CNS token", token))
         auth = CnsAuth(mode="bearer", token_keyring=entry)
     elif mode == "oauth2":
@@ -147,9 +147,9 @@ def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[S
             get("cns_token_url") or "", field_check(CnsAuth, "token_url"), "--cns-token-url"
         )
         if not token_url or not get("cns_client_id"):
-            raise SetupAborted("--cns-auth oauth2 needs --cns-token-url and --cns-client-id")
+            raise SetupAborted(_("--cns-auth oauth2 needs --cns-token-url and --cns-client-id"))
         secret = secret_from_env(
-            get("cns_client_secret_env"), "the CNS client secret", "--cns-client-secret-env"
+            get("cns_client_secret_env"), _("the CNS client secret"), "--cns-client-secret-env"
         )
         secrets.append(Secret(entry, "CNS client secret", secret))
         auth = CnsAuth(
@@ -164,7 +164,7 @@ def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[S
         entry = f"cns:{environment}:pkcs12"
         passphrase = secret_from_env(
             get("cns_pkcs12_passphrase_env"),
-            "the CNS client certificate's passphrase",
+            _("the CNS client certificate's passphrase"),
             "--cns-pkcs12-passphrase-env",
         )
         secrets.append(Secret(entry, "CNS client certificate passphrase", passphrase))

@@ -63,32 +63,64 @@ def suggest_key_id(subject: str) -> str:
 
 
 def _certificate_line(cert: TokenCertificate) -> str:
-    kind = "CA certificate" if cert.is_ca else cert.key_type
+    kind = _("CA certificate") if cert.is_ca else cert.key_type
     return (
-        f"{cert.subject}  [{kind}, expires {cert.not_after:%Y-%m-%d}]\n"
-        f"       issued by {cert.issuer}; label {cert.label!r}, id {cert.id_hex or '-'}"
+        _(
+            "{subject}  [{kind}, expires {date}]",
+            subject=cert.subject,
+            kind=kind,
+            date=format_date(cert.not_after),
+        )
+        + "\n       "
+        + _(
+            "issued by {issuer}; label {label!r}, id {id}",
+            issuer=cert.issuer,
+            label=cert.label,
+            id=cert.id_hex or "-",
+        )
     )
 
 
 def describe_slots(module: Path, slots: list[SlotListing]) -> list[str]:
     """Lines telling what a module shows: slots, tokens, certificates."""
     if not slots:
-        return [f"{module}: no slot (no reader connected, or the smartcard service is not running)"]
+        return [
+            _(
+                "{module}: no slot (no reader connected, or the smartcard service is not running)",
+                module=module,
+            )
+        ]
     lines = [f"{module}:"]
     for slot in slots:
         token = slot.token
         if token is None:
-            lines.append(f"  slot {slot.slot_id} ({slot.description}): no token")
+            lines.append(
+                "  "
+                + _(
+                    "slot {slot} ({description}): no token",
+                    slot=slot.slot_id,
+                    description=slot.description,
+                )
+            )
             continue
-        extra = ", PIN pad" if token.pinpad else ""
+        extra = _(", PIN pad") if token.pinpad else ""
+        maker = f"{token.manufacturer} {token.model}"
         lines.append(
-            f"  slot {slot.slot_id} ({slot.description}): token {token.label!r} "
-            f"serial {token.serial or '-'} ({token.manufacturer} {token.model}{extra})"
+            "  "
+            + _(
+                "slot {slot} ({description}): token {label!r} serial {serial} ({maker}{extra})",
+                slot=slot.slot_id,
+                description=slot.description,
+                label=token.label,
+                serial=token.serial or "-",
+                maker=maker,
+                extra=extra,
+            )
         )
         if token.problem:
             lines.append(f"    {token.problem}")
         elif not token.certificates:
-            lines.append("    no certificate")
+            lines.append("    " + _("no certificate"))
         lines.extend(f"    - {_certificate_line(c)}" for c in token.certificates)
     return lines
 
@@ -99,7 +131,9 @@ def describe_machine(extra_modules: list[Path] | None = None) -> list[str]:
     named = {m.path.resolve() for m in given}
     modules = given + [m for m in find_modules() if m.path.resolve() not in named]
     if not modules:
-        return ["no PKCS#11 module found at the usual places (is the token middleware installed?)"]
+        return [
+            _("no PKCS#11 module found at the usual places (is the token middleware installed?)")
+        ]
     lines: list[str] = []
     for found in modules:
         lines.append(f"[{found.middleware}]")
@@ -189,13 +223,15 @@ def key_from_flags(args: argparse.Namespace) -> KeyChoice | None:
             passphrase_source="keyring",
         )
         passphrase = secret_from_env(
-            get("p12_passphrase_env"), "the PKCS#12 passphrase", "--p12-passphrase-env"
+            get("p12_passphrase_env"), _("the PKCS#12 passphrase"), "--p12-passphrase-env"
         )
         return KeyChoice(config, Secret(config.secret_entry, "PKCS#12 passphrase", passphrase))
     if not any(get(k) for k in ("module", "token_label", "token_serial", "key_label", "key_id")):
         raise SetupAborted(
-            "no signing key named: give --module/--token-label/--key-label/--key-id "
-            "(a token), --p12 FILE, or --no-key"
+            _(
+                "no signing key named: give --module/--token-label/--key-label/--key-id "
+                "(a token), --p12 FILE, or --no-key"
+            )
         )
     modules = [Path(get("module"))] if get("module") else [m.path for m in find_modules()]
     found, seen = _candidates(
@@ -206,10 +242,13 @@ def key_from_flags(args: argparse.Namespace) -> KeyChoice | None:
         key_id=get("key_id"),
     )
     if len(found) != 1:
-        problem = "no certificate matches" if not found else "several certificates match"
+        problem = (
+            _("no certificate matches the flags (--token-label, --key-label, --key-id)")
+            if not found
+            else _("several certificates match the flags (--token-label, --key-label, --key-id)")
+        )
         raise SetupAborted(
-            f"{problem} the flags (--token-label, --key-label, --key-id); seen:\n"
-            + "\n".join(seen or ["no PKCS#11 module found"])
+            problem + "; " + _("seen:") + "\n" + "\n".join(seen or [_("no PKCS#11 module found")])
         )
     pinpad = get("pin_source") == "pinpad"
     config = _pkcs11_config(
@@ -220,7 +259,7 @@ def key_from_flags(args: argparse.Namespace) -> KeyChoice | None:
     )
     if pinpad:
         return KeyChoice(config, None)
-    pin = secret_from_env(get("pin_env"), "the token's PIN", "--pin-env")
+    pin = secret_from_env(get("pin_env"), _("the token's PIN"), "--pin-env")
     return KeyChoice(config, Secret(config.secret_entry, f"PIN of key {config.id!r}", pin))
 
 
