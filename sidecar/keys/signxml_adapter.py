@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as _padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from .._hooks.cryptography_hooks import pss_salt_length
 from .errors import UnsupportedAlgorithm
 
 __all__ = ["BlockingSigner", "SignerEcKey", "SignerRsaKey", "as_cryptography_key"]
@@ -83,9 +84,8 @@ class SignerRsaKey(_NotExportable, rsa.RSAPrivateKey):
         if isinstance(padding, _padding.PKCS1v15):
             return self._signer.sign_blocking(data, digest=digest)
         if isinstance(padding, _padding.PSS):
-            # The token's PSS uses MGF1 with the same digest and a digest-long salt;
-            # cryptography has no public accessor for the salt length.
-            salt = padding._salt_length
+            # The token's PSS uses MGF1 with the same digest and a digest-long salt.
+            salt = pss_salt_length(padding)
             if salt not in (algorithm.digest_size, _padding.PSS.DIGEST_LENGTH):
                 raise UnsupportedAlgorithm("only PSS with a salt as long as the digest")
             return self._signer.sign_blocking(data, digest=digest, pss=True)

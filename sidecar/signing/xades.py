@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -53,8 +54,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from signxml import SignatureConstructionMethod
-from signxml.xades import XAdESDataObjectFormat, XAdESSigner
+from signxml.xades import XAdESDataObjectFormat
 
+from .._hooks.signxml_hooks import HookedXAdESSigner
 from ..keys.signer import Signer
 from ..keys.signxml_adapter import as_cryptography_key
 from .report import BASELINE_LEVELS, Level
@@ -169,7 +171,7 @@ class XadesOptions:
 # -- B-B with signxml --------------------------------------------------------
 
 
-class _SidecarXAdESSigner(XAdESSigner):
+class _SidecarXAdESSigner(HookedXAdESSigner):
     """signxml's XAdES signer with the few things EN 319 132-1 baseline needs changed.
 
     - the data reference digests the document *as parsed from the caller's bytes*
@@ -207,17 +209,16 @@ class _SidecarXAdESSigner(XAdESSigner):
 
     def get_root(self, data):  # type: ignore[no-untyped-def]
         # signxml copies its input (serialise, parse) twice: the tree to put the
-        # signature in, and the data reference's input (which _build_sig replaces by
+        # signature in, and the data reference's input (which reference_inputs replaces by
         # the original document). The work copy is a parsed document of its own, made
         # for this signature only: it can take the signature as it is.
         if data is not None and data is self.work:
             return data
         return super().get_root(data)
 
-    # signxml hook: the payload of each reference.
-    def _build_sig(self, sig_root, references, c14n_inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
-        inputs = list(c14n_inputs)
-        references = list(references)
+    def reference_inputs(
+        self, references: list[Any], inputs: list[Any]
+    ) -> tuple[Sequence[Any], Sequence[Any]]:
         for index, reference in enumerate(references):
             if inputs[index].getparent() is None:
                 # The whole document: URI="" (signxml would write "#Id" when the root
@@ -228,17 +229,15 @@ class _SidecarXAdESSigner(XAdESSigner):
                     if self._options.allow_parallel
                     else self._document
                 )
-        return super()._build_sig(sig_root, references, inputs, *args, **kwargs)
+        return references, inputs
 
-    def _build_transforms_for_reference(self, *, transforms_node, reference, **kwargs):  # type: ignore[no-untyped-def]
-        if self._options.allow_parallel and reference.URI == "":
-            xpath = etree.SubElement(transforms_node, ds("Transform"), Algorithm=XPATH_FILTER)
-            etree.SubElement(xpath, ds("XPath")).text = PARALLEL_XPATH
-            etree.SubElement(transforms_node, ds("Transform"), Algorithm=C14N_INCL)
-            return
-        super()._build_transforms_for_reference(
-            transforms_node=transforms_node, reference=reference, **kwargs
-        )
+    def write_transforms(self, transforms_node: etree._Element, reference: Any) -> bool:
+        if not (self._options.allow_parallel and reference.URI == ""):
+            return False
+        xpath = etree.SubElement(transforms_node, ds("Transform"), Algorithm=XPATH_FILTER)
+        etree.SubElement(xpath, ds("XPath")).text = PARALLEL_XPATH
+        etree.SubElement(transforms_node, ds("Transform"), Algorithm=C14N_INCL)
+        return True
 
     def add_signing_time(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
         element = etree.SubElement(signed_signature_properties, xades("SigningTime"))
@@ -251,7 +250,7 @@ class _SidecarXAdESSigner(XAdESSigner):
         cert_digest = etree.SubElement(etree.SubElement(v2, xades("Cert")), xades("CertDigest"))
         etree.SubElement(cert_digest, ds("DigestMethod"), Algorithm=self.digest_alg.value)
         etree.SubElement(cert_digest, ds("DigestValue")).text = base64.b64encode(
-            self._get_digest(der, algorithm=self.digest_alg)
+            self.digest(der, self.digest_alg)
         ).decode("ascii")
 
     def add_signature_policy_identifier(  # type: ignore[no-untyped-def]
