@@ -15,7 +15,7 @@ from asn1crypto import cms
 __all__ = ["DefiniteSignerInfo", "ReceivedContentInfo", "as_definite_signer_info"]
 
 
-class ReceivedContentInfo(cms.ContentInfo):
+class ReceivedContentInfo(cms.ContentInfo):  # type: ignore[misc]  # asn1crypto: untyped
     """A ``ContentInfo`` as received from its signer: :meth:`dump` gives those bytes.
 
     A token is signed data and must travel unchanged; re-encoding it each time a CMS
@@ -46,7 +46,7 @@ class ReceivedContentInfo(cms.ContentInfo):
         self._received = getattr(other, "_received", None)
 
 
-class DefiniteSignerInfo(cms.SignerInfo):
+class DefiniteSignerInfo(cms.SignerInfo):  # type: ignore[misc]  # asn1crypto: untyped
     """A SignerInfo we build, written without asn1crypto's indefinite-length guess.
 
     A SignerInfo of 0x0a80 = 2688 bytes (an RSA-2048 signature with the sandbox TSA's

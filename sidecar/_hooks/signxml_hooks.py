@@ -35,13 +35,22 @@ class HookedXAdESSigner(XAdESSigner):
 
     def digest(self, data: bytes, algorithm: DigestAlgorithm) -> bytes:
         """``data``'s digest with ``algorithm``, as signxml computes it for references."""
-        return self._get_digest(data, algorithm=algorithm)  # type: ignore[no-any-return]
+        return self._get_digest(data, algorithm=algorithm)
 
-    def _build_sig(self, sig_root, references, c14n_inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _build_sig(
+        self,
+        sig_root: etree._Element,
+        references: Sequence[Any],
+        c14n_inputs: Sequence[Any],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         references, inputs = self.reference_inputs(list(references), list(c14n_inputs))
         return super()._build_sig(sig_root, references, inputs, *args, **kwargs)
 
-    def _build_transforms_for_reference(self, *, transforms_node, reference, **kwargs):  # type: ignore[no-untyped-def]
+    def _build_transforms_for_reference(
+        self, *, transforms_node: etree._Element, reference: Any, **kwargs: Any
+    ) -> None:
         if not self.write_transforms(transforms_node, reference):
             super()._build_transforms_for_reference(
                 transforms_node=transforms_node, reference=reference, **kwargs

@@ -234,12 +234,9 @@ async def get_batch_document(request: web.Request) -> web.Response:
     except (ValueError, IndexError):
         raise Problem(404, "not_found", "no such document in this batch") from None
     if result.signed is None:
+        extra: dict[str, Any] = {"problem": result.problem} if result.problem else {}
         raise Problem(
-            409,
-            "not_signed",
-            f"document {index} is {result.state}",
-            state=result.state,
-            **({"problem": result.problem} if result.problem else {}),
+            409, "not_signed", f"document {index} is {result.state}", state=result.state, **extra
         )
     headers = {"X-Signature-Level": result.signed.info.get("level", "none")}
     if "pdf_level" in result.signed.info:

@@ -64,7 +64,9 @@ def _locked(exc: KeyLocked) -> Problem:
         extra["retries_left"] = exc.retries_left
     if exc.token_flags:
         extra["token_flags"] = list(exc.token_flags)
-    translation = (_LOCKED[exc.reason], {}) if exc.reason in _LOCKED else None
+    translation: tuple[str, dict[str, object]] | None = (
+        (_LOCKED[exc.reason], {}) if exc.reason in _LOCKED else None
+    )
     return Problem(423, "key_locked", exc.detail, translation=translation, **extra)
 
 

@@ -31,6 +31,7 @@ serialized, so two concurrent posts of the same UUID make exactly one row.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import json
 import sqlite3
@@ -339,7 +340,8 @@ class Outbox:
         limit: int = 100,
     ) -> list[Message]:
         """Messages in acceptance order, from ``seq > after``."""
-        clauses, args = ["seq > ?"], [after]
+        clauses: list[str] = ["seq > ?"]
+        args: list[object] = [after]
         if status is not None:
             clauses.append("status = ?")
             args.append(status.value)
@@ -374,7 +376,7 @@ class Outbox:
 
     # -- delivering --------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
+    def recover(self) -> builtins.list[str]:
         """At start: rows left ``sending`` by a crash go back to the queue, due now.
 
         They are re-sent with the same UUID; the CNS deduplicates."""
@@ -390,7 +392,7 @@ class Outbox:
             )
         return ids
 
-    def requeue(self, ids: list[str]) -> None:
+    def requeue(self, ids: builtins.list[str]) -> None:
         """Deliveries cut short by a stop go back to the queue, due now."""
         now = self._clock()
         with self._transaction():
@@ -400,14 +402,14 @@ class Outbox:
                 [(now, now, i) for i in ids],
             )
 
-    def claim(self, limit: int) -> tuple[list[Message], list[Message]]:
+    def claim(self, limit: int) -> tuple[builtins.list[Message], builtins.list[Message]]:
         """Mark up to *limit* due messages ``sending`` and return them with their bodies.
 
         A cancellation is due only once its deposit is final; one whose deposit was
         rejected or failed is closed ``failed`` instead (second list), never sent."""
         now = self._clock()
-        claimed: list[Message] = []
-        closed: list[Message] = []
+        claimed: builtins.list[Message] = []
+        closed: builtins.list[Message] = []
         with self._transaction():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS}, body FROM messages m WHERE m.status = 'queued' "  # noqa: S608
@@ -456,7 +458,7 @@ class Outbox:
         answer_status: int | None = None,
         answer_type: str = "",
         answer_body: bytes | None = None,
-        reasons: list[dict[str, str]] | None = None,
+        reasons: builtins.list[dict[str, str]] | None = None,
         error: str = "",
         retry_at: float | None = None,
     ) -> Message:
@@ -490,7 +492,7 @@ class Outbox:
 
     # -- offline mode ------------------------------------------------------------------
 
-    def awaiting_timestamp(self) -> list[Message]:
+    def awaiting_timestamp(self) -> builtins.list[Message]:
         with self._lock:
             messages = self._select("WHERE status = 'awaiting_timestamp' ORDER BY seq")
             bodies = dict(
@@ -513,7 +515,7 @@ class Outbox:
                 raise UnknownMessage(uuid)
             return self._select("WHERE id = ?", (uuid,))[0]
 
-    def unknown(self) -> list[Message]:
+    def unknown(self) -> builtins.list[Message]:
         """Messages whose outcome at the CNS is not known (to be asked about)."""
         with self._lock:
             return self._select("WHERE status = 'unknown' ORDER BY seq")

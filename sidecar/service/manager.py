@@ -146,7 +146,7 @@ def service_command_line(
     else:
         python = executable
         if in_venv:
-            python = base_executable or getattr(sys, "_base_executable", executable)
+            python = base_executable or str(getattr(sys, "_base_executable", executable))
             environment["PYTHONPATH"] = _venv_site_packages()
         command = [python, "-m", "sidecar", "service", "run"]
     if config_file is not None:

@@ -511,7 +511,7 @@ def draft_signature(
     placement = _Placement(
         encoding=parsed.encoding,
         target_span=target_span,
-        target_nsmap=tuple(signature.getparent().nsmap.items()),  # type: ignore[union-attr]
+        target_nsmap=tuple(signature.getparent().nsmap.items()),
         target_index=target_index,
         # The signature itself nests 8 levels below its parent.
         max_depth=options.max_depth + 16,

@@ -782,7 +782,12 @@ def designates(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
 _TOKEN_ALGORITHMS = CMSAlgorithmUsagePolicy.lift_policy(DisallowWeakAlgorithmsPolicy())
 _SIGNATURES = DefaultSignatureValidator()
 #: Signed attributes a token may carry once at most, and those it must carry.
-_SINGLE = ("content_type", "message_digest", "signing_certificate", "signing_certificate_v2")
+_SINGLE: tuple[str, ...] = (
+    "content_type",
+    "message_digest",
+    "signing_certificate",
+    "signing_certificate_v2",
+)
 _SINGLE += ("cms_algorithm_protection",)
 _REQUIRED = ("content_type", "message_digest")
 
