@@ -27,6 +27,7 @@ from sidecar._hooks import asn1crypto_hooks, cryptography_hooks, pyhanko_hooks, 
 from sidecar.keys import Signer
 from sidecar.keys.signxml_adapter import SignerEcKey, SignerRsaKey
 from sidecar.signing import pades as pades_module
+from sidecar.signing import xades as xades_module
 from sidecar.signing.pades import PadesEngine, PadesOptions
 from sidecar.signing.report import Level
 from sidecar.signing.xades import XadesOptions, sign_xml
@@ -108,6 +109,8 @@ def test_key_wrappers_implement_every_abstract_method(xades_signers: dict[str, S
 
 def _count(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[Any, ...]]:
     """Record the calls of ``owner.name`` (still calling it) while the test runs."""
+    # The override itself, not a method inherited from the library.
+    assert name in vars(owner), f"{owner.__name__} no longer defines {name}"
     calls: list[tuple[Any, ...]] = []
     original = getattr(owner, name)
 
@@ -161,11 +164,17 @@ async def test_xades_signature_takes_the_signxml_hooks(
         monkeypatch, signxml_hooks.HookedXAdESSigner, "_build_transforms_for_reference"
     )
     digests = _count(monkeypatch, signxml_hooks.HookedXAdESSigner, "digest")
+    # ...and through them, the engine's public overrides.
+    engine_signer = xades_module._SidecarXAdESSigner
+    assert issubclass(engine_signer, signxml_hooks.HookedXAdESSigner)
+    payloads = _count(monkeypatch, engine_signer, "reference_inputs")
+    written = _count(monkeypatch, engine_signer, "write_transforms")
     # Drafted in a thread of this process (no workers), so the calls are seen here.
     document = await sign_xml(
         FORM, xades_signers["pkcs12-ec"], Level.B_B, XadesOptions(allow_parallel=True)
     )
     assert inputs and transforms and digests
+    assert payloads and written
     root = etree.fromstring(document)
     uris = [r.get("URI") for r in root.iter(ds("Reference"))]
     assert "" in uris, uris  # reference_inputs: the whole document as URI=""
