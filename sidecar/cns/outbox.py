@@ -408,8 +408,8 @@ class Outbox:
         A cancellation is due only once its deposit is final; one whose deposit was
         rejected or failed is closed ``failed`` instead (second list), never sent."""
         now = self._clock()
-        claimed: builtins.list[Message] = []
-        closed: builtins.list[Message] = []
+        claimed: list[Message] = []
+        closed: list[Message] = []
         with self._transaction():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS}, body FROM messages m WHERE m.status = 'queued' "  # noqa: S608
