@@ -31,7 +31,7 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from asn1crypto import cms, tsp
 from pyhanko.pdf_utils import misc
@@ -465,9 +465,9 @@ def http_validation_context_factory(
     """A factory for tests and tools without the trust layer: pyHanko's own fetchers."""
 
     def make() -> ValidationContext:
-        kwargs: dict[str, object] = {"trust_roots": trust_roots, "allow_fetching": True}
+        kwargs: dict[str, Any] = {"trust_roots": trust_roots, "allow_fetching": True}
         if fetchers_factory is not None:
             kwargs["fetcher_backend"] = fetchers_factory()
-        return ValidationContext(**kwargs)  # type: ignore[arg-type]
+        return ValidationContext(**kwargs)
 
     return make
