@@ -17,7 +17,7 @@ def flag_reader(args: argparse.Namespace) -> Callable[[str], Any]:
 
 
 def add_parser(
-    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
     config_option: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Register ``sidecar setup`` and its flags."""

@@ -221,11 +221,13 @@ class _PadesSignerAdapter(AttrProviderRewritingSigner, PyHankoSignerAdapter):
             self._ess = tsp.SigningCertificateV2.load(built.dump())
         return _FixedAttribute("signing_certificate_v2", self._ess)
 
-    async def signed_attrs(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def signed_attrs(self, *args: Any, **kwargs: Any) -> cms.CMSAttributes:
         attrs = await super().signed_attrs(*args, **kwargs)
         return cms.CMSAttributes.load(attrs.dump())
 
-    def signer_info(self, digest_algorithm: str, signed_attrs, signature):  # type: ignore[no-untyped-def]
+    def signer_info(
+        self, digest_algorithm: str, signed_attrs: cms.CMSAttributes, signature: bytes
+    ) -> cms.SignerInfo:
         return as_definite_signer_info(
             super().signer_info(digest_algorithm, signed_attrs, signature)
         )

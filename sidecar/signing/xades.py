@@ -38,11 +38,11 @@ import hashlib
 import itertools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from signxml import SignatureConstructionMethod
+from signxml.util import SigningSettings
 from signxml.xades import XAdESDataObjectFormat
 
 from .._hooks.signxml_hooks import HookedXAdESSigner
@@ -108,6 +109,8 @@ __all__ = [
     "sign_xml",
     "xades_level",
 ]
+
+_R = TypeVar("_R")
 
 logger = logging.getLogger("sidecar.signing.xades")
 
@@ -207,7 +210,7 @@ class _SidecarXAdESSigner(HookedXAdESSigner):
         #: The copy of the document made for this signature (see :meth:`get_root`).
         self.work: etree._Element | None = None
 
-    def get_root(self, data):  # type: ignore[no-untyped-def]
+    def get_root(self, data: Any) -> etree._Element:
         # signxml copies its input (serialise, parse) twice: the tree to put the
         # signature in, and the data reference's input (which reference_inputs replaces by
         # the original document). The work copy is a parsed document of its own, made
@@ -239,11 +242,23 @@ class _SidecarXAdESSigner(HookedXAdESSigner):
         etree.SubElement(transforms_node, ds("Transform"), Algorithm=C14N_INCL)
         return True
 
-    def add_signing_time(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
+    def add_signing_time(
+        self,
+        signed_signature_properties: etree._Element,
+        sig_root: etree._Element,
+        signing_settings: SigningSettings,
+    ) -> None:
         element = etree.SubElement(signed_signature_properties, xades("SigningTime"))
         element.text = self._signing_time.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def add_signing_certificate(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
+    def add_signing_certificate(
+        self,
+        signed_signature_properties: etree._Element,
+        sig_root: etree._Element,
+        signing_settings: SigningSettings,
+    ) -> None:
+        # signxml calls this only when signing with a certificate chain (ours always has one).
+        assert signing_settings.cert_chain
         certificate: x509.Certificate = signing_settings.cert_chain[0]
         der = certificate.public_bytes(Encoding.DER)
         v2 = etree.SubElement(signed_signature_properties, xades("SigningCertificateV2"))
@@ -253,9 +268,12 @@ class _SidecarXAdESSigner(HookedXAdESSigner):
             self.digest(der, self.digest_alg)
         ).decode("ascii")
 
-    def add_signature_policy_identifier(  # type: ignore[no-untyped-def]
-        self, signed_signature_properties, sig_root, signing_settings
-    ):
+    def add_signature_policy_identifier(
+        self,
+        signed_signature_properties: etree._Element,
+        sig_root: etree._Element,
+        signing_settings: SigningSettings,
+    ) -> None:
         policy = self._options.policy
         if policy is None:
             return
@@ -629,7 +647,7 @@ async def sign_xml(
         )
     loop = asyncio.get_running_loop()
 
-    async def run(fn, *args):  # type: ignore[no-untyped-def]
+    async def run(fn: Callable[..., _R], *args: object) -> _R:
         return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
     drafted = await _draft(workers, executor, document, signer, options, client)
@@ -909,7 +927,7 @@ async def augment_xml(
         )
     loop = asyncio.get_running_loop()
 
-    def run(fn, *args):  # type: ignore[no-untyped-def]
+    def run(fn: Callable[..., _R], *args: object) -> asyncio.Future[_R]:
         return loop.run_in_executor(executor, functools.partial(fn, *args))
 
     augmentation, signature = await run(_start_augmentation, document, signature_id, options)
