@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..health import CheckResult
+from ..health import CheckResult, Status
 from ..i18n import N_
 from ..keys import (
     CertificateNotValid,
@@ -129,7 +129,7 @@ def _check(registry: KeyRegistry) -> CheckResult:
     if not infos:
         return CheckResult("keys", "degraded", "no signing key is configured")
     problems = []
-    worst = "ok"
+    worst: Status = "ok"
     for info in infos:
         days = (info.not_after - datetime.now(UTC)).days if info.not_after else None
         # A key that takes its PIN with each operation waits for one: not a fault.
@@ -143,7 +143,7 @@ def _check(registry: KeyRegistry) -> CheckResult:
     detail = "; ".join(problems) or f"{len(infos)} key(s) unlocked"
     return CheckResult(
         "keys",
-        worst,  # type: ignore[arg-type]
+        worst,
         detail,
         data={"keys": [key_info_json(i) for i in infos]},
     )
