@@ -168,12 +168,11 @@ def _token(args: argparse.Namespace, paths: Paths) -> int:
             file=sys.stderr,
         )
     elif args.token_command == "list":
-        clients = [c.public() for c in store.clients()]
         if args.json:
-            print(json.dumps(clients, indent=2))
+            print(json.dumps([c.public() for c in store.clients()], indent=2))
         else:
-            for c in clients:
-                print(f"{c['name']:<24} {','.join(c['scopes']):<40} {c['created']}")
+            for c in store.clients():
+                print(f"{c.name:<24} {','.join(sorted(c.scopes)):<40} {c.created}")
     elif args.token_command == "revoke":
         store.revoke(args.name)
         print(f"client {args.name!r} revoked", file=sys.stderr)

@@ -625,7 +625,7 @@ def _convert(
         inner = typing.get_args(tp)[0]
         items = [_convert(inner, item, f"{key}[{index}]", ctx) for index, item in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError("expected a table")
         return _build(tp, value, key + ".", ctx)

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -121,7 +121,10 @@ class ErrorEntry:
         }
 
 
-Source = Callable[[], object]
+_T = TypeVar("_T")
+
+#: A function (sync or async) giving a value when scraped.
+Source = Callable[[], _T | Awaitable[_T]]
 
 
 @dataclass
@@ -238,8 +241,8 @@ class Metrics:
             ("source",),
             registry=registry,
         )
-        self._outbox_sources: list[Source] = []
-        self._certificate_sources: list[Source] = []
+        self._outbox_sources: list[Source[OutboxStats]] = []
+        self._certificate_sources: list[Source[Iterable[CertificateExpiry]]] = []
         self._journal: deque[ErrorEntry] = deque(maxlen=journal_size)
         self._journal_lock = threading.Lock()
 
@@ -334,13 +337,13 @@ class Metrics:
 
     # -- read when scraped ----------------------------------------------------------
 
-    def watch_outbox(self, source: Callable[[], OutboxStats | Awaitable[OutboxStats]]) -> None:
+    def watch_outbox(self, source: Source[OutboxStats]) -> None:
         """Register a function (sync or async) giving the outbox's state when scraped."""
         self._outbox_sources.append(source)
 
     def watch_certificates(
         self,
-        source: Callable[[], Iterable[CertificateExpiry] | Awaitable[Iterable[CertificateExpiry]]],
+        source: Source[Iterable[CertificateExpiry]],
     ) -> None:
         """Register a function (sync or async) listing certificates whose expiry to show."""
         self._certificate_sources.append(source)
@@ -360,7 +363,7 @@ class Metrics:
         for source in self._outbox_sources:
             value = await self._read(source, "outbox")
             if value is not None:
-                outbox.append(value)  # type: ignore[arg-type]
+                outbox.append(value)
         if self._outbox_sources:
             self.outbox_messages.clear()
             totals: dict[str, int] = {}
@@ -375,17 +378,17 @@ class Metrics:
             self.outbox_oldest_pending_age.set(oldest)
         if self._certificate_sources:
             self.certificate_days.clear()
-            for source in self._certificate_sources:
-                certificates = await self._read(source, "certificates")
-                for cert in certificates or ():  # type: ignore[attr-defined]
+            for listing in self._certificate_sources:
+                certificates = await self._read(listing, "certificates")
+                for cert in certificates or ():
                     days = (cert.not_after - now).total_seconds() / 86400
                     self.certificate_days.labels(cert.name, cert.role).set(round(days, 3))
 
-    async def _read(self, source: Source, kind: str) -> object:
+    async def _read(self, source: Source[_T], kind: str) -> _T | None:
         try:
             value = source()
             if inspect.isawaitable(value):
-                value = await value
+                return await value
             return value
         except Exception as exc:
             self.source_failures.labels(kind).inc()

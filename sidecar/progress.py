@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from types import TracebackType
 from typing import TextIO, TypeVar
 
@@ -190,8 +190,8 @@ def progress_iter(
     stream: TextIO | None = None,
 ) -> Iterator[T]:
     """Yield *items*, showing progress; *total* defaults to ``len(items)`` if it has one."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+    if total is None and isinstance(items, Sized):
+        total = len(items)
     with Progress(total, label, unit=unit, stream=stream) as progress:
         for item in items:
             yield item

@@ -9,6 +9,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -35,7 +36,7 @@ class StartupError(Exception):
 
 def check_binding(server: ServerSettings, source: object = None) -> ssl.SSLContext | None:
     """Refuse a non-loopback address unless the configuration asks for it, with TLS."""
-    file = source if isinstance(source, os.PathLike) else None
+    file = Path(source) if isinstance(source, os.PathLike) else None
     tls = server.tls_cert is not None or server.tls_key is not None
     if tls and (server.tls_cert is None or server.tls_key is None):
         raise ConfigError(file, "server.tls_cert", "tls_cert and tls_key go together")

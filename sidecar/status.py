@@ -177,8 +177,8 @@ def status_command(
             file=err,
         )
         headers["Authorization"] = f"Bearer {token}"
-    elif (token := kept_token(paths)) is not None:
-        headers["Authorization"] = f"Bearer {token}"
+    elif (kept := kept_token(paths)) is not None:
+        headers["Authorization"] = f"Bearer {kept}"
     if runtime is not None:
         headers[INSTANCE_KEY_HEADER] = runtime.key
     try:

@@ -262,13 +262,14 @@ async def get_batch_document(request: web.Request) -> web.Response:
     except (ValueError, IndexError):
         raise Problem(404, "not_found", N_("no such document in this batch")) from None
     if result.signed is None:
+        extra: dict[str, Any] = {"problem": result.problem} if result.problem else {}
         raise Problem(
             409,
             "not_signed",
             N_("document {index} is {state}"),
             params={"index": index, "state": result.state},
             state=result.state,
-            **({"problem": result.problem} if result.problem else {}),
+            **extra,
         )
     headers = {"X-Signature-Level": result.signed.info.get("level", "none")}
     if "pdf_level" in result.signed.info:

@@ -35,7 +35,8 @@ def _own_installation(request: web.Request) -> str | None:
 async def get_health(request: web.Request) -> web.Response:
     """Public: status and version. An admin token also sees each check; so does the
     daemon's own installation (its runtime file's key), which also sees the instance."""
-    results = await run_checks(request.app[HEALTH_CHECKS], per_check_seconds=5.0)
+    checks = request.app[HEALTH_CHECKS]
+    results = await run_checks(checks, per_check_seconds=5.0)
     body: dict[str, object] = {"status": overall(results), "version": __version__}
     client = request.get(CLIENT)
     instance = _own_installation(request)
@@ -59,7 +60,8 @@ async def get_uuids(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi(request.app[IMPLEMENTED]))
+    implemented = request.app[IMPLEMENTED]
+    return web.json_response(build_openapi(implemented))
 
 
 HANDLERS = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..health import CheckResult
+from ..health import CheckResult, Status
 from ..i18n import N_
 from ..keys import (
     CertificateNotValid,
@@ -64,7 +64,9 @@ def _locked(exc: KeyLocked) -> Problem:
         extra["retries_left"] = exc.retries_left
     if exc.token_flags:
         extra["token_flags"] = list(exc.token_flags)
-    translation = (_LOCKED[exc.reason], {}) if exc.reason in _LOCKED else None
+    translation: tuple[str, dict[str, object]] | None = (
+        (_LOCKED[exc.reason], {}) if exc.reason in _LOCKED else None
+    )
     return Problem(423, "key_locked", exc.detail, translation=translation, **extra)
 
 
@@ -127,7 +129,7 @@ def _check(registry: KeyRegistry) -> CheckResult:
     if not infos:
         return CheckResult("keys", "degraded", "no signing key is configured")
     problems = []
-    worst = "ok"
+    worst: Status = "ok"
     for info in infos:
         days = (info.not_after - datetime.now(UTC)).days if info.not_after else None
         # A key that takes its PIN with each operation waits for one: not a fault.
@@ -141,7 +143,7 @@ def _check(registry: KeyRegistry) -> CheckResult:
     detail = "; ".join(problems) or f"{len(infos)} key(s) unlocked"
     return CheckResult(
         "keys",
-        worst,  # type: ignore[arg-type]
+        worst,
         detail,
         data={"keys": [key_info_json(i) for i in infos]},
     )

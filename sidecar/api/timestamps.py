@@ -9,9 +9,9 @@ and only after :func:`~sidecar.trust.tsa.check_reply` accepted it.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -81,16 +81,16 @@ async def create_timestamp(request: web.Request) -> web.Response:
     )
 
 
-async def _call(coro: object) -> RelayedReply:
+async def _call(coro: Awaitable[RelayedReply]) -> RelayedReply:
     try:
-        return await coro  # type: ignore[misc, no-any-return]
+        return await coro
     except TsaError as exc:
         raise tsa_problem(exc) from None
 
 
 def tsa_problem(exc: TsaError) -> Problem:
     """The API's answer to a TSA failure (also for the signing routes' B-T and above)."""
-    extra = {"reason": exc.reason}
+    extra: dict[str, Any] = {"reason": exc.reason}
     if isinstance(exc, TsaUnavailable):
         retry = max(1, math.ceil(exc.retry_after))
         return Problem(

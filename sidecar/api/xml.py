@@ -191,7 +191,7 @@ def _workers_unavailable(exc: WorkersUnavailable) -> Problem:
 
 
 def upstream_problem(exc: UpstreamFailure) -> Problem:
-    extra = {"service": exc.service}
+    extra: dict[str, Any] = {"service": exc.service}
     if exc.kind == "unavailable":
         headers = {"Retry-After": str(exc.retry_after or 30)}
         return Problem(503, "upstream_unavailable", exc.detail, headers=headers, **extra)

@@ -34,7 +34,7 @@ def outbox_path(settings: Settings, paths: Paths) -> Path:
 
 
 def add_parsers(
-    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
     config_option: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     audit = commands.add_parser("audit", help="check or export the audit journal")

@@ -68,7 +68,11 @@ async def check_cns(ctx: DoctorContext) -> list[Finding]:
                 ),
             )
         ]
-    data = {"url": base_url, "environment": cns.environment, "auth": cns.auth.mode}
+    data: dict[str, object] = {
+        "url": base_url,
+        "environment": cns.environment,
+        "auth": cns.auth.mode,
+    }
     try:
         transport = CnsTransport(cns, base_url, ctx.session)
     except CnsConfigError as exc:

@@ -46,6 +46,7 @@ again with the same UUID, which the CNS deduplicates).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import hashlib
 import json
@@ -478,7 +479,8 @@ class Outbox:
         owner: str | None = None,
     ) -> list[Message]:
         """Messages in acceptance order, from ``seq > after``; *owner*'s only, if given."""
-        clauses, args = ["seq > ?"], [after]
+        clauses: list[str] = ["seq > ?"]
+        args: list[object] = [after]
         if status is not None:
             clauses.append("status = ?")
             args.append(status.value)
@@ -545,7 +547,7 @@ class Outbox:
 
     # -- delivering --------------------------------------------------------------------
 
-    def recover(self) -> list[str]:
+    def recover(self) -> builtins.list[str]:
         """At start: rows left ``sending`` by a crash go back to the queue, due now.
 
         They are re-sent with the same UUID; the CNS deduplicates. On a disk that
@@ -573,7 +575,7 @@ class Outbox:
             self._event("cns.recover", Status.QUEUED, uuid)
         return ids
 
-    def requeue(self, ids: list[str]) -> None:
+    def requeue(self, ids: builtins.list[str]) -> None:
         """Deliveries cut short by a stop go back to the queue, due now."""
         now = self._clock()
         with self._transaction():
@@ -586,7 +588,7 @@ class Outbox:
                 if cursor.rowcount:
                     self._event("cns.requeue", Status.QUEUED, uuid)
 
-    def claim(self, limit: int) -> tuple[list[Message], list[Message]]:
+    def claim(self, limit: int) -> tuple[builtins.list[Message], builtins.list[Message]]:
         """Mark up to *limit* due messages ``sending`` and return them with their bodies.
 
         A cancellation is due only once its deposit is final; one whose deposit was
@@ -668,7 +670,7 @@ class Outbox:
         answer_status: int | None = None,
         answer_type: str = "",
         answer_body: bytes | None = None,
-        reasons: list[dict[str, str]] | None = None,
+        reasons: builtins.list[dict[str, str]] | None = None,
         error: str = "",
         retry_at: float | None = None,
         event: str = "",
@@ -763,7 +765,7 @@ class Outbox:
 
     # -- offline mode ------------------------------------------------------------------
 
-    def awaiting_timestamp(self) -> list[Message]:
+    def awaiting_timestamp(self) -> builtins.list[Message]:
         with self._lock:
             messages = self._select("WHERE status = 'awaiting_timestamp' ORDER BY seq")
             bodies = dict(
@@ -795,7 +797,7 @@ class Outbox:
             )
             return message
 
-    def unknown(self) -> list[Message]:
+    def unknown(self) -> builtins.list[Message]:
         """Messages whose outcome at the CNS is not known (to be asked about)."""
         with self._lock:
             return self._select("WHERE status = 'unknown' ORDER BY seq")

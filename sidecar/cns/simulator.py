@@ -296,7 +296,7 @@ class CnsSimulator:
     ) -> None:
         if isinstance(xsd, Path):
             xsd = etree.XMLSchema(etree.parse(str(xsd), parser=_parser()))
-        self.xsd = xsd
+        self.xsd: etree.XMLSchema | None = xsd
         self.verifier: SignatureVerifier = verifier or check_signature_present
         self.rules = rules
         self.faults = Faults()
@@ -586,8 +586,7 @@ async def serve_simulator(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port
+    bound = runner.addresses[0][1] if runner.addresses else port
     try:
         yield f"http://{host}:{bound}"
     finally:

@@ -40,7 +40,7 @@ from ..api.keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from ..api.observe import METRICS
 from ..audit import AuditJournal
 from ..config import ConfigError
-from ..health import CheckResult
+from ..health import CheckResult, Status
 from ..ports import bind_error
 from ..sandbox.pki import SandboxError
 from ..storage import StorageUnavailable, disk_space
@@ -113,8 +113,8 @@ class CnsRuntime:
 
 CNS = web.AppKey("cns", CnsRuntime)
 AUDIT_JOURNAL = web.AppKey("audit_journal", AuditJournal)
-SIGN_FEE_NOTE = web.AppKey("sign_fee_note", FeeNoteSigner)
-FEE_NOTE_UPGRADER = web.AppKey("fee_note_upgrader", Upgrader)
+SIGN_FEE_NOTE = web.AppKey[FeeNoteSigner]("sign_fee_note")
+FEE_NOTE_UPGRADER = web.AppKey[Upgrader]("fee_note_upgrader")
 
 
 def _in_served_sandbox(app: web.Application) -> bool:
@@ -216,7 +216,7 @@ def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:
                 down = time.time() - worker.outage_since
                 paused = f"; deliveries paused for {down:.0f} s, resumed when it answers"
             return CheckResult("cns", "degraded", f"unreachable: {exc}{paused}")
-        status = "ok" if answer.status < 500 else "degraded"
+        status: Status = "ok" if answer.status < 500 else "degraded"
         return CheckResult("cns", status, f"{runtime.transport.base_url} answered {answer.status}")
 
     return check

@@ -199,7 +199,7 @@ class DeliveryWorker:
                     for message in claimed:
                         task = asyncio.create_task(self._deliver(message))
                         self._inflight[message.id] = task
-                        task.add_done_callback(lambda _t, i=message.id: self._done(i))
+                        task.add_done_callback(self._when_done(message.id))
                     if claimed or closed:
                         continue  # there may be more
                 timeout = await self._idle_seconds()
@@ -216,6 +216,10 @@ class DeliveryWorker:
     def _done(self, uuid: str) -> None:
         self._inflight.pop(uuid, None)
         self._wake.set()
+
+    def _when_done(self, uuid: str) -> Callable[[asyncio.Task[None]], None]:
+        """The done-callback of the delivery of message ``uuid``."""
+        return lambda _task: self._done(uuid)
 
     async def _idle_seconds(self) -> float:
         if len(self._inflight) >= self.settings.workers or self.outage_since is not None:

@@ -58,7 +58,7 @@ __all__ = [
 log = logging.getLogger("sidecar.doctor")
 
 Status = Literal["ok", "warn", "fail", "skip"]
-_RANK = {"skip": 0, "ok": 1, "warn": 2, "fail": 3}
+_RANK: dict[Status, int] = {"skip": 0, "ok": 1, "warn": 2, "fail": 3}
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class DoctorContext:
             if not (directory / METADATA_FILE).exists():
                 return None
             settings = self.settings.sandbox if self.settings else None
-            kwargs = (
+            kwargs: dict[str, Any] = (
                 {"host": settings.host, "port": settings.port, "cns_port": settings.cns_port}
                 if settings
                 else {}

@@ -16,7 +16,7 @@ import aiohttp
 from .. import __version__
 from ..i18n import N_, _, format_number
 from ..runtime import INSTANCE_KEY_HEADER
-from . import DoctorCheck, DoctorContext, Finding
+from . import DoctorCheck, DoctorContext, Finding, Status
 from .probes import (
     ProbeError,
     clock_skew_finding,
@@ -211,6 +211,7 @@ async def check_disk(ctx: DoctorContext) -> list[Finding]:
     usage = shutil.disk_usage(directory)
     free_mib = usage.free // 1024**2
     data = {"path": str(directory), "free_bytes": usage.free, "total_bytes": usage.total}
+    status: Status
     if usage.free < DISK_FAIL_BYTES:
         status, fix = "fail", _("free space on the disk holding {directory}", directory=directory)
     elif usage.free < DISK_WARN_BYTES:
@@ -269,7 +270,7 @@ async def check_daemon(ctx: DoctorContext) -> list[Finding]:
     try:
         async with asyncio.timeout(ctx.timeout):
             # Reachability only: a hospital's own TLS certificate is not checked here.
-            async with ctx.session.get(url, ssl=False if tls else None, headers=headers) as r:
+            async with ctx.session.get(url, ssl=not tls, headers=headers) as r:
                 raw = await r.read()
     except TimeoutError:
         late = _("{url} did not answer in {seconds} s", url=url, seconds=format(ctx.timeout, "g"))
@@ -472,7 +473,7 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
                     )
                 )
                 continue
-            status = "ok" if answer == "good" else "fail"
+            status: Status = "ok" if answer == "good" else "fail"
             findings.append(
                 Finding(
                     f"ocsp:{signer.id}",

@@ -102,7 +102,7 @@ def web_messages(language: str) -> dict[str, str | list[str]]:
         if isinstance(message.id, str):
             if message.string:
                 messages[message.id] = str(message.string)
-        elif all(message.string):
+        elif isinstance(message.string, (tuple, list)) and all(message.string):
             messages[message.id[0]] = [str(form) for form in message.string]
     return messages
 

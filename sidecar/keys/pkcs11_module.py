@@ -21,10 +21,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pkcs11
 
 from .errors import KeyConfigError
+
+if TYPE_CHECKING:
+    # What pkcs11.lib() returns: the class of python-pkcs11's compiled module, which its
+    # own pkcs11/__init__.py names the same way for its annotations.
+    from pkcs11._pkcs11 import lib as Pkcs11Lib
 
 __all__ = ["Pkcs11Module", "inspect_library", "load_module"]
 
@@ -169,7 +175,7 @@ class Pkcs11Module:
     generation is dead, whatever the module says about its handle.
     """
 
-    def __init__(self, path: Path, lib: pkcs11.lib) -> None:
+    def __init__(self, path: Path, lib: Pkcs11Lib) -> None:
         self.path = path
         self.lib = lib
         self.generation = 0

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
 
 import pkcs11
 from asn1crypto import x509
@@ -46,6 +47,12 @@ from .credentials import SecretUnavailable, read_secret
 from .errors import KeyConfigError, KeyLocked
 from .pkcs11_module import Pkcs11Module, load_module
 from .signer import Signer
+
+if TYPE_CHECKING:
+
+    class SigningKey(pkcs11.PrivateKey, pkcs11.SignMixin):
+        """A private key with CKA_SIGN: python-pkcs11 mixes the two at run time."""
+
 
 __all__ = ["PIN_FLAG_NAMES", "Pkcs11Signer", "check_pin_flags"]
 
@@ -137,7 +144,7 @@ class Pkcs11Signer(Signer):
         self._lock = threading.RLock()
         self._module: Pkcs11Module | None = None
         self._session: pkcs11.Session | None = None
-        self._key: pkcs11.PrivateKey | None = None
+        self._key: SigningKey | None = None
         self._generation = -1
         self._mechanisms: frozenset[Mechanism] = frozenset()
         self._pin_salt = os.urandom(16)
@@ -438,7 +445,7 @@ class Pkcs11Signer(Signer):
             pool.extend(load_certificates(extra))
         self._set_certificate(leaf, order_chain(leaf, pool))
 
-    def _find_key(self, session: pkcs11.Session) -> pkcs11.PrivateKey:
+    def _find_key(self, session: pkcs11.Session) -> SigningKey:
         attrs: dict[Attribute, object] = {Attribute.CLASS: ObjectClass.PRIVATE_KEY}
         if self.config.key_id is not None:
             attrs[Attribute.ID] = bytes.fromhex(self.config.key_id)
@@ -459,12 +466,18 @@ class Pkcs11Signer(Signer):
             )
         key = found[0]
         assert isinstance(key, pkcs11.PrivateKey)
+        if not isinstance(key, pkcs11.SignMixin):
+            # python-pkcs11 gives a key its sign() only when CKA_SIGN is true.
+            raise KeyConfigError(
+                f"key {self.id!r}: the token does not allow this key to sign (CKA_SIGN)",
+                key_id=self.id,
+            )
         try:
             self._always_authenticate = bool(key[Attribute.ALWAYS_AUTHENTICATE])
         except pkcs11.exceptions.AttributeTypeInvalid:
             # A PKCS#11 v2.01 module that predates the attribute: no such keys there.
             self._always_authenticate = False
-        return key
+        return cast("SigningKey", key)
 
     # -- signing -------------------------------------------------------------
 
@@ -494,7 +507,7 @@ class Pkcs11Signer(Signer):
         with module.using():
             return self._sign_with(key, data, digest, pss)
 
-    def _sign_with(self, key: pkcs11.PrivateKey, data: bytes, digest: str, pss: bool) -> bytes:
+    def _sign_with(self, key: SigningKey, data: bytes, digest: str, pss: bool) -> bytes:
         if not self._always_authenticate:
             return self._sign_mechanism(key, data, digest, pss, {})
         authorisation, pin = self._context_pin()
@@ -560,7 +573,7 @@ class Pkcs11Signer(Signer):
 
     def _sign_mechanism(
         self,
-        key: pkcs11.PrivateKey,
+        key: SigningKey,
         data: bytes,
         digest: str,
         pss: bool,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import logging
 from abc import ABC, abstractmethod
@@ -212,29 +213,28 @@ class Signer(ABC):
         """A snapshot of the key's identity and state."""
         cert = self._certificate
         lock = self._last_lock if not self._is_unlocked() else None
-        common = {
-            "id": self.id,
-            "backend": self.backend,
-            "default": self.config.default,
-            "description": self.config.description,
-            "unlocked": self._is_unlocked(),
-            "locked_reason": lock.reason if lock else None,
-            "locked_detail": lock.detail if lock else None,
-            "pin_per_operation": self.pin_per_operation,
-        }
+        info = KeyInfo(
+            id=self.id,
+            backend=self.backend,
+            default=self.config.default,
+            description=self.config.description,
+            key_type=None,
+            subject=None,
+            issuer=None,
+            serial=None,
+            not_before=None,
+            not_after=None,
+            certificate_status="unknown",
+            unlocked=self._is_unlocked(),
+            locked_reason=lock.reason if lock else None,
+            locked_detail=lock.detail if lock else None,
+            pin_per_operation=self.pin_per_operation,
+        )
         if cert is None:
-            return KeyInfo(
-                key_type=None,
-                subject=None,
-                issuer=None,
-                serial=None,
-                not_before=None,
-                not_after=None,
-                certificate_status="unknown",
-                **common,
-            )
+            return info
         validity = cert["tbs_certificate"]["validity"]
-        return KeyInfo(
+        return dataclasses.replace(
+            info,
             key_type=key_type_of(cert.public_key),
             subject=cert.subject.human_friendly,
             issuer=cert.issuer.human_friendly,
@@ -242,7 +242,6 @@ class Signer(ABC):
             not_before=validity["not_before"].native,
             not_after=validity["not_after"].native,
             certificate_status=self._certificate_status(None),
-            **common,
         )
 
     # -- for subclasses ---------------------------------------------------

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as _padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from .._hooks.cryptography_hooks import pss_salt_length
 from .errors import UnsupportedAlgorithm
 
 __all__ = ["BlockingSigner", "SignerEcKey", "SignerRsaKey", "as_cryptography_key"]
@@ -36,9 +37,13 @@ class BlockingSigner(Protocol):
     def sign_blocking(self, data: bytes, *, digest: str = "sha256", pss: bool = False) -> bytes: ...
 
 
-def _digest_name(algorithm: object) -> str:
+def _hash_of(algorithm: object) -> hashes.HashAlgorithm:
     if isinstance(algorithm, Prehashed) or not isinstance(algorithm, hashes.HashAlgorithm):
         raise UnsupportedAlgorithm("a token signer hashes the data itself; pass the data")
+    return algorithm
+
+
+def _digest_name(algorithm: hashes.HashAlgorithm) -> str:
     return algorithm.name.replace("-", "")
 
 
@@ -77,16 +82,18 @@ class SignerRsaKey(_NotExportable, rsa.RSAPrivateKey):
         self,
         data: bytes,
         padding: _padding.AsymmetricPadding,
-        algorithm: hashes.HashAlgorithm | Prehashed,
+        # Whatever cryptography's version allows (HashAlgorithm, Prehashed, and since
+        # 45 NoDigestInfo): only a HashAlgorithm is accepted.
+        algorithm: object,
     ) -> bytes:
-        digest = _digest_name(algorithm)
+        hash_algorithm = _hash_of(algorithm)
+        digest = _digest_name(hash_algorithm)
         if isinstance(padding, _padding.PKCS1v15):
             return self._signer.sign_blocking(data, digest=digest)
         if isinstance(padding, _padding.PSS):
-            # The token's PSS uses MGF1 with the same digest and a digest-long salt;
-            # cryptography has no public accessor for the salt length.
-            salt = padding._salt_length
-            if salt not in (algorithm.digest_size, _padding.PSS.DIGEST_LENGTH):
+            # The token's PSS uses MGF1 with the same digest and a digest-long salt.
+            salt = pss_salt_length(padding)
+            if salt not in (hash_algorithm.digest_size, _padding.PSS.DIGEST_LENGTH):
                 raise UnsupportedAlgorithm("only PSS with a salt as long as the digest")
             return self._signer.sign_blocking(data, digest=digest, pss=True)
         raise UnsupportedAlgorithm(f"padding {padding.name} is not supported")
@@ -117,7 +124,7 @@ class SignerEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
     def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("only ECDSA is supported")
-        digest = _digest_name(signature_algorithm.algorithm)
+        digest = _digest_name(_hash_of(signature_algorithm.algorithm))
         return self._signer.sign_blocking(data, digest=digest)
 
     @property

@@ -32,7 +32,7 @@ def load_service_settings(paths: Paths, config_file: Path | None) -> Settings:
     return load_settings(paths.config_file)
 
 
-def add_service_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_service_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     service = commands.add_parser("service", help="install and control the OS service")
     actions = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
     install = actions.add_parser("install", help="register the service (admin / root)")

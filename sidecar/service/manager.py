@@ -146,7 +146,7 @@ def service_command_line(
     else:
         python = executable
         if in_venv:
-            python = base_executable or getattr(sys, "_base_executable", executable)
+            python = base_executable or str(getattr(sys, "_base_executable", executable))
             environment["PYTHONPATH"] = _venv_site_packages()
         command = [python, "-m", "sidecar", "service", "run"]
     if config_file is not None:
@@ -226,14 +226,15 @@ class SystemdServiceManager:
         props = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         if props.get("LoadState") == "not-found":
             return ServiceStatus("not-installed")
-        state: ServiceState = {
+        states: dict[str, ServiceState] = {
             "active": "running",
             "reloading": "running",
             "inactive": "stopped",
             "failed": "stopped",
             "activating": "start-pending",
             "deactivating": "stop-pending",
-        }.get(props.get("ActiveState", ""), "unknown")  # type: ignore[assignment]
+        }
+        state = states.get(props.get("ActiveState", ""), "unknown")
         pid = int(props.get("MainPID") or 0) or None
         return ServiceStatus(state, pid, props.get("ActiveState", ""))
 

@@ -122,7 +122,7 @@ class WindowsServiceManager:
         finally:
             win32service.CloseServiceHandle(scm)
         # The service's own environment block (REG_MULTI_SZ "Environment").
-        if spec.environment:
+        if spec.environment and sys.platform == "win32":
             import winreg
 
             key = winreg.OpenKey(

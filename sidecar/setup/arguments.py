@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "flag_reader"]
+
+
+def flag_reader(args: argparse.Namespace) -> Callable[[str], Any]:
+    """``args``' flag by name, None when absent: a flag's value has the flag's own type,
+    which argparse does not declare (hence Any)."""
+    values: dict[str, Any] = vars(args)
+    return lambda name: values.get(name)
 
 
 def add_parser(
-    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
     config_option: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Register ``sidecar setup`` and its flags."""

@@ -12,11 +12,12 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..config import CnsAuth, CnsBaseUrls, CnsSettings, CnsTls, TsaSettings
 from ..i18n import _
+from .arguments import flag_reader
 from .secrets import Secret, secret_from_env
 from .terminal import Prompter, SetupAborted, no_such_file
 
@@ -60,7 +61,7 @@ def _tsa_entry(url: str) -> str:
 
 
 def tsa_from_flags(args: argparse.Namespace) -> tuple[TsaSettings | None, list[Secret]]:
-    get = vars(args).get
+    get = flag_reader(args)
     if get("no_tsa"):
         return None, []
     if not get("tsa_url"):
@@ -124,7 +125,7 @@ def _cns(
 
 
 def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[Secret]]:
-    get = vars(args).get
+    get = flag_reader(args)
     if get("no_cns"):
         return None, []
     if not get("cns_url"):
@@ -134,7 +135,7 @@ def cns_from_flags(args: argparse.Namespace) -> tuple[CnsSettings | None, list[S
     environment = get("cns_environment") or "test"
     url = _checked(get("cns_url"), field_check(CnsBaseUrls, environment), "--cns-url")
     secrets: list[Secret] = []
-    mode = get("cns_auth") or "none"
+    mode: Literal["none", "bearer", "oauth2"] = get("cns_auth") or "none"
     auth = CnsAuth(mode=mode)
     if mode == "bearer":
         entry = f"cns:{environment}:token"

@@ -25,6 +25,7 @@ from ..keys.discovery import (
     list_tokens,
 )
 from ..keys.selftest import self_test
+from .arguments import flag_reader
 from .secrets import Secret, secret_from_env
 from .terminal import Prompter, SetupAborted, no_such_file
 
@@ -208,7 +209,7 @@ def _pkcs11_config(
 
 def key_from_flags(args: argparse.Namespace) -> KeyChoice | None:
     """The key the flags describe; None with ``--no-key``."""
-    get = vars(args).get
+    get = flag_reader(args)
     if get("no_key"):
         return None
     if get("p12"):
@@ -277,7 +278,7 @@ def _choose_module(ask: Prompter, given: Path | None) -> Path:
 
 
 def _pkcs11_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice:
-    get = vars(args).get
+    get = flag_reader(args)
     given = Path(get("module")) if get("module") else None
     while True:
         module = _choose_module(ask, given)
@@ -337,7 +338,7 @@ def _pkcs12_interactively(ask: Prompter) -> KeyChoice:
 
 
 def key_interactively(ask: Prompter, args: argparse.Namespace) -> KeyChoice | None:
-    get = vars(args).get
+    get = flag_reader(args)
     if get("p12"):
         kind = 1
     elif get("module"):

@@ -31,11 +31,10 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from asn1crypto import cms, tsp
 from pyhanko.pdf_utils import misc
-from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.pdf_utils.writer import DeveloperExtension
 from pyhanko.sign import attributes, fields, signers
@@ -55,6 +54,8 @@ from pyhanko_certvalidator.errors import (
     ValidationError,
 )
 
+from .._hooks.asn1crypto_hooks import as_definite_signer_info
+from .._hooks.pyhanko_hooks import AttrProviderRewritingSigner, MetadataKeepingWriter
 from ..keys import Signer
 from ..keys.pyhanko_adapter import PyHankoSignerAdapter
 from ..logs import traceback_text
@@ -148,19 +149,12 @@ class SignedPdf:
     after: PdfFacts
 
 
-class _PreservingWriter(IncrementalPdfFileWriter):
-    """An incremental writer that leaves metadata alone and, for PDF/A, the version.
-
-    ``_update_meta`` is pyHanko's (internal) hook for the Info/XMP rewrite; the
-    maintainer's own advice for turning it off is to override it (issue #223).
-    """
+class _PreservingWriter(MetadataKeepingWriter):
+    """An incremental writer that leaves metadata alone and, for PDF/A, the version."""
 
     def __init__(self, stream: io.BytesIO, *, keep_version: bool) -> None:
         self._keep_version = keep_version
         super().__init__(stream, strict=False)
-
-    def _update_meta(self) -> None:
-        return None
 
     def _frozen_version(self) -> tuple[int, int]:
         version = self.prev.input_version
@@ -188,23 +182,6 @@ class _PreservingWriter(IncrementalPdfFileWriter):
         super().register_extension(ext)
 
 
-class _DefiniteSignerInfo(cms.SignerInfo):
-    """A SignerInfo we build, written without asn1crypto's indefinite-length guess.
-
-    asn1crypto takes any header whose last byte is 0x80 for an indefinite length
-    (a SignerInfo of 0x0a80 = 2688 bytes, an RSA-2048 signature with the sandbox
-    TSA's token, is one) and then re-encodes the whole value, signed attributes
-    and timestamp token included, on every dump: 20-30 ms per PAdES signature, and
-    pyHanko dumps it several times. The SignerInfo is ours, built definite-length,
-    so its header is simply recomputed from its contents.
-    """
-
-    def dump(self, force: bool = False) -> bytes:
-        if not force:
-            self._header = None
-        return super().dump(force)
-
-
 class _FixedAttribute(attributes.CMSAttributeProvider):
     """A signed attribute whose value is known in advance."""
 
@@ -216,7 +193,7 @@ class _FixedAttribute(attributes.CMSAttributeProvider):
         return self._value
 
 
-class _PadesSignerAdapter(PyHankoSignerAdapter):
+class _PadesSignerAdapter(AttrProviderRewritingSigner, PyHankoSignerAdapter):
     """The key adapter, with the CMS parts it builds encoded once.
 
     asn1crypto re-encodes a value built from Python values on every ``dump()``, its
@@ -225,33 +202,35 @@ class _PadesSignerAdapter(PyHankoSignerAdapter):
     signature: ~8,000 encodings of the same names and algorithm identifiers, most of
     a PAdES-B signature's CPU. Each part is therefore read back from its own
     encoding once built — the same bytes, kept — and the SignerInfo is written as
-    it was built (see :class:`_DefiniteSignerInfo`).
+    it was built (see :class:`~sidecar._hooks.asn1crypto_hooks.DefiniteSignerInfo`).
     """
 
     _ess: tsp.SigningCertificateV2 | None = None
 
-    def _signed_attr_providers(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def rewrite_provider(
+        self, provider: attributes.CMSAttributeProvider
+    ) -> attributes.CMSAttributeProvider:
         # The signing-certificate-v2 value (the certificate's digest, issuer name and
         # serial) is the same for every signature with this key: encoded once. Its
         # issuer name nests SETs, which asn1crypto sorts by re-encoding them, level
         # by level, on each dump: ~1,400 encodings per dump when built afresh.
-        for provider in super()._signed_attr_providers(*args, **kwargs):
-            if isinstance(provider, attributes.SigningCertificateV2Provider):
-                if self._ess is None:
-                    built = as_signing_certificate_v2(provider.signing_cert)
-                    self._ess = tsp.SigningCertificateV2.load(built.dump())
-                provider = _FixedAttribute("signing_certificate_v2", self._ess)
-            yield provider
+        if not isinstance(provider, attributes.SigningCertificateV2Provider):
+            return provider
+        if self._ess is None:
+            built = as_signing_certificate_v2(provider.signing_cert)
+            self._ess = tsp.SigningCertificateV2.load(built.dump())
+        return _FixedAttribute("signing_certificate_v2", self._ess)
 
-    async def signed_attrs(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def signed_attrs(self, *args: Any, **kwargs: Any) -> cms.CMSAttributes:
         attrs = await super().signed_attrs(*args, **kwargs)
         return cms.CMSAttributes.load(attrs.dump())
 
-    def signer_info(self, digest_algorithm: str, signed_attrs, signature):  # type: ignore[no-untyped-def]
-        info = super().signer_info(digest_algorithm, signed_attrs, signature)
-        info = cms.SignerInfo.load(info.dump())
-        info.__class__ = _DefiniteSignerInfo  # same layout: only dump() differs
-        return info
+    def signer_info(
+        self, digest_algorithm: str, signed_attrs: cms.CMSAttributes, signature: bytes
+    ) -> cms.SignerInfo:
+        return as_definite_signer_info(
+            super().signer_info(digest_algorithm, signed_attrs, signature)
+        )
 
 
 def _stamp_style(stamp: VisibleStamp) -> TextStampStyle:
@@ -488,9 +467,9 @@ def http_validation_context_factory(
     """A factory for tests and tools without the trust layer: pyHanko's own fetchers."""
 
     def make() -> ValidationContext:
-        kwargs: dict[str, object] = {"trust_roots": trust_roots, "allow_fetching": True}
+        kwargs: dict[str, Any] = {"trust_roots": trust_roots, "allow_fetching": True}
         if fetchers_factory is not None:
             kwargs["fetcher_backend"] = fetchers_factory()
-        return ValidationContext(**kwargs)  # type: ignore[arg-type]
+        return ValidationContext(**kwargs)
 
     return make

@@ -38,6 +38,7 @@ from asn1crypto import x509
 from pyhanko.pdf_utils import generic, misc
 from pyhanko.pdf_utils.decode_limits import DecodePurpose
 from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.ades.report import AdESSubIndic
 from pyhanko.sign.fields import SigSeedSubFilter
 from pyhanko.sign.validation import DocumentSecurityStore, async_validate_pdf_signature
 from pyhanko.sign.validation.errors import NoDSSFoundError, SignatureValidationError
@@ -144,11 +145,11 @@ def _offline_context(
     )
 
 
-def _sub_indication(name: str | None) -> SubIndication | None:
-    if name is None:
+def _sub_indication(indic: AdESSubIndic | None) -> SubIndication | None:
+    if indic is None:
         return None
     try:
-        return SubIndication(name)
+        return SubIndication(str(indic.standard_name))
     except ValueError:
         return SubIndication.CERTIFICATE_CHAIN_GENERAL_FAILURE
 
@@ -185,7 +186,7 @@ def _indication(status: PdfSignatureStatus) -> tuple[Indication, SubIndication |
         )
     if status.revoked:
         messages.append("the signer's certificate (or its chain) is revoked")
-    sub = _sub_indication(status.trust_problem_indic.name if status.trust_problem_indic else None)
+    sub = _sub_indication(status.trust_problem_indic)
     if sub is None and status.validation_path is None:
         sub = SubIndication.NO_CERTIFICATE_CHAIN_FOUND
     if sub is not None:
@@ -196,7 +197,7 @@ def _indication(status: PdfSignatureStatus) -> tuple[Indication, SubIndication |
             messages,
         )
     if ts is not None and not ts.trusted:
-        tsub = _sub_indication(ts.trust_problem_indic.name if ts.trust_problem_indic else None)
+        tsub = _sub_indication(ts.trust_problem_indic)
         return (
             Indication.INDETERMINATE,
             tsub or SubIndication.CERTIFICATE_CHAIN_GENERAL_FAILURE,
@@ -262,12 +263,8 @@ def _alarm(budget: float | None) -> Iterator[None]:
     """Interrupt the work with :class:`_OutOfTime` after *budget* seconds, where a
     timer signal can (POSIX, main thread: a worker process); elsewhere the budget
     is checked between signatures only."""
-    usable = (
-        budget is not None
-        and hasattr(signal, "setitimer")
-        and threading.current_thread() is threading.main_thread()
-    )
-    if not usable:
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if budget is None or not usable:
         yield
         return
 
@@ -399,8 +396,7 @@ async def _timestamp_report(
     elif not status.trusted:
         indication = Indication.INDETERMINATE
         sub = (
-            _sub_indication(status.trust_problem_indic.name if status.trust_problem_indic else None)
-            or SubIndication.NO_CERTIFICATE_CHAIN_FOUND
+            _sub_indication(status.trust_problem_indic) or SubIndication.NO_CERTIFICATE_CHAIN_FOUND
         )
         messages = ["the document timestamp's TSA does not validate"]
     else:

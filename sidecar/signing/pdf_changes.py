@@ -102,7 +102,7 @@ def _annotations(page: generic.DictionaryObject) -> list[tuple[object, generic.D
     array = annots.get_object() if hasattr(annots, "get_object") else annots
     if not isinstance(array, generic.ArrayObject):
         return []
-    found = []
+    found: list[tuple[object, generic.DictionaryObject]] = []
     for item in array:
         annot = _dict(item)
         if annot is not None:

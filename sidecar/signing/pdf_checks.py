@@ -354,7 +354,9 @@ def form_fields(root: Any) -> list[tuple[str, Any, str | None]]:
 
     found: list[tuple[str, Any, str | None]] = []
     seen: set[generic.Reference] = set()
-    stack = [(item, "", None, 0) for item in reversed(_array(_dict(root, "/AcroForm"), "/Fields"))]
+    stack: list[tuple[Any, str, str | None, int]] = [
+        (item, "", None, 0) for item in reversed(_array(_dict(root, "/AcroForm"), "/Fields"))
+    ]
     while stack and len(found) < _MAX_FIELDS:
         item, parent, inherited, depth = stack.pop()
         if isinstance(item, generic.IndirectObject):

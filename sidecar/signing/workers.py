@@ -533,7 +533,7 @@ class WorkerPool:
             raise WorkerLost(f"a {self.name} worker process died")
         self._release(worker)
         if kind == "ok":
-            return value  # type: ignore[no-any-return]
+            return value
         raise value
 
     def status(self) -> PoolStatus:

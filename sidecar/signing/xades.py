@@ -38,10 +38,11 @@ import hashlib
 import itertools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -53,8 +54,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 from signxml import SignatureConstructionMethod
-from signxml.xades import XAdESDataObjectFormat, XAdESSigner
+from signxml.util import SigningSettings
+from signxml.xades import XAdESDataObjectFormat
 
+from .._hooks.signxml_hooks import HookedXAdESSigner
 from ..keys.signer import Signer
 from ..keys.signxml_adapter import as_cryptography_key
 from .report import BASELINE_LEVELS, Level
@@ -106,6 +109,8 @@ __all__ = [
     "sign_xml",
     "xades_level",
 ]
+
+_R = TypeVar("_R")
 
 logger = logging.getLogger("sidecar.signing.xades")
 
@@ -169,7 +174,7 @@ class XadesOptions:
 # -- B-B with signxml --------------------------------------------------------
 
 
-class _SidecarXAdESSigner(XAdESSigner):
+class _SidecarXAdESSigner(HookedXAdESSigner):
     """signxml's XAdES signer with the few things EN 319 132-1 baseline needs changed.
 
     - the data reference digests the document *as parsed from the caller's bytes*
@@ -205,19 +210,18 @@ class _SidecarXAdESSigner(XAdESSigner):
         #: The copy of the document made for this signature (see :meth:`get_root`).
         self.work: etree._Element | None = None
 
-    def get_root(self, data):  # type: ignore[no-untyped-def]
+    def get_root(self, data: Any) -> etree._Element:
         # signxml copies its input (serialise, parse) twice: the tree to put the
-        # signature in, and the data reference's input (which _build_sig replaces by
+        # signature in, and the data reference's input (which reference_inputs replaces by
         # the original document). The work copy is a parsed document of its own, made
         # for this signature only: it can take the signature as it is.
         if data is not None and data is self.work:
             return data
         return super().get_root(data)
 
-    # signxml hook: the payload of each reference.
-    def _build_sig(self, sig_root, references, c14n_inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
-        inputs = list(c14n_inputs)
-        references = list(references)
+    def reference_inputs(
+        self, references: list[Any], inputs: list[Any]
+    ) -> tuple[Sequence[Any], Sequence[Any]]:
         for index, reference in enumerate(references):
             if inputs[index].getparent() is None:
                 # The whole document: URI="" (signxml would write "#Id" when the root
@@ -228,35 +232,48 @@ class _SidecarXAdESSigner(XAdESSigner):
                     if self._options.allow_parallel
                     else self._document
                 )
-        return super()._build_sig(sig_root, references, inputs, *args, **kwargs)
+        return references, inputs
 
-    def _build_transforms_for_reference(self, *, transforms_node, reference, **kwargs):  # type: ignore[no-untyped-def]
-        if self._options.allow_parallel and reference.URI == "":
-            xpath = etree.SubElement(transforms_node, ds("Transform"), Algorithm=XPATH_FILTER)
-            etree.SubElement(xpath, ds("XPath")).text = PARALLEL_XPATH
-            etree.SubElement(transforms_node, ds("Transform"), Algorithm=C14N_INCL)
-            return
-        super()._build_transforms_for_reference(
-            transforms_node=transforms_node, reference=reference, **kwargs
-        )
+    def write_transforms(self, transforms_node: etree._Element, reference: Any) -> bool:
+        if not (self._options.allow_parallel and reference.URI == ""):
+            return False
+        xpath = etree.SubElement(transforms_node, ds("Transform"), Algorithm=XPATH_FILTER)
+        etree.SubElement(xpath, ds("XPath")).text = PARALLEL_XPATH
+        etree.SubElement(transforms_node, ds("Transform"), Algorithm=C14N_INCL)
+        return True
 
-    def add_signing_time(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
+    def add_signing_time(
+        self,
+        signed_signature_properties: etree._Element,
+        sig_root: etree._Element,
+        signing_settings: SigningSettings,
+    ) -> None:
         element = etree.SubElement(signed_signature_properties, xades("SigningTime"))
         element.text = self._signing_time.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def add_signing_certificate(self, signed_signature_properties, sig_root, signing_settings):  # type: ignore[no-untyped-def]
+    def add_signing_certificate(
+        self,
+        signed_signature_properties: etree._Element,
+        sig_root: etree._Element,
+        signing_settings: SigningSettings,
+    ) -> None:
+        # signxml calls this only when signing with a certificate chain (ours always has one).
+        assert signing_settings.cert_chain
         certificate: x509.Certificate = signing_settings.cert_chain[0]
         der = certificate.public_bytes(Encoding.DER)
         v2 = etree.SubElement(signed_signature_properties, xades("SigningCertificateV2"))
         cert_digest = etree.SubElement(etree.SubElement(v2, xades("Cert")), xades("CertDigest"))
         etree.SubElement(cert_digest, ds("DigestMethod"), Algorithm=self.digest_alg.value)
         etree.SubElement(cert_digest, ds("DigestValue")).text = base64.b64encode(
-            self._get_digest(der, algorithm=self.digest_alg)
+            self.digest(der, self.digest_alg)
         ).decode("ascii")
 
-    def add_signature_policy_identifier(  # type: ignore[no-untyped-def]
-        self, signed_signature_properties, sig_root, signing_settings
-    ):
+    def add_signature_policy_identifier(
+        self,
+        signed_signature_properties: etree._Element,
+        sig_root: etree._Element,
+        signing_settings: SigningSettings,
+    ) -> None:
         policy = self._options.policy
         if policy is None:
             return
@@ -512,7 +529,7 @@ def draft_signature(
     placement = _Placement(
         encoding=parsed.encoding,
         target_span=target_span,
-        target_nsmap=tuple(signature.getparent().nsmap.items()),  # type: ignore[union-attr]
+        target_nsmap=tuple(signature.getparent().nsmap.items()),
         target_index=target_index,
         # The signature itself nests 8 levels below its parent.
         max_depth=options.max_depth + 16,
@@ -630,7 +647,7 @@ async def sign_xml(
         )
     loop = asyncio.get_running_loop()
 
-    async def run(fn, *args):  # type: ignore[no-untyped-def]
+    async def run(fn: Callable[..., _R], *args: object) -> _R:
         return await loop.run_in_executor(executor, functools.partial(fn, *args))
 
     drafted = await _draft(workers, executor, document, signer, options, client)
@@ -910,7 +927,7 @@ async def augment_xml(
         )
     loop = asyncio.get_running_loop()
 
-    def run(fn, *args):  # type: ignore[no-untyped-def]
+    def run(fn: Callable[..., _R], *args: object) -> asyncio.Future[_R]:
         return loop.run_in_executor(executor, functools.partial(fn, *args))
 
     augmentation, signature = await run(_start_augmentation, document, signature_id, options)

@@ -304,7 +304,7 @@ def _check_fast(data: bytes, namespaces: NamespaceBounds) -> None:
     parser.StartDoctypeDeclHandler = doctype
     parser.EntityDeclHandler = entity
     parser.UnparsedEntityDeclHandler = entity
-    parser.ExternalEntityRefHandler = lambda *_: 0  # type: ignore[assignment]
+    parser.ExternalEntityRefHandler = lambda *_: 0
     try:
         parser.Parse(data, True)
     except expat.ExpatError:
@@ -349,7 +349,7 @@ def _scan(data: bytes, max_depth: int) -> tuple[ElementSpan, ...]:
     parser.StartDoctypeDeclHandler = doctype
     parser.EntityDeclHandler = entity
     parser.UnparsedEntityDeclHandler = entity
-    parser.ExternalEntityRefHandler = lambda *_: 0  # type: ignore[assignment]
+    parser.ExternalEntityRefHandler = lambda *_: 0
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     try:

@@ -77,6 +77,7 @@ from pyhanko_certvalidator.sig_validate import (
 )
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
+from .._hooks.asn1crypto_hooks import ReceivedContentInfo
 from ..config import BreakerSettings, TsaSettings
 from ..logs import register_secret, request_extra
 from ..upstream import connection_words, describe, log_cause
@@ -266,37 +267,6 @@ def _read_password(settings: TsaSettings, environ: Mapping[str, str]) -> str:
         f"TSA {settings.url}: username given without password_env, password_file "
         "or password_keyring"
     )
-
-
-class ReceivedContentInfo(cms.ContentInfo):
-    """A ``ContentInfo`` as received from its signer: :meth:`dump` gives those bytes.
-
-    asn1crypto re-encodes a value whose header ends in 0x80 (it takes any such
-    length for an indefinite one) and, with it, everything inside; a token is
-    signed data and must travel unchanged, and re-encoding it each time a CMS
-    object holding it is written is most of what PAdES signing costs otherwise.
-    """
-
-    _received: bytes | None = None
-
-    @classmethod
-    def received(cls, der: bytes) -> ReceivedContentInfo:
-        value = cls.load(der, strict=True)
-        value._received = der
-        return value
-
-    def dump(self, force: bool = False) -> bytes:
-        if self._received is not None:
-            return self._received
-        return super().dump(force)
-
-    def __setitem__(self, key: object, value: object) -> None:
-        self._received = None  # changed: no longer what was received
-        super().__setitem__(key, value)
-
-    def _copy(self, other: ReceivedContentInfo, copy_func: Callable[..., object]) -> None:
-        super()._copy(other, copy_func)
-        self._received = getattr(other, "_received", None)
 
 
 @dataclass
@@ -812,7 +782,12 @@ def designates(sid: cms.SignerIdentifier, cert: x509.Certificate) -> bool:
 _TOKEN_ALGORITHMS = CMSAlgorithmUsagePolicy.lift_policy(DisallowWeakAlgorithmsPolicy())
 _SIGNATURES = DefaultSignatureValidator()
 #: Signed attributes a token may carry once at most, and those it must carry.
-_SINGLE = ("content_type", "message_digest", "signing_certificate", "signing_certificate_v2")
+_SINGLE: tuple[str, ...] = (
+    "content_type",
+    "message_digest",
+    "signing_certificate",
+    "signing_certificate_v2",
+)
 _SINGLE += ("cms_algorithm_protection",)
 _REQUIRED = ("content_type", "message_digest")
 

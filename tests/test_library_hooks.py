@@ -1,0 +1,182 @@
+"""The private library hooks fenced in ``sidecar/_hooks/``: each is still there, with the
+signature relied on, and is actually taken on a real signature.
+
+An upgrade of pyHanko, signxml, asn1crypto or cryptography that renames, re-signs or
+stops calling one of them fails here by name (the engines' own tests would only show a
+changed document or a slower signature).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asn1crypto import cms, core
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from lxml import etree
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.sign import attributes
+from pyhanko.sign.signers.pdf_cms import Signer as PyHankoSigner
+from signxml.xades import XAdESSigner
+
+from sidecar._hooks import asn1crypto_hooks, cryptography_hooks, pyhanko_hooks, signxml_hooks
+from sidecar.keys import Signer
+from sidecar.keys.signxml_adapter import SignerEcKey, SignerRsaKey
+from sidecar.signing import pades as pades_module
+from sidecar.signing import xades as xades_module
+from sidecar.signing.pades import PadesEngine, PadesOptions
+from sidecar.signing.report import Level
+from sidecar.signing.xades import XadesOptions, sign_xml
+from sidecar.signing.xmldsig import ds
+from tests.fixtures.xades import FORM
+
+
+def _params(function: Callable[..., object]) -> list[tuple[str, inspect._ParameterKind]]:
+    return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()]
+
+
+_POS = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+
+# -- the private names, with the signatures the hooks call or override ---------
+
+
+def test_pyhanko_hooks_exist() -> None:
+    assert _params(IncrementalPdfFileWriter._update_meta) == [("self", _POS)]
+    names = [name for name, _ in _params(PyHankoSigner._signed_attr_providers)]
+    assert names[:4] == ["self", "data_digest", "digest_algorithm", "attr_settings"]
+    assert not inspect.isgeneratorfunction(PyHankoSigner.signed_attrs)  # async, awaits it
+    assert inspect.iscoroutinefunction(PyHankoSigner.signed_attrs)
+
+
+def test_signxml_hooks_exist() -> None:
+    names = [name for name, _ in _params(XAdESSigner._build_sig)]
+    assert names[:4] == ["self", "sig_root", "references", "c14n_inputs"]
+    params = dict(_params(XAdESSigner._build_transforms_for_reference))
+    assert params["transforms_node"] == _KW and params["reference"] == _KW
+    assert [name for name, _ in _params(XAdESSigner._get_digest)] == ["self", "data", "algorithm"]
+
+
+def test_asn1crypto_hooks_exist_and_behave() -> None:
+    assert [name for name, _ in _params(core.Asn1Value._copy)] == ["self", "other", "copy_func"]
+    # A loaded value caches its header in _header; cleared, dump() recomputes the same
+    # bytes for a definite-length value (what DefiniteSignerInfo relies on).
+    info = cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                {"subject_key_identifier": b"\x01" * 20},
+            ),
+            "digest_algorithm": {"algorithm": "sha256"},
+            "signature_algorithm": {"algorithm": "rsassa_pkcs1v15"},
+            "signature": b"\x00" * 300,
+        }
+    )
+    der = info.dump()
+    definite = asn1crypto_hooks.as_definite_signer_info(info)
+    assert type(definite) is asn1crypto_hooks.DefiniteSignerInfo
+    assert definite._header is not None
+    assert definite.dump() == der and definite._header is not None
+
+    # _copy is what copy()/deepcopy() call: the received bytes follow the copy.
+    token = cms.ContentInfo({"content_type": "data", "content": b"token"})
+    received = asn1crypto_hooks.ReceivedContentInfo.received(token.dump())
+    for duplicate in (received.copy(), copy.deepcopy(received)):
+        assert duplicate._received == token.dump()
+
+
+def test_cryptography_hooks_exist_and_behave() -> None:
+    mgf = padding.MGF1(hashes.SHA256())
+    assert cryptography_hooks.pss_salt_length(padding.PSS(mgf, 32)) == 32
+    marker = padding.PSS.DIGEST_LENGTH
+    assert cryptography_hooks.pss_salt_length(padding.PSS(mgf, marker)) is marker
+
+
+def test_key_wrappers_implement_every_abstract_method(xades_signers: dict[str, Signer]) -> None:
+    # cryptography's key classes are abstract: a release adding an abstract method
+    # makes these wrappers uninstantiable (TypeError), which this catches first.
+    assert isinstance(SignerRsaKey(xades_signers["pkcs12-rsa"]).key_size, int)
+    assert isinstance(SignerEcKey(xades_signers["pkcs12-ec"]).key_size, int)
+
+
+# -- the overrides are taken on a real signature --------------------------------
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tuple[Any, ...]]:
+    """Record the calls of ``owner.name`` (still calling it) while the test runs."""
+    # The override itself, not a method inherited from the library.
+    assert name in vars(owner), f"{owner.__name__} no longer defines {name}"
+    calls: list[tuple[Any, ...]] = []
+    original = getattr(owner, name)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_pades_signature_takes_the_pyhanko_and_asn1crypto_hooks(
+    monkeypatch: pytest.MonkeyPatch,
+    pades_engine: PadesEngine,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+) -> None:
+    meta = _count(monkeypatch, pyhanko_hooks.MetadataKeepingWriter, "_update_meta")
+    hooked = _count(
+        monkeypatch, pyhanko_hooks.AttrProviderRewritingSigner, "_signed_attr_providers"
+    )
+    adapter_class = pades_module._PadesSignerAdapter
+    assert issubclass(adapter_class, pyhanko_hooks.AttrProviderRewritingSigner)
+    providers = _count(monkeypatch, adapter_class, "rewrite_provider")
+    dumps = _count(monkeypatch, asn1crypto_hooks.DefiniteSignerInfo, "dump")
+    monkeypatch.setattr(
+        IncrementalPdfFileWriter,
+        "_update_meta",
+        lambda self: pytest.fail("pyHanko rewrote the metadata past the hook"),
+    )
+
+    signed = await pades_engine.sign(
+        fee_note_pdf, pades_signers["pkcs11-rsa"], PadesOptions(level=Level.B_B)
+    )
+    assert signed.data.startswith(fee_note_pdf)
+    assert meta, "pyHanko no longer calls _update_meta: metadata may be rewritten"
+    assert hooked, "pyHanko no longer asks _signed_attr_providers for the attributes"
+    kinds = {type(args[1]) for args in providers}
+    assert attributes.SigningCertificateV2Provider in kinds, kinds
+    assert dumps, "the SignerInfo is no longer ours when written"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_xades_signature_takes_the_signxml_hooks(
+    monkeypatch: pytest.MonkeyPatch, xades_signers: dict[str, Signer]
+) -> None:
+    # The private overrides themselves: signxml must still call them.
+    inputs = _count(monkeypatch, signxml_hooks.HookedXAdESSigner, "_build_sig")
+    transforms = _count(
+        monkeypatch, signxml_hooks.HookedXAdESSigner, "_build_transforms_for_reference"
+    )
+    digests = _count(monkeypatch, signxml_hooks.HookedXAdESSigner, "digest")
+    # ...and through them, the engine's public overrides.
+    engine_signer = xades_module._SidecarXAdESSigner
+    assert issubclass(engine_signer, signxml_hooks.HookedXAdESSigner)
+    payloads = _count(monkeypatch, engine_signer, "reference_inputs")
+    written = _count(monkeypatch, engine_signer, "write_transforms")
+    # Drafted in a thread of this process (no workers), so the calls are seen here.
+    document = await sign_xml(
+        FORM, xades_signers["pkcs12-ec"], Level.B_B, XadesOptions(allow_parallel=True)
+    )
+    assert inputs and transforms and digests
+    assert payloads and written
+    root = etree.fromstring(document)
+    uris = [r.get("URI") for r in root.iter(ds("Reference"))]
+    assert "" in uris, uris  # reference_inputs: the whole document as URI=""
+    xpaths = list(root.iter(ds("XPath")))
+    assert xpaths, "write_transforms: the parallel-mode XPath filter is missing"
