@@ -384,3 +384,39 @@ async def test_an_idle_worker_killed_from_outside_is_replaced_before_use(
     _wait_gone(pid)
     assert await pool.run(os.getpid) != pid
     assert pool.status().replaced == 1
+
+
+async def test_idle_workers_exit_and_start_again_on_the_next_step() -> None:
+    """With ``idle_exit``, workers end once the pool has had nothing to do for that
+    long (health stays ok), and the next step starts fresh ones."""
+    pool = WorkerPool("test", workers=2, idle_exit=0.5)
+    check = pool_check(pool, "test-workers")
+    try:
+        await pool.start()
+        pids = pool.pids()
+        assert len(pids) == 2 and await pool.run(os.getpid) in pids
+        for _ in range(200):  # bounded (20 s): the loop must run for the timer to fire
+            if not any(_alive(pid) for pid in pids):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)
+        assert pool.pids() == [] and pool.status().dormant
+        result = await check()
+        assert result.status == "ok" and "idle" in result.detail, result
+        again = await pool.run(os.getpid)
+        assert again not in pids and not pool.status().dormant
+        assert (await check()).status == "ok"
+    finally:
+        pool.close()
+
+
+async def test_a_busy_pool_does_not_exit() -> None:
+    """A step running longer than ``idle_exit`` keeps its worker (and the others)."""
+    pool = WorkerPool("test", workers=1, idle_exit=0.2)
+    try:
+        pid = await pool.run(os.getpid)
+        assert await pool.run(_sleep_then_pid, 0.5) == pid  # busy when the timer fires
+        assert await pool.run(_sleep_then_pid, 0.0) == pid  # idle 0 s in between
+        assert pool.pids() == [pid]
+    finally:
+        pool.close()
