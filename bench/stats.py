@@ -20,6 +20,7 @@ __all__ = [
     "Summary",
     "cpu_seconds",
     "free_port",
+    "percentile",
     "process_tree",
     "process_tree_memory",
     "summarize",
@@ -47,7 +48,7 @@ def summarize(samples: Sequence[float], wall: float | None = None) -> Summary:
     """Latencies in seconds; *wall* the elapsed time (default: their sum, i.e. sequential)."""
     ordered = sorted(samples)
     # Nearest-rank p95: the smallest sample with at least 95 % of samples at or below it.
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    p95 = percentile(ordered, 0.95)
     elapsed = wall if wall is not None else sum(ordered)
     return Summary(
         n=len(ordered),
@@ -55,6 +56,14 @@ def summarize(samples: Sequence[float], wall: float | None = None) -> Summary:
         p95_ms=p95 * 1000,
         per_second=len(ordered) / elapsed if elapsed else math.inf,
     )
+
+
+def percentile(samples: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile (``share`` in 0..1) of *samples*; NaN when there is none."""
+    ordered = sorted(samples)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def free_port() -> int:
