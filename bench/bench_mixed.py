@@ -36,7 +36,7 @@ from pathlib import Path
 import aiohttp
 from bench_soak import Soak, print_routes, start_daemon, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
-from stats import free_port, percentile, process_tree_memory
+from stats import free_port, percentile, process_tree_breakdown, process_tree_memory
 
 #: The mix of #19 (a practice's programs at work): sign forms, deposit, read, list.
 MIXED = {"form-sign": 25, "deposit": 20, "message": 40, "list": 15}
@@ -109,6 +109,7 @@ async def main(arguments: argparse.Namespace) -> None:
             admin = admin_token(home)
             await asyncio.sleep(arguments.settle)
             idle_start = pss_mb(process.pid)
+            print(f"idle after start, PSS MB: {process_tree_breakdown(process.pid)}", flush=True)
             connector = aiohttp.TCPConnector(limit=arguments.clients + 2)
             timeout = aiohttp.ClientTimeout(total=120)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -139,9 +140,11 @@ async def main(arguments: argparse.Namespace) -> None:
                 )
                 after = await lag_buckets(session, base, admin)
                 after_load = pss_mb(process.pid)
+                print(f"after the load, PSS MB: {process_tree_breakdown(process.pid)}")
                 # The workers end once unused for idle_exit seconds (checked that often).
                 await asyncio.sleep(2 * arguments.idle_exit + 3 if arguments.idle_exit else 0)
                 after_idle = pss_mb(process.pid)
+                print(f"after the idle exit, PSS MB: {process_tree_breakdown(process.pid)}")
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
