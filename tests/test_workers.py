@@ -420,3 +420,49 @@ async def test_a_busy_pool_does_not_exit() -> None:
         assert pool.pids() == [pid]
     finally:
         pool.close()
+
+
+def test_the_forkserver_stops_when_no_pool_has_a_worker(tmp_path: Path) -> None:
+    """Once every pool of the process is idle past ``idle_exit``, the forkserver ends
+    too (an idle daemon is one process); the next step starts it again. In a process
+    of its own: other tests' pools share this one's forkserver."""
+    script = tmp_path / "idle.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os, time
+            from multiprocessing import forkserver
+            from sidecar.signing.workers import WorkerPool
+
+            def children():
+                found = []
+                for task in os.listdir(f"/proc/{os.getpid()}/task"):
+                    with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+                        found += f.read().split()
+                return found
+
+            async def go():
+                pool = WorkerPool("idle", workers=1, idle_exit=0.3)
+                first = await pool.run(os.getpid)
+                server = forkserver._forkserver._forkserver_pid
+                assert server is not None and str(server) in children()
+                for _ in range(100):
+                    if forkserver._forkserver._forkserver_pid is None:
+                        break
+                    await asyncio.sleep(0.1)
+                assert forkserver._forkserver._forkserver_pid is None, "still running"
+                assert str(server) not in children(), "not reaped"
+                assert await pool.run(os.getpid) != first
+                assert forkserver._forkserver._forkserver_pid not in (None, server)
+                pool.close()
+                print("ok")
+
+            asyncio.run(go())
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -32,8 +32,8 @@ itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
   job is stuck;
 - :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one;
 - workers start on the pool's first step and, with ``idle_exit``, end once the pool
-  has had nothing to do for that long (a practice PC is idle most of the day): the
-  next step starts them again.
+  has had nothing to do for that long (a practice PC is idle most of the day), and the
+  forkserver once no pool of the process has a worker: the next step starts them again.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -188,6 +189,39 @@ def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
 
 #: Worker processes start one at a time: :func:`_main_not_inherited` swaps a global.
 _START_LOCK = threading.Lock()
+
+#: Every pool of this process: the forkserver they share stops when none has a worker.
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def _stop_forkserver_if_unused() -> None:
+    """Blocking, under :data:`_START_LOCK`: stop the forkserver when no pool has a worker
+    process (alive or starting), so that an idle daemon is one process again; the next
+    worker's start starts it anew (a second or so: its preloaded imports).
+
+    ``ForkServer._stop`` is CPython's own (its tests use it; 3.8 and later); where it
+    is missing the forkserver simply stays.
+    """
+    try:
+        pools = list(_POOLS)
+    except RuntimeError:  # the loop's thread made a pool meanwhile: it will need one
+        return
+    if any(pool._alive or pool._starting for pool in pools):
+        return
+    try:
+        from multiprocessing import forkserver
+    except ImportError:  # no forkserver here (Windows): nothing to stop
+        return
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if stop is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    try:
+        stop()
+    except (OSError, ChildProcessError) as exc:
+        log.debug("the forkserver did not stop: %s", exc)
+    else:
+        log.info("no worker process left: the forkserver stopped until the next one")
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -345,6 +379,7 @@ class WorkerPool:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._dormant = False
         self._reaping: set[asyncio.Future[None]] = set()
+        _POOLS.add(self)
 
     # -- processes ---------------------------------------------------------------------
 
@@ -486,7 +521,8 @@ class WorkerPool:
 
     @staticmethod
     def _reap(workers: list[_Worker]) -> None:
-        """Blocking: wait for idle workers told to end; kill one that does not."""
+        """Blocking: wait for idle workers told to end, kill one that does not; then
+        stop the forkserver if no pool of this process has a worker any more."""
         with _START_LOCK:  # reaping (poll, join) and starting share multiprocessing's books
             for worker in workers:
                 with contextlib.suppress(OSError, ValueError, AssertionError):
@@ -494,6 +530,7 @@ class WorkerPool:
                     if worker.process.exitcode is None:
                         worker.kill()
                         worker.process.join(2.0)
+            _stop_forkserver_if_unused()
 
     def _retire(self, worker: _Worker, *, in_use: bool) -> None:
         """Drop ``worker``, killing its process (stuck, or dead already), and start its
