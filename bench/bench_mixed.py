@@ -13,7 +13,8 @@ worker_idle_exit`` from ``--idle-exit``), then:
    ``sidecar_event_loop_lag_seconds`` histogram in ``/metrics`` (percentiles are the
    upper bound of the bucket they fall in: the histogram's resolution);
 5. PSS once the load ended, and again after the workers' idle exit (``--idle-exit``
-   plus a few seconds), with the goals of #19 beside each figure.
+   plus a few seconds; also measured before the load), with the goals of #19 beside
+   each figure.
 
 Bounded in time; traffic goes only to the loopback daemon it started. Linux (/proc).
 
@@ -110,6 +111,10 @@ async def main(arguments: argparse.Namespace) -> None:
             await asyncio.sleep(arguments.settle)
             idle_start = pss_mb(process.pid)
             print(f"idle after start, PSS MB: {process_tree_breakdown(process.pid)}", flush=True)
+            # The workers started with the daemon end once unused for idle_exit seconds.
+            await asyncio.sleep(2 * arguments.idle_exit + 3 if arguments.idle_exit else 0)
+            idle_start_exited = pss_mb(process.pid)
+            print(f"... after the idle exit: {process_tree_breakdown(process.pid)}", flush=True)
             connector = aiohttp.TCPConnector(limit=arguments.clients + 2)
             timeout = aiohttp.ClientTimeout(total=120)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -170,6 +175,7 @@ async def main(arguments: argparse.Namespace) -> None:
     )
     print(f"event-loop lag p99 <= 2 ms                    <= {lag_p99:g} ms")
     print(f"PSS idle after start <= 100 MB                {idle_start:.1f} MB")
+    print(f"  ...once the workers exited idle             {idle_start_exited:.1f} MB")
     print(f"PSS under the mixed load <= 160 MB            {under_load:.1f} MB (max of samples)")
     print(f"PSS right after the load                      {after_load:.1f} MB")
     print(
