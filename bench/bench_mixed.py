@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from bench_soak import Soak, print_routes, start_daemon, wait_ready
+from bench_soak import Soak, print_routes, start_daemon, stop_daemon, wait_ready
 from prometheus_client.parser import text_string_to_metric_families
 from stats import free_port, percentile, process_tree_breakdown, process_tree_memory
 
@@ -151,10 +150,7 @@ async def main(arguments: argparse.Namespace) -> None:
                 after_idle = pss_mb(process.pid)
                 print(f"after the idle exit, PSS MB: {process_tree_breakdown(process.pid)}")
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
-            if process.returncode not in (0, -signal.SIGTERM):
-                print((home / "daemon.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+            stop_daemon(process, home)
 
     print_routes(soak)
     single_p50 = percentile(single, 0.5) * 1000

@@ -178,6 +178,14 @@ def start_daemon(home: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+def stop_daemon(process: subprocess.Popen[bytes], home: Path) -> None:
+    """SIGTERM, and the end of its log on stderr if it did not stop cleanly."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    if process.returncode not in (0, -signal.SIGTERM):
+        print((home / "daemon.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+
+
 async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(600):
@@ -227,10 +235,7 @@ async def main(clients: int, seconds: float, sample: float, warmup: float, seed:
                     sampler(), *(soak.client(session, deadline) for _ in range(clients))
                 )
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
-            if process.returncode not in (0, -signal.SIGTERM):
-                print((home / "daemon.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+            stop_daemon(process, home)
 
     print_routes(soak)
     settled = [m for m in memory if m[0] >= warmup]
