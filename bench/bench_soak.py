@@ -32,7 +32,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
-from stats import free_port, process_tree_memory
+from stats import free_port, percentile, process_tree_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "profiles" / "samples"
@@ -58,7 +58,10 @@ def fee_note() -> bytes:
 
 
 class Soak:
-    def __init__(self, base: str, token: str, seed: int) -> None:
+    """Clients on a weighted mix of routes (:data:`MIX` unless told otherwise)."""
+
+    def __init__(self, base: str, token: str, seed: int, mix: dict[str, int] | None = None) -> None:
+        self.mix = mix or MIX
         self.base = base
         self.headers = {"Authorization": f"Bearer {token}"}
         self.random = random.Random(seed)
@@ -126,13 +129,30 @@ class Soak:
             del self.deposited[:-500]  # bounded: the latest are enough to read
 
     async def client(self, session: aiohttp.ClientSession, deadline: float) -> None:
-        routes, weights = zip(*MIX.items(), strict=True)
+        routes, weights = zip(*self.mix.items(), strict=True)
         while time.monotonic() < deadline:
             route = self.random.choices(routes, weights)[0]
             try:
                 await self.one(session, route)
             except (aiohttp.ClientError, TimeoutError):
                 self.server_errors[f"{route} (connection)"] += 1
+
+
+def print_routes(soak: Soak) -> None:
+    """Per route: count, p50, p99, refusals (4xx) and server errors (5xx)."""
+    print(f"\n{'route':<16} {'n':>7} {'p50 ms':>9} {'p99 ms':>9} {'4xx':>5} {'5xx':>5}")
+    for route in soak.mix:
+        samples = soak.latencies.get(route, [])
+        if not samples:
+            continue
+        p50 = percentile(samples, 0.5) * 1000
+        p99 = percentile(samples, 0.99) * 1000
+        errors = soak.server_errors.get(route, 0)
+        refused = soak.refusals.get(route, 0)
+        print(f"{route:<16} {len(samples):>7} {p50:>9.1f} {p99:>9.1f} {refused:>5} {errors:>5}")
+    other = {k: v for k, v in soak.server_errors.items() if k not in soak.mix}
+    if other:
+        print("connection errors:", other)
 
 
 def slope_mb_per_min(points: list[tuple[float, float]]) -> float:
@@ -148,6 +168,7 @@ def slope_mb_per_min(points: list[tuple[float, float]]) -> float:
 
 
 def start_daemon(home: Path, port: int) -> subprocess.Popen[bytes]:
+    """``sidecar serve --sandbox`` in *home* (its ``sidecar.toml`` if any), on *port*."""
     env = {**os.environ, "SIDECAR_HOME": str(home)}
     return subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve", "--sandbox", "--port", str(port)],
@@ -155,6 +176,14 @@ def start_daemon(home: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=(home / "daemon.log").open("wb"),
     )
+
+
+def stop_daemon(process: subprocess.Popen[bytes], home: Path) -> None:
+    """SIGTERM, and the end of its log on stderr if it did not stop cleanly."""
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    if process.returncode not in (0, -signal.SIGTERM):
+        print((home / "daemon.log").read_text(errors="replace")[-2000:], file=sys.stderr)
 
 
 async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
@@ -206,24 +235,9 @@ async def main(clients: int, seconds: float, sample: float, warmup: float, seed:
                     sampler(), *(soak.client(session, deadline) for _ in range(clients))
                 )
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
-            if process.returncode not in (0, -signal.SIGTERM):
-                print((home / "daemon.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+            stop_daemon(process, home)
 
-    print(f"\n{'route':<16} {'n':>7} {'p50 ms':>9} {'p99 ms':>9} {'4xx':>5} {'5xx':>5}")
-    for route in MIX:
-        samples = sorted(soak.latencies.get(route, []))
-        if not samples:
-            continue
-        p50 = samples[len(samples) // 2] * 1000
-        p99 = samples[max(0, int(len(samples) * 0.99) - 1)] * 1000
-        errors = soak.server_errors.get(route, 0)
-        refused = soak.refusals.get(route, 0)
-        print(f"{route:<16} {len(samples):>7} {p50:>9.1f} {p99:>9.1f} {refused:>5} {errors:>5}")
-    other = {k: v for k, v in soak.server_errors.items() if k not in MIX}
-    if other:
-        print("connection errors:", other)
+    print_routes(soak)
     settled = [m for m in memory if m[0] >= warmup]
     rss_slope = slope_mb_per_min([(t, rss) for t, rss, _ in settled])
     pss_slope = slope_mb_per_min([(t, pss) for t, _, pss in settled])

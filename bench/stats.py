@@ -20,7 +20,10 @@ __all__ = [
     "Summary",
     "cpu_seconds",
     "free_port",
+    "percentile",
+    "process_memory",
     "process_tree",
+    "process_tree_breakdown",
     "process_tree_memory",
     "summarize",
     "timed",
@@ -47,7 +50,7 @@ def summarize(samples: Sequence[float], wall: float | None = None) -> Summary:
     """Latencies in seconds; *wall* the elapsed time (default: their sum, i.e. sequential)."""
     ordered = sorted(samples)
     # Nearest-rank p95: the smallest sample with at least 95 % of samples at or below it.
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    p95 = percentile(ordered, 0.95)
     elapsed = wall if wall is not None else sum(ordered)
     return Summary(
         n=len(ordered),
@@ -55,6 +58,14 @@ def summarize(samples: Sequence[float], wall: float | None = None) -> Summary:
         p95_ms=p95 * 1000,
         per_second=len(ordered) / elapsed if elapsed else math.inf,
     )
+
+
+def percentile(samples: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile (``share`` in 0..1) of *samples*; NaN when there is none."""
+    ordered = sorted(samples)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def free_port() -> int:
@@ -139,19 +150,38 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def process_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of one process; (0, 0) if it is gone."""
+    rss = pss = 0
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:  # gone meanwhile
+        return 0, 0
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "Rss":
+            rss += int(value.split()[0]) * 1024
+        elif name == "Pss":
+            pss += int(value.split()[0]) * 1024
+    return rss, pss
+
+
 def process_tree_memory(pid: int) -> tuple[int, int]:
     """(RSS, PSS) in bytes summed over ``pid``'s process tree. PSS shares each page
     among the processes mapping it, so forkserver children are not counted twice."""
-    rss = pss = 0
+    members = [process_memory(member) for member in process_tree(pid)]
+    return sum(rss for rss, _ in members), sum(pss for _, pss in members)
+
+
+def process_tree_breakdown(pid: int) -> str:
+    """One line: the PSS (MB) of each process of ``pid``'s tree, the root named ``root``,
+    its children ``child`` (the forkserver) and theirs ``grandchild`` (its workers)."""
+    parts = []
     for member in process_tree(pid):
         try:
-            text = Path(f"/proc/{member}/smaps_rollup").read_text()
-        except OSError:  # gone meanwhile
+            parent = int(Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
-        for line in text.splitlines():
-            name, _, value = line.partition(":")
-            if name == "Rss":
-                rss += int(value.split()[0]) * 1024
-            elif name == "Pss":
-                pss += int(value.split()[0]) * 1024
-    return rss, pss
+        kind = "root" if member == pid else "child" if parent == pid else "grandchild"
+        parts.append(f"{kind} {process_memory(member)[1] / 2**20:.1f}")
+    return ", ".join(parts)

@@ -25,6 +25,7 @@ written for a person, and exception texts are not copied into it.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -70,6 +71,14 @@ UpstreamOutcome = Literal["ok", "error", "unavailable", "timeout"]
 # The ``*_created`` series (one per label set) double the scrape for nothing a dashboard
 # uses; the switch is process-wide, and only sidecar's registries live in the process.
 disable_created_metrics()
+
+#: Event-loop lag: from a tenth of a millisecond (an idle loop) to a second (a loop
+#: blocked by a heavy step); the goal of #19 is p99 under 2 ms.
+_LAG_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+#: How often the loop-lag ticker wakes (seconds): often enough to catch a 50 ms stall,
+#: rare enough to cost nothing (a few microseconds per wake-up).
+LAG_INTERVAL = 0.05
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -229,6 +238,14 @@ class Metrics:
             ("name", "role"),
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "sidecar_event_loop_lag_seconds",
+            "How late the daemon's event loop woke a ticker asleep for "
+            f"{LAG_INTERVAL * 1000:g} ms (actual minus scheduled wake-up): the time "
+            "something held the loop.",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
         self.errors = Counter(
             "sidecar_errors",
             "Errors recorded in the recent-errors journal, by area.",
@@ -319,6 +336,18 @@ class Metrics:
     def cns_message(self, operation: str, result: str) -> None:
         """A CNS message changed state (``queued``, ``delivered``, ``rejected``...)."""
         self.cns_messages.labels(operation, result).inc()
+
+    async def sample_loop_lag(self, interval: float = LAG_INTERVAL) -> None:
+        """Run until cancelled: sleep *interval* seconds, record how late the wake-up was.
+
+        A step holding the loop for 300 ms delays the ticker by as much, and the
+        sample lands in the 0.5 s bucket: the lag the next request would have felt.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            scheduled = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - scheduled))
 
     # -- recent errors --------------------------------------------------------------
 

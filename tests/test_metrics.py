@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -68,6 +70,23 @@ async def test_requests_by_route_template_and_status(api: Api) -> None:
     assert moved(histogram, method="GET", route="/v1/uuids", outcome="success") == 3
     assert moved(histogram, method="GET", route="/v1/uuids", outcome="client_error") == 2
     assert value(after, "sidecar_info", version=__version__) == 1
+
+
+async def test_loop_lag_histogram_sees_a_blocked_loop(api: Api) -> None:
+    """The daemon's ticker records a loop held for 0.3 s in a bucket above 0.25 s."""
+    lag = "sidecar_event_loop_lag_seconds"
+    _, before = await scrape(api)
+    await asyncio.sleep(0.2)  # the ticker runs: a few samples of an idle loop
+    time.sleep(0.3)  # holding the loop (test and daemon share it) is the point
+    await asyncio.sleep(0.1)  # the ticker wakes late and records it
+    _, after = await scrape(api)
+
+    def moved(**labels: str) -> float:
+        return value(after, f"{lag}_bucket", **labels) - value(before, f"{lag}_bucket", **labels)
+
+    assert value(after, f"{lag}_count") > value(before, f"{lag}_count")
+    # At least one sample over 0.25 s: counted in +Inf but not in the 0.25 s bucket.
+    assert moved(le="+Inf") - moved(le="0.25") >= 1
 
 
 async def test_metrics_needs_the_admin_scope(api: Api) -> None:

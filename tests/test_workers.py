@@ -384,3 +384,85 @@ async def test_an_idle_worker_killed_from_outside_is_replaced_before_use(
     _wait_gone(pid)
     assert await pool.run(os.getpid) != pid
     assert pool.status().replaced == 1
+
+
+async def test_idle_workers_exit_and_start_again_on_the_next_step() -> None:
+    """With ``idle_exit``, workers end once the pool has had nothing to do for that
+    long (health stays ok), and the next step starts fresh ones."""
+    pool = WorkerPool("test", workers=2, idle_exit=0.5)
+    check = pool_check(pool, "test-workers")
+    try:
+        await pool.start()
+        pids = pool.pids()
+        assert len(pids) == 2 and await pool.run(os.getpid) in pids
+        for _ in range(200):  # bounded (20 s): the loop must run for the timer to fire
+            if not any(_alive(pid) for pid in pids):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids)
+        assert pool.pids() == [] and pool.status().dormant
+        result = await check()
+        assert result.status == "ok" and "idle" in result.detail, result
+        again = await pool.run(os.getpid)
+        assert again not in pids and not pool.status().dormant
+        assert (await check()).status == "ok"
+    finally:
+        pool.close()
+
+
+async def test_a_busy_pool_does_not_exit() -> None:
+    """A step running longer than ``idle_exit`` keeps its worker (and the others)."""
+    pool = WorkerPool("test", workers=1, idle_exit=0.2)
+    try:
+        pid = await pool.run(os.getpid)
+        assert await pool.run(_sleep_then_pid, 0.5) == pid  # busy when the timer fires
+        assert await pool.run(_sleep_then_pid, 0.0) == pid  # idle 0 s in between
+        assert pool.pids() == [pid]
+    finally:
+        pool.close()
+
+
+def test_the_forkserver_stops_when_no_pool_has_a_worker(tmp_path: Path) -> None:
+    """Once every pool of the process is idle past ``idle_exit``, the forkserver ends
+    too (an idle daemon is one process); the next step starts it again. In a process
+    of its own: other tests' pools share this one's forkserver."""
+    script = tmp_path / "idle.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, os, time
+            from multiprocessing import forkserver
+            from sidecar.signing.workers import WorkerPool
+
+            def children():
+                found = []
+                for task in os.listdir(f"/proc/{os.getpid()}/task"):
+                    with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+                        found += f.read().split()
+                return found
+
+            async def go():
+                pool = WorkerPool("idle", workers=1, idle_exit=0.3)
+                first = await pool.run(os.getpid)
+                server = forkserver._forkserver._forkserver_pid
+                assert server is not None and str(server) in children()
+                for _ in range(100):
+                    if forkserver._forkserver._forkserver_pid is None:
+                        break
+                    await asyncio.sleep(0.1)
+                assert forkserver._forkserver._forkserver_pid is None, "still running"
+                assert str(server) not in children(), "not reaped"
+                assert await pool.run(os.getpid) != first
+                assert forkserver._forkserver._forkserver_pid not in (None, server)
+                pool.close()
+                print("ok")
+
+            asyncio.run(go())
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

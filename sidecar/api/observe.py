@@ -9,7 +9,10 @@ never the raw path, which would make one time series per message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -157,12 +160,24 @@ async def _bridge_subsystems(app: web.Application) -> None:
         metrics.watch_outbox(outbox_stats)
 
 
+async def _loop_lag_ticker(app: web.Application) -> AsyncIterator[None]:
+    """Context: sample the event loop's lag into ``sidecar_event_loop_lag_seconds``."""
+    ticker = asyncio.ensure_future(app[METRICS].sample_loop_lag())
+    try:
+        yield
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
 def install(app: web.Application, metrics: Metrics | None = None) -> Metrics:
-    """Give *app* its own metrics and the recent-errors health check."""
+    """Give *app* its own metrics, the loop-lag ticker and the recent-errors check."""
     metrics = metrics or Metrics()
     app[METRICS] = metrics
     app[HEALTH_CHECKS].append(_errors_check(metrics))  # type: ignore[arg-type]
     app.on_startup.append(_bridge_subsystems)
+    app.cleanup_ctx.append(_loop_lag_ticker)
     return metrics
 
 

@@ -155,6 +155,7 @@ async def signing_context(app: web.Application) -> AsyncIterator[None]:
             worker_memory=settings.pdf_worker_memory,
             workers=settings.pdf_workers,
             verify_timeout=settings.verify_timeout,
+            idle_exit=settings.worker_idle_exit,
         )
     )
     trust = app.get(TRUST)

@@ -107,6 +107,7 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
         per_client=signing.xml_workers_per_client or max(1, count - 1),
         # A draft waits for a worker no longer than a worker may take over one.
         queue_timeout=signing.xml_draft_timeout,
+        idle_exit=signing.worker_idle_exit,
     )
     app[XML_WORKERS] = workers
     # Not awaited: the processes start from threads (the forkserver's imports take a

@@ -1,7 +1,8 @@
 """Serve the sandbox PKI's TSA, OCSP, CRL and certificate endpoints over loopback HTTP.
 
-The services run in the caller's event loop (the daemon's, or the test session's) through
-certomancer's aiohttp animator, so ``sidecar serve --sandbox`` stays one process. Routes,
+The services run in a thread of the caller's process, on an event loop of their own,
+through certomancer's aiohttp animator, so ``sidecar serve --sandbox`` stays one process
+and its own loop is not held by the responders' signing. Routes,
 relative to :attr:`SandboxPKI.base_url`::
 
     POST /sandbox/tsa/tsa                         RFC 3161 (application/timestamp-query)
@@ -11,15 +12,18 @@ relative to :attr:`SandboxPKI.base_url`::
     GET  /sandbox/lists/{eu-lotl,lu}.xml          its trusted lists (sidecar.sandbox.lists)
 
 Certomancer's handlers sign synchronously (tens of milliseconds each, it reparses the
-RSA key every time); acceptable for a sandbox, but it does block the loop meanwhile.
+RSA key every time): hence the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import errno
 import logging
 import socket
+import threading
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
-    """Serve ``pki`` on ``pki.host:pki.port`` in the running loop until the block exits.
+    """Serve ``pki`` on ``pki.host:pki.port`` from a thread of its own until the block exits.
 
     Yields ``pki`` back once the socket listens. Raises :class:`SandboxError` if the
     PKI cannot be loaded or the port cannot be bound.
@@ -51,34 +55,86 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
     try:
         # Rebuilding the certificates signs with RSA: keep that off the event loop.
         arch = await asyncio.to_thread(load_certomancer_config, pki)
+        app = build_animator_app(
+            {ArchLabel(ARCH_LABEL): arch},
+            # No web UI: it offers every private key as a PKCS#12 download.
+            with_web_ui=False,
+            # Tests (and curious vendors) may ask for a response "as of" another time
+            # through certomancer's fake-time header; harmless on a sandbox.
+            allow_time_override=True,
+        )
+        # The sandbox's own trusted lists (sidecar.sandbox.lists), beside TSA/OCSP/CRL.
+        from sidecar.sandbox.lists import add_list_routes, ensure_sandbox_lists
+
+        await asyncio.to_thread(ensure_sandbox_lists, pki)
+        add_list_routes(app, pki)
+        server = _ServerThread(app, sock, pki)
+        await asyncio.to_thread(server.start)
     except BaseException:
         sock.close()
         raise
-    app = build_animator_app(
-        {ArchLabel(ARCH_LABEL): arch},
-        # No web UI: it offers every private key as a PKCS#12 download.
-        with_web_ui=False,
-        # Tests (and curious vendors) may ask for a response "as of" another time
-        # through certomancer's fake-time header; harmless on a sandbox.
-        allow_time_override=True,
-    )
-    # The sandbox's own trusted lists (sidecar.sandbox.lists), beside TSA/OCSP/CRL.
-    from sidecar.sandbox.lists import add_list_routes, ensure_sandbox_lists
-
-    await asyncio.to_thread(ensure_sandbox_lists, pki)
-    add_list_routes(app, pki)
-    runner = web.AppRunner(app)
     try:
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()  # listens
-        except OSError as exc:  # a sandbox started meanwhile listened first
-            raise SandboxError(_cannot_serve(pki, bind_error(exc))) from None
         logger.info("sandbox PKI services listening on %s", pki.base_url)
         yield pki
     finally:
-        await runner.cleanup()
+        await asyncio.to_thread(server.stop)
         sock.close()
+
+
+class _ServerThread:
+    """The sandbox PKI's aiohttp server on an event loop of its own, in a thread.
+
+    Certomancer's handlers sign synchronously (tens of milliseconds each): on the
+    daemon's loop they would hold every request meanwhile, which production's remote
+    TSA and OCSP responders never do. In a thread they hold only the GIL, in short
+    slices, so the sandbox's latencies look like production's.
+    """
+
+    def __init__(self, app: web.Application, sock: socket.socket, pki: SandboxPKI) -> None:
+        self._app = app
+        self._sock = sock
+        self._pki = pki
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app)
+        self._thread = threading.Thread(target=self._run, name="sandbox-pki", daemon=True)
+        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._stopped: asyncio.Event | None = None
+
+    def start(self) -> None:
+        """Blocking: start the thread and return once the socket listens (or raise)."""
+        self._thread.start()
+        self._started.result()
+
+    def stop(self) -> None:
+        """Blocking: clean the server up and end the thread."""
+        if self._stopped is not None:
+            with contextlib.suppress(RuntimeError):  # the loop ended already
+                self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stopped = asyncio.Event()
+        try:
+            await self._runner.setup()
+            try:
+                await web.SockSite(self._runner, self._sock).start()  # listens
+            except OSError as exc:  # a sandbox started meanwhile listened first
+                raise SandboxError(_cannot_serve(self._pki, bind_error(exc))) from None
+        except BaseException as exc:
+            self._started.set_exception(exc)
+            await self._runner.cleanup()
+            return
+        self._started.set_result(None)
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._runner.cleanup()
 
 
 def _bind(pki: SandboxPKI) -> socket.socket:

@@ -101,6 +101,8 @@ class PdfLimits:
     #: Seconds the verification of one document's signatures may take; what is not
     #: checked by then is reported INDETERMINATE.
     verify_timeout: float = 30.0
+    #: Seconds without a document after which the workers end (0: never).
+    idle_exit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -575,7 +577,9 @@ class PdfInspector:
 
     def __init__(self, limits: PdfLimits = PdfLimits()) -> None:
         self.limits = limits
-        self._workers = WorkerPool("PDF", workers=limits.workers, memory=limits.worker_memory)
+        self._workers = WorkerPool(
+            "PDF", workers=limits.workers, memory=limits.worker_memory, idle_exit=limits.idle_exit
+        )
 
     async def inspect(self, data: bytes) -> PdfFacts:
         """The facts of a caller's PDF, or :class:`PdfRefused`."""

@@ -30,7 +30,10 @@ itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
   so that one client's heavy documents cannot starve another's;
 - :meth:`WorkerPool.status` tells ``/v1/health`` when the workers are saturated or a
   job is stuck;
-- :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one.
+- :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one;
+- workers start on the pool's first step and, with ``idle_exit``, end once the pool
+  has had nothing to do for that long (a practice PC is idle most of the day), and the
+  forkserver once no pool of the process has a worker: the next step starts them again.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -186,6 +190,39 @@ def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
 #: Worker processes start one at a time: :func:`_main_not_inherited` swaps a global.
 _START_LOCK = threading.Lock()
 
+#: Every pool of this process: the forkserver they share stops when none has a worker.
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def _stop_forkserver_if_unused() -> None:
+    """Blocking, under :data:`_START_LOCK`: stop the forkserver when no pool has a worker
+    process (alive or starting), so that an idle daemon is one process again; the next
+    worker's start starts it anew (a second or so: its preloaded imports).
+
+    ``ForkServer._stop`` is CPython's own (its tests use it; 3.8 and later); where it
+    is missing the forkserver simply stays.
+    """
+    try:
+        pools = list(_POOLS)
+    except RuntimeError:  # the loop's thread made a pool meanwhile: it will need one
+        return
+    if any(pool._alive or pool._starting for pool in pools):
+        return
+    try:
+        from multiprocessing import forkserver
+    except ImportError:  # no forkserver here (Windows): nothing to stop
+        return
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if stop is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    try:
+        stop()
+    except (OSError, ChildProcessError) as exc:
+        log.debug("the forkserver did not stop: %s", exc)
+    else:
+        log.info("no worker process left: the forkserver stopped until the next one")
+
 
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -270,6 +307,8 @@ class PoolStatus:
     longest_waiting: float
     #: Workers killed (deadline, abandoned step) or lost since the pool started.
     replaced: int
+    #: The workers ended after ``idle_exit`` seconds without a step; the next starts them.
+    dormant: bool = False
 
 
 def _call_in_thread(
@@ -298,7 +337,9 @@ class WorkerPool:
     bytes (POSIX only), ``None`` for none. ``deadline`` is the default of
     :meth:`run`'s. ``per_client`` is how many workers one client may hold at once
     (``None``: all of them); ``queue_timeout`` how long a step may wait for a worker
-    before :class:`WorkersUnavailable` (``None``: as long as it takes).
+    before :class:`WorkersUnavailable` (``None``: as long as it takes). ``idle_exit``:
+    seconds without a step after which the workers end, until the next step starts
+    them again (``None`` or 0: they never do).
     """
 
     def __init__(
@@ -310,6 +351,7 @@ class WorkerPool:
         deadline: float | None = None,
         per_client: int | None = None,
         queue_timeout: float | None = None,
+        idle_exit: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -321,6 +363,7 @@ class WorkerPool:
         self.deadline = deadline
         self.per_client = per_client
         self.queue_timeout = queue_timeout
+        self.idle_exit = idle_exit or None
         self._alive: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._busy: dict[_Worker, _Job] = {}
@@ -332,6 +375,11 @@ class WorkerPool:
         self._stop_timer: asyncio.TimerHandle | None = None
         #: Killed by :meth:`stop_after`, to be reaped by :meth:`close`.
         self._killed: list[_Worker] = []
+        self._last_step = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._dormant = False
+        self._reaping: set[asyncio.Future[None]] = set()
+        _POOLS.add(self)
 
     # -- processes ---------------------------------------------------------------------
 
@@ -364,6 +412,7 @@ class WorkerPool:
         self._alive.append(worker)
         self._idle.append(worker)
         self._dispatch()
+        self._arm_idle_exit()
 
     def _top_up(self) -> None:
         """Start processes until the pool has its count (alive or starting)."""
@@ -432,7 +481,56 @@ class WorkerPool:
             worker.close()
             return
         self._idle.append(worker)
+        self._last_step = time.monotonic()
         self._dispatch()
+        self._arm_idle_exit()
+
+    # -- idle exit ---------------------------------------------------------------------
+
+    def _arm_idle_exit(self) -> None:
+        """Check again in ``idle_exit`` seconds whether the pool has had nothing to do."""
+        if self.idle_exit is None or self._closed or self._idle_timer is not None:
+            return
+        if self._busy or self._waiters:
+            return  # armed again when the last step ends
+        self._idle_timer = asyncio.get_running_loop().call_later(self.idle_exit, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._closed or self._busy or self._waiters or self._starting:
+            return
+        left = self._last_step + (self.idle_exit or 0.0) - time.monotonic()
+        if left > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
+            return
+        workers, self._alive, self._idle = self._alive, [], []
+        self._dormant = True
+        if not workers:
+            return
+        log.info(
+            "%s workers: none used for %g s: %d process(es) end until the next step",
+            self.name,
+            self.idle_exit,
+            len(workers),
+        )
+        for worker in workers:
+            worker.close()  # an idle worker waits on its pipe: end of file ends it
+        reaping = asyncio.ensure_future(asyncio.to_thread(self._reap, workers))
+        self._reaping.add(reaping)
+        reaping.add_done_callback(self._reaping.discard)
+
+    @staticmethod
+    def _reap(workers: list[_Worker]) -> None:
+        """Blocking: wait for idle workers told to end, kill one that does not; then
+        stop the forkserver if no pool of this process has a worker any more."""
+        with _START_LOCK:  # reaping (poll, join) and starting share multiprocessing's books
+            for worker in workers:
+                with contextlib.suppress(OSError, ValueError, AssertionError):
+                    worker.process.join(2.0)
+                    if worker.process.exitcode is None:
+                        worker.kill()
+                        worker.process.join(2.0)
+            _stop_forkserver_if_unused()
 
     def _retire(self, worker: _Worker, *, in_use: bool) -> None:
         """Drop ``worker``, killing its process (stuck, or dead already), and start its
@@ -456,6 +554,7 @@ class WorkerPool:
                 waiter.future.set_exception(WorkersUnavailable(detail))
 
     async def _acquire(self, client: str | None) -> _Worker:
+        self._dormant = False
         self._prune_idle()
         self._top_up()
         if not self._waiters and self._idle and self._may_take(client):
@@ -548,6 +647,7 @@ class WorkerPool:
             longest_running=max((now - j.started for j in self._busy.values()), default=0.0),
             longest_waiting=max((now - w.since for w in waiting), default=0.0),
             replaced=self._replaced,
+            dormant=self._dormant,
         )
 
     def stop_after(self, seconds: float) -> None:
@@ -579,6 +679,8 @@ class WorkerPool:
         """
         if self._stop_timer is not None:
             self._stop_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._kill_all()
         killed, self._killed = self._killed, []
         with _START_LOCK:  # reaping (poll, join) and starting share multiprocessing's books
@@ -618,10 +720,13 @@ def pool_check(pool: WorkerPool, name: str) -> HealthCheck:
             )
         if status.longest_running >= STUCK_AFTER:
             problems.append(f"a step has run for {status.longest_running:.0f} s")
-        if status.alive < status.workers and not status.starting:
+        if status.alive < status.workers and not status.starting and not status.dormant:
             problems.append(f"{status.alive} of {status.workers} worker processes running")
         if problems:
             return CheckResult(name, "degraded", "; ".join(problems), data)
+        if status.dormant:
+            detail = "no worker process (idle): they start on the next step"
+            return CheckResult(name, "ok", detail, data)
         return CheckResult(name, "ok", f"{status.alive} worker process(es)", data)
 
     return check
