@@ -518,7 +518,7 @@ class Outbox:
 
     # -- the journal's events ----------------------------------------------------------
 
-    def events_after(self, after: int, limit: int = 500) -> list[OutboxEvent]:
+    def events_after(self, after: int, limit: int = 500) -> builtins.list[OutboxEvent]:
         """Events with ``seq > after``, oldest first (:mod:`sidecar.cns.journal_feed`)."""
         with self._lock:
             rows = self._db.execute(
@@ -526,7 +526,20 @@ class Outbox:
                 "FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return [OutboxEvent(*row[:-1], detail=json.loads(row[-1])) for row in rows]
+        return [
+            OutboxEvent(
+                seq=seq,
+                at=at,
+                operation=operation,
+                outcome=outcome,
+                client=client,
+                uuid=uuid,
+                digest=digest,
+                level=level,
+                detail=json.loads(detail),
+            )
+            for seq, at, operation, outcome, client, uuid, digest, level, detail in rows
+        ]
 
     def prune_events(self, upto: int) -> None:
         """Forget the events the journal holds (``seq <= upto``)."""
@@ -562,7 +575,7 @@ class Outbox:
         self._recovery_due = False
         return ids
 
-    def _recover(self) -> list[str]:
+    def _recover(self) -> builtins.list[str]:
         now = self._clock()
         ids = [r[0] for r in self._db.execute("SELECT id FROM messages WHERE status = 'sending'")]
         ids = [i for i in ids if i not in self._unrecorded]
@@ -712,7 +725,7 @@ class Outbox:
         answer_status: int | None,
         answer_type: str,
         answer_body: bytes | None,
-        reasons: list[dict[str, str]] | None,
+        reasons: builtins.list[dict[str, str]] | None,
         error: str,
         retry_at: float | None,
         event: str,

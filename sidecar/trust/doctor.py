@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from asn1crypto import algos, tsp, x509
 
-from ..doctor import DoctorContext, Finding
+from ..doctor import DoctorContext, Finding, Status
 from .anchors import load_certificates
 from .lists import TrustedLists, chain_of, qualify_signer, qualify_timestamp
 from .lists.service import ListService
@@ -41,7 +41,7 @@ def _list_findings(lists: TrustedLists, now: datetime) -> list[Finding]:
         if info.state == "current":
             findings.append(Finding(f"trusted-list:{info.key}", "ok", summary, data=data))
         else:
-            status = "warn" if info.state == "stale" else "fail"
+            status: Status = "warn" if info.state == "stale" else "fail"
             findings.append(
                 Finding(f"trusted-list:{info.key}", status, info.problem or summary, _REFRESH, data)
             )
