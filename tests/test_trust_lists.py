@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pyhanko.sign.validation.qualified import eutl_parse
 
+from sidecar._hooks import pyhanko_eutl_hooks as fenced
 from sidecar.trust.anchors import TrustAnchors
 from sidecar.trust.lists import (
     LOTL_KEY,
@@ -26,7 +27,6 @@ from sidecar.trust.lists import (
     qualify_timestamp,
     read_lists,
 )
-from sidecar.trust.lists import _pyhanko as fenced
 from sidecar.trust.service import with_list_anchors
 
 DATA = Path(__file__).parent / "data" / "trusted-lists"

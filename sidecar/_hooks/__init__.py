@@ -9,7 +9,13 @@ and the behaviour relied on, so an upgrade that breaks one fails there by name.
 - :mod:`.pyhanko_hooks`: ``_update_meta`` (metadata rewrite), ``_signed_attr_providers``;
 - :mod:`.signxml_hooks`: ``_build_sig``, ``_build_transforms_for_reference``, ``_get_digest``;
 - :mod:`.asn1crypto_hooks`: ``_header`` (cached encoding header), ``_copy``;
-- :mod:`.cryptography_hooks`: ``PSS._salt_length``.
+- :mod:`.cryptography_hooks`: ``PSS._salt_length``;
+- :mod:`.pyhanko_eutl_hooks`: pyHanko's trusted-list parser, ``eutl_parse.
+  _validate_and_extract_tl_data_multiple_certs`` and ``_raw_tl_parse`` (apart, so that
+  signing never imports the ``etsi`` extra; tested in ``tests/test_trust_lists.py``).
+
+aiohttp's private server hooks are the whole of :mod:`sidecar.api.protocol` (the HTTP
+layer's own, listed in its ``PRIVATE_HOOKS`` and tested in ``tests/test_http_surface.py``).
 
 (The key wrappers in :mod:`sidecar.keys.signxml_adapter` subclass cryptography's public
 abstract key classes; the same test instantiates them, which fails when a release adds

@@ -35,7 +35,7 @@ from pyhanko.sign.validation.qualified.tsp import (
     TSPRegistry,
 )
 
-from . import _pyhanko
+from ..._hooks import pyhanko_eutl_hooks as _pyhanko
 from .cache import CachedList, ListCache
 from .errors import (
     ListError,

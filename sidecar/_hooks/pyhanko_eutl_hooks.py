@@ -1,5 +1,8 @@
 """The fence around pyHanko's trusted-list internals (its ``etsi`` extra).
 
+Apart from :mod:`.pyhanko_hooks` so that signing never imports the ``etsi`` extra
+(xsdata models, a second or so of start-up); used by :mod:`sidecar.trust.lists`.
+
 pyHanko's public ``trust_list_to_registry`` checks a list's XML signature at the
 current time, so a list signed by a TLSO certificate that has since expired (every
 archived list, and a cached one after a certificate roll-over) cannot be read; and it
