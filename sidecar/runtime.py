@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 from dataclasses import asdict, dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 from .clients import _write_private
 from .logs import register_secret
 from .paths import Paths
+
+log = logging.getLogger("sidecar.runtime")
 
 __all__ = [
     "INSTANCE_KEY_HEADER",
@@ -82,8 +85,19 @@ def new_runtime(*, host: str, port: int, tls: bool, sandbox: bool, version: str)
     )
 
 
-def write_runtime(paths: Paths, runtime: DaemonRuntime) -> None:
-    _write_private(runtime_file(paths), json.dumps(asdict(runtime), indent=2) + "\n")
+def write_runtime(paths: Paths, runtime: DaemonRuntime) -> bool:
+    """Write the file; False when the disk refuses it (full or read-only). The daemon
+    serves all the same, degraded: only ``doctor``/``status`` cannot recognise it."""
+    try:
+        _write_private(runtime_file(paths), json.dumps(asdict(runtime), indent=2) + "\n")
+    except OSError as exc:
+        log.warning(
+            "the runtime file cannot be written (%s): doctor and status will not "
+            "recognise this daemon until it is restarted on a disk that takes writes",
+            exc.strerror or type(exc).__name__,
+        )
+        return False
+    return True
 
 
 def read_runtime(paths: Paths) -> DaemonRuntime | None:

@@ -16,6 +16,7 @@ injected error would not show what SQLite does with a WAL and no room for its fi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -155,6 +156,10 @@ async def test_every_route_on_a_full_disk_and_recovery_without_restart(
     stamp = {"data": b"x", "headers": octets}
     recipe = {"data": form, "headers": auth}
     one = f"/v1/cns/messages/{note_uuid}"
+    # A batch lives in memory: it signs on a full disk, as the signing routes do.
+    batch_body = {"documents": [{"kind": "xml", "xml": base64.b64encode(b"<a>x</a>").decode()}]}
+    batch = {"json": batch_body, "headers": auth}
+    no_batch = "/v1/batches/00000000000000000000000000000000"
     # (method, path as in the contract, url, request, statuses allowed while full)
     routes: list[tuple[str, str, str, dict[str, Any], set[int]]] = [
         ("GET", "/v1/health", "/v1/health", {"headers": auth}, {200}),
@@ -172,6 +177,11 @@ async def test_every_route_on_a_full_disk_and_recovery_without_restart(
         ("POST", "/v1/cns/pid/simulations", "/v1/cns/pid/simulations", pid(), {503}),
         ("POST", "/v1/cns/pid/validations", "/v1/cns/pid/validations", pid(), {503}),
         ("POST", "/v1/cns/pid/contestations", "/v1/cns/pid/contestations", pid(), {503}),
+        ("POST", "/v1/batches", "/v1/batches", batch, {202}),
+        ("GET", "/v1/batches/{batch}", no_batch, {"headers": auth}, {404}),
+        ("GET", "/v1/batches/{batch}/documents/{index}", f"{no_batch}/documents/0",
+         {"headers": auth}, {404}),
+        ("DELETE", "/v1/batches/{batch}", no_batch, {"headers": auth}, {404}),
         ("GET", "/metrics", "/metrics", {"headers": auth}, {200}),
         ("GET", "/openapi.json", "/openapi.json", {}, {200}),
     ]  # fmt: skip
