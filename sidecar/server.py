@@ -173,7 +173,22 @@ def _ensure_home(paths: Paths) -> None:
     try:
         paths.ensure_writable()
     except HomeNotWritable as exc:
+        if _disk_takes_no_writes(exc.directory):
+            # A full or read-only file system is not a wrong user: the daemon comes up
+            # degraded (reads work, writes answer 503 storage_unavailable) and recovers
+            # when the disk takes writes again (sidecar.storage).
+            log.warning("%s; starting degraded", exc)
+            return
         raise StartupError(str(exc)) from None
+
+
+def _disk_takes_no_writes(directory: Path) -> bool:
+    """Whether *directory* exists on a file system mounted read-only or with no room."""
+    try:
+        found = os.statvfs(directory)
+    except OSError:  # missing, or not even readable: the user's problem, not the disk's
+        return False
+    return bool(found.f_flag & os.ST_RDONLY) or found.f_bavail == 0
 
 
 async def serve(
