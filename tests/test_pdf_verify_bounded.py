@@ -8,7 +8,6 @@ gives a partial report whose unchecked signatures are INDETERMINATE.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import time
@@ -23,7 +22,7 @@ from sidecar.signing.pades import PadesEngine, PadesOptions
 from sidecar.signing.pades_verify import verify_pdf
 from sidecar.signing.pdf_checks import PdfInspector, PdfLimits
 from sidecar.signing.report import Indication, Level
-from tests.fixtures.daemon import Api
+from tests.fixtures.daemon import Api, while_polling_health
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -73,26 +72,14 @@ async def test_many_signatures_verified_off_the_loop(
     )
     assert warm.status == 200 and len((await warm.json())["signatures"]) == 1
     rss_before = _rss()
-    polls: list[float] = []
-    done = asyncio.Event()
-
-    async def poll() -> None:
-        while not done.is_set():
-            started = time.perf_counter()
-            response = await client.get("/v1/health")
-            await response.read()
-            polls.append(time.perf_counter() - started)
-            await asyncio.sleep(0.1)
-
-    poller = asyncio.create_task(poll())
-    started = time.perf_counter()
-    response = await client.post(
-        "/v1/verify", data=many_signatures_pdf, headers={**PDF, **sandbox_api.auth("verifier")}
+    polled = await while_polling_health(
+        client,
+        "POST",
+        "/v1/verify",
+        data=many_signatures_pdf,
+        headers={**PDF, **sandbox_api.auth("verifier")},
     )
-    body = await response.json()
-    elapsed = time.perf_counter() - started
-    done.set()
-    await poller
+    body, elapsed, polls = polled.body, polled.elapsed, polled.polls
     rss_growth = _rss() - rss_before
     checked = [r for r in body.get("signatures", ()) if r["details"].get("checked") is not False]
     print(
@@ -100,7 +87,7 @@ async def test_many_signatures_verified_off_the_loop(
         f"{len(polls)} health polls, "
         f"slowest {max(polls) * 1000:.0f} ms, main RSS +{rss_growth / 2**20:.1f} MB"
     )
-    assert response.status == 200, body
+    assert polled.status == 200, body
     assert len(body["signatures"]) == SIGNATURES
     assert all(r["details"]["type"] == "signature" for r in body["signatures"])
     # Within the default 30 s all are checked on an idle machine; a loaded one may leave

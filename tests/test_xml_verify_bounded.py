@@ -8,7 +8,6 @@ and a document too costly to finish gets its signatures named, unchecked.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from asn1crypto import x509 as asn1_x509
@@ -16,7 +15,7 @@ from asn1crypto import x509 as asn1_x509
 from sidecar.signing.pdf_checks import PdfInspector, PdfLimits
 from sidecar.signing.report import Indication, Level
 from sidecar.signing.xades_verify import VerificationPolicy, verify_xml, verify_xml_bounded
-from tests.fixtures.daemon import Api
+from tests.fixtures.daemon import Api, while_polling_health
 from tests.fixtures.xades import SignXml
 
 XML = {"Content-Type": "application/xml"}
@@ -67,29 +66,16 @@ async def test_deadline_names_every_signature_unchecked(
 
 async def test_costly_document_verified_off_the_loop(sandbox_api: Api, signed_xml: SignXml) -> None:
     document = await signed_xml("pkcs12-rsa", Level.B_B, costly_document())
-    client = sandbox_api.client
-    polls: list[float] = []
-    done = asyncio.Event()
-
-    async def poll() -> None:
-        while not done.is_set():
-            started = time.perf_counter()
-            response = await client.get("/v1/health")
-            await response.read()
-            polls.append(time.perf_counter() - started)
-            await asyncio.sleep(0.1)
-
-    poller = asyncio.create_task(poll())
-    started = time.perf_counter()
-    response = await client.post(
-        "/v1/verify", data=document, headers={**XML, **sandbox_api.auth("verifier")}
+    polled = await while_polling_health(
+        sandbox_api.client,
+        "POST",
+        "/v1/verify",
+        data=document,
+        headers={**XML, **sandbox_api.auth("verifier")},
     )
-    body = await response.json()
-    elapsed = time.perf_counter() - started
-    done.set()
-    await poller
+    body, elapsed, polls = polled.body, polled.elapsed, polled.polls
     print(f"\ncostly XML verify: {elapsed:.1f} s, {len(polls)} polls, slowest {max(polls):.3f} s")
-    assert response.status == 200, body
+    assert polled.status == 200, body
     (signature,) = body["signatures"]
     assert signature["details"]["checks"]["references"] == "ok"
     assert len(polls) >= 3
