@@ -73,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     sign = commands.add_parser(
         "sign", help="sign XML/PDF files with the daemon's engines (no daemon needed)"
     )
-    sign.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    sign.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="XML or PDF files, or folders (their XML and PDF files, signed as one batch)",
+    )
     sign.add_argument("--level", choices=("B-B", "B-T", "B-LT", "B-LTA"))
     sign.add_argument("--key", help="key id (sidecar keys list); the default key otherwise")
     sign.add_argument("--profile", help="form profile: run the form recipe (e.g. fee-note)")
@@ -92,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         "comes with each operation)",
     )
     verify = commands.add_parser("verify", help="report the signatures of XML/PDF files")
-    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="XML or PDF files, or folders"
+    )
     verify.add_argument("--json", action="store_true")
     for sub in (sign, verify):
         sub.add_argument("--sandbox", action="store_true", help="the sandbox's keys and PKI")
@@ -249,6 +257,30 @@ def _operation_pin(settings: Settings, args: argparse.Namespace) -> str | None:
     return getpass.getpass(f"PIN for key {args.key or 'default'}: ")
 
 
+#: What a folder given to ``sign``/``verify`` contributes: its XML and PDF files.
+_DOCUMENT_SUFFIXES = (".xml", ".pdf")
+
+
+def _expand_folders(files: Sequence[Path], *, signing: bool) -> list[Path]:
+    """Each folder replaced by its XML and PDF files (not its subfolders), sorted; to
+    sign, without the ``.signed.`` outputs of an earlier run (signing a folder twice
+    must not sign the signatures). A folder with no such file stays, to be named."""
+    expanded: list[Path] = []
+    for given in files:
+        if not given.is_dir():
+            expanded.append(given)
+            continue
+        found = sorted(
+            f
+            for f in given.iterdir()
+            if f.is_file()
+            and f.suffix.lower() in _DOCUMENT_SUFFIXES
+            and not (signing and ".signed." in f.name)
+        )
+        expanded.extend(found or [given])
+    return expanded
+
+
 def _documents(args: argparse.Namespace, paths: Paths) -> int:
     import asyncio
 
@@ -257,6 +289,7 @@ def _documents(args: argparse.Namespace, paths: Paths) -> int:
     settings = _settings(paths, args.config)
     configure_logging("warning", settings.log.format)
     paths.ensure_writable()  # the trust layer's caches, the sandbox's PKI
+    args.files = _expand_folders(args.files, signing=args.command == "sign")
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         print(_("sidecar: no such file: {files}", files=", ".join(missing)), file=sys.stderr)

@@ -126,3 +126,30 @@ def test_summaries_in_the_os_locale(
         cli_home, "verify", "--sandbox", str(SAMPLES / "pid-simulation.xml"), env=env_locale
     )
     assert report.returncode == 1 and unsigned in report.stdout, report.stdout
+
+
+def test_sign_a_folder_as_one_batch_then_verify_the_folder(cli_home: Path, tmp_path: Path) -> None:
+    """A folder's XML and PDF files are signed together (one batch, one PIN prompt for
+    a key that asks one); a signed output of an earlier run and other files are left
+    alone; ``verify`` takes the output folder."""
+    folder = tmp_path / "today"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "fee-note.pdf", folder / "letter-1.pdf")
+    shutil.copy(SAMPLES / "fee-note.pdf", folder / "letter-2.PDF")
+    (folder / "report.xml").write_bytes(b"<report><line>42.00</line></report>")
+    (folder / "old.signed.pdf").write_bytes((SAMPLES / "fee-note.pdf").read_bytes())
+    (folder / "notes.txt").write_text("not a document")
+    out = tmp_path / "signed"
+    done = run(cli_home, "sign", "--sandbox", "--level", "B-B", str(folder), "--out", f"{out}/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "letter-1.signed.pdf",
+        "letter-2.signed.PDF",
+        "report.signed.xml",
+    ]
+    verified = run(cli_home, "verify", "--sandbox", "--json", str(out))
+    reports = {Path(r["file"]).name: r["report"] for r in json.loads(verified.stdout)}
+    assert set(reports) == {"letter-1.signed.pdf", "letter-2.signed.PDF", "report.signed.xml"}
+    for report in reports.values():
+        (signature,) = report["signatures"]
+        assert signature["level"] == "B-B"
