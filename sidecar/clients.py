@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .logs import register_secret
+from .paths import write_atomically
 
 __all__ = ["Client", "ClientStore", "Scope", "TokenError"]
 
@@ -167,20 +166,10 @@ class ClientStore:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write *text* atomically to *path*, readable only by its owner."""
+    """Write *text* atomically to *path*, readable only by its owner (the temporary
+    file :func:`~sidecar.paths.write_atomically` renames into place is mkstemp's 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp is already owner-only; say so explicitly
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"))
 
 
 def ensure_default_client(store: ClientStore, token_file: Path) -> bool:

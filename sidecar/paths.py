@@ -46,7 +46,9 @@ class HomeNotWritable(Exception):
 
 
 def write_atomically(target: Path, data: bytes) -> None:
-    """Write *target* whole or not at all: a temporary file beside it, fsync, rename."""
+    """Write *target* whole or not at all: a temporary file beside it, fsync, rename.
+
+    The file ends up readable by its owner only (mkstemp creates it 0600)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
