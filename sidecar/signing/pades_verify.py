@@ -62,7 +62,7 @@ from .pdf_checks import (
     inspect_pdf,
     quick_guard,
 )
-from .report import Evidence, Indication, Level, SignatureReport, SubIndication
+from .report import Evidence, Indication, Level, SignatureReport, SubIndication, subject_text
 from .workers import WorkerLost
 
 __all__ = ["REQUIRE_REVINFO", "VerifyOutcome", "verify_pdf", "verify_pdf_blocking"]
@@ -407,7 +407,7 @@ async def _timestamp_report(
         indication=indication,
         sub_indication=sub,
         signature_id=entry.name,
-        signer=status.signing_cert.subject.human_friendly if status.signing_cert else None,
+        signer=subject_text(status.signing_cert) if status.signing_cert else None,
         timestamp_time=status.timestamp,
         coverage=status.coverage.name.lower() if status.coverage else None,
         messages=messages,
@@ -449,7 +449,7 @@ def _legacy_report(entry: _Entry) -> SignatureReport:
     signer = None
     try:
         signer_cert = signature.signer_cert
-        signer = signer_cert.subject.human_friendly if signer_cert is not None else None
+        signer = subject_text(signer_cert) if signer_cert is not None else None
     except Exception:  # a name for the report only
         signer = None
     return SignatureReport(
@@ -610,7 +610,7 @@ async def _signature_report(
         indication=indication,
         sub_indication=sub,
         signature_id=signature.field_name,
-        signer=cert.subject.human_friendly,
+        signer=subject_text(cert),
         signer_certificate_serial=format(cert.serial_number, "x"),
         claimed_signing_time=status.signer_reported_dt,
         timestamp_time=ts.timestamp if ts is not None else None,

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from lxml import etree
 
+from .report import subject_text
 from .workers import WorkerLost, WorkerPool
 
 __all__ = [
@@ -333,10 +334,10 @@ def signer_name(sig_value: Any) -> str | None:
                     cert.issuer == sid.chosen["issuer"]
                     and cert.serial_number == sid.chosen["serial_number"].native
                 ):
-                    return str(cert.subject.human_friendly)
+                    return subject_text(cert)
             elif cert.key_identifier == sid.chosen.native:
-                return str(cert.subject.human_friendly)
-        return str(certificates[0].subject.human_friendly) if certificates else None
+                return subject_text(cert)
+        return subject_text(certificates[0]) if certificates else None
     except Exception:  # a name for a message only; the CMS is checked elsewhere
         return None
 

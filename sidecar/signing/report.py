@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from asn1crypto import x509
+from cryptography import x509 as cx509
 
 __all__ = [
     "BASELINE_LEVELS",
@@ -22,6 +23,7 @@ __all__ = [
     "Level",
     "SignatureReport",
     "SubIndication",
+    "subject_text",
 ]
 
 
@@ -131,3 +133,16 @@ class SignatureReport:
         entry["indication"] = self.indication.value
         entry["sub_indication"] = self.sub_indication.value if self.sub_indication else None
         return entry
+
+
+def subject_text(cert: x509.Certificate) -> str:
+    """A signer's name for a report. asn1crypto's rendering fails on some strings that
+    other software writes (a certificate in a caller's document is anyone's): then
+    RFC 4514 by cryptography, then a plain placeholder; never an exception."""
+    try:
+        return str(cert.subject.human_friendly)
+    except (ValueError, TypeError, KeyError, UnicodeError):
+        try:
+            return cx509.load_der_x509_certificate(cert.dump()).subject.rfc4514_string()
+        except ValueError:
+            return "(a subject name that cannot be read)"

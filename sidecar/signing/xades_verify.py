@@ -57,7 +57,7 @@ from pyhanko_certvalidator.errors import (
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 
 from .pdf_checks import PdfInspector
-from .report import Evidence, Indication, Level, SignatureReport, SubIndication
+from .report import Evidence, Indication, Level, SignatureReport, SubIndication, subject_text
 from .tst import TokenContents, read_token
 from .workers import WorkerLost
 from .xades_properties import (
@@ -506,17 +506,6 @@ async def _verify_one(signature: etree._Element, policy: VerificationPolicy) -> 
     return report
 
 
-def _subject_text(cert: x509.Certificate) -> str:
-    """The signer's name for a person; asn1crypto's rendering fails on some strings."""
-    try:
-        return cert.subject.human_friendly
-    except (ValueError, TypeError, KeyError, UnicodeError):
-        try:
-            return cx509.load_der_x509_certificate(cert.dump()).subject.rfc4514_string()
-        except ValueError:
-            return "(a subject name that cannot be read)"
-
-
 async def _verify_into(
     signature: etree._Element,
     policy: VerificationPolicy,
@@ -553,7 +542,7 @@ async def _verify_into(
             report.messages.append(f"SigningTime {signing_time!r} is not a valid time")
 
     cert = _signing_certificate(ssp, embedded.certificates)
-    report.signer = _subject_text(cert)
+    report.signer = subject_text(cert)
     report.signer_certificate_serial = format(cert.serial_number, "x")
     checks["signing_certificate"] = "found"
 
