@@ -77,12 +77,12 @@ from pyhanko_certvalidator.sig_validate import (
 )
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
-from .._hooks.asn1crypto_hooks import ReceivedContentInfo
-from ..config import BreakerSettings, TsaSettings
-from ..logs import register_secret, request_extra
-from ..upstream import connection_words, describe, log_cause
-from .anchors import TrustAnchors
-from .breaker import BreakerStatus, CircuitBreaker
+from ..._hooks.asn1crypto_hooks import ReceivedContentInfo
+from ...config import BreakerSettings, TsaSettings
+from ...logs import register_secret, request_extra
+from ...upstream import connection_words, describe, log_cause
+from ..anchors import TrustAnchors
+from ..breaker import BreakerStatus, CircuitBreaker
 
 __all__ = [
     "DIGEST_SIZES",
@@ -257,7 +257,7 @@ def _read_password(settings: TsaSettings, environ: Mapping[str, str]) -> str:
                 f"TSA {settings.url}: cannot read password_file: {exc.strerror}"
             ) from None
     if settings.password_keyring:
-        from ..keys.credentials import SecretUnavailable, read_stored_secret
+        from ...keys.credentials import SecretUnavailable, read_stored_secret
 
         try:
             return read_stored_secret(settings.password_keyring, "TSA password")
