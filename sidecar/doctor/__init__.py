@@ -6,7 +6,7 @@ core checks (configuration, permissions of secrets, disk space, the running daem
 the sandbox services) live in :mod:`sidecar.doctor.checks`; each subsystem adds its
 own without touching this package, in a module named in :data:`PLUGIN_MODULES`::
 
-    # sidecar/trust/doctor.py
+    # sidecar/trust/doctor_checks.py
     from sidecar.doctor import DoctorContext, Finding
 
     async def tsa_check(ctx: DoctorContext) -> list[Finding]:
@@ -72,10 +72,10 @@ def load_context_settings(
 #: is skipped (the subsystem is not built yet).
 PLUGIN_MODULES: tuple[str, ...] = (
     "sidecar.doctor.subsystems",  # keys and TSAs, until their subsystems ship their own
-    "sidecar.keys.doctor",
-    "sidecar.trust.doctor",
-    "sidecar.cns.doctor",
-    "sidecar.audit.doctor",
+    "sidecar.keys.doctor_checks",
+    "sidecar.trust.doctor_checks",
+    "sidecar.cns.doctor_checks",
+    "sidecar.audit.doctor_checks",
 )
 
 _registered: list[tuple[str, DoctorCheck]] = []

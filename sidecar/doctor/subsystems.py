@@ -2,7 +2,7 @@
 
 Written by the doctor's author against :mod:`sidecar.keys` (``KeyRegistry``,
 ``KeyInfo``) and the ``[[trust.tsa]]`` settings as they stood; when a subsystem
-ships its own ``sidecar/<area>/doctor.py`` (see :data:`sidecar.doctor.PLUGIN_MODULES`),
+ships its own ``sidecar/<area>/doctor_checks.py`` (see :data:`sidecar.doctor.PLUGIN_MODULES`),
 drop the matching check here. Each check yields nothing when its settings section
 does not exist, so it never breaks an older configuration.
 """
