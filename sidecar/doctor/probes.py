@@ -20,6 +20,8 @@ from asn1crypto import ocsp, pem, x509
 
 from ..i18n import N_, _, format_date, ngettext
 from ..trust.anchors import TrustAnchors
+from ..trust.lists.service import ListService
+from ..trust.service import load_anchors, with_list_anchors
 from ..trust.tsa import (
     TimeStampToken,
     TsaError,
@@ -144,12 +146,12 @@ async def anchors_for(ctx: DoctorContext) -> TrustAnchors:
     """The trust anchors the daemon would check timestamps against: ``[trust]``'s, the
     sandbox roots with ``--sandbox``, and with ``[trust.lists] enabled`` the granted
     services of the cached trusted lists (as the daemon adds them)."""
-    from ..trust.lists.service import ListService
-    from ..trust.service import load_anchors, with_list_anchors
-
     if ctx.settings is None:
         return TrustAnchors.of([])
-    pki = ctx.sandbox_pki() if ctx.sandbox else None
+    try:
+        pki = ctx.sandbox_pki() if ctx.sandbox else None
+    except Exception:  # a damaged sandbox directory: the sandbox check says what is wrong
+        pki = None
     extra = [pki.roots_pem] if pki is not None else []
     anchors = await asyncio.to_thread(load_anchors, ctx.settings.trust, extra)
     if ctx.settings.trust.lists.enabled:
