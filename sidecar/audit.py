@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from .migrations import Migration, MigrationError, migrate
 from .storage import SqliteStore, WriteTransaction, storage_error
 
 __all__ = [
@@ -82,7 +83,10 @@ BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 
 #: Per source of imported events, the last one the journal holds.
 _SOURCES = "CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
-_SCHEMA += _SOURCES + ";\n"
+_MIGRATIONS = (
+    Migration(1, "entries, head, append-only triggers", _SCHEMA),
+    Migration(2, "sources of imported events", _SOURCES + ";"),
+)
 
 _FIELDS = (
     "seq",
@@ -186,13 +190,13 @@ class AuditJournal:
         #: The last write failure (full or read-only disk), for ``/v1/health``.
         self.health = self._store.health
         self._lock = self._store.lock
-        # Creates only what is missing: nothing is written to an existing journal here,
-        # so that a daemon restarted on a full disk still opens it. (A journal from
-        # before ``sources`` gets it with the first import that can write.)
+        # Nothing is written to a journal already at the current schema version, so
+        # that a daemon restarted on a full disk still opens it. (One whose step cannot
+        # be written now gets ``sources`` with the first import that can write.)
         try:
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            if storage_error(self.health.store, exc) is None:
+            migrate(self._db, _MIGRATIONS, store="audit journal")
+        except MigrationError as exc:
+            if storage_error(self.health.store, exc.__cause__ or exc) is None:
                 raise
             log.warning("audit journal: schema update waits for a disk that takes writes")
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .keys.config import KeyConfig
+from .keys.key_settings import KeyConfig
 
 __all__ = [
     "CnsSettings",

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sidecar.clients import Scope
-from sidecar.cns.doctor import check_outbox
+from sidecar.cns.doctor_checks import check_outbox
 from sidecar.cns.outbox import Outbox, Status
 from sidecar.cns.simulator import CnsSimulator
 from sidecar.cns.subsystem import CNS

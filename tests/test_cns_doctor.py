@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.cns.doctor import check_cns, check_outbox
+from sidecar.cns.doctor_checks import check_cns, check_outbox
 from sidecar.cns.outbox import Outbox, Status
 from sidecar.config import CnsAuth, CnsBaseUrls, CnsSettings, Settings
 from tests.fixtures.cns import SimulatorThread

@@ -181,9 +181,12 @@ async def test_ocsp_down(
     tmp_path: Path, sandbox_services: SandboxPKI, make_sandbox_pki: Callable[..., SandboxPKI]
 ) -> None:
     # A second PKI nobody serves: its certificates point at OCSP responders that are
-    # down; its TSA URL is replaced by the live one, so only OCSP is broken.
+    # down; its TSA (URL and the roots its tokens chain to) is replaced by the live one,
+    # so only OCSP is broken.
     unserved = make_sandbox_pki()
-    pki = dataclasses.replace(unserved, tsa_url=sandbox_services.tsa_url)
+    pki = dataclasses.replace(
+        unserved, tsa_url=sandbox_services.tsa_url, roots_pem=sandbox_services.roots_pem
+    )
     report = await sandbox_report(tmp_path, pki)
     broken = {f.check for f in report.broken}
     assert broken == {"ocsp:sandbox-rsa", "ocsp:sandbox-ec"}
@@ -327,10 +330,11 @@ async def test_key_locked_and_tsa_down_from_the_configuration(
     )
     dead = f"http://127.0.0.1:{free_port()}/tsa"
     trust = TrustSettings(
+        anchors=(sandbox_services.roots_pem,),  # as the daemon needs to accept its tokens
         tsa=(
             TsaSettings(url=sandbox_services.tsa_url),
             TsaSettings(url=dead.replace("127.0.0.1", "localhost")),
-        )
+        ),
     )
     settings = dataclasses.replace(Settings(), keys=keys, trust=trust)
     report = await run_checks(

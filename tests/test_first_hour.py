@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from sidecar.cli import main
-from sidecar.cns.doctor import check_cns
+from sidecar.cns.doctor_checks import check_cns
 from sidecar.config import Settings
 from sidecar.doctor import DoctorContext, DoctorReport, Finding, run_doctor
 from sidecar.doctor.checks import check_daemon, check_permissions, check_sandbox

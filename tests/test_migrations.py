@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.migrations import Migration, MigrationError, migrate, schema_version
+from sidecar.sandbox.pki import SandboxPKI
 
 V1 = Migration(
     1,
@@ -113,4 +114,56 @@ def test_two_processes_migrating_at_once_apply_each_step_once(tmp_path: Path) ->
     for thread in threads:
         thread.join()
     assert errors == [] and len(calls) == 1
+    assert schema_version(sqlite3.connect(path)) == 2
+
+
+# ---- every store versions its schema with these steps
+
+
+def _set_version(path: Path, version: int) -> None:
+    """Play a database written by another release: same tables, another version."""
+    with sqlite3.connect(path) as connection:
+        connection.execute(f"PRAGMA user_version = {version}")
+    connection.close()
+
+
+def test_audit_journal_from_before_versioning_is_brought_to_the_current_schema(
+    tmp_path: Path,
+) -> None:
+    from sidecar.audit import AuditJournal
+
+    path = tmp_path / "audit.sqlite3"
+    journal = AuditJournal(path)
+    journal.append("sign", "ok", client="dr-x", digest="ab" * 32)
+    journal.close()
+    assert schema_version(sqlite3.connect(path)) == 2
+    _set_version(path, 0)  # what a journal of the release before versioning holds
+    journal = AuditJournal(path)
+    assert [e.operation for e in journal.entries()] == ["sign"]
+    assert journal.verify().ok
+    journal.close()
+    assert schema_version(sqlite3.connect(path)) == 2
+    _set_version(path, 3)  # written by a newer sidecar: refused, not touched
+    with pytest.raises(MigrationError, match="audit journal: the database has schema version 3"):
+        AuditJournal(path)
+
+
+async def test_revocation_cache_versions_its_schema(
+    tmp_path: Path, sandbox_pki: SandboxPKI
+) -> None:
+    from sidecar.trust.anchors import load_certificates
+    from sidecar.trust.revocation import RevocationCache
+
+    root = load_certificates(sandbox_pki.roots_pem)[0]
+    path = tmp_path / "revocation.sqlite3"
+    cache = RevocationCache(path)
+    await cache.open()
+    await cache.keep_certificate(root)
+    await cache.close()
+    assert schema_version(sqlite3.connect(path)) == 2
+    _set_version(path, 0)
+    cache = RevocationCache(path)
+    await cache.open()
+    assert [c.dump() for c in cache.certificates()] == [root.dump()]  # kept across it
+    await cache.close()
     assert schema_version(sqlite3.connect(path)) == 2

@@ -27,7 +27,7 @@ from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
 from sidecar.sandbox.lists import ensure_sandbox_lists, sandbox_list_policy, write_sandbox_lists
 from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
 from sidecar.trust.anchors import TrustAnchors
-from sidecar.trust.doctor import check_trusted_lists
+from sidecar.trust.doctor_checks import check_trusted_lists
 from sidecar.trust.lists import ListCache, read_lists
 from sidecar.trust.service import with_list_anchors
 from tests.fixtures.daemon import Api

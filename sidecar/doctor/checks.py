@@ -16,9 +16,10 @@ import aiohttp
 from .. import __version__
 from ..i18n import N_, _, format_number
 from ..runtime import INSTANCE_KEY_HEADER
-from . import DoctorCheck, DoctorContext, Finding, Status
+from .findings import DoctorCheck, DoctorContext, Finding, Status
 from .probes import (
     ProbeError,
+    anchors_for,
     clock_skew_finding,
     expiry_finding,
     load_pem_certificates,
@@ -425,7 +426,11 @@ async def check_sandbox(ctx: DoctorContext) -> list[Finding]:
     findings = [Finding("sandbox", "ok", _("sandbox PKI in {directory}", directory=pki.directory))]
     try:
         probe = await timestamp_probe(
-            ctx.session, pki.tsa_url, local_now=ctx.now(), seconds=ctx.timeout
+            ctx.session,
+            pki.tsa_url,
+            anchors=await anchors_for(ctx),
+            local_now=ctx.now(),
+            seconds=ctx.timeout,
         )
     except ProbeError as exc:
         findings.append(

@@ -16,14 +16,26 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
-from asn1crypto import algos, ocsp, pem, tsp, x509
+from asn1crypto import ocsp, pem, x509
 
 from ..i18n import N_, _, format_date, ngettext
-from . import Finding
+from ..trust.anchors import TrustAnchors
+from ..trust.lists.service import ListService
+from ..trust.service import load_anchors, with_list_anchors
+from ..trust.tsa import (
+    TimeStampToken,
+    TsaError,
+    TsaIssuerUnavailable,
+    check_reply,
+    fetch_issuers,
+    make_request,
+)
+from .findings import DoctorContext, Finding
 
 __all__ = [
     "ProbeError",
     "TimestampProbe",
+    "anchors_for",
     "clock_skew_finding",
     "expiry_finding",
     "load_pem_certificates",
@@ -63,6 +75,8 @@ class TimestampProbe:
     #: Local clock minus the TSA's, seconds (positive: this machine is ahead).
     skew_seconds: float
     round_trip_seconds: float
+    #: The token, accepted by the daemon's own check (its chain ends at an anchor).
+    token: TimeStampToken
 
 
 async def _post(
@@ -87,50 +101,63 @@ async def _post(
 
 
 async def timestamp_probe(
-    session: aiohttp.ClientSession, url: str, *, local_now: datetime, seconds: float = 10.0
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    anchors: TrustAnchors,
+    local_now: datetime,
+    seconds: float = 10.0,
+    policy: str | None = None,
 ) -> TimestampProbe:
-    """A real RFC 3161 round trip: request a timestamp on random data, check the reply.
+    """A real RFC 3161 round trip: request a timestamp on random data and check the reply
+    with the daemon's own check (:func:`~sidecar.trust.tsa.check_reply`, against
+    *anchors*), so that a TSA found fine gives tokens the daemon accepts.
 
     *local_now* is the local clock read when the request is sent; the skew is measured
-    against the TSA's ``genTime`` (half the round trip is added to be fair to the TSA).
+    against the TSA's ``genTime`` (half the round trip is added to be fair to the TSA)
+    and reported apart, so the check's own clock test is left out here.
     """
-    digest = hashlib.sha256(secrets.token_bytes(32)).digest()
-    nonce = secrets.randbits(63)
-    request = tsp.TimeStampReq(
-        {
-            "version": "v1",
-            "message_imprint": {
-                "hash_algorithm": algos.DigestAlgorithm({"algorithm": "sha256"}),
-                "hashed_message": digest,
-            },
-            "nonce": nonce,
-            "cert_req": False,
-        }
-    )
+    request = make_request(hashlib.sha256(secrets.token_bytes(32)).digest(), "sha256")
     loop = asyncio.get_running_loop()
     started = loop.time()
     body = await _post(session, url, request.dump(), "application/timestamp-query", seconds)
     elapsed = loop.time() - started
     try:
-        reply = tsp.TimeStampResp.load(body)
-        status = reply["status"]["status"].native
-        if status not in ("granted", "granted_with_mods"):
-            refused = _("{url} refused the timestamp request ({status})", url=url, status=status)
-            raise ProbeError("error", refused)
-        info = reply["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
-        imprint = info["message_imprint"]["hashed_message"].native
-        if imprint != digest or info["nonce"].native != nonce:
-            other = _("{url} answered a timestamp for another request", url=url)
-            raise ProbeError("error", other)
-        gen_time: datetime = info["gen_time"].native
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProbeError(
-            "error",
-            _("{url} answered something that is not a timestamp: {reason}", url=url, reason=exc),
-        ) from None
+        token = await check_reply(
+            request,
+            body,
+            url=url,
+            anchors=anchors,
+            clock_skew=math.inf,
+            expected_policy=policy,
+            # As the daemon does: an issuer the token leaves out is fetched (caIssuers).
+            fetch_issuers=lambda cert: fetch_issuers(session, cert, per_request=seconds),
+        )
+    except TsaIssuerUnavailable as exc:
+        raise ProbeError("unreachable", str(exc)) from None
+    except TsaError as exc:  # refused, or a reply the daemon would not use
+        raise ProbeError("error", str(exc)) from None
     # The TSA read its clock about half-way through the round trip.
-    skew = local_now.timestamp() + elapsed / 2 - gen_time.timestamp()
-    return TimestampProbe(gen_time, skew, elapsed)
+    skew = local_now.timestamp() + elapsed / 2 - token.gen_time.timestamp()
+    return TimestampProbe(token.gen_time, skew, elapsed, token)
+
+
+async def anchors_for(ctx: DoctorContext) -> TrustAnchors:
+    """The trust anchors the daemon would check timestamps against: ``[trust]``'s, the
+    sandbox roots with ``--sandbox``, and with ``[trust.lists] enabled`` the granted
+    services of the cached trusted lists (as the daemon adds them)."""
+    if ctx.settings is None:
+        return TrustAnchors.of([])
+    try:
+        pki = ctx.sandbox_pki() if ctx.sandbox else None
+    except Exception:  # a damaged sandbox directory: the sandbox check says what is wrong
+        pki = None
+    extra = [pki.roots_pem] if pki is not None else []
+    anchors = await asyncio.to_thread(load_anchors, ctx.settings.trust, extra)
+    if ctx.settings.trust.lists.enabled:
+        lists = ListService(ctx.settings.trust.lists, ctx.paths.data_dir, clock=ctx.clock)
+        anchors = with_list_anchors(anchors, await lists.load(), ctx.now())
+    return anchors
 
 
 async def ocsp_probe(

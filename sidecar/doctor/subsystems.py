@@ -2,7 +2,7 @@
 
 Written by the doctor's author against :mod:`sidecar.keys` (``KeyRegistry``,
 ``KeyInfo``) and the ``[[trust.tsa]]`` settings as they stood; when a subsystem
-ships its own ``sidecar/<area>/doctor.py`` (see :data:`sidecar.doctor.PLUGIN_MODULES`),
+ships its own ``sidecar/<area>/doctor_checks.py`` (see :data:`sidecar.doctor.PLUGIN_MODULES`),
 drop the matching check here. Each check yields nothing when its settings section
 does not exist, so it never breaks an older configuration.
 """
@@ -15,11 +15,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..i18n import N_, _, format_date, ngettext
-from . import DoctorContext, Finding
+from .findings import DoctorContext, Finding
 from .probes import (
     EXPIRY_FAIL_DAYS,
     EXPIRY_WARN_DAYS,
     ProbeError,
+    anchors_for,
     clock_skew_finding,
     timestamp_probe,
 )
@@ -121,6 +122,10 @@ async def check_keys(ctx: DoctorContext) -> Iterable[Finding]:
 async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
     trust = getattr(ctx.settings, "trust", None)
     tsas = getattr(trust, "tsa", ()) if trust is not None else ()
+    if not tsas:
+        return []
+    # The daemon's anchors: a TSA found fine here gives tokens the daemon accepts.
+    anchors = await anchors_for(ctx)
     findings: list[Finding] = []
     for tsa in tsas:
         host = urlsplit(tsa.url).hostname or tsa.url
@@ -139,7 +144,12 @@ async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
             continue
         try:
             probe = await timestamp_probe(
-                ctx.session, tsa.url, local_now=ctx.now(), seconds=min(ctx.timeout, tsa.timeout)
+                ctx.session,
+                tsa.url,
+                anchors=anchors,
+                local_now=ctx.now(),
+                seconds=min(ctx.timeout, tsa.timeout),
+                policy=tsa.policy,
             )
         except ProbeError as exc:
             findings.append(
@@ -148,6 +158,11 @@ async def check_tsas(ctx: DoctorContext) -> Iterable[Finding]:
                     "fail",
                     exc.said("TSA"),
                     _(
+                        "the daemon refuses this TSA's timestamps too: put its root CA "
+                        "in [trust] anchors, or use another TSA in [[trust.tsa]]"
+                    )
+                    if exc.kind == "error"
+                    else _(
                         "check the network path (proxy, firewall) to the TSA, "
                         "or the URL in [[trust.tsa]]"
                     ),

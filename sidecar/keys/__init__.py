@@ -5,7 +5,6 @@ signatures back.
 """
 
 from .authorisation import Authorisation, authorised, current_authorisation
-from .config import KEYRING_SERVICE, KeyConfig
 from .errors import (
     CertificateNotValid,
     KeyConfigError,
@@ -14,6 +13,7 @@ from .errors import (
     KeyNotFound,
     UnsupportedAlgorithm,
 )
+from .key_settings import KEYRING_SERVICE, KeyConfig
 from .registry import KeyRegistry, create_signer
 from .signer import KeyInfo, Signer
 

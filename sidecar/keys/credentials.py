@@ -10,7 +10,7 @@ import logging
 from types import ModuleType
 from typing import Literal
 
-from .config import KEYRING_SERVICE, KeyConfig
+from .key_settings import KEYRING_SERVICE, KeyConfig
 
 __all__ = [
     "SecretUnavailable",

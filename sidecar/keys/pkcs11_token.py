@@ -42,9 +42,9 @@ from .algorithms import digest as compute_digest
 from .algorithms import digest_info, ecdsa_raw_to_der, hash_algorithm
 from .authorisation import Authorisation, current_authorisation
 from .certificates import load_certificates, order_chain
-from .config import KeyConfig
 from .credentials import SecretUnavailable, read_secret
 from .errors import KeyConfigError, KeyLocked
+from .key_settings import KeyConfig
 from .pkcs11_module import Pkcs11Module, load_module
 from .signer import Signer
 

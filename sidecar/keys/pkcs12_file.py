@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from .algorithms import hash_algorithm
 from .certificates import load_certificates, order_chain
-from .config import KeyConfig
 from .credentials import SecretUnavailable, read_secret
 from .errors import KeyConfigError, KeyLocked, UnsupportedAlgorithm
+from .key_settings import KeyConfig
 from .signer import Signer
 
 __all__ = ["Pkcs12Signer", "sign_with_private_key"]

@@ -6,8 +6,8 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
-from .config import KeyConfig
 from .errors import KeyConfigError, KeyNotFound
+from .key_settings import KeyConfig
 from .pkcs11_token import Pkcs11Signer
 from .pkcs12_file import Pkcs12Signer
 from .signer import KeyInfo, Signer

@@ -30,8 +30,8 @@ from asn1crypto import x509
 from cryptography import x509 as cx509
 
 from .algorithms import hash_algorithm, key_type_of
-from .config import KeyConfig
 from .errors import CertificateNotValid, KeyLocked, UnsupportedAlgorithm
+from .key_settings import KeyConfig
 
 __all__ = ["Backend", "KeyInfo", "Signer"]
 

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ..ports import free_port
-from . import fastkeys
+from .fastkeys import install as install_fast_keys
 
 __all__ = [
     "ARCH_LABEL",
@@ -181,7 +181,7 @@ def load_certomancer_config(pki: SandboxPKI) -> PKIArchitecture:
     encodes certificates differently) and raises :class:`SandboxError` otherwise.
     This does CPU work (RSA signatures): call it off the event loop.
     """
-    fastkeys.install()  # each key parsed once: here, and by every service later
+    install_fast_keys()  # each key parsed once: here, and by every service later
     try:
         config = CertomancerConfig.from_file(
             str(pki.certomancer_config), external_url_prefix=pki.base_url
@@ -287,7 +287,7 @@ def _key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _generate(root: Path, *, host: str, port: int, cns_port: int) -> None:
-    fastkeys.install()
+    install_fast_keys()
     # Ports are taken free now, not when served: the certificates name the PKI's.
     port = port or free_port(host, avoid=(cns_port,))
     cns_port = cns_port or free_port(host, avoid=(port,))

@@ -60,9 +60,9 @@ from signxml.xades import XAdESDataObjectFormat
 from .._hooks.signxml_hooks import HookedXAdESSigner
 from ..keys.signer import Signer
 from ..keys.signxml_adapter import as_cryptography_key
+from ..trust.tsa import read_token
 from .report import BASELINE_LEVELS, Level
 from .sources import TimestampSource, UpstreamFailure, ValidationData, ValidationDataSource
-from .tst import read_token
 from .workers import WorkerLost, WorkerPool
 from .xades_properties import (
     add_archive_timestamp,

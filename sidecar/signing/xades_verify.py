@@ -56,9 +56,9 @@ from pyhanko_certvalidator.errors import (
 )
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 
+from ..trust.tsa import TokenContents, read_token
 from .pdf_checks import PdfInspector
 from .report import Evidence, Indication, Level, SignatureReport, SubIndication, subject_text
-from .tst import TokenContents, read_token
 from .workers import WorkerLost
 from .xades_properties import (
     archive_timestamp_input,

@@ -90,6 +90,7 @@ from pyhanko_certvalidator.policy_decl import (
 )
 from pyhanko_certvalidator.util import get_relevant_crl_dps, issuer_serial
 
+from ..migrations import Migration, MigrationError, migrate
 from ..storage import open_private, storage_error
 from .anchors import TrustAnchors
 
@@ -187,6 +188,26 @@ class _Entry:
     refresh_at: datetime
 
 
+#: The cache's schema (:mod:`sidecar.migrations`); "IF NOT EXISTS": a cache made before
+#: the schema was versioned already has the tables.
+_MIGRATIONS = (
+    Migration(
+        1,
+        "revocation data",
+        "CREATE TABLE IF NOT EXISTS revinfo ("
+        " kind TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, der BLOB NOT NULL,"
+        " this_update TEXT NOT NULL, expires TEXT NOT NULL, refresh_at TEXT NOT NULL,"
+        " PRIMARY KEY (kind, key, seq));",
+    ),
+    Migration(
+        2,
+        "fetched issuer certificates",
+        "CREATE TABLE IF NOT EXISTS certificates ("
+        " sha256 BLOB PRIMARY KEY, der BLOB NOT NULL, not_after TEXT NOT NULL);",
+    ),
+)
+
+
 class RevocationCache:
     """Shared store of OCSP responses and CRLs: memory, backed by SQLite (WAL)."""
 
@@ -220,9 +241,9 @@ class RevocationCache:
             return
         try:
             await asyncio.to_thread(self._open_db)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, MigrationError) as exc:
             # A full or read-only disk (no room for the WAL index): serve from memory.
-            if storage_error("revocation cache", exc) is None:
+            if storage_error("revocation cache", exc.__cause__ or exc) is None:
                 raise
             log.warning("revocation cache: cannot open its file, memory only: %s", exc)
 
@@ -239,12 +260,7 @@ class RevocationCache:
         db = sqlite3.connect(self._database, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS revinfo ("
-            " kind TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, der BLOB NOT NULL,"
-            " this_update TEXT NOT NULL, expires TEXT NOT NULL, refresh_at TEXT NOT NULL,"
-            " PRIMARY KEY (kind, key, seq))"
-        )
+        migrate(db, _MIGRATIONS, store="revocation cache")
         now = self._now().isoformat()
         try:
             with db:
@@ -270,10 +286,6 @@ class RevocationCache:
                 expires=datetime.fromisoformat(expires),
                 refresh_at=datetime.fromisoformat(refresh_at),
             )
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS certificates ("
-            " sha256 BLOB PRIMARY KEY, der BLOB NOT NULL, not_after TEXT NOT NULL)"
-        )
         with db:
             db.execute("DELETE FROM certificates WHERE not_after <= ?", (now,))
         for digest, der in db.execute("SELECT sha256, der FROM certificates ORDER BY rowid"):

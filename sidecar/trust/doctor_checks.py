@@ -8,18 +8,15 @@ or with ``--sandbox`` on the sandbox's own lists.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import secrets
 from collections.abc import Sequence
 from datetime import datetime
 from urllib.parse import urlsplit
 
-import aiohttp
-from asn1crypto import algos, tsp, x509
+from asn1crypto import x509
 
 from ..doctor import DoctorContext, Finding, Status
-from .anchors import load_certificates
+from ..doctor.probes import ProbeError, timestamp_probe
+from .anchors import TrustAnchors, load_certificates
 from .lists import TrustedLists, chain_of, qualify_signer, qualify_timestamp
 from .lists.service import ListService
 from .lists.signing import QUALIFIED_CERTIFICATES
@@ -102,49 +99,6 @@ async def _signer_chains(ctx: DoctorContext) -> dict[str, list[x509.Certificate]
     return chains
 
 
-async def _tsa_chain(
-    session: aiohttp.ClientSession, url: str, seconds: float
-) -> tuple[datetime, list[x509.Certificate]]:
-    """A real timestamp with its certificates (certReq): genTime and the certificates."""
-    digest = hashlib.sha256(secrets.token_bytes(32)).digest()
-    request = tsp.TimeStampReq(
-        {
-            "version": "v1",
-            "message_imprint": {
-                "hash_algorithm": algos.DigestAlgorithm({"algorithm": "sha256"}),
-                "hashed_message": digest,
-            },
-            "nonce": secrets.randbits(63),
-            "cert_req": True,
-        }
-    )
-    async with asyncio.timeout(seconds):
-        async with session.post(
-            url, data=request.dump(), headers={"Content-Type": "application/timestamp-query"}
-        ) as response:
-            response.raise_for_status()
-            reply = tsp.TimeStampResp.load(await response.read())
-    signed = reply["time_stamp_token"]["content"]
-    info = signed["encap_content_info"]["content"].parsed
-    certs = [c.chosen for c in signed["certificates"] if isinstance(c.chosen, x509.Certificate)]
-    sid = signed["signer_infos"][0]["sid"]
-    tsa = certs[0] if certs else None
-    if sid.name == "issuer_and_serial_number":
-        wanted = sid.chosen
-        tsa = next(
-            (
-                c
-                for c in certs
-                if c.issuer == wanted["issuer"]
-                and c.serial_number == wanted["serial_number"].native
-            ),
-            None,
-        )
-    if tsa is None:
-        raise ValueError("the reply names no TSA certificate")
-    return info["gen_time"].native, chain_of(tsa, certs)
-
-
 async def check_trusted_lists(ctx: DoctorContext) -> list[Finding]:
     settings = ctx.settings
     if settings is None:
@@ -174,6 +128,7 @@ async def check_trusted_lists(ctx: DoctorContext) -> list[Finding]:
     if pki is not None:
         anchors += load_certificates(pki.roots_pem)
     anchors += [*lists.ca_certificates(now), *lists.tsa_certificates(now)]
+    trusted = TrustAnchors.of(anchors)
     for key_id, chain in (await _signer_chains(ctx)).items():
         findings.append(
             _signer_finding(key_id, chain_of(chain[0], [*chain[1:], *anchors]), lists, now)
@@ -184,16 +139,20 @@ async def check_trusted_lists(ctx: DoctorContext) -> list[Finding]:
     for url in urls:
         check = f"qualification:tsa:{urlsplit(url).hostname or url}"
         try:
-            gen_time, chain = await _tsa_chain(ctx.session, url, ctx.timeout)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError) as exc:
+            # A real timestamp, accepted by the daemon's own check; its chain is judged.
+            probe = await timestamp_probe(
+                ctx.session, url, anchors=trusted, local_now=now, seconds=ctx.timeout
+            )
+        except ProbeError as exc:
             findings.append(
                 Finding(
                     check,
                     "skip",
-                    f"no timestamp to judge ({type(exc).__name__}); see the tsa check",
+                    f"no timestamp to judge ({exc.kind}); see the tsa check",
                 )
             )
             continue
+        gen_time, chain = probe.gen_time, list(probe.token.chain)
         stamp = qualify_timestamp(lists, chain_of(chain[0], [*chain[1:], *anchors]), gen_time)
         if stamp.qualified:
             findings.append(
