@@ -21,6 +21,7 @@ from ..keys import (
     KeyNotFound,
     KeyRegistry,
 )
+from ..keys.access import key_visible as visible
 from ..sandbox.keys import sandbox_key_configs
 from .keys import HEALTH_CHECKS, SANDBOX_PKI, SETTINGS
 from .problems import Problem, register_problem_mapper
@@ -120,7 +121,8 @@ def key_info_json(info: KeyInfo) -> dict[str, Any]:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    infos = request.app[KEY_REGISTRY].describe()
+    # Only the keys this client may use (sidecar.keys.access): not other physicians'.
+    infos = [i for i in request.app[KEY_REGISTRY].describe() if visible(i.id)]
     return web.json_response({"keys": [key_info_json(i) for i in infos]})
 
 

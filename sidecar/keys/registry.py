@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
+from .access import choose_key, current_key_access
 from .config import KeyConfig
 from .errors import KeyConfigError, KeyNotFound
 from .pkcs11_token import Pkcs11Signer
@@ -76,11 +77,15 @@ class KeyRegistry:
         return signer
 
     def get(self, key_id: str | None = None) -> Signer:
-        """The signer ``key_id``, or the default one when ``key_id`` is ``None``."""
+        """The signer ``key_id``, or the default one when ``key_id`` is ``None``.
+
+        The one place where operations choose their key, so the one place the
+        client's key access (:mod:`.access`) is enforced: a key the client may not
+        use is :class:`~.access.KeyNotAllowed`, whether it exists or not.
+        """
+        key_id = choose_key(current_key_access(), key_id, self._default)
         if key_id is None:
-            if self._default is None:
-                raise KeyNotFound(None)
-            key_id = self._default
+            raise KeyNotFound(None)
         try:
             return self._signers[key_id]
         except KeyError:
