@@ -90,6 +90,7 @@ _SCHEMAS: dict[str, Any] = {
                         "not_after": {"type": "string", "format": "date-time"},
                         "key_type": {"type": "string"},
                         "unlocked": {"type": "boolean"},
+                        "opened": {"type": "boolean"},
                     },
                 },
             }

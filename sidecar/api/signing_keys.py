@@ -117,6 +117,7 @@ def key_info_json(info: KeyInfo) -> dict[str, Any]:
         "locked_reason": info.locked_reason,
         "locked_detail": info.locked_detail,
         "pin_per_operation": info.pin_per_operation,
+        "opened": info.opened,
     }
 
 
@@ -133,6 +134,8 @@ def _check(registry: KeyRegistry) -> CheckResult:
     problems = []
     worst: Status = "ok"
     for info in infos:
+        if not info.opened:  # loaded on first use, and not used yet: nothing to check
+            continue
         days = (info.not_after - datetime.now(UTC)).days if info.not_after else None
         # A key that takes its PIN with each operation waits for one: not a fault.
         waiting = info.pin_per_operation and info.locked_reason == "pin_missing"

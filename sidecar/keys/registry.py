@@ -51,10 +51,14 @@ class KeyRegistry:
         return cls([create_signer(config) for config in configs])
 
     async def open(self) -> None:
-        """Open every key, off the event loop; closes them all if one is misconfigured."""
+        """Open every key but those loaded on first use (``load = "first_use"``: the
+        first :meth:`acquire` opens them), off the event loop; closes them all if one
+        is misconfigured."""
         loop = asyncio.get_running_loop()
         try:
             for signer in self._signers.values():
+                if signer.config.load == "first_use":
+                    continue
                 await loop.run_in_executor(None, signer.open)
         except BaseException:
             await self.close()
