@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import threading
 from collections.abc import Iterable
@@ -30,6 +31,8 @@ from .keys.access import KeyAccess
 from .logs import register_secret
 from .paths import write_atomically
 from .ratelimit import Rate, parse_rate
+
+log = logging.getLogger("sidecar.clients")
 
 __all__ = ["Client", "ClientStore", "Scope", "TokenError", "parse_fingerprint", "parse_key_ids"]
 
@@ -99,7 +102,14 @@ class Client:
 
     @classmethod
     def from_stored(cls, name: str, entry: dict[str, Any]) -> Client:
+        """The client of an entry; ValueError when the entry is not usable."""
         keys = entry.get("keys")
+        if keys is not None and not (
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+        ):
+            raise ValueError("'keys' must be a list of key ids")
+        if entry.get("rate_limit") is not None:
+            parse_rate(entry["rate_limit"])
         return cls(
             name=name,
             scopes=frozenset(Scope(s) for s in entry["scopes"]),
@@ -152,10 +162,16 @@ class ClientStore:
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp != self._stamp:
             raw = json.loads(self._path.read_text("utf-8"))
-            self._clients = {
-                name: Client.from_stored(name, entry)
-                for name, entry in raw.get("clients", {}).items()
-            }
+            self._clients = {}
+            for name, entry in raw.get("clients", {}).items():
+                try:
+                    self._clients[name] = Client.from_stored(name, entry)
+                except (KeyError, TypeError, ValueError) as exc:
+                    # A hand-edited entry gone wrong: that client is refused (401),
+                    # not let in with fewer limits than meant, and the log says why.
+                    log.warning(
+                        "%s: client %r is unusable and refused: %s", self._path.name, name, exc
+                    )
             self._stamp = stamp
         return self._clients
 

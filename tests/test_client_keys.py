@@ -4,7 +4,11 @@ route that chooses a key, and is shown only its own in ``GET /v1/keys``."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -181,3 +185,44 @@ def test_clients_file_keeps_the_keys_and_reads_old_entries(tmp_path) -> None:  #
         store.create("x", frozenset({Scope.SIGN}), keys=frozenset())
     with pytest.raises(TokenError):
         store.create("y", frozenset({Scope.SIGN}), rate_limit="fast")
+
+
+def test_token_commands_take_keys_certificate_and_rate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "SIDECAR_HOME": str(tmp_path)}
+        return subprocess.run(
+            [sys.executable, "-m", "sidecar", "token", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    fingerprint = ":".join(["AB"] * 32)
+    made = cli(
+        "create", "ws-12", "--scope", "sign", "--keys", "dr-a,dr-b", "--keys", "dr-c",
+        "--cert-fingerprint", f"sha256 Fingerprint={fingerprint}", "--rate-limit", "5/s",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert cli("create", "plain", "--scope", "sign").returncode == 0
+    listed = {c["name"]: c for c in json.loads(cli("list", "--json").stdout)}
+    assert listed["ws-12"]["keys"] == ["dr-a", "dr-b", "dr-c"]
+    assert listed["ws-12"]["cert_sha256"] == "ab" * 32
+    assert listed["ws-12"]["rate_limit"] == "5/s"
+    assert listed["plain"]["keys"] is None  # every key
+    text = cli("list").stdout
+    assert "keys=dr-a,dr-b,dr-c" in text and "rate=5/s" in text and "keys=*" in text
+    bad = cli("create", "x", "--scope", "sign", "--cert-fingerprint", "12:34")
+    assert bad.returncode == 2 and "SHA-256" in bad.stderr
+    taken = cli("create", "y", "--scope", "sign", "--cert-fingerprint", fingerprint)
+    assert taken.returncode == 2 and "another client" in taken.stderr
+
+
+def test_a_broken_entry_refuses_its_client(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    store = ClientStore(tmp_path / "clients.json")
+    token = store.create("ws", frozenset({Scope.SIGN}), rate_limit="5/s")
+    raw = json.loads((tmp_path / "clients.json").read_text())
+    raw["clients"]["ws"]["rate_limit"] = "lots"  # hand-edited
+    (tmp_path / "clients.json").write_text(json.dumps(raw))
+    assert ClientStore(tmp_path / "clients.json").authenticate(token) is None
+    assert "'ws' is unusable" in caplog.text
