@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .clients import ClientStore, TokenError, parse_scopes
+from .clients import ClientStore, TokenError, parse_fingerprint, parse_key_ids, parse_scopes
 from .config import ConfigError, Settings, load_settings
 from .i18n import _
 from .logs import configure_logging
@@ -53,6 +53,21 @@ def _parser() -> argparse.ArgumentParser:
         help="sign, timestamp, forward, verify, admin (repeat or comma-separate)",
     )
     create.add_argument("--replace", action="store_true", help="re-key an existing client")
+    create.add_argument(
+        "--keys",
+        action="append",
+        metavar="ID[,ID...]",
+        help="the only signing keys it may use (default: every key)",
+    )
+    create.add_argument(
+        "--cert-fingerprint",
+        metavar="SHA256",
+        help="its TLS client certificate's SHA-256 (needs [server] client_ca): "
+        "that certificate then identifies it, and its token alone is refused",
+    )
+    create.add_argument(
+        "--rate-limit", metavar="N/s", help="its own request rate, over [server] rate_limit"
+    )
     listing = token_commands.add_parser("list", help="list the clients (never their tokens)")
     listing.add_argument("--json", action="store_true")
     revoke = token_commands.add_parser("revoke", help="remove a client")
@@ -168,7 +183,16 @@ def _token(args: argparse.Namespace, paths: Paths) -> int:
         paths.ensure_writable()
     store = ClientStore(paths.clients_file)
     if args.token_command == "create":
-        token = store.create(args.name, parse_scopes(args.scope), replace=args.replace)
+        token = store.create(
+            args.name,
+            parse_scopes(args.scope),
+            replace=args.replace,
+            keys=parse_key_ids(args.keys) if args.keys is not None else None,
+            cert_sha256=(
+                parse_fingerprint(args.cert_fingerprint) if args.cert_fingerprint else None
+            ),
+            rate_limit=args.rate_limit,
+        )
         # stdout only, so an installer can capture it; it is not stored anywhere.
         print(token)
         print(
@@ -180,7 +204,15 @@ def _token(args: argparse.Namespace, paths: Paths) -> int:
             print(json.dumps([c.public() for c in store.clients()], indent=2))
         else:
             for c in store.clients():
-                print(f"{c.name:<24} {','.join(sorted(c.scopes)):<40} {c.created}")
+                keys = ",".join(sorted(c.keys)) if c.keys is not None else "*"
+                extra = "".join(
+                    f" {label}={value}"
+                    for label, value in (("cert", c.cert_sha256), ("rate", c.rate_limit))
+                    if value
+                )
+                print(
+                    f"{c.name:<24} {','.join(sorted(c.scopes)):<40} {c.created} keys={keys}{extra}"
+                )
     elif args.token_command == "revoke":
         store.revoke(args.name)
         print(f"client {args.name!r} revoked", file=sys.stderr)

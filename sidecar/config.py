@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .keys.key_settings import KeyConfig
+from .ratelimit import parse_rate
 
 __all__ = [
     "CnsSettings",
@@ -103,6 +104,11 @@ def _origin(value: tuple[str, ...]) -> None:
             )
 
 
+def _rate(value: str | None) -> None:
+    if value is not None:
+        parse_rate(value)
+
+
 def _size_field(default: int) -> Any:
     return field(default=default, metadata={"parse": parse_size})
 
@@ -117,6 +123,16 @@ class ServerSettings:
     allow_remote: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: CA certificate(s) (PEM) whose client certificates the TLS listener accepts
+    #: (mTLS). A client presenting one whose fingerprint the clients file knows
+    #: (``sidecar token create NAME --cert-fingerprint``) needs no token.
+    client_ca: Path | None = None
+    #: With ``client_ca``: refuse, in the TLS handshake, a client without a certificate.
+    client_cert_required: bool = False
+    #: Requests per client (``"N/s"``, ``"N/min"``, ``"N/h"``: a token bucket of N), or
+    #: no limit; a client's own ``rate_limit`` in the clients file wins. Health and
+    #: metrics are never limited.
+    rate_limit: str | None = field(default=None, metadata={"check": _rate})
     #: Extra ``Host`` header names accepted besides the loopback names.
     allowed_hosts: tuple[str, ...] = ()
     #: Browser origins allowed to call the API (``Origin`` header); none by default.

@@ -52,7 +52,11 @@ def check_binding(server: ServerSettings, source: object = None) -> ssl.SSLConte
             raise ConfigError(
                 file, "server.allow_remote", "binding a non-loopback address needs TLS"
             )
+    if server.client_cert_required and server.client_ca is None:
+        raise ConfigError(file, "server.client_cert_required", "needs client_ca")
     if not tls:
+        if server.client_ca is not None:
+            raise ConfigError(file, "server.client_ca", "client certificates need TLS")
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -62,6 +66,18 @@ def check_binding(server: ServerSettings, source: object = None) -> ssl.SSLConte
         raise ConfigError(
             file, "server.tls_cert", f"cannot load the TLS certificate/key: {exc}"
         ) from None
+    if server.client_ca is not None:
+        # mTLS: a certificate, when sent, must chain to client_ca (the handshake
+        # fails otherwise); which client it is, the clients file says.
+        try:
+            context.load_verify_locations(cafile=str(server.client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                file, "server.client_ca", f"cannot load the client CA certificate(s): {exc}"
+            ) from None
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if server.client_cert_required else ssl.CERT_OPTIONAL
+        )
     return context
 
 

@@ -2,18 +2,23 @@
 
 Order matters and is fixed in :func:`middlewares`: the outermost one gives every
 answer an ``X-Request-Id`` and turns every failure into problem+json; then the
-Host and Origin guards refuse what a web page could send; then the token and its
-scope; then the body's declared size and type. Handlers see only requests that
-passed all of these.
+Host and Origin guards refuse what a web page could send; then the client (its
+token, or its TLS client certificate) and the route's scope; then the client's
+request rate; then the body's declared size and type. Handlers see only requests
+that passed all of these, and run under the client's key access
+(:mod:`sidecar.keys.access`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.message
+import hashlib
 import ipaddress
 import logging
+import math
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,9 +26,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..clients import Client
 from ..config import is_loopback_host
 from ..i18n import N_
+from ..keys.access import key_access
 from ..logs import current_request_id, traceback_text
+from ..ratelimit import RateLimiter, parse_rate
 from .contract import Operation
 from .keys import (
     CLIENT,
@@ -233,27 +241,69 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
+def _certificate_sha256(request: web.Request) -> str | None:
+    """SHA-256 (hex) of the TLS client certificate of this connection, if it sent one
+    (and, ``[server] client_ca`` being set, the handshake verified it)."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
+def _unauthorized(
+    detail: str, error: str | None = None, params: dict[str, Any] | None = None
+) -> Problem:
+    challenge = 'Bearer realm="sidecar"' + (f', error="{error}"' if error else "")
+    return Problem(
+        401, "unauthorized", detail, params=params, headers={"WWW-Authenticate": challenge}
+    )
+
+
+def _client(request: web.Request) -> Client | None:
+    """Who is calling: the token's client, or the certificate's.
+
+    A known client certificate needs no token; a token sent with it must be the same
+    client's. A client registered with a certificate is refused without it: its
+    token alone (stolen from a workstation's disk) is not enough.
+    """
+    store = request.app[CLIENT_STORE]
+    fingerprint = _certificate_sha256(request)
+    by_cert = store.by_certificate(fingerprint) if fingerprint else None
+    token = _bearer(request)
+    if token is None:
+        return by_cert
+    client = store.authenticate(token)
+    if client is None:
+        raise _unauthorized(N_("unknown token"), "invalid_token")
+    if by_cert is not None and by_cert.name != client.name:
+        raise _unauthorized(N_("the token and the TLS client certificate name different clients"))
+    if client.cert_sha256 is not None and client.cert_sha256 != fingerprint:
+        raise _unauthorized(
+            N_("client {client!r} must present its TLS client certificate"),
+            params={"client": client.name},
+        )
+    return client
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer token → client; the route's scope must be among the client's."""
+    """Token or certificate → client; the route's scope must be among the client's.
+
+    The handler runs under the client's key access: the key registry refuses it the
+    keys it may not use, whichever route chooses the key.
+    """
     op = _operation(request)
     if op is None:  # unknown route or method: the router's 404/405 follows
         return await handler(request)
     request[OPERATION] = op
-    token = _bearer(request)
-    if token is not None:
-        client = request.app[CLIENT_STORE].authenticate(token)
-        if client is None:
-            raise Problem(
-                401,
-                "unauthorized",
-                N_("unknown token"),
-                headers={"WWW-Authenticate": 'Bearer realm="sidecar", error="invalid_token"'},
-            )
+    client = _client(request)
+    if client is not None:
         request[CLIENT] = client
     if op.scope is None:
-        return await handler(request)
-    client = request.get(CLIENT)
+        with key_access(client.key_access if client else None):
+            return await handler(request)
     if client is None:
         raise Problem(
             401,
@@ -268,7 +318,47 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             N_("client {client!r} lacks the {scope!r} scope"),
             params={"client": client.name, "scope": op.scope.value},
         )
-    return await handler(request)
+    with key_access(client.key_access):
+        return await handler(request)
+
+
+#: Never rate-limited: a load balancer's and a monitor's probes.
+_UNLIMITED = frozenset({"getHealth", "getMetrics"})
+
+
+def rate_limits() -> Any:
+    """The middleware holding each client to its rate (one limiter per app)."""
+    limiter = RateLimiter()
+
+    @web.middleware
+    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        op = request.get(OPERATION)
+        client = request.get(CLIENT)
+        if op is None or client is None or op.operation_id in _UNLIMITED:
+            return await handler(request)
+        configured = request.app[SETTINGS].server.rate_limit
+        rate = client.rate or (parse_rate(configured) if configured else None)
+        if rate is None:
+            return await handler(request)
+        wait = limiter.take(client.name, rate)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise Problem(
+                429,
+                "rate_limited",
+                N_(
+                    "too many requests from client {client!r}: at most {rate}; retry in {seconds} s"
+                ),
+                params={
+                    "client": client.name,
+                    "rate": client.rate_limit or configured,
+                    "seconds": seconds,
+                },
+                headers={"Retry-After": str(seconds)},
+            )
+        return await handler(request)
+
+    return rate_limit
 
 
 def _limit(request: web.Request, op: Operation) -> int:
@@ -395,4 +485,11 @@ def not_implemented(op: Operation) -> Handler:
 
 def middlewares() -> list[Any]:
     # observe_requests sits inside the error middleware so that it sees every Problem.
-    return [errors_and_ids, observe_requests, host_and_origin, authenticate, body_rules]
+    return [
+        errors_and_ids,
+        observe_requests,
+        host_and_origin,
+        authenticate,
+        rate_limits(),
+        body_rules,
+    ]

@@ -11,9 +11,12 @@ from .contract import CONTRACT, MESSAGE_STATES, Operation
 __all__ = ["build_openapi"]
 
 _ERROR_CODES: dict[int, tuple[str, str]] = {
-    400: ("Malformed input.", "malformed_xml | malformed_pdf | bad_parameter"),
+    400: ("Malformed input.", "malformed_xml | malformed_pdf | bad_parameter | key_required"),
     401: ("Missing or unknown token.", "unauthorized"),
-    403: ("Token lacks the scope; bad Host; disallowed Origin.", "forbidden"),
+    403: (
+        "Token lacks the scope; bad Host; disallowed Origin; a key the client may not use.",
+        "forbidden | key_not_allowed",
+    ),
     404: ("Unknown route, message, key or profile.", "not_found"),
     405: ("Method not allowed on this route.", "method_not_allowed"),
     409: ("Same UUID, different content.", "duplicate_uuid"),
@@ -24,6 +27,7 @@ _ERROR_CODES: dict[int, tuple[str, str]] = {
         "schema_violation | forbidden_dtd | unsupported_pdf | pdf_certified | pdf_locked",
     ),
     423: ("The signing key is locked.", "key_locked"),
+    429: ("The client is over its rate limit (see Retry-After).", "rate_limited"),
     501: ("Not implemented yet in this version.", "not_implemented"),
     502: ("An upstream answered with an error.", "upstream_error"),
     503: (
@@ -90,6 +94,7 @@ _SCHEMAS: dict[str, Any] = {
                         "not_after": {"type": "string", "format": "date-time"},
                         "key_type": {"type": "string"},
                         "unlocked": {"type": "boolean"},
+                        "opened": {"type": "boolean"},
                     },
                 },
             }
@@ -209,7 +214,7 @@ def _operation(op: Operation, implemented: bool) -> dict[str, Any]:
     }
     codes = set(op.errors) | {405}
     if op.scope is not None:
-        codes |= {401, 403}
+        codes |= {401, 403, 429}
     if op.request_types:
         codes |= {413}
         if "*/*" not in op.request_types:

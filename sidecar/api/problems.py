@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from ..i18n import N_, format_date, negotiate, translations
+from ..keys.access import KeyNotAllowed
 
 __all__ = [
     "PROBLEM_TYPE_BASE",
@@ -177,3 +178,24 @@ def problem_for(exc: BaseException) -> Problem | None:
         if isinstance(exc, exc_type):
             return mapper(exc)
     return None
+
+
+def _key_not_allowed(exc: KeyNotAllowed) -> Problem:
+    """A key the client may not use: named, its id (the client's other keys never are)."""
+    if exc.reason == "key_required":
+        return Problem(
+            400,
+            "key_required",
+            N_("client {client!r} has several keys, none the default: name one with ?key="),
+            params={"client": exc.client},
+        )
+    return Problem(
+        403,
+        "key_not_allowed",
+        N_("client {client!r} may not sign with key {key!r}"),
+        params={"client": exc.client, "key": exc.key_id},
+        key=exc.key_id,
+    )
+
+
+register_problem_mapper(KeyNotAllowed, _key_not_allowed)

@@ -21,6 +21,7 @@ from ..keys import (
     KeyNotFound,
     KeyRegistry,
 )
+from ..keys.access import key_visible as visible
 from ..sandbox.keys import sandbox_key_configs
 from .keys import HEALTH_CHECKS, SANDBOX_PKI, SETTINGS
 from .problems import Problem, register_problem_mapper
@@ -116,11 +117,13 @@ def key_info_json(info: KeyInfo) -> dict[str, Any]:
         "locked_reason": info.locked_reason,
         "locked_detail": info.locked_detail,
         "pin_per_operation": info.pin_per_operation,
+        "opened": info.opened,
     }
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    infos = request.app[KEY_REGISTRY].describe()
+    # Only the keys this client may use (sidecar.keys.access): not other physicians'.
+    infos = [i for i in request.app[KEY_REGISTRY].describe() if visible(i.id)]
     return web.json_response({"keys": [key_info_json(i) for i in infos]})
 
 
@@ -131,6 +134,8 @@ def _check(registry: KeyRegistry) -> CheckResult:
     problems = []
     worst: Status = "ok"
     for info in infos:
+        if not info.opened:  # loaded on first use, and not used yet: nothing to check
+            continue
         days = (info.not_after - datetime.now(UTC)).days if info.not_after else None
         # A key that takes its PIN with each operation waits for one: not a fault.
         waiting = info.pin_per_operation and info.locked_reason == "pin_missing"

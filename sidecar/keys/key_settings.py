@@ -79,6 +79,9 @@ class KeyConfig:
     stored. A key with CKA_ALWAYS_AUTHENTICATE takes its per-signature PIN from the
     operation (or the pinpad) whatever this says: a stored PIN is not used for it."""
     pin: str | None = field(default=None, repr=False)
+    load: Literal["start", "first_use"] = "start"
+    """When the key is opened: at the daemon's start, or on the first operation that
+    uses it (an HSM holding one key per physician: no session for keys not in use)."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
+from .access import choose_key, current_key_access
 from .errors import KeyConfigError, KeyNotFound
 from .key_settings import KeyConfig
 from .pkcs11_token import Pkcs11Signer
@@ -50,10 +51,14 @@ class KeyRegistry:
         return cls([create_signer(config) for config in configs])
 
     async def open(self) -> None:
-        """Open every key, off the event loop; closes them all if one is misconfigured."""
+        """Open every key but those loaded on first use (``load = "first_use"``: the
+        first :meth:`acquire` opens them), off the event loop; closes them all if one
+        is misconfigured."""
         loop = asyncio.get_running_loop()
         try:
             for signer in self._signers.values():
+                if signer.config.load == "first_use":
+                    continue
                 await loop.run_in_executor(None, signer.open)
         except BaseException:
             await self.close()
@@ -76,11 +81,15 @@ class KeyRegistry:
         return signer
 
     def get(self, key_id: str | None = None) -> Signer:
-        """The signer ``key_id``, or the default one when ``key_id`` is ``None``."""
+        """The signer ``key_id``, or the default one when ``key_id`` is ``None``.
+
+        The one place where operations choose their key, so the one place the
+        client's key access (:mod:`.access`) is enforced: a key the client may not
+        use is :class:`~.access.KeyNotAllowed`, whether it exists or not.
+        """
+        key_id = choose_key(current_key_access(), key_id, self._default)
         if key_id is None:
-            if self._default is None:
-                raise KeyNotFound(None)
-            key_id = self._default
+            raise KeyNotFound(None)
         try:
             return self._signers[key_id]
         except KeyError:

@@ -68,6 +68,9 @@ class KeyInfo:
     """The key signs only with a PIN given for each operation (``X-Sidecar-PIN``, a
     batch's authorisation, or the pinpad): CKA_ALWAYS_AUTHENTICATE or ``pin_source =
     "request"``. Locked for ``pin_missing`` between operations is then its normal state."""
+    opened: bool = True
+    """False for a key loaded on first use (``load = "first_use"``) that no operation
+    has used yet: nothing is known of it but its configuration, and nothing is wrong."""
 
 
 class Signer(ABC):
@@ -87,6 +90,8 @@ class Signer(ABC):
         self._certificate: x509.Certificate | None = None
         self._chain: tuple[x509.Certificate, ...] = ()
         self._last_lock: KeyLocked | None = None
+        #: Whether :meth:`open` or an operation has tried to make the key ready.
+        self._opened = False
 
     # -- identity ---------------------------------------------------------
 
@@ -133,6 +138,7 @@ class Signer(ABC):
     def open(self) -> None:
         """Try to make the key ready (blocking). Never raises :class:`KeyLocked`:
         the state is kept and reported by :meth:`describe` and the next sign."""
+        self._opened = True
         try:
             self._unlock()
         except KeyLocked as exc:
@@ -169,6 +175,7 @@ class Signer(ABC):
         await loop.run_in_executor(self._executor, context.run, self._ready_blocking)
 
     def _ready_blocking(self) -> None:
+        self._opened = True
         if not self._is_unlocked():
             try:
                 self._unlock()
@@ -229,6 +236,7 @@ class Signer(ABC):
             locked_reason=lock.reason if lock else None,
             locked_detail=lock.detail if lock else None,
             pin_per_operation=self.pin_per_operation,
+            opened=self._opened,
         )
         if cert is None:
             return info
