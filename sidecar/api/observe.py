@@ -132,7 +132,7 @@ async def _bridge_subsystems(app: web.Application) -> None:
     alone, so nothing is counted twice.
     """
     # Imported here: those modules import the API layer this one is part of.
-    from ..cns.subsystem import CNS
+    from .cns import CNS
     from .signing_keys import KEY_REGISTRY
 
     metrics = app[METRICS]

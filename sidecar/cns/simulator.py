@@ -45,6 +45,9 @@ Faults (:class:`Faults`, changeable while running, also over ``POST /_simulator/
 latency, a queue of status codes to answer next (503, 500...), connections dropped
 after the request was read (before or after booking, or at random), a slow drip.
 ``GET /_simulator/stats`` gives the counts the tests assert on.
+
+The simulator is an HTTP server in its own right (the CNS's stand-in, not a part of the
+daemon's API): it alone under ``sidecar/cns/`` uses ``aiohttp.web``, for its own server.
 """
 
 from __future__ import annotations
@@ -293,12 +296,16 @@ class CnsSimulator:
         verifier: SignatureVerifier | None = None,
         rules: Mapping[str, PidRule] = PID_RULES,
         seed: int | None = None,
+        uuid_reader: Callable[[etree._Element], str | None] | None = None,
     ) -> None:
         if isinstance(xsd, Path):
             xsd = etree.XMLSchema(etree.parse(str(xsd), parser=_parser()))
         self.xsd: etree.XMLSchema | None = xsd
         self.verifier: SignatureVerifier = verifier or check_signature_present
         self.rules = rules
+        #: Where a fee note's UUID is (the CNS knows its own schema): by default the
+        #: first element named UUID or MessageId, else the root's uuid/Id attribute.
+        self.uuid_reader = uuid_reader or _fee_note_uuid
         self.faults = Faults()
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not secrets
         #: Idempotency key → the first answer.
@@ -451,7 +458,7 @@ class CnsSimulator:
             reasons = await reasons
         if reasons:
             return _rejection(422, key, [("SIGNATURE", r) for r in reasons])
-        note_uuid = _fee_note_uuid(root)
+        note_uuid = self.uuid_reader(root)
         if note_uuid is None or not _is_v4(note_uuid):
             return _rejection(422, key, [("UUID", "UUID absent ou non conforme (RFC 4122 v4)")])
         if note_uuid.lower() != key:
