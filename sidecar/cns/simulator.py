@@ -71,6 +71,8 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
+from ..signing.xml_safety import ForbiddenDtd, XmlInputError, parse_xml
+
 __all__ = [
     "ANOMALIES",
     "PID_RULES",
@@ -147,8 +149,8 @@ def check_signature_present(document: bytes) -> list[str]:
     It proves nothing about the signer: :func:`xades_verifier` is the real check.
     """
     try:
-        root = etree.fromstring(document, parser=_parser())
-    except etree.XMLSyntaxError as exc:
+        root = parse_xml(document).root
+    except XmlInputError as exc:
         return [f"not well-formed: {exc}"]
     signatures = root.findall(f".//{{{DS_NS}}}Signature")
     if not signatures:
@@ -182,7 +184,6 @@ def xades_verifier(
     # presence check) needs none of the signing stack.
     from ..signing.report import BASELINE_LEVELS, Indication
     from ..signing.xades_verify import VerificationPolicy, verify_xml
-    from ..signing.xml_safety import XmlInputError
     from ..trust import load_certificates
 
     roots = load_certificates(trust_roots) if isinstance(trust_roots, Path) else list(trust_roots)
@@ -213,6 +214,7 @@ def xades_verifier(
 
 
 def _parser() -> etree.XMLParser:
+    """For the XSD file only (a local file of ours): requests go through parse_xml."""
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
@@ -442,11 +444,11 @@ class CnsSimulator:
 
     async def _deposit(self, request: web.Request, key: str, body: bytes) -> _Answer:
         try:
-            root = etree.fromstring(body, parser=_parser())
-        except etree.XMLSyntaxError as exc:
-            return _rejection(400, key, [("XML", str(exc))])
-        if root.getroottree().docinfo.doctype:
+            root = parse_xml(body).root
+        except ForbiddenDtd:
             return _rejection(422, key, [("DTD", "DTD interdite")])
+        except XmlInputError as exc:
+            return _rejection(400, key, [("XML", str(exc))])
         if self.xsd is not None and not self.xsd.validate(root):
             return _rejection(
                 422,
@@ -488,8 +490,8 @@ class CnsSimulator:
     def _pid(self, kind: str) -> Callable[[web.Request, str, bytes], Awaitable[_Answer]]:
         async def process(request: web.Request, key: str, body: bytes) -> _Answer:
             try:
-                root = etree.fromstring(body, parser=_parser())
-            except etree.XMLSyntaxError as exc:
+                root = parse_xml(body).root
+            except XmlInputError as exc:
                 return _rejection(400, key, [("XML", str(exc))])
             if kind == "contestation":
                 reference = _text(root, "ValidationReference")
