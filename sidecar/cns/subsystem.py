@@ -41,7 +41,7 @@ from lxml import etree
 from ..audit import AuditJournal
 from ..config import CnsSettings, ConfigError, Settings
 from ..health import CheckResult, HealthCheck, Status
-from ..metrics import Metrics
+from ..metrics import Metrics, OutboxStats
 from ..paths import Paths
 from ..ports import bind_error
 from ..sandbox.pki import SandboxError, SandboxPKI
@@ -200,6 +200,8 @@ async def open_cns(
             )
             await runtime.worker.start()
             log.info("CNS forwarding to %s (%s)", base_url, cns.environment)
+        if metrics is not None and not metrics.watches("outbox"):
+            metrics.watch_outbox(_outbox_stats(outbox))
         health_checks.append(("cns", _reachability(runtime)))
         health_checks.append(("outbox", _outbox_check(outbox)))
         health_checks.append(("storage", _storage_check(outbox, audit)))
@@ -213,6 +215,18 @@ async def open_cns(
         outbox.close()
         if own_journal:
             audit.close()
+
+
+def _outbox_stats(outbox: Outbox) -> Callable[[], Awaitable[OutboxStats]]:
+    """The outbox's state for ``/metrics``, read when scraped."""
+
+    async def stats() -> OutboxStats:
+        counts = await outbox.run(outbox.counts)
+        _, oldest = await outbox.run(outbox.depth)
+        age = max(0.0, time.time() - oldest) if oldest is not None else None
+        return OutboxStats(counts, age)
+
+    return stats
 
 
 def _uuid_reader(rule: MessageRule) -> Callable[[etree._Element], str | None]:
