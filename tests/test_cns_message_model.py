@@ -124,6 +124,9 @@ def test_the_profile_says_where_the_uuid_is_for_its_documents() -> None:
     assert note.level is None and note.required == Level.B_LT
     # The operator's [cns] uuid_xpath comes first.
     assert read_message(body, rule("//MessageId")).uuid == decoy
+    # An empty UUID element: the daemon makes none up, and says where it looked.
+    with pytest.raises(InvalidUuid, match=r"at /fn:FeeNote/fn:UUID \(profile 'fee-note'\)"):
+        read_message(unsigned_fee_note("", b"%PDF-1.7"), rule())
 
 
 def test_other_messages_by_name_then_root_attribute() -> None:

@@ -86,18 +86,21 @@ class MessageRule:
         """The message's UUID (see the module docstring for where it is looked for)."""
         profile = self.profile_of(root)
         if self.uuid_xpath:
+            where = f"at cns.uuid_xpath {self.uuid_xpath}"
             value = _first_text(_evaluate(root, self.uuid_xpath, {}, "cns.uuid_xpath"))
         elif profile is not None and profile.uuid_xpath:
+            where = f"at {profile.uuid_xpath} (profile {profile.name!r})"
             found = _evaluate(
                 root, profile.uuid_xpath, dict(profile.namespaces), f"{profile.name}: uuid.xpath"
             )
             value = _first_text(found)
         else:
+            where = "(element UUID or MessageId)"
             value = _first_text(_DEFAULT_UUID_XPATH(root))
             if value is None:
                 value = root.get("uuid") or root.get("Id")
         if not value or not value.strip():
-            raise InvalidUuid("the message carries no UUID (element UUID or MessageId)")
+            raise InvalidUuid(f"the message carries no UUID {where}")
         value = value.strip()
         try:
             parsed = uuid_module.UUID(value)
