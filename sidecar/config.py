@@ -329,8 +329,10 @@ class CnsSettings:
     #: Accept a deposit signed at B-B when the TSA is unreachable, held
     #: ``awaiting_timestamp`` until it is upgraded to B-LT.
     defer_timestamp: bool = False
-    #: XPath 1.0 to the fee note's UUID (text or attribute); default: the first element
-    #: named ``UUID`` or ``MessageId``, else a ``uuid``/``Id`` attribute of the root.
+    #: XPath 1.0 to a CNS message's UUID (text or attribute), above any profile's; unset:
+    #: the profile's ``[uuid] xpath`` for its documents, else the first element named
+    #: ``UUID`` or ``MessageId``, else a ``uuid``/``Id`` attribute of the root
+    #: (:class:`sidecar.cns.documents.MessageRule`).
     uuid_xpath: str = ""
     #: The outbox database; ``<data dir>/outbox.sqlite3`` when absent.
     outbox: Path | None = None

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from lxml import etree
 
+from sidecar.api.cns import AUDIT_JOURNAL, CNS
 from sidecar.api.observe import METRICS
-from sidecar.cns.subsystem import AUDIT_JOURNAL, CNS
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.report import Indication, Level
 from sidecar.signing.xades_verify import VerificationPolicy, verify_xml

@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from sidecar.api.cns import CNS
 from sidecar.clients import Scope
 from sidecar.cns.doctor_checks import check_outbox
 from sidecar.cns.outbox import Outbox, Status
 from sidecar.cns.simulator import CnsSimulator
-from sidecar.cns.subsystem import CNS
 from sidecar.config import CnsOperation, CnsWire, Settings
 from tests.fixtures.browser import Browser
 from tests.fixtures.cns import FeeNotes, SimulatorThread, cns_settings, wait_status, xml_headers

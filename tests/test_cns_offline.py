@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from sidecar.cns.subsystem import AUDIT_JOURNAL, CNS
+from sidecar.api.cns import AUDIT_JOURNAL, CNS
 from sidecar.config import BreakerSettings, TrustSettings, TsaSettings
 from sidecar.sandbox import SandboxPKI
 from tests.fixtures.cns import (

@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sidecar.api.cns import AUDIT_JOURNAL
 from sidecar.api.contract import CONTRACT
-from sidecar.cns.subsystem import AUDIT_JOURNAL
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
 from tests.fixtures.cns import FeeNotes, SimulatorThread, sandbox_cns_settings, wait_status

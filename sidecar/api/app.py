@@ -13,7 +13,6 @@ from aiohttp import web
 
 from .. import __version__
 from ..clients import ClientStore
-from ..cns.subsystem import cns_context
 from ..config import Settings
 from ..health import CheckResult
 from ..memory import trim_periodically
@@ -68,7 +67,7 @@ SUBSYSTEMS: list[Callable[[web.Application], AsyncIterator[None]]] = [
     xml_api.xml_context,
     batches.batches_context,
     cns.fee_note_context,  # the deposit's signing seams, before cns_context reads them
-    cns_context,
+    cns.cns_context,
 ]
 
 

@@ -1,6 +1,9 @@
 """CNS routes (API.md): fee-note deposit and cancellation through the outbox,
-message status, and the synchronous PID v2 requests; and :func:`fee_note_context`,
-the subsystem that lets the deposit sign and timestamp fee notes itself.
+message status, and the synchronous PID v2 requests. Each handler parses the request,
+calls one operation of :mod:`sidecar.operations.cns` and renders its result or refusal.
+Also :func:`fee_note_context`, which lets the deposit sign and timestamp fee notes
+itself, and :func:`cns_context`, the app's adapter to
+:func:`sidecar.cns.subsystem.open_cns`.
 
 A fee note deposited unsigned is signed with the ``fee-note`` profile's recipe
 (XSD, XAdES-B-LT, the default key) before it is persisted. It must carry its UUID
@@ -23,6 +26,9 @@ signing key or no ``fee-note`` profile), ``invalid_uuid``
 was rejected or failed, the CNS has nothing to cancel), ``cns_rejected`` (422: the
 CNS refused a PID v2 request; ``errors`` holds its reasons), ``storage_unavailable``
 (503: the disk is full or read-only; nothing was accepted, try again later).
+A message is refused as the XML routes refuse XML (one parser): ``malformed_xml``,
+``forbidden_dtd``, and ``xml_limits`` (422: deeper or with more namespace
+declarations than the daemon's bounds).
 
 Each message belongs to the client that deposited it: another client gets 404 when it
 reads, lists or cancels it (and 409 ``duplicate_uuid`` when it posts the same UUID);
@@ -31,9 +37,6 @@ a client with the ``admin`` scope sees and cancels all.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import logging
 import time
 import uuid as uuid_module
 from collections.abc import AsyncIterator, Mapping
@@ -42,46 +45,49 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit import AuditJournal
 from ..clients import Scope
-from ..cns.documents import (
-    DocumentError,
-    ForbiddenDtd,
-    InvalidUuid,
-    MalformedXml,
-    is_signed,
-    message_uuid,
-    parse_message,
-    signature_level,
-)
+from ..cns.documents import InvalidUuid
 from ..cns.outbox import DuplicateUuid, InvalidState, Message, Status, UnknownMessage
-from ..cns.subsystem import (
-    AUDIT_JOURNAL,
-    CNS,
-    FEE_NOTE_UPGRADER,
-    SIGN_FEE_NOTE,
-    CnsRuntime,
-    SignedFeeNote,
-)
-from ..cns.transport import CnsTimeout, CnsTransport, CnsUnreachable, PidKind
-from ..cns.worker import TimestampUnavailable
-from ..signing.forms import FormError
+from ..cns.subsystem import CnsRuntime, FeeNoteSigner, SignedFeeNote, open_cns
+from ..cns.transport import CnsTimeout, CnsUnreachable, PidKind
+from ..cns.worker import TimestampUnavailable, Upgrader
+from ..operations import cns as operations
+from ..operations.cns import Caller, CnsNotConfigured, EmbeddedPdfMissing, UnsignedDocument
 from ..signing.report import Level
 from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import augment_xml
+from ..signing.xml_safety import XmlInputError
 from ..storage import StorageUnavailable
 from .forms import fee_note_signer
 from .guards import read_body
-from .keys import CLIENT, SETTINGS
+from .keys import CLIENT, HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from .observe import METRICS
 from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
+from .xml import xml_problem
 
-__all__ = ["HANDLERS", "fee_note_context"]
+__all__ = [
+    "AUDIT_JOURNAL",
+    "CNS",
+    "FEE_NOTE_UPGRADER",
+    "HANDLERS",
+    "SIGN_FEE_NOTE",
+    "cns_context",
+    "fee_note_context",
+]
 
-log = logging.getLogger("sidecar.cns")
+#: The running CNS forwarding (outbox, transport, worker).
+CNS = web.AppKey("cns", CnsRuntime)
+#: The journal every signature and delivery is written to.
+AUDIT_JOURNAL = web.AppKey("audit_journal", AuditJournal)
+#: The deposit's signer of unsigned fee notes (see :mod:`sidecar.cns.subsystem`).
+SIGN_FEE_NOTE = web.AppKey[FeeNoteSigner]("sign_fee_note")
+#: The offline mode's upgrader of B-B fee notes to B-LT.
+FEE_NOTE_UPGRADER = web.AppKey[Upgrader]("fee_note_upgrader")
 
 #: Seconds a caller is told to wait when the CNS cannot be reached.
 RETRY_AFTER = "30"
@@ -91,24 +97,16 @@ MAX_CURSOR = 2**63 - 1
 #: Seconds a caller is told to wait when the disk cannot take a write.
 STORAGE_RETRY_AFTER = "60"
 
-_LEVELS_BELOW_LT = {"B-B", "B-T"}
-
 
 def _runtime(request: web.Request) -> CnsRuntime:
     return request.app[CNS]
 
 
-def _client(request: web.Request) -> str:
+def _caller(request: web.Request) -> Caller:
     client = request.get(CLIENT)
-    return client.name if client is not None else ""
-
-
-def _owner(request: web.Request) -> str | None:
-    """Whose messages the caller may see: its own, or (``admin``) everyone's (None)."""
-    client = request.get(CLIENT)
-    if client is not None and Scope.ADMIN in client.scopes:
-        return None
-    return _client(request)
+    if client is None:
+        return Caller()
+    return Caller(client.name, Scope.ADMIN in client.scopes)
 
 
 def _storage_problem(exc: StorageUnavailable) -> Problem:
@@ -122,48 +120,47 @@ def _storage_problem(exc: StorageUnavailable) -> Problem:
 
 register_problem_mapper(StorageUnavailable, _storage_problem)
 
-
-async def _writable(request: web.Request) -> None:
-    """Refuse early (503 ``storage_unavailable``) while a store is known not to write.
-
-    A store that failed is probed with a real write first, so that the first request
-    after the disk has room again goes through."""
-    runtime = _runtime(request)
-    journal = request.app[AUDIT_JOURNAL]
-    if runtime.outbox.health.failure is not None:
-        await runtime.outbox.run(runtime.outbox.probe)
-    if journal.health.failure is not None:
-        await asyncio.to_thread(journal.probe)
+#: What the CNS operations refuse a request with, answered by :func:`_refusal`.
+_REFUSALS = (
+    XmlInputError,
+    InvalidUuid,
+    CnsNotConfigured,
+    UnsignedDocument,
+    EmbeddedPdfMissing,
+    DuplicateUuid,
+)
 
 
-def _transport(runtime: CnsRuntime) -> CnsTransport:
-    if runtime.transport is None:
-        raise Problem(
-            503,
-            "upstream_unavailable",
-            f"no CNS endpoint is configured: {runtime.unavailable}",
-            headers={"Retry-After": "3600"},
-        )
-    return runtime.transport
-
-
-def _document_problem(exc: DocumentError) -> Problem:
-    if isinstance(exc, MalformedXml):
-        return Problem(400, "malformed_xml", exc.detail, line=exc.line, column=exc.column)
-    if isinstance(exc, ForbiddenDtd):
-        return Problem(422, "forbidden_dtd", exc.detail)
+def _refusal(exc: Exception) -> Problem:
+    """The answer to a refusal of :data:`_REFUSALS`."""
+    if isinstance(exc, XmlInputError):
+        return xml_problem(exc)
     if isinstance(exc, InvalidUuid):
         return Problem(422, "invalid_uuid", exc.detail)
-    return Problem(422, "schema_violation", exc.detail)
-
-
-def _announce(request: web.Request, runtime: CnsRuntime, message: Message, operation: str) -> None:
-    """A newly accepted message: wake the worker, count it (the outbox journaled it)."""
-    assert runtime.worker is not None
-    runtime.worker.wake()
-    metrics = request.app.get(METRICS)
-    if metrics is not None:
-        metrics.cns_message(operation, message.status.value)
+    if isinstance(exc, CnsNotConfigured):
+        return Problem(503, "upstream_unavailable", exc.detail, headers={"Retry-After": "3600"})
+    if isinstance(exc, UnsignedDocument):
+        return Problem(
+            422, "unsigned_document", f"{exc}: sign it first (POST /v1/forms/fee-note/sign)"
+        )
+    if isinstance(exc, EmbeddedPdfMissing):
+        return Problem(
+            400,
+            "bad_parameter",
+            "the fee note's PDF/A must be embedded (base64) in its Document element: "
+            "a deposit is one XML document",
+            parameter="pdf",
+            reason=exc.reason,
+        )
+    assert isinstance(exc, DuplicateUuid)
+    existing = exc.existing
+    return Problem(
+        409,
+        "duplicate_uuid",
+        f"a message with UUID {existing.id} was already accepted with different content",
+        uuid=existing.id,
+        status_url=f"/v1/cns/messages/{existing.id}",
+    )
 
 
 def _accepted(message: Message, status: int = 202) -> web.Response:
@@ -174,114 +171,17 @@ def _accepted(message: Message, status: int = 202) -> web.Response:
     return web.json_response(body, status=status, headers={"Location": url})
 
 
-def _duplicate(existing: Message) -> Problem:
-    return Problem(
-        409,
-        "duplicate_uuid",
-        f"a message with UUID {existing.id} was already accepted with different content",
-        uuid=existing.id,
-        status_url=f"/v1/cns/messages/{existing.id}",
-    )
-
-
 async def deposit_fee_note(request: web.Request) -> web.Response:
     """Persist the fee note (signing it first if it is not), then 202: accepted means
     on disk (API.md, Idempotency)."""
     runtime = _runtime(request)
-    settings = request.app[SETTINGS].cns
-    _transport(runtime)
-    body = await read_body(request)
     try:
-        root = parse_message(body)
-        note_uuid = message_uuid(root, settings.uuid_xpath)
-    except DocumentError as exc:
-        raise _document_problem(exc) from None
-    await _writable(request)
-    # Idempotency is on what the caller sent, before any signing.
-    digest = hashlib.sha256(body).hexdigest()
-    outbox = runtime.outbox
-    owner = _owner(request)
-    async with runtime.deposit_lock(note_uuid):
-        existing = await outbox.run(outbox.get, note_uuid)
-        if existing is not None:
-            mine = owner is None or existing.client == owner
-            if existing.digest != digest or existing.operation != "deposit" or not mine:
-                raise _duplicate(existing)
-            return _accepted(existing)
-        document = body
-        signed: SignedFeeNote | None = None
-        if not is_signed(root):
-            signed = await _sign(request, body, note_uuid)
-            document = signed.xml
-            try:
-                root = parse_message(document)
-            except DocumentError as exc:  # our own signer's output: a bug, not the caller's
-                raise Problem(500, "internal_error", "the signed fee note is unusable") from exc
-        level = signature_level(root)
-        awaiting = (
-            settings.defer_timestamp
-            and level in _LEVELS_BELOW_LT
-            and request.app.get(FEE_NOTE_UPGRADER) is not None
-        )
-        try:
-            message, created = await outbox.run(
-                outbox.enqueue_deposit,
-                note_uuid,
-                document,
-                digest,
-                client=_client(request),
-                level=level,
-                awaiting_timestamp=awaiting,
-                detail={"bytes": len(document), "signed_here": signed is not None},
-            )
-        except DuplicateUuid as exc:
-            raise _duplicate(exc.existing) from None
-    if created:
-        _announce(request, runtime, message, "deposit")
-    return _accepted(message)
-
-
-async def _sign(request: web.Request, body: bytes, note_uuid: str) -> SignedFeeNote:
-    """Sign an unsigned fee note with the ``fee-note`` recipe; journal the signature."""
-    sign = request.app.get(SIGN_FEE_NOTE)
-    if sign is None:
-        raise Problem(
-            422,
-            "unsigned_document",
-            "the fee note is not signed (no ds:Signature) and this daemon cannot sign "
-            "it (no signing key or no 'fee-note' profile): sign it first "
-            "(POST /v1/forms/fee-note/sign)",
-        )
-    try:
-        signed = await sign(body)
-    except FormError as exc:
-        if exc.reason != "pdf_missing":
-            raise
-        raise Problem(
-            400,
-            "bad_parameter",
-            "the fee note's PDF/A must be embedded (base64) in its Document element: "
-            "a deposit is one XML document",
-            parameter="pdf",
-            reason=exc.reason,
-        ) from None
-    try:
-        same_uuid = message_uuid(parse_message(signed.xml)) == note_uuid
-    except DocumentError:
-        same_uuid = False
-    if not same_uuid:  # the recipe keeps a caller's UUID: anything else is a bug
-        raise Problem(500, "internal_error", "signing changed the fee note's UUID")
-    await request.app[AUDIT_JOURNAL].append_async(
-        "sign.fee-note",
-        "signed",
-        client=_client(request),
-        uuid=note_uuid,
-        digest=hashlib.sha256(signed.xml).hexdigest(),
-        key_id=signed.key_id,
-        level=signed.level,
-        detail={"pdf_level": signed.pdf_level, "profile": "fee-note"},
-    )
-    return signed
+        operations.check_configured(runtime)  # before reading the body
+        body = await read_body(request)
+        accepted = await operations.deposit_fee_note(runtime, body, _caller(request))
+    except _REFUSALS as exc:
+        raise _refusal(exc) from None
+    return _accepted(accepted.message)
 
 
 def _uuid_parameter(request: web.Request) -> str:
@@ -295,31 +195,22 @@ def _uuid_parameter(request: web.Request) -> str:
 async def cancel_fee_note(request: web.Request) -> web.Response:
     """Queue the cancellation; it is sent only once its deposit has been delivered."""
     runtime = _runtime(request)
-    _transport(runtime)
-    note_uuid = _uuid_parameter(request)
-    await _writable(request)
-    outbox = runtime.outbox
     try:
-        message, created = await outbox.run(
-            outbox.enqueue_cancel,
-            note_uuid,
-            str(uuid_module.uuid4()),
-            client=_client(request),
-            owner=_owner(request),
-        )
+        operations.check_configured(runtime)  # before looking at the UUID
+        note_uuid = _uuid_parameter(request)
+        accepted = await operations.cancel_fee_note(runtime, note_uuid, _caller(request))
+    except _REFUSALS as exc:
+        raise _refusal(exc) from None
     except UnknownMessage:
         raise Problem(404, "not_found", f"no fee note {note_uuid} was deposited here") from None
     except InvalidState as exc:
         raise Problem(409, "not_cancellable", str(exc), uuid=note_uuid) from None
-    if created:
-        _announce(request, runtime, message, "cancel")
-    return _accepted(message)
+    return _accepted(accepted.message)
 
 
 async def get_message(request: web.Request) -> web.Response:
-    runtime = _runtime(request)
     message_id = _uuid_parameter(request)
-    message = await runtime.outbox.run(runtime.outbox.get, message_id, owner=_owner(request))
+    message = await operations.message_status(_runtime(request), message_id, _caller(request))
     if message is None:
         raise Problem(404, "not_found", f"no CNS message {message_id}")
     return web.json_response(message.as_json())
@@ -346,7 +237,6 @@ def _count(query: Mapping[str, str], name: str, default: int, low: int, high: in
 
 async def list_messages(request: web.Request) -> web.Response:
     """Paged with ``limit`` (1-1000, default 100) and the opaque cursor ``after``."""
-    runtime = _runtime(request)
     query = request.query
     status = None
     if "status" in query:
@@ -359,13 +249,8 @@ async def list_messages(request: web.Request) -> web.Response:
     limit = _count(query, "limit", 100, 1, MAX_PAGE)
     # The cursor is a row id: SQLite's integers end at 2**63 - 1.
     after = _count(query, "after", 0, 0, MAX_CURSOR)
-    messages = await runtime.outbox.run(
-        runtime.outbox.list,
-        status=status,
-        since=since,
-        after=after,
-        limit=limit,
-        owner=_owner(request),
+    messages = await operations.list_messages(
+        _runtime(request), _caller(request), status=status, since=since, after=after, limit=limit
     )
     next_url = None
     if len(messages) == limit:
@@ -378,51 +263,24 @@ async def list_messages(request: web.Request) -> web.Response:
 def _pid(kind: PidKind) -> Any:
     async def handler(request: web.Request) -> web.Response:
         runtime = _runtime(request)
-        transport = _transport(runtime)
-        settings = request.app[SETTINGS].cns
-        body = await read_body(request)
         try:
-            root = parse_message(body)
-            key = message_uuid(root, settings.uuid_xpath)
-        except DocumentError as exc:
-            raise _document_problem(exc) from None
-        await _writable(request)  # no answer from the CNS that the journal cannot keep
-        journal = request.app[AUDIT_JOURNAL]
-        digest = hashlib.sha256(body).hexdigest()
-
-        async def record(outcome: str, **detail: Any) -> None:
-            metrics = request.app.get(METRICS)
-            if metrics is not None:
-                status = detail.get("cns_status") or 0
-                result = "delivered" if 200 <= status < 300 else "rejected"
-                if outcome != "answered" or status >= 500:
-                    result = "failed"
-                metrics.cns_message(f"pid_{kind}", result)
-            await journal.append_async(
-                f"cns.pid.{kind}",
-                outcome,
-                client=_client(request),
-                uuid=key,
-                digest=digest,
-                detail=detail,
-            )
-
-        try:
-            answer = await transport.pid(kind, body, key)
+            operations.check_configured(runtime)  # before reading the body
+            body = await read_body(request)
+            answer = await operations.exchange_pid(runtime, kind, body, _caller(request))
+        except _REFUSALS as exc:
+            raise _refusal(exc) from None
         except CnsTimeout:
-            await record("timeout")
+            timeout = runtime.settings.pid_timeout
             raise Problem(
-                504, "upstream_timeout", f"the CNS did not answer within {settings.pid_timeout:g} s"
+                504, "upstream_timeout", f"the CNS did not answer within {timeout:g} s"
             ) from None
-        except CnsUnreachable as exc:
-            await record("unreachable", error=str(exc))
+        except CnsUnreachable:
             raise Problem(
                 503,
                 "upstream_unavailable",
                 "the CNS cannot be reached",
                 headers={"Retry-After": RETRY_AFTER},
             ) from None
-        await record("answered", cns_status=answer.status)
         if answer.ok:
             return web.Response(body=answer.body, content_type="application/xml")
         if 400 <= answer.status < 500:
@@ -438,6 +296,37 @@ def _pid(kind: PidKind) -> Any:
         )
 
     return handler
+
+
+async def cns_context(app: web.Application) -> AsyncIterator[None]:
+    """Subsystem, after :func:`fee_note_context`: the app's adapter to
+    :func:`~sidecar.cns.subsystem.open_cns`, which knows no app (the composition root
+    will call it directly)."""
+    # Imported here: the app module imports this one. ``serve --sandbox`` (the app
+    # generates its sandbox) binds the sandbox's port; a sandbox handed in by the test
+    # suite gets a free port, so that tests never collide.
+    from .app import SANDBOX_DIR
+
+    pki = app.get(SANDBOX_PKI)
+    journal = app.get(AUDIT_JOURNAL)
+    registry = app.get(PROFILES)
+    async with open_cns(
+        app[SETTINGS],
+        app[PATHS],
+        http=app[HTTP_SESSION],
+        journal=journal,
+        metrics=app.get(METRICS),
+        health_checks=app[HEALTH_CHECKS],
+        profiles=registry if registry is not None else (),
+        sandbox_pki=pki,
+        simulator_port=pki.cns_port if pki is not None and SANDBOX_DIR in app else 0,
+        sign_fee_note=app.get(SIGN_FEE_NOTE),
+        upgrade_fee_note=app.get(FEE_NOTE_UPGRADER),
+    ) as runtime:
+        app[CNS] = runtime
+        if journal is None:
+            app[AUDIT_JOURNAL] = runtime.journal
+        yield
 
 
 async def fee_note_context(app: web.Application) -> AsyncIterator[None]:

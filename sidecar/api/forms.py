@@ -105,7 +105,7 @@ def fee_note_signer(
 ) -> Callable[[bytes], Awaitable[tuple[SignedForm, str]]]:
     """``async (xml) -> (signed form, key id)``: the ``fee-note`` recipe with the default
     key, for the CNS deposit of an unsigned fee note (installed as
-    ``sidecar.cns.subsystem.SIGN_FEE_NOTE`` by :func:`sidecar.api.cns.fee_note_context`).
+    ``sidecar.api.cns.SIGN_FEE_NOTE`` by :func:`sidecar.api.cns.fee_note_context`).
     The PDF must already be embedded.
 
     *fallback_level* (the CNS offline mode): when the TSA or the revocation data cannot

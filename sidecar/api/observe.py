@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..health import CheckResult
-from ..metrics import CONTENT_TYPE, CertificateExpiry, Metrics, OutboxStats
+from ..metrics import CONTENT_TYPE, CertificateExpiry, Metrics
 from ..signing.report import BASELINE_LEVELS
 from .keys import HEALTH_CHECKS, OPERATION
 from .problems import Problem, problem_for
@@ -124,15 +124,15 @@ def _errors_check(metrics: Metrics) -> tuple[str, object]:
 
 
 async def _bridge_subsystems(app: web.Application) -> None:
-    """Read key expiry and outbox state from the subsystems that do not report them.
+    """Read key expiry from the key subsystem, which does not report it (the CNS
+    subsystem registers its outbox's state itself).
 
     Runs once at startup, after every subsystem's context (``on_startup`` handlers run
     after the cleanup contexts). A subsystem that registers its own source with
     :meth:`~sidecar.metrics.Metrics.watch_certificates` / ``watch_outbox`` is left
     alone, so nothing is counted twice.
     """
-    # Imported here: those modules import the API layer this one is part of.
-    from ..cns.subsystem import CNS
+    # Imported here: that module imports the API layer this one is part of.
     from .signing_keys import KEY_REGISTRY
 
     metrics = app[METRICS]
@@ -147,17 +147,6 @@ async def _bridge_subsystems(app: web.Application) -> None:
             ]
 
         metrics.watch_certificates(certificates)
-    runtime = app.get(CNS)
-    if runtime is not None and not metrics.watches("outbox"):
-        outbox = runtime.outbox
-
-        async def outbox_stats() -> OutboxStats:
-            counts = await outbox.run(outbox.counts)
-            _, oldest = await outbox.run(outbox.depth)
-            age = max(0.0, time.time() - oldest) if oldest is not None else None
-            return OutboxStats(counts, age)
-
-        metrics.watch_outbox(outbox_stats)
 
 
 async def _loop_lag_ticker(app: web.Application) -> AsyncIterator[None]:

@@ -45,6 +45,9 @@ Faults (:class:`Faults`, changeable while running, also over ``POST /_simulator/
 latency, a queue of status codes to answer next (503, 500...), connections dropped
 after the request was read (before or after booking, or at random), a slow drip.
 ``GET /_simulator/stats`` gives the counts the tests assert on.
+
+The simulator is an HTTP server in its own right (the CNS's stand-in, not a part of the
+daemon's API): it alone under ``sidecar/cns/`` uses ``aiohttp.web``, for its own server.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ from typing import Any
 
 from aiohttp import web
 from lxml import etree
+
+from ..signing.xml_safety import ForbiddenDtd, XmlInputError, parse_xml
 
 __all__ = [
     "ANOMALIES",
@@ -144,8 +149,8 @@ def check_signature_present(document: bytes) -> list[str]:
     It proves nothing about the signer: :func:`xades_verifier` is the real check.
     """
     try:
-        root = etree.fromstring(document, parser=_parser())
-    except etree.XMLSyntaxError as exc:
+        root = parse_xml(document).root
+    except XmlInputError as exc:
         return [f"not well-formed: {exc}"]
     signatures = root.findall(f".//{{{DS_NS}}}Signature")
     if not signatures:
@@ -179,7 +184,6 @@ def xades_verifier(
     # presence check) needs none of the signing stack.
     from ..signing.report import BASELINE_LEVELS, Indication
     from ..signing.xades_verify import VerificationPolicy, verify_xml
-    from ..signing.xml_safety import XmlInputError
     from ..trust import load_certificates
 
     roots = load_certificates(trust_roots) if isinstance(trust_roots, Path) else list(trust_roots)
@@ -210,6 +214,7 @@ def xades_verifier(
 
 
 def _parser() -> etree.XMLParser:
+    """For the XSD file only (a local file of ours): requests go through parse_xml."""
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
@@ -293,12 +298,16 @@ class CnsSimulator:
         verifier: SignatureVerifier | None = None,
         rules: Mapping[str, PidRule] = PID_RULES,
         seed: int | None = None,
+        uuid_reader: Callable[[etree._Element], str | None] | None = None,
     ) -> None:
         if isinstance(xsd, Path):
             xsd = etree.XMLSchema(etree.parse(str(xsd), parser=_parser()))
         self.xsd: etree.XMLSchema | None = xsd
         self.verifier: SignatureVerifier = verifier or check_signature_present
         self.rules = rules
+        #: Where a fee note's UUID is (the CNS knows its own schema): by default the
+        #: first element named UUID or MessageId, else the root's uuid/Id attribute.
+        self.uuid_reader = uuid_reader or _fee_note_uuid
         self.faults = Faults()
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not secrets
         #: Idempotency key → the first answer.
@@ -435,11 +444,11 @@ class CnsSimulator:
 
     async def _deposit(self, request: web.Request, key: str, body: bytes) -> _Answer:
         try:
-            root = etree.fromstring(body, parser=_parser())
-        except etree.XMLSyntaxError as exc:
-            return _rejection(400, key, [("XML", str(exc))])
-        if root.getroottree().docinfo.doctype:
+            root = parse_xml(body).root
+        except ForbiddenDtd:
             return _rejection(422, key, [("DTD", "DTD interdite")])
+        except XmlInputError as exc:
+            return _rejection(400, key, [("XML", str(exc))])
         if self.xsd is not None and not self.xsd.validate(root):
             return _rejection(
                 422,
@@ -451,7 +460,7 @@ class CnsSimulator:
             reasons = await reasons
         if reasons:
             return _rejection(422, key, [("SIGNATURE", r) for r in reasons])
-        note_uuid = _fee_note_uuid(root)
+        note_uuid = self.uuid_reader(root)
         if note_uuid is None or not _is_v4(note_uuid):
             return _rejection(422, key, [("UUID", "UUID absent ou non conforme (RFC 4122 v4)")])
         if note_uuid.lower() != key:
@@ -481,8 +490,8 @@ class CnsSimulator:
     def _pid(self, kind: str) -> Callable[[web.Request, str, bytes], Awaitable[_Answer]]:
         async def process(request: web.Request, key: str, body: bytes) -> _Answer:
             try:
-                root = etree.fromstring(body, parser=_parser())
-            except etree.XMLSyntaxError as exc:
+                root = parse_xml(body).root
+            except XmlInputError as exc:
                 return _rejection(400, key, [("XML", str(exc))])
             if kind == "contestation":
                 reference = _text(root, "ValidationReference")

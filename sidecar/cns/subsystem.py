@@ -1,27 +1,29 @@
-"""The CNS forwarding subsystem in the daemon: its app keys, seams and lifecycle.
+"""The CNS forwarding subsystem: what it holds, its seams and its lifecycle.
 
-:func:`cns_context` (in ``SUBSYSTEMS``, after keys, trust and signing) opens the audit
-journal (unless a subsystem before it did), the outbox, builds the transport for the
-configured environment, starts the delivery worker and registers the health checks.
-In sandbox mode with no sandbox URL configured, it serves the CNS simulator on
-loopback from the same process and points the transport at it.
+:func:`open_cns` (entered after keys, trust and signing) opens the audit journal
+(unless it is handed one), the outbox, builds the transport for the configured
+environment, starts the delivery worker and registers the health checks. In sandbox
+mode with no sandbox URL configured, it serves the CNS simulator on loopback from the
+same process and points the transport at it. It knows no web application: every
+service it uses is an argument (the API's adapter, :func:`sidecar.api.cns.cns_context`,
+reads them from the app).
 
-Seams the signing work plugs into (set them in a context that runs before this one):
+Seams the signing work plugs into (arguments of :func:`open_cns`):
 
-- :data:`SIGN_FEE_NOTE`: ``async (xml) -> SignedFeeNote``, signs an unsigned fee
-  note with the ``fee-note`` profile's recipe and the default key (in offline mode
-  at B-B when the TSA or the revocation data cannot be had). Absent (no key, no
-  profile): an unsigned deposit is refused (422 ``unsigned_document``), never
-  signed with something fake. Set by :func:`sidecar.api.cns.fee_note_context`.
-- :data:`FEE_NOTE_UPGRADER`: ``async (xml) -> (xml, level)``, adds the timestamp and
-  validation data to a B-B fee note held ``awaiting_timestamp`` (offline mode,
-  ``cns.defer_timestamp``); raises :class:`~sidecar.cns.worker.TimestampUnavailable`
-  while the TSA is down.
-- :data:`AUDIT_JOURNAL`: the journal every signature and delivery is written to.
+- ``sign_fee_note`` (:data:`FeeNoteSigner`): ``async (xml) -> SignedFeeNote``, signs
+  an unsigned fee note with the ``fee-note`` profile's recipe and the default key (in
+  offline mode at B-B when the TSA or the revocation data cannot be had). ``None`` (no
+  key, no profile): an unsigned deposit is refused (422 ``unsigned_document``), never
+  signed with something fake.
+- ``upgrade_fee_note`` (:data:`~sidecar.cns.worker.Upgrader`): ``async (xml) ->
+  (xml, level)``, adds the timestamp and validation data to a B-B fee note held
+  ``awaiting_timestamp`` (offline mode, ``cns.defer_timestamp``); raises
+  :class:`~sidecar.cns.worker.TimestampUnavailable` while the TSA is down.
 
 In sandbox mode the served simulator checks what the CNS would: the ``fee-note``
-profile's XSD (or ``cns.simulator_xsd``) and the XAdES signature with our verifier,
-the sandbox's roots, at least B-LT.
+profile's XSD (or ``cns.simulator_xsd``), the UUID where the daemon's
+:class:`~sidecar.cns.documents.MessageRule` says it is, and the XAdES signature with
+our verifier, the sandbox's roots, at least B-LT.
 """
 
 from __future__ import annotations
@@ -30,21 +32,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from aiohttp import web
+import aiohttp
+from lxml import etree
 
-from ..api.keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
-from ..api.observe import METRICS
 from ..audit import AuditJournal
-from ..config import ConfigError
-from ..health import CheckResult, Status
+from ..config import CnsSettings, ConfigError, Settings
+from ..health import CheckResult, HealthCheck, Status
+from ..metrics import Metrics, OutboxStats
+from ..paths import Paths
 from ..ports import bind_error
-from ..sandbox.pki import SandboxError
+from ..sandbox.pki import SandboxError, SandboxPKI
+from ..signing.profiles import Profile
 from ..storage import StorageUnavailable, disk_space
-from .commands import audit_path
+from .commands import audit_path, outbox_path
+from .documents import DocumentError, MessageRule
 from .journal_feed import JournalFeed
 from .outbox import Outbox
 from .simulator import CnsSimulator, serve_simulator, xades_verifier
@@ -52,14 +56,10 @@ from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_
 from .worker import DeliveryWorker, Upgrader
 
 __all__ = [
-    "AUDIT_JOURNAL",
-    "CNS",
-    "FEE_NOTE_UPGRADER",
-    "SIGN_FEE_NOTE",
     "CnsRuntime",
     "FeeNoteSigner",
     "SignedFeeNote",
-    "cns_context",
+    "open_cns",
 ]
 
 log = logging.getLogger("sidecar.cns")
@@ -85,11 +85,18 @@ STALE_SECONDS = 3600.0
 
 @dataclass
 class CnsRuntime:
-    """What the CNS handlers need; ``transport``/``worker`` are None with no CNS URL."""
+    """What the CNS operations need; ``transport``/``worker`` are None with no CNS URL."""
 
     outbox: Outbox
+    journal: AuditJournal
     transport: CnsTransport | None
     worker: DeliveryWorker | None
+    settings: CnsSettings = field(default_factory=CnsSettings)
+    #: Where a message's UUID is and which level it needs.
+    rule: MessageRule = field(default_factory=MessageRule)
+    metrics: Metrics | None = None
+    sign_fee_note: FeeNoteSigner | None = None
+    upgrade_fee_note: Upgrader | None = None
     simulator: CnsSimulator | None = None
     simulator_url: str | None = None
     #: Why there is no transport, for the answers and the health check.
@@ -111,51 +118,66 @@ class CnsRuntime:
                 del self._deposit_locks[uuid]
 
 
-CNS = web.AppKey("cns", CnsRuntime)
-AUDIT_JOURNAL = web.AppKey("audit_journal", AuditJournal)
-SIGN_FEE_NOTE = web.AppKey[FeeNoteSigner]("sign_fee_note")
-FEE_NOTE_UPGRADER = web.AppKey[Upgrader]("fee_note_upgrader")
+@contextlib.asynccontextmanager
+async def open_cns(
+    settings: Settings,
+    paths: Paths,
+    *,
+    http: aiohttp.ClientSession,
+    journal: AuditJournal | None,
+    metrics: Metrics | None,
+    health_checks: list[tuple[str, HealthCheck]],
+    profiles: Iterable[Profile] = (),
+    sandbox_pki: SandboxPKI | None = None,
+    simulator_port: int = 0,
+    sign_fee_note: FeeNoteSigner | None = None,
+    upgrade_fee_note: Upgrader | None = None,
+) -> AsyncIterator[CnsRuntime]:
+    """The CNS forwarding, running until the context exits.
 
-
-def _in_served_sandbox(app: web.Application) -> bool:
-    # ``serve --sandbox`` (the app generates its sandbox) binds the sandbox's port; a
-    # sandbox handed in by the test suite gets a free port, so that tests never collide.
-    from ..api.app import SANDBOX_DIR  # the app module imports this one
-
-    return SANDBOX_DIR in app
-
-
-async def cns_context(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+    *journal*: the audit journal to write to (``None``: open the data directory's own,
+    and close it on exit). *health_checks*: the daemon's list, which this appends its
+    checks to. *profiles*: the forms whose documents go to the CNS (they say where a
+    message's UUID is and which level it needs; the ``fee-note`` one's XSD is what the
+    sandbox simulator checks). *simulator_port*: where the sandbox's simulator listens
+    (0: a free port, so that tests never collide).
+    """
     cns = settings.cns
-    data_dir: Path = app[PATHS].data_dir
-    own_journal = AUDIT_JOURNAL not in app
-    journal = AuditJournal(audit_path(app[PATHS])) if own_journal else app[AUDIT_JOURNAL]
-    if own_journal:
-        app[AUDIT_JOURNAL] = journal
-    outbox = Outbox(cns.outbox or data_dir / "outbox.sqlite3")
-    runtime = CnsRuntime(outbox, None, None)
-    app[CNS] = runtime
-    feed = JournalFeed(outbox, journal)
+    profiles = tuple(profiles)
+    own_journal = journal is None
+    audit = AuditJournal(audit_path(paths)) if journal is None else journal
+    outbox = Outbox(outbox_path(settings, paths))
+    runtime = CnsRuntime(
+        outbox,
+        audit,
+        None,
+        None,
+        settings=cns,
+        rule=MessageRule.of(cns.uuid_xpath, profiles),
+        metrics=metrics,
+        sign_fee_note=sign_fee_note,
+        upgrade_fee_note=upgrade_fee_note,
+    )
+    feed = JournalFeed(outbox, audit)
     simulator_server = None
     try:
         await feed.start()
         sandbox_url = None
-        pki = app.get(SANDBOX_PKI)
-        if pki is not None and cns.environment == "sandbox" and not cns.base_urls.sandbox:
+        if sandbox_pki is not None and cns.environment == "sandbox" and not cns.base_urls.sandbox:
+            fee_note = next((p for p in profiles if p.name == "fee-note"), None)
             runtime.simulator = CnsSimulator(
-                xsd=cns.simulator_xsd or _fee_note_xsd(app),
-                verifier=xades_verifier(pki.roots_pem),
+                xsd=cns.simulator_xsd or (fee_note.xsd if fee_note is not None else None),
+                verifier=xades_verifier(sandbox_pki.roots_pem),
+                uuid_reader=_uuid_reader(runtime.rule),
             )
-            port = pki.cns_port if _in_served_sandbox(app) else 0
-            serving = serve_simulator(runtime.simulator, pki.host, port)
+            serving = serve_simulator(runtime.simulator, sandbox_pki.host, simulator_port)
             try:
                 sandbox_url = runtime.simulator_url = await serving.__aenter__()
             except OSError as exc:
                 raise SandboxError(
-                    f"cannot serve the sandbox CNS simulator on {pki.host}:{port}: "
-                    f"{bind_error(exc)}: stop what holds it, or set [sandbox] cns_port "
-                    "in sidecar.toml to a free port"
+                    f"cannot serve the sandbox CNS simulator on {sandbox_pki.host}:"
+                    f"{simulator_port}: {bind_error(exc)}: stop what holds it, or set "
+                    "[sandbox] cns_port in sidecar.toml to a free port"
                 ) from None
             simulator_server = serving
             log.info("CNS simulator at %s", sandbox_url)
@@ -166,24 +188,24 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
             log.warning("CNS forwarding disabled: %s", exc)
         else:
             try:
-                runtime.transport = CnsTransport(
-                    cns, base_url, app[HTTP_SESSION], metrics=app.get(METRICS)
-                )
+                runtime.transport = CnsTransport(cns, base_url, http, metrics=metrics)
             except CnsConfigError as exc:
                 raise ConfigError(settings.source, "cns", str(exc)) from None
             runtime.worker = DeliveryWorker(
                 outbox,
                 runtime.transport,
                 cns,
-                upgrader=app.get(FEE_NOTE_UPGRADER),
-                metrics=app.get(METRICS),
+                upgrader=upgrade_fee_note,
+                metrics=metrics,
             )
             await runtime.worker.start()
             log.info("CNS forwarding to %s (%s)", base_url, cns.environment)
-        app[HEALTH_CHECKS].append(("cns", _reachability(runtime)))
-        app[HEALTH_CHECKS].append(("outbox", _outbox_check(outbox)))
-        app[HEALTH_CHECKS].append(("storage", _storage_check(outbox, journal)))
-        yield
+        if metrics is not None and not metrics.watches("outbox"):
+            metrics.watch_outbox(_outbox_stats(outbox))
+        health_checks.append(("cns", _reachability(runtime)))
+        health_checks.append(("outbox", _outbox_check(outbox)))
+        health_checks.append(("storage", _storage_check(outbox, audit)))
+        yield runtime
     finally:
         if runtime.worker is not None:
             await runtime.worker.stop()
@@ -192,15 +214,32 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
             await simulator_server.__aexit__(None, None, None)
         outbox.close()
         if own_journal:
-            journal.close()
+            audit.close()
 
 
-def _fee_note_xsd(app: web.Application) -> Path | None:
-    from ..api.pdf import PROFILES  # the API package imports this module
+def _outbox_stats(outbox: Outbox) -> Callable[[], Awaitable[OutboxStats]]:
+    """The outbox's state for ``/metrics``, read when scraped."""
 
-    registry = app.get(PROFILES)
-    profile = registry.get("fee-note") if registry is not None else None
-    return profile.xsd if profile is not None else None
+    async def stats() -> OutboxStats:
+        counts = await outbox.run(outbox.counts)
+        _, oldest = await outbox.run(outbox.depth)
+        age = max(0.0, time.time() - oldest) if oldest is not None else None
+        return OutboxStats(counts, age)
+
+    return stats
+
+
+def _uuid_reader(rule: MessageRule) -> Callable[[etree._Element], str | None]:
+    """The simulator finds a fee note's UUID where the daemon does (the CNS knows its
+    own schema as the operator's configuration describes it)."""
+
+    def read(root: etree._Element) -> str | None:
+        try:
+            return rule.uuid_of(root)
+        except DocumentError:
+            return None
+
+    return read
 
 
 def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:

@@ -45,6 +45,7 @@ from lxml import etree
 
 from ..config import CnsAuth, CnsOperation, CnsSettings, CnsTls
 from ..logs import register_secret
+from ..signing.xml_safety import XmlInputError, parse_xml
 from ..upstream import connection_words, log_cause
 
 if TYPE_CHECKING:
@@ -129,8 +130,8 @@ def parse_reasons(answer: CnsAnswer) -> list[dict[str, str]]:
                 return [{"code": str(data.get("code", "")), "message": str(data["detail"])}]
     if "xml" in answer.content_type:
         try:
-            root = etree.fromstring(body, parser=safe_parser())
-        except etree.XMLSyntaxError:
+            root = parse_xml(body).root
+        except XmlInputError:
             root = None
         if root is not None:
             found = root.xpath("//*[local-name()='Reason' or local-name()='Anomaly']")
@@ -147,18 +148,6 @@ def _child_text(root: etree._Element, name: str) -> str:
     if not found:
         raise ValueError(f"no {name}")
     return "".join((found[0].text or "").split())
-
-
-def safe_parser() -> etree.XMLParser:
-    """No DTD, no entities, no network: what any XML from outside is parsed with."""
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_blank_text=False,
-    )
 
 
 def _read_secret(env: str, file: Path | None, what: str, entry: str = "") -> str:
@@ -391,10 +380,10 @@ class CnsTransport:
         if answer.status != 200:
             raise CnsTransportError(f"status lookup answered {answer.status}")
         try:
-            root = etree.fromstring(answer.body, parser=safe_parser())
+            root = parse_xml(answer.body).root
             status = int(_child_text(root, "AnswerStatus"))
             body = base64.b64decode(_child_text(root, "Answer"), validate=True)
-        except (etree.XMLSyntaxError, ValueError) as exc:
+        except ValueError as exc:  # XmlInputError included
             log_cause(log, "CNS status lookup", "unusable answer", exc)
             raise CnsTransportError("the CNS's status lookup answer is unusable") from None
         return CnsAnswer(status, self.settings.wire.content_type, body)

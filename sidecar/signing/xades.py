@@ -738,7 +738,11 @@ def xades_level(signature: etree._Element) -> Level:
     usp = signature.find(f".//{xades('UnsignedSignatureProperties')}")
     if usp is None or usp.find(xades("SignatureTimeStamp")) is None:
         return Level.B_B
-    if usp.find(xades141("ArchiveTimeStamp")) is not None:
+    # EN 319 132 puts the archive timestamp in the v1.4.1 namespace; XAdES 1.3.2 (and
+    # the signers still writing it) in its own: both are B-LTA.
+    if usp.find(xades141("ArchiveTimeStamp")) is not None or (
+        usp.find(xades("ArchiveTimeStamp")) is not None
+    ):
         return Level.B_LTA
     if usp.find(xades("CertificateValues")) is not None and (
         usp.find(xades("RevocationValues")) is not None
