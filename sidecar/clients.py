@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from .errors import BadInput
 from .logs import register_secret
 from .paths import write_atomically
 
@@ -38,7 +39,7 @@ DEFAULT_SCOPES = frozenset(Scope) - {Scope.ADMIN}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
-class TokenError(Exception):
+class TokenError(BadInput):
     """A client operation that cannot be done (bad name, unknown client...)."""
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import Misconfigured
 from .storage import open_private
 
 __all__ = [
@@ -72,7 +73,7 @@ class MigrationResult:
     backup: Path | None = None
 
 
-class MigrationError(Exception):
+class MigrationError(Misconfigured):
     """A database that cannot be brought to the current schema; says which and why."""
 
 

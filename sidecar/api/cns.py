@@ -69,13 +69,12 @@ from ..signing.report import Level
 from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import augment_xml
-from ..storage import StorageUnavailable
 from .forms import fee_note_signer
 from .guards import read_body
 from .keys import CLIENT, SETTINGS
 from .observe import METRICS
 from .pdf import PADES, PROFILES
-from .problems import Problem, bad_parameter, register_problem_mapper
+from .problems import Problem, bad_parameter
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
 
@@ -88,8 +87,6 @@ RETRY_AFTER = "30"
 MAX_PAGE = 1000
 #: SQLite's integers are 64-bit: a larger cursor is no cursor of ours.
 MAX_CURSOR = 2**63 - 1
-#: Seconds a caller is told to wait when the disk cannot take a write.
-STORAGE_RETRY_AFTER = "60"
 
 _LEVELS_BELOW_LT = {"B-B", "B-T"}
 
@@ -109,18 +106,6 @@ def _owner(request: web.Request) -> str | None:
     if client is not None and Scope.ADMIN in client.scopes:
         return None
     return _client(request)
-
-
-def _storage_problem(exc: StorageUnavailable) -> Problem:
-    return Problem(
-        503,
-        "storage_unavailable",
-        f"{exc}: nothing was accepted or changed; try again later",
-        headers={"Retry-After": STORAGE_RETRY_AFTER},
-    )
-
-
-register_problem_mapper(StorageUnavailable, _storage_problem)
 
 
 async def _writable(request: web.Request) -> None:

@@ -20,6 +20,7 @@ import uuid as uuid_module
 
 from lxml import etree
 
+from ..errors import BadInput
 from .transport import safe_parser
 
 __all__ = [
@@ -40,7 +41,7 @@ XADES_NS = "http://uri.etsi.org/01903/v1.3.2#"
 XADES141_NS = "http://uri.etsi.org/01903/v1.4.1#"
 
 
-class DocumentError(Exception):
+class DocumentError(BadInput):
     """The message cannot be forwarded as it is."""
 
     def __init__(self, detail: str, *, line: int | None = None, column: int | None = None) -> None:

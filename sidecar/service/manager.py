@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ..errors import Misconfigured
+
 __all__ = [
     "DEFAULT_RECOVERY",
     "SERVICE_NAME",
@@ -46,7 +48,7 @@ ServiceState = Literal[
 ]
 
 
-class ServiceError(Exception):
+class ServiceError(Misconfigured):
     """A service operation that failed; the message says what to do."""
 
 

@@ -79,6 +79,7 @@ from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
 from .._hooks.asn1crypto_hooks import ReceivedContentInfo
 from ..config import BreakerSettings, TsaSettings
+from ..errors import UpstreamError, UpstreamFailed, UpstreamSlow, UpstreamUnavailable
 from ..logs import register_secret, request_extra
 from ..upstream import connection_words, describe, log_cause
 from .anchors import TrustAnchors
@@ -132,7 +133,7 @@ _TRANSIENT_FAIL_INFO = frozenset({"time_not_available", "system_failure"})
 # ---------------------------------------------------------------- errors
 
 
-class TsaError(TimestampRequestError):
+class TsaError(TimestampRequestError, UpstreamError):
     """A timestamp could not be obtained. ``reason`` is a stable short code."""
 
     reason = "tsa_error"
@@ -145,10 +146,12 @@ class TsaError(TimestampRequestError):
         self.failures: tuple[TsaError, ...] = ()
 
 
-class TsaUnavailable(TsaError):
+class TsaUnavailable(TsaError, UpstreamUnavailable):
     """No TSA could be reached (refused, reset, circuit open, none configured)."""
 
     reason = "unreachable"
+    #: Always set: seconds until the circuit may let a request through.
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
@@ -162,13 +165,13 @@ class TsaIssuerUnavailable(TsaUnavailable):
     reason = "issuer_unavailable"
 
 
-class TsaTimeout(TsaError):
+class TsaTimeout(TsaError, UpstreamSlow):
     """A TSA did not answer within its timeout."""
 
     reason = "timeout"
 
 
-class TsaReplyError(TsaError):
+class TsaReplyError(TsaError, UpstreamFailed):
     """A TSA answered, but the answer is unusable (HTTP error, malformed, failed check)."""
 
     reason = "bad_reply"
