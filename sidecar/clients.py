@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .errors import BadInput
 from .keys.access import KeyAccess
 from .logs import register_secret
 from .paths import write_atomically
@@ -50,7 +51,7 @@ DEFAULT_SCOPES = frozenset(Scope) - {Scope.ADMIN}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
-class TokenError(Exception):
+class TokenError(BadInput):
     """A client operation that cannot be done (bad name, unknown client...)."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import Misconfigured
 from .keys.key_settings import KeyConfig
 from .ratelimit import parse_rate
 
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class ConfigError(Exception):
+class ConfigError(Misconfigured):
     """A configuration file that cannot be used, with where and why."""
 
     def __init__(self, file: Path | None, key: str | None, problem: str) -> None:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .errors import Misconfigured
 from .storage import open_private
 
 __all__ = [
@@ -107,7 +108,7 @@ class MigrationResult:
     backup: Path | None = None
 
 
-class MigrationError(Exception):
+class MigrationError(Misconfigured):
     """A database that cannot be brought to the current schema; says which and why."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import Misconfigured
 from .i18n import _
 
 __all__ = ["HomeNotWritable", "Paths", "resolve_paths", "unwritable_reason", "write_atomically"]
@@ -28,7 +29,7 @@ __all__ = ["HomeNotWritable", "Paths", "resolve_paths", "unwritable_reason", "wr
 APP_NAME = "sidecar"
 
 
-class HomeNotWritable(Exception):
+class HomeNotWritable(Misconfigured):
     """A directory sidecar must write to cannot be written; the message says what to do."""
 
     def __init__(self, directory: Path, reason: str) -> None:

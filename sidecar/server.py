@@ -18,6 +18,7 @@ from .api.app import create_app
 from .api.keys import INSTANCE
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
+from .errors import Misconfigured
 from .i18n import _
 from .paths import HomeNotWritable, Paths
 from .ports import bind, bind_error
@@ -30,7 +31,7 @@ __all__ = ["StartupError", "check_binding", "run", "serve", "validate_for_serve"
 log = logging.getLogger("sidecar.server")
 
 
-class StartupError(Exception):
+class StartupError(Misconfigured):
     """The daemon cannot start; the message says why and what to do."""
 
 

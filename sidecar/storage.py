@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import StorageError
+
 __all__ = [
     "LOW_DISK_BYTES",
     "DiskSpace",
@@ -63,7 +65,7 @@ _SQLITE_STORAGE_CODES = frozenset(
 _OS_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(StorageError):
     """A store cannot write: the disk is full, read-only or failing. Nothing was changed."""
 
     def __init__(self, store: str, reason: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from asn1crypto import x509 as asn1_x509
 from pyhanko.pdf_utils.reader import PdfFileReader
 
+from sidecar.api.problems import problem_for
 from sidecar.keys import Signer
 from sidecar.signing.pades import PadesEngine, PadesError, PadesOptions, VisibleStamp
 from sidecar.signing.pades_verify import verify_pdf
@@ -123,7 +124,10 @@ async def test_profile_demanding_pdfa_refuses_plain_pdf(
             pades_signers["pkcs12-rsa"],
             PadesOptions(level=Level.B_B, require_pdfa=True),
         )
-    assert (caught.value.status, caught.value.code) == (422, "unsupported_pdf")
+    # The engine's refusal carries no status: the API's table answers it 422.
+    problem = problem_for(caught.value)
+    assert problem is not None
+    assert (problem.status, caught.value.code) == (422, "unsupported_pdf")
     assert "pdfaid" in caught.value.detail
 
 

@@ -59,16 +59,14 @@ from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import augment_xml
 from ..signing.xml_safety import XmlInputError
-from ..storage import StorageUnavailable
 from .forms import fee_note_signer
 from .guards import read_body
 from .keys import CLIENT, HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from .observe import METRICS
 from .pdf import PADES, PROFILES
-from .problems import Problem, bad_parameter, register_problem_mapper
+from .problems import Problem, bad_parameter, xml_problem
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
-from .xml import xml_problem
 
 __all__ = [
     "AUDIT_JOURNAL",
@@ -94,8 +92,6 @@ RETRY_AFTER = "30"
 MAX_PAGE = 1000
 #: SQLite's integers are 64-bit: a larger cursor is no cursor of ours.
 MAX_CURSOR = 2**63 - 1
-#: Seconds a caller is told to wait when the disk cannot take a write.
-STORAGE_RETRY_AFTER = "60"
 
 
 def _runtime(request: web.Request) -> CnsRuntime:
@@ -108,17 +104,6 @@ def _caller(request: web.Request) -> Caller:
         return Caller()
     return Caller(client.name, Scope.ADMIN in client.scopes)
 
-
-def _storage_problem(exc: StorageUnavailable) -> Problem:
-    return Problem(
-        503,
-        "storage_unavailable",
-        f"{exc}: nothing was accepted or changed; try again later",
-        headers={"Retry-After": STORAGE_RETRY_AFTER},
-    )
-
-
-register_problem_mapper(StorageUnavailable, _storage_problem)
 
 #: What the CNS operations refuse a request with, answered by :func:`_refusal`.
 _REFUSALS = (

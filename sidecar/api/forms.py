@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..keys import Signer
-from ..signing.forms import FormError, SchemaViolation, SignedForm, XmlSignFunction, sign_form
+from ..signing.forms import SignedForm, XmlSignFunction, sign_form
 from ..signing.profiles import Profile
 from ..signing.report import Level
 from ..signing.sources import UpstreamFailure
@@ -25,7 +25,7 @@ from .guards import read_body
 from .keys import SETTINGS
 from .multipart import form_parts
 from .pdf import PADES, PROFILES
-from .problems import Problem, bad_parameter, register_problem_mapper
+from .problems import Problem, bad_parameter
 from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
@@ -36,38 +36,9 @@ __all__ = ["HANDLERS", "fee_note_signer", "sign_form_document", "xades_for"]
 log = logging.getLogger("sidecar.signing")
 
 
-def _schema_violation(exc: SchemaViolation) -> Problem:
-    detail = (
-        f"the document does not match the XSD of profile {exc.profile!r}"
-        if exc.stage == "input"
-        else f"the signed result does not match the XSD of profile {exc.profile!r}"
-    )
-    return Problem(
-        422,
-        "schema_violation",
-        detail,
-        errors=[e.as_json() for e in exc.errors],
-        profile=exc.profile,
-        stage=exc.stage,
-    )
-
-
-def _form_error(exc: FormError) -> Problem:
-    if exc.reason == "bad_base64":
-        return Problem(400, "malformed_pdf", exc.detail, reason=exc.reason)
-    if exc.reason in {"pdf_missing", "pdf_unexpected"}:
-        return Problem(400, "bad_parameter", exc.detail, parameter="pdf", reason=exc.reason)
-    if exc.reason == "element_missing":
-        return Problem(422, "schema_violation", exc.detail, reason=exc.reason, errors=[])
-    return Problem(503, "upstream_unavailable", exc.detail, reason=exc.reason)
-
-
 #: The form takes two parts (``xml``, ``pdf``); a few more are tolerated (and refused
 #: by name), thousands are an attack on the parser.
 MAX_FORM_PARTS = 16
-
-register_problem_mapper(SchemaViolation, _schema_violation)
-register_problem_mapper(FormError, _form_error)
 
 
 def xades_for(app: web.Application, client: str | None = None) -> XmlSignFunction:

@@ -13,19 +13,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..signing.pades import PadesEngine, PadesError, PadesOptions, VisibleStamp, parse_level
-from ..signing.pdf_checks import PdfInspector, PdfLimits, PdfRefused
+from ..signing.pades import PadesEngine, PadesOptions, VisibleStamp, parse_level
+from ..signing.pdf_checks import PdfInspector, PdfLimits
 from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
-from ..trust import TsaError
 from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import SETTINGS
-from .problems import Problem, bad_parameter, register_problem_mapper
+from .problems import bad_parameter
 from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
-from .timestamps import TRUST, tsa_problem
+from .timestamps import TRUST
 
-__all__ = ["HANDLERS", "PADES", "PROFILES", "pades_problem", "sign_pdf", "signing_context"]
+__all__ = ["HANDLERS", "PADES", "PROFILES", "sign_pdf", "signing_context"]
 
 log = logging.getLogger("sidecar.signing")
 
@@ -34,33 +33,6 @@ PROFILES = web.AppKey("profiles", ProfileRegistry)
 
 #: Query parameters of signPdf besides the contract's (extensions, documented in openapi).
 _TEXT_LIMIT = 200
-
-
-def pdf_refused(exc: PdfRefused) -> Problem:
-    return Problem(exc.status, exc.code, exc.detail)
-
-
-def pades_problem(exc: PadesError) -> Problem:
-    """How the PDF engine's failures are answered."""
-    if exc.reason in {"tsa_not_configured", "revocation_unavailable"}:
-        return Problem(
-            503,
-            "upstream_unavailable",
-            exc.detail,
-            headers={"Retry-After": "30"},
-            reason=exc.reason,
-        )
-    if exc.reason in {"certificate_invalid", "certificate_revoked"}:
-        return Problem(422, "certificate_not_valid", exc.detail, reason=exc.reason)
-    if exc.reason == "pdfa_broken":
-        return Problem(422, "unsupported_pdf", exc.detail, reason=exc.reason)
-    return Problem(500, "internal_error", "the PDF could not be signed", reason=exc.reason)
-
-
-register_problem_mapper(PdfRefused, pdf_refused)
-register_problem_mapper(PadesError, pades_problem)
-# The checked TSA client raises these from inside pyHanko (PAdES B-T and above).
-register_problem_mapper(TsaError, tsa_problem)
 
 
 def _text(request: web.Request, name: str) -> str | None:

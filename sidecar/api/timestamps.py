@@ -8,10 +8,9 @@ and only after :func:`~sidecar.trust.tsa.check_reply` accepted it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,22 +21,18 @@ from ..trust.tsa import (
     DIGEST_SIZES,
     RelayedReply,
     TsaError,
-    TsaRejected,
-    TsaReplyError,
-    TsaTimeout,
-    TsaUnavailable,
     parse_request,
 )
 from .guards import read_body
 from .keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from .observe import METRICS
-from .problems import Problem, bad_parameter
+from .problems import bad_parameter, tsa_problem
 
 if TYPE_CHECKING:
     from ..sandbox import SandboxPKI
     from ..trust.lists import ListPolicy
 
-__all__ = ["HANDLERS", "TRUST", "create_timestamp", "trust_context", "tsa_problem"]
+__all__ = ["HANDLERS", "TRUST", "create_timestamp", "trust_context"]
 
 #: The trust layer (anchors, TSA client, revocation), for handlers and operations.
 TRUST = web.AppKey("trust", TrustServices)
@@ -86,27 +81,6 @@ async def _call(coro: Awaitable[RelayedReply]) -> RelayedReply:
         return await coro
     except TsaError as exc:
         raise tsa_problem(exc) from None
-
-
-def tsa_problem(exc: TsaError) -> Problem:
-    """The API's answer to a TSA failure (also for the signing routes' B-T and above)."""
-    extra: dict[str, Any] = {"reason": exc.reason}
-    if isinstance(exc, TsaUnavailable):
-        retry = max(1, math.ceil(exc.retry_after))
-        return Problem(
-            503,
-            "upstream_unavailable",
-            str(exc),
-            headers={"Retry-After": str(retry)},
-            **extra,
-        )
-    if isinstance(exc, TsaTimeout):
-        return Problem(504, "upstream_timeout", str(exc), **extra)
-    if isinstance(exc, TsaRejected):
-        return Problem(502, "upstream_error", str(exc), fail_info=list(exc.fail_info), **extra)
-    if isinstance(exc, TsaReplyError):
-        return Problem(502, "upstream_error", str(exc), **extra)
-    return Problem(502, "upstream_error", str(exc), **extra)
 
 
 def _sandbox_list_policy(sandbox: SandboxPKI | None) -> ListPolicy | None:

@@ -32,7 +32,6 @@ from .guards import read_body
 from .keys import SANDBOX_PKI, SETTINGS
 from .pdf import PADES, PROFILES
 from .timestamps import TRUST
-from .xml import xml_problem  # noqa: F401 - registers the XML problem mappers
 
 __all__ = ["HANDLERS", "verify_document"]
 

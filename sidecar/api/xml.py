@@ -22,7 +22,6 @@ import binascii
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -31,29 +30,22 @@ from ..keys import Signer
 from ..signing.forms import check_profile
 from ..signing.profiles import Profile
 from ..signing.report import BASELINE_LEVELS, Level
-from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
-from ..signing.workers import WorkerPool, WorkersUnavailable, pool_check
+from ..signing.workers import WorkerPool, pool_check
 from ..signing.xades import (
-    AlreadySigned,
-    PlacementError,
     SignaturePolicy,
     XadesOptions,
     sign_xml,
 )
 from ..signing.xml_safety import (
-    ForbiddenDtd,
-    MalformedXml,
     NamespaceBounds,
-    XmlInputError,
-    XmlLimitExceeded,
     parse_xml,
 )
 from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import CLIENT, HEALTH_CHECKS, SETTINGS
 from .pdf import PROFILES
-from .problems import Problem, bad_parameter, register_problem_mapper
+from .problems import Problem, bad_parameter
 from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
 from .timestamps import TRUST
@@ -67,7 +59,6 @@ __all__ = [
     "xades_options",
     "xml_context",
     "xml_level",
-    "xml_problem",
     "xml_workers",
     "xml_workers_started",
 ]
@@ -162,53 +153,6 @@ async def xml_workers_started(app: web.Application) -> WorkerPool | None:
     if starting is not None:
         await asyncio.wait([starting])
     return xml_workers(app)
-
-
-def xml_problem(exc: XmlInputError) -> Problem:
-    """The answer to refused XML (also used by the verify route)."""
-    if isinstance(exc, ForbiddenDtd):
-        return Problem(422, "forbidden_dtd", exc.detail)
-    if isinstance(exc, MalformedXml):
-        extra: dict[str, Any] = {}
-        if exc.line is not None:
-            extra = {"line": exc.line, "column": exc.column}
-        return Problem(400, "malformed_xml", exc.detail, **extra)
-    if isinstance(exc, XmlLimitExceeded):
-        return Problem(422, "xml_limits", exc.detail)
-    if isinstance(exc, AlreadySigned):
-        return Problem(422, "already_signed", exc.detail)
-    if isinstance(exc, PlacementError):
-        return Problem(422, "signature_placement", exc.detail)
-    return Problem(422, "unsupported_xml", exc.detail)
-
-
-def _workers_unavailable(exc: WorkersUnavailable) -> Problem:
-    return Problem(
-        503,
-        "workers_busy",
-        exc.detail,
-        headers={"Retry-After": str(exc.retry_after)},
-    )
-
-
-def upstream_problem(exc: UpstreamFailure) -> Problem:
-    extra: dict[str, Any] = {"service": exc.service}
-    if exc.kind == "unavailable":
-        headers = {"Retry-After": str(exc.retry_after or 30)}
-        return Problem(503, "upstream_unavailable", exc.detail, headers=headers, **extra)
-    if exc.kind == "timeout":
-        return Problem(504, "upstream_timeout", exc.detail, **extra)
-    return Problem(502, "upstream_error", exc.detail, **extra)
-
-
-def _unusable(exc: CertificateUnusable) -> Problem:
-    return Problem(422, "certificate_not_valid", exc.detail, reason=exc.reason)
-
-
-register_problem_mapper(XmlInputError, xml_problem)
-register_problem_mapper(UpstreamFailure, upstream_problem)
-register_problem_mapper(CertificateUnusable, _unusable)
-register_problem_mapper(WorkersUnavailable, _workers_unavailable)
 
 
 def xades_options(

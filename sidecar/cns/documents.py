@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from ..errors import BadInput
 from ..signing.profiles import Profile
 from ..signing.report import Level
 from ..signing.xades import xades_level
@@ -45,7 +46,7 @@ __all__ = [
 DEFAULT_REQUIRED_LEVEL = Level.B_LT
 
 
-class DocumentError(Exception):
+class DocumentError(BadInput):
     """The message cannot be forwarded as it is."""
 
     def __init__(self, detail: str) -> None:

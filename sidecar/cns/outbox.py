@@ -60,6 +60,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import NotFound, Refused
 from ..migrations import Migration, migrate
 from ..storage import SqliteStore, StorageUnavailable, WriteTransaction
 
@@ -98,7 +99,7 @@ class Operation(StrEnum):
     CANCEL = "cancel"
 
 
-class DuplicateUuid(Exception):
+class DuplicateUuid(Refused):
     """This UUID was already accepted with different content."""
 
     def __init__(self, existing: Message) -> None:
@@ -106,11 +107,11 @@ class DuplicateUuid(Exception):
         self.existing = existing
 
 
-class UnknownMessage(Exception):
+class UnknownMessage(NotFound):
     """No message with this UUID."""
 
 
-class InvalidState(Exception):
+class InvalidState(Refused):
     """The message is not in a state that allows this."""
 
     def __init__(self, message: Message, detail: str) -> None:

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import (
 from lxml import etree
 
 from ..config import CnsAuth, CnsOperation, CnsSettings, CnsTls
+from ..errors import Misconfigured, UpstreamError, UpstreamSlow, UpstreamUnavailable
 from ..logs import register_secret
 from ..signing.xml_safety import XmlInputError, parse_xml
 from ..upstream import connection_words, log_cause
@@ -72,19 +73,19 @@ PidKind = Literal["simulation", "validation", "contestation"]
 UNKNOWN_MESSAGE = "UNKNOWN_MESSAGE"
 
 
-class CnsConfigError(Exception):
+class CnsConfigError(Misconfigured):
     """The ``[cns]`` configuration cannot be used (no URL, unreadable certificate...)."""
 
 
-class CnsTransportError(Exception):
+class CnsTransportError(UpstreamError):
     """No usable answer from the CNS."""
 
 
-class CnsTimeout(CnsTransportError):
+class CnsTimeout(CnsTransportError, UpstreamSlow):
     """The CNS did not answer in time (the request may have been processed)."""
 
 
-class CnsUnreachable(CnsTransportError):
+class CnsUnreachable(CnsTransportError, UpstreamUnavailable):
     """Connection refused, reset or dropped (the request may have been processed)."""
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import CnsSettings
+from ..errors import UpstreamUnavailable
 from ..storage import StorageUnavailable
 from .outbox import Message, Operation, Outbox, Status
 from .transport import CnsAnswer, CnsTransport, CnsTransportError
@@ -77,7 +78,7 @@ PROBE_SECONDS = 2.0
 LOOKUP_SECONDS = 60.0
 
 
-class TimestampUnavailable(Exception):
+class TimestampUnavailable(UpstreamUnavailable):
     """The TSA (or revocation data) is still unreachable: try the upgrade later."""
 
 

@@ -18,6 +18,7 @@ from datetime import datetime
 import aiohttp
 from asn1crypto import ocsp, pem, x509
 
+from ..errors import UpstreamError
 from ..i18n import N_, _, format_date, ngettext
 from ..trust.anchors import TrustAnchors
 from ..trust.lists.service import ListService
@@ -51,7 +52,7 @@ EXPIRY_WARN_DAYS = 30
 EXPIRY_FAIL_DAYS = 14
 
 
-class ProbeError(Exception):
+class ProbeError(UpstreamError):
     """An upstream could not be used: ``kind`` is unreachable, timeout or error."""
 
     def __init__(self, kind: str, detail: str) -> None:

@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import Refused
 from .errors import KeyLayerError
 
 __all__ = [
@@ -42,7 +43,7 @@ class KeyAccess:
         return self.keys is None or key_id in self.keys
 
 
-class KeyNotAllowed(KeyLayerError, PermissionError):
+class KeyNotAllowed(KeyLayerError, Refused, PermissionError):
     """The client may not sign with this key (``reason="not_allowed"``), or named no
     key while the default key is not one of its several (``reason="key_required"``).
 

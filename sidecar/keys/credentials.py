@@ -10,6 +10,7 @@ import logging
 from types import ModuleType
 from typing import Literal
 
+from ..errors import KeyUnavailable
 from .key_settings import KEYRING_SERVICE, KeyConfig
 
 __all__ = [
@@ -31,7 +32,7 @@ def secret_is_generated(key_id: str) -> None:
     _warned_config_secrets.add(key_id)
 
 
-class SecretUnavailable(Exception):
+class SecretUnavailable(KeyUnavailable):
     """No secret could be obtained; ``detail`` says why, for :class:`KeyLocked`."""
 
     def __init__(self, detail: str) -> None:

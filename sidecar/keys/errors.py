@@ -1,8 +1,9 @@
 """Typed failures of the key layer.
 
-The API layer maps them to HTTP problems (``KeyLocked`` → 423 ``key_locked``,
-``CertificateNotValid`` → 422, ``KeyConfigError`` → a startup error), so each
-carries a short machine-readable ``reason`` and a human ``detail``. None of
+Each belongs to one family of :mod:`sidecar.errors` (``KeyLocked``: the key is
+unavailable; ``CertificateNotValid``: refused; ``KeyConfigError``: misconfigured),
+which the API layer alone turns into an answer; each carries a short
+machine-readable ``reason`` and a human ``detail``. None of
 them ever carries a PIN, a passphrase or key material.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+
+from ..errors import KeyUnavailable, Misconfigured, NotFound, Refused, SidecarError
 
 __all__ = [
     "CertificateNotValid",
@@ -35,15 +38,16 @@ LockReason = Literal[
 ]
 
 
-class KeyLayerError(Exception):
-    """Base of every error raised by :mod:`sidecar.keys`."""
+class KeyLayerError(SidecarError):
+    """Base of every error raised by :mod:`sidecar.keys`; each subclass names its
+    family (:mod:`sidecar.errors`). Never raised as such."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
-class KeyConfigError(KeyLayerError):
+class KeyConfigError(KeyLayerError, Misconfigured):
     """A key cannot be set up: bad configuration, unusable file or module.
 
     ``path`` names the file at fault when there is one.
@@ -55,7 +59,7 @@ class KeyConfigError(KeyLayerError):
         self.path = path
 
 
-class KeyLocked(KeyLayerError):
+class KeyLocked(KeyLayerError, KeyUnavailable):
     """The key exists but cannot sign now (423 ``key_locked``).
 
     ``retries_left`` is set only when the token says so precisely (``0`` when
@@ -79,7 +83,7 @@ class KeyLocked(KeyLayerError):
         self.token_flags = token_flags
 
 
-class CertificateNotValid(KeyLayerError):
+class CertificateNotValid(KeyLayerError, Refused):
     """The signing certificate is expired or not yet valid (422)."""
 
     def __init__(
@@ -98,7 +102,7 @@ class CertificateNotValid(KeyLayerError):
         self.not_after = not_after
 
 
-class KeyNotFound(KeyLayerError, LookupError):
+class KeyNotFound(KeyLayerError, NotFound, LookupError):
     """No key with this id is configured."""
 
     def __init__(self, key_id: str | None) -> None:
@@ -109,5 +113,5 @@ class KeyNotFound(KeyLayerError, LookupError):
         self.key_id = key_id
 
 
-class UnsupportedAlgorithm(KeyLayerError, ValueError):
+class UnsupportedAlgorithm(KeyLayerError, Misconfigured, ValueError):
     """The digest or padding asked for does not fit this key."""

@@ -7,13 +7,14 @@ import secrets
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from ..errors import Misconfigured
 from .algorithms import hash_algorithm
 from .signer import Signer
 
 __all__ = ["SelfTestFailed", "self_test"]
 
 
-class SelfTestFailed(Exception):
+class SelfTestFailed(Misconfigured):
     """The key signed, but the signature does not verify with its certificate."""
 
 

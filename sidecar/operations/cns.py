@@ -35,6 +35,7 @@ from ..cns.documents import CnsMessage, read_message
 from ..cns.outbox import DuplicateUuid, Message, Status
 from ..cns.subsystem import CnsRuntime, SignedFeeNote
 from ..cns.transport import CnsAnswer, CnsTimeout, CnsTransport, CnsUnreachable, PidKind
+from ..errors import BadInput, Misconfigured
 from ..signing.forms import FormError
 from ..signing.report import Level
 
@@ -75,7 +76,7 @@ class Accepted:
     created: bool
 
 
-class CnsNotConfigured(Exception):
+class CnsNotConfigured(Misconfigured):
     """No CNS endpoint is configured: nothing can be forwarded."""
 
     def __init__(self, detail: str) -> None:
@@ -83,11 +84,11 @@ class CnsNotConfigured(Exception):
         self.detail = detail
 
 
-class UnsignedDocument(Exception):
+class UnsignedDocument(BadInput):
     """The fee note is not signed and this daemon cannot sign it (no key, no profile)."""
 
 
-class EmbeddedPdfMissing(Exception):
+class EmbeddedPdfMissing(BadInput):
     """The fee note's PDF/A is not embedded in it, and the recipe signs that PDF."""
 
     def __init__(self, reason: str) -> None:

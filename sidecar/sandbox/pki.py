@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from ..errors import Misconfigured
 from ..ports import free_port
 from .fastkeys import install as install_fast_keys
 
@@ -68,7 +69,7 @@ _FORMAT_VERSION = 1
 _DATE_FORMAT = "%Y-%m-%dT%H:%M:%S+0000"
 
 
-class SandboxError(Exception):
+class SandboxError(Misconfigured):
     """The sandbox PKI cannot be created, loaded or served; the message says why."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ..errors import Misconfigured
+
 __all__ = [
     "DEFAULT_RECOVERY",
     "SERVICE_NAME",
@@ -44,7 +46,7 @@ ServiceState = Literal[
 ]
 
 
-class ServiceError(Exception):
+class ServiceError(Misconfigured):
     """A service operation that failed; the message says what to do."""
 
 

@@ -30,6 +30,7 @@ from typing import Literal
 
 from lxml import etree
 
+from ..errors import BadInput
 from ..keys import Signer
 from .pades import PadesEngine, PadesOptions
 from .profiles import Profile, ProfileRegistry, SchemaError, validate_xml
@@ -51,7 +52,7 @@ __all__ = [
 XmlSignFunction = Callable[[bytes, Signer, Level, Profile], Awaitable[bytes]]
 
 
-class SchemaViolation(Exception):
+class SchemaViolation(BadInput):
     """The XML does not match the profile's XSD (422 ``schema_violation``).
 
     ``stage``: ``"input"`` (the caller's document) or ``"output"`` (the signed result:
@@ -65,7 +66,7 @@ class SchemaViolation(Exception):
         self.stage = stage
 
 
-class FormError(Exception):
+class FormError(BadInput):
     """The request does not fit the profile (``reason``: ``pdf_missing``, ``pdf_unexpected``,
     ``element_missing``, ``bad_base64``)."""
 

@@ -56,6 +56,7 @@ from pyhanko_certvalidator.errors import (
 
 from .._hooks.asn1crypto_hooks import as_definite_signer_info
 from .._hooks.pyhanko_hooks import AttrProviderRewritingSigner, MetadataKeepingWriter
+from ..errors import InternalError
 from ..keys import Signer
 from ..keys.pyhanko_adapter import PyHankoSignerAdapter
 from ..logs import traceback_text
@@ -99,7 +100,7 @@ class ValidationContextFactory(Protocol):
     def __call__(self) -> ValidationContext: ...
 
 
-class PadesError(Exception):
+class PadesError(InternalError):
     """Signing failed for a reason of the engine or its upstreams; ``reason`` says which.
 
     ``reason``: ``tsa_not_configured``, ``revocation_unavailable``, ``certificate_invalid``,
@@ -290,7 +291,7 @@ class PadesEngine:
             problems = pdfa_problems(before)
             if problems:
                 raise PdfRefused(
-                    422, "unsupported_pdf", "the profile demands PDF/A: " + "; ".join(problems)
+                    "unsupported_pdf", "the profile demands PDF/A: " + "; ".join(problems)
                 )
         refuse_if_locked(before)
         keep_version = before.is_pdfa
@@ -316,7 +317,7 @@ class PadesEngine:
                 ) from None
             raise PadesError("signing_failed", f"pyHanko could not sign: {exc}") from None
         except misc.PdfError as exc:
-            raise PdfRefused(400, "malformed_pdf", f"the PDF cannot be updated: {exc}") from None
+            raise PdfRefused("malformed_pdf", f"the PDF cannot be updated: {exc}") from None
         except (
             KeyError, TypeError, AttributeError, ValueError, IndexError, RecursionError,
             AssertionError,
@@ -328,7 +329,6 @@ class PadesEngine:
                 "pyHanko could not update the PDF", extra={"traceback": traceback_text(exc)}
             )
             raise PdfRefused(
-                422,
                 "unsupported_pdf",
                 f"the PDF cannot be signed: its structure is not one sidecar can update "
                 f"({type(exc).__name__})",
@@ -434,7 +434,6 @@ def refuse_if_locked(facts: PdfFacts) -> None:
     if facts.certification is not None and facts.certification[0] == 1:
         by = f" by {facts.certification[1]}" if facts.certification[1] else ""
         raise PdfRefused(
-            422,
             "pdf_certified",
             f"the PDF is certified{by} with DocMDP permission 1: no change is allowed, "
             "not even a new signature",
@@ -442,7 +441,6 @@ def refuse_if_locked(facts: PdfFacts) -> None:
     for field_name, what, signer in facts.locks:
         by = f" by {signer}" if signer else ""
         raise PdfRefused(
-            422,
             "pdf_locked",
             f"the signature in field {field_name!r}{by} locks the document with {what}: "
             "a new signature would invalidate it",

@@ -305,7 +305,7 @@ def _entries(reader: PdfFileReader, run: _Run) -> list[_Entry]:
     except Exception as exc:
         run.incident("reading the signature fields", exc)
         raise PdfRefused(
-            400, "malformed_pdf", f"the PDF's form cannot be read ({_reason(exc)})"
+            "malformed_pdf", f"the PDF's form cannot be read ({_reason(exc)})"
         ) from None
     for name, value, field_dict in fields:
         try:
@@ -720,7 +720,7 @@ def verify_pdf_blocking(
         run.incident("verifying the document", exc)
         if not run.entries:
             raise PdfRefused(
-                400, "malformed_pdf", f"the PDF's signatures cannot be read ({_reason(exc)})"
+                "malformed_pdf", f"the PDF's signatures cannot be read ({_reason(exc)})"
             ) from None
         stopped = f"not checked: the document could not be processed further ({_reason(exc)})"
     reports = list(run.reports)
@@ -748,8 +748,8 @@ async def verify_pdf(
 ) -> list[SignatureReport]:
     """One report per signature and document timestamp of *data*, in signing order.
 
-    Raises :class:`~.pdf_checks.PdfRefused` for a document that cannot be read (400
-    ``malformed_pdf`` / 422 ``unsupported_pdf``). With an *inspector*, the document is
+    Raises :class:`~.pdf_checks.PdfRefused` for a document that cannot be read
+    (``malformed_pdf`` / ``unsupported_pdf``). With an *inspector*, the document is
     read and validated in its memory-capped workers within *deadline* seconds (default:
     its limits' ``verify_timeout``); without one, in a thread (a PDF sidecar made).
     """

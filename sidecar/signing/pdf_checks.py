@@ -6,8 +6,8 @@ Two concerns:
   process with a memory ceiling and a deadline (:class:`PdfInspector`), so that a
   file built to exhaust the parser (an xref with millions of entries, a loop between
   revisions, deep nesting) costs a bounded amount and is answered with a clear
-  :class:`PdfRefused` — ``400 malformed_pdf`` (not a PDF, truncated, broken xref)
-  or ``422 unsupported_pdf`` (encrypted, too many objects, too costly to read).
+  :class:`PdfRefused` — ``malformed_pdf`` (not a PDF, truncated, broken xref)
+  or ``unsupported_pdf`` (encrypted, too many objects, too costly to read).
 - **PDF/A markers** (ISO 19005-2/3; veraPDF is not available, so this is what can
   be checked without it): the XMP ``pdfaid`` identification, an OutputIntent
   ``GTS_PDFA1`` with a destination profile, Info entries that agree with their XMP
@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from lxml import etree
 
+from ..errors import BadInput
 from .report import subject_text
 from .workers import WorkerLost, WorkerPool
 
@@ -65,26 +66,27 @@ _INFO_XMP = {
 }
 
 
-class PdfRefused(Exception):
-    """A PDF sidecar will not process; ``status``/``code`` are the API answer."""
+class PdfRefused(BadInput):
+    """A PDF sidecar will not process; ``code`` says why: ``malformed_pdf`` (it cannot
+    be read), ``unsupported_pdf`` (read, but not acceptable), ``pdf_certified`` or
+    ``pdf_locked`` (an earlier signature forbids a new one)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
-        self.status = status
         self.code = code
         self.detail = detail
 
-    def __reduce__(self) -> tuple[type[PdfRefused], tuple[int, str, str]]:
+    def __reduce__(self) -> tuple[type[PdfRefused], tuple[str, str]]:
         # Raised in a worker process: it must survive the trip back.
-        return (PdfRefused, (self.status, self.code, self.detail))
+        return (PdfRefused, (self.code, self.detail))
 
 
 def _malformed(detail: str) -> PdfRefused:
-    return PdfRefused(400, "malformed_pdf", detail)
+    return PdfRefused("malformed_pdf", detail)
 
 
 def _unsupported(detail: str) -> PdfRefused:
-    return PdfRefused(422, "unsupported_pdf", detail)
+    return PdfRefused("unsupported_pdf", detail)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from typing import Any, Literal
 from lxml import etree
 
 from ..data import resource_dir
+from ..errors import Misconfigured
 from .report import BASELINE_LEVELS, Level
 
 __all__ = [
@@ -75,7 +76,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _LEVELS = {level.value: level for level in BASELINE_LEVELS}
 
 
-class ProfileError(Exception):
+class ProfileError(Misconfigured):
     """A profile file that cannot be used: which file, what is wrong."""
 
     def __init__(self, file: Path, problem: str) -> None:

@@ -18,6 +18,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from asn1crypto import x509
 
+from ..errors import Refused, UpstreamError
+
 __all__ = [
     "CertificateUnusable",
     "Timestamp",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class UpstreamFailure(Exception):
+class UpstreamFailure(UpstreamError):
     """The TSA or a revocation service could not give what the asked level needs.
 
     ``kind``: ``"error"`` (it answered with an error: 502), ``"unavailable"``
@@ -50,7 +52,7 @@ class UpstreamFailure(Exception):
         self.retry_after = retry_after
 
 
-class CertificateUnusable(Exception):
+class CertificateUnusable(Refused):
     """A certificate to be embedded is revoked or does not chain to a trust anchor.
 
     ``reason``: ``"revoked"`` or ``"untrusted"``. Signing stops: a B-LT signature

@@ -59,6 +59,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
+from ..errors import Busy, InternalError
 from ..health import CheckResult, HealthCheck
 
 __all__ = [
@@ -83,11 +84,11 @@ PRELOAD = (
 T = TypeVar("T")
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(RuntimeError, InternalError):
     """A worker process died while running a step (memory ceiling reached, killed)."""
 
 
-class WorkersUnavailable(RuntimeError):
+class WorkersUnavailable(RuntimeError, Busy):
     """No worker took the step: none became free in time, or the pool is closing."""
 
     def __init__(self, detail: str, *, retry_after: int = 5) -> None:

@@ -41,6 +41,8 @@ from xml.parsers import expat
 
 from lxml import etree
 
+from ..errors import BadInput
+
 __all__ = [
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_NAMESPACES",
@@ -68,7 +70,7 @@ DEFAULT_MAX_NAMESPACES = 1000
 DEFAULT_MAX_NAMESPACES_IN_SCOPE = 64
 
 
-class XmlInputError(ValueError):
+class XmlInputError(ValueError, BadInput):
     """Base of the refusals of :func:`parse_xml`."""
 
     def __init__(self, detail: str) -> None:

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 
 from lxml import etree
 
+from ..errors import BadInput
+
 __all__ = [
     "BASE64",
     "C14N_EXCL",
@@ -104,11 +106,11 @@ DIGEST_URIS = {name: uri for uri, name in DIGESTS.items()}
 WEAK_DIGESTS: dict[str, str] = {"http://www.w3.org/2000/09/xmldsig#sha1": "sha1"}
 
 
-class UnsupportedAlgorithm(ValueError):
+class UnsupportedAlgorithm(ValueError, BadInput):
     """An algorithm or transform this engine does not process."""
 
 
-class UnresolvableReference(ValueError):
+class UnresolvableReference(ValueError, BadInput):
     """A ds:Reference whose data cannot be had here (another document, a missing Id)."""
 
 

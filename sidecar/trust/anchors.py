@@ -16,6 +16,7 @@ from pathlib import Path
 from asn1crypto import pem, x509
 
 from ..data import resource_dir
+from ..errors import Misconfigured
 
 __all__ = [
     "ANCHOR_SUFFIXES",
@@ -31,7 +32,7 @@ log = logging.getLogger("sidecar.trust")
 ANCHOR_SUFFIXES = frozenset({".pem", ".crt", ".cer", ".der"})
 
 
-class AnchorError(Exception):
+class AnchorError(Misconfigured):
     """A configured anchor file that cannot be read or holds no certificate."""
 
 

@@ -90,6 +90,7 @@ from pyhanko_certvalidator.policy_decl import (
 )
 from pyhanko_certvalidator.util import get_relevant_crl_dps, issuer_serial
 
+from ..errors import Refused, SidecarError, UpstreamUnavailable
 from ..migrations import Migration, MigrationError, migrate
 from ..storage import open_private, storage_error
 from .anchors import TrustAnchors
@@ -98,6 +99,7 @@ __all__ = [
     "REQUIRE_REVINFO",
     "CacheStats",
     "CertificateRevoked",
+    "ChainNotValid",
     "RevocationCache",
     "RevocationError",
     "RevocationService",
@@ -123,15 +125,20 @@ REQUIRE_REVINFO = CertRevTrustPolicy(
 )
 
 
-class RevocationError(Exception):
-    """The chain cannot be given revocation data (untrusted, expired...)."""
+class RevocationError(SidecarError):
+    """The chain cannot be given revocation data: gathers the causes below (a policy
+    refusal, an unreachable responder), each with its family; never raised as such."""
 
 
-class CertificateRevoked(RevocationError):
+class ChainNotValid(RevocationError, Refused):
+    """The chain does not validate (untrusted, expired...): nothing may be signed."""
+
+
+class CertificateRevoked(RevocationError, Refused):
     """A certificate of the chain is revoked: nothing may be signed with it."""
 
 
-class RevocationUnavailable(RevocationError):
+class RevocationUnavailable(RevocationError, UpstreamUnavailable):
     """No responder or CRL could be reached, and nothing usable is cached."""
 
 
@@ -688,7 +695,7 @@ class RevocationService:
         except InsufficientRevinfoError as exc:
             raise RevocationUnavailable(f"{subject}: {exc}") from None
         except (PathBuildingError, ValidationError) as exc:
-            raise RevocationError(f"{subject}: {exc}") from None
+            raise ChainNotValid(f"{subject}: {exc}") from None
 
         ocsps = [r.dump() for r in context.ocsps]
         crls = [c.dump() for c in context.crls]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ...errors import UpstreamError, UpstreamFailed, UpstreamUnavailable
+
 __all__ = [
     "ListError",
     "ListSignatureInvalid",
@@ -11,7 +13,7 @@ __all__ = [
 ]
 
 
-class ListError(Exception):
+class ListError(UpstreamError):
     """A trusted list (or the LOTL) that cannot be used; ``which`` names it (``EU``, ``LU``...)."""
 
     def __init__(self, which: str, message: str) -> None:
@@ -19,17 +21,17 @@ class ListError(Exception):
         super().__init__(f"trusted list {which}: {message}")
 
 
-class ListUnavailable(ListError):
+class ListUnavailable(ListError, UpstreamUnavailable):
     """Neither the network nor the cache has the list."""
 
 
-class ListUnparseable(ListError):
+class ListUnparseable(ListError, UpstreamFailed):
     """The list is not well-formed XML (or not a TS 119 612 list)."""
 
 
-class ListSignatureInvalid(ListError):
+class ListSignatureInvalid(ListError, UpstreamFailed):
     """The list's XML signature does not verify against the certificates designated for it."""
 
 
-class ListStale(ListError):
+class ListStale(ListError, UpstreamFailed):
     """The list is past its NextUpdate by more than ``[trust.lists] stale_grace``."""

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 from pyhanko.sign.timestamps.common_utils import TimestampRequestError
 
+from ...errors import UpstreamError, UpstreamFailed, UpstreamSlow, UpstreamUnavailable
 
-class TsaError(TimestampRequestError):
+
+class TsaError(TimestampRequestError, UpstreamError):
     """A timestamp could not be obtained. ``reason`` is a stable short code."""
 
     reason = "tsa_error"
@@ -24,10 +26,12 @@ class TsaError(TimestampRequestError):
         self.failures: tuple[TsaError, ...] = ()
 
 
-class TsaUnavailable(TsaError):
+class TsaUnavailable(TsaError, UpstreamUnavailable):
     """No TSA could be reached (refused, reset, circuit open, none configured)."""
 
     reason = "unreachable"
+    #: Always set: seconds until the circuit may let a request through.
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
@@ -41,13 +45,13 @@ class TsaIssuerUnavailable(TsaUnavailable):
     reason = "issuer_unavailable"
 
 
-class TsaTimeout(TsaError):
+class TsaTimeout(TsaError, UpstreamSlow):
     """A TSA did not answer within its timeout."""
 
     reason = "timeout"
 
 
-class TsaReplyError(TsaError):
+class TsaReplyError(TsaError, UpstreamFailed):
     """A TSA answered, but the answer is unusable (HTTP error, malformed, failed check)."""
 
     reason = "bad_reply"
