@@ -38,7 +38,7 @@ from aiohttp import web
 
 from ..api.keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from ..api.observe import METRICS
-from ..audit import AuditJournal
+from ..audit import AuditJournal, open_journal
 from ..config import ConfigError
 from ..health import CheckResult, Status
 from ..ports import bind_error
@@ -46,7 +46,7 @@ from ..sandbox.pki import SandboxError
 from ..storage import StorageUnavailable, disk_space
 from .commands import audit_path
 from .journal_feed import JournalFeed
-from .outbox import Outbox
+from .outbox import Outbox, open_outbox
 from .simulator import CnsSimulator, serve_simulator, xades_verifier
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
@@ -130,10 +130,15 @@ async def cns_context(app: web.Application) -> AsyncIterator[None]:
     cns = settings.cns
     data_dir: Path = app[PATHS].data_dir
     own_journal = AUDIT_JOURNAL not in app
-    journal = AuditJournal(audit_path(app[PATHS])) if own_journal else app[AUDIT_JOURNAL]
+    # The journal follows the outbox's store (a PostgreSQL outbox: the same database).
+    journal = (
+        open_journal(audit_path(app[PATHS]), cns.outbox) if own_journal else app[AUDIT_JOURNAL]
+    )
     if own_journal:
         app[AUDIT_JOURNAL] = journal
-    outbox = Outbox(cns.outbox or data_dir / "outbox.sqlite3")
+    outbox = open_outbox(
+        cns.outbox or data_dir / "outbox.sqlite3", local_dir=data_dir, settings=cns
+    )
     runtime = CnsRuntime(outbox, None, None)
     app[CNS] = runtime
     feed = JournalFeed(outbox, journal)
