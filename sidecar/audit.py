@@ -63,7 +63,8 @@ log = logging.getLogger("sidecar.audit")
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
 
-_SCHEMA = """
+#: The tables, in SQL both SQLite and PostgreSQL take (:mod:`sidecar.audit_pg`).
+TABLES = """
 CREATE TABLE IF NOT EXISTS entries (
     seq       INTEGER PRIMARY KEY,
     at        TEXT NOT NULL,
@@ -83,11 +84,17 @@ CREATE TABLE IF NOT EXISTS head (
     seq  INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+"""
+
+_SCHEMA = (
+    TABLES
+    + """
 CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 """
+)
 
 #: Per source of imported events, the last one the journal holds.
 _SOURCES = "CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"

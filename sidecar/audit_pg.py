@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .audit import _FIELDS, AuditJournal, insert_entry
+from .audit import _FIELDS, _SOURCES, TABLES, AuditJournal, insert_entry
 from .pgstore import PgStore, migrate
 
 __all__ = ["PgAuditJournal", "chain_lock", "insert_chained"]
@@ -26,28 +26,12 @@ __all__ = ["PgAuditJournal", "chain_lock", "insert_chained"]
 #: The advisory lock key of the chain's head (any constant, the same in every daemon).
 _CHAIN_LOCK = 0x5A0D17
 
-_SCHEMA_V1 = """
-CREATE TABLE entries (
-    seq       BIGINT PRIMARY KEY,
-    at        TEXT NOT NULL,
-    client    TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    uuid      TEXT NOT NULL,
-    digest    TEXT NOT NULL,
-    key_id    TEXT NOT NULL,
-    level     TEXT NOT NULL,
-    outcome   TEXT NOT NULL,
-    detail    TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL
-);
+# The tables are the SQLite journal's (the same SQL); the triggers are PostgreSQL's.
+_SCHEMA_V1 = (
+    TABLES
+    + _SOURCES
+    + """;
 CREATE INDEX entries_by_time ON entries (at);
-CREATE TABLE head (
-    id   INTEGER PRIMARY KEY CHECK (id = 1),
-    seq  BIGINT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE sources (name TEXT PRIMARY KEY, seq BIGINT NOT NULL);
 CREATE FUNCTION sidecar_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'the audit journal is append-only'; END $$;
 CREATE TRIGGER entries_no_change BEFORE UPDATE OR DELETE ON entries
@@ -55,6 +39,7 @@ CREATE TRIGGER entries_no_change BEFORE UPDATE OR DELETE ON entries
 CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON entries
     FOR EACH STATEMENT EXECUTE FUNCTION sidecar_audit_append_only();
 """
+)
 
 _MIGRATIONS = ((1, _SCHEMA_V1),)
 
