@@ -60,9 +60,13 @@ class PgConnection:
 
 
 def _unavailable(store: str, exc: BaseException) -> StorageUnavailable:
-    # The first line only: libpq's later lines repeat the server's address and hints.
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return StorageUnavailable(store, f"PostgreSQL: {reason}")
+    """The failure in words fit for ``/v1/health`` (which anyone may read: no server
+    address); libpq's own words go to the log (the first line: never a password)."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    log.warning("%s: PostgreSQL: %s", store, detail)
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StorageUnavailable(store, "the PostgreSQL server's disk is full")
+    return StorageUnavailable(store, "the PostgreSQL server cannot be reached")
 
 
 class PgStore:

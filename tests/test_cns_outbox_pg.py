@@ -193,7 +193,10 @@ def test_a_lost_server_is_storage_unavailable_and_reconnects(pg_url: str, tmp_pa
         )
     with pytest.raises(StorageUnavailable):
         outbox.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")
-    assert outbox.health.failure is not None
+    failure = outbox.health.failure
+    assert failure is not None
+    # /v1/health shows it to anyone: no server address (the log has libpq's words).
+    assert "127.0.0.1" not in str(failure) and "cannot be reached" in str(failure)
     outbox.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")  # reconnected
     assert outbox.health.failure is None
     outbox.close()
