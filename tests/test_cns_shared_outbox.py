@@ -15,6 +15,7 @@ sent by two daemons at once (each extra sending is a takeover or a retry, journa
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import random
 import signal
 import threading
@@ -92,7 +93,7 @@ def deposit_all(cluster: Cluster, share: list[tuple[str, bytes]], home: int) -> 
             for daemon in cluster.alive(home):
                 try:
                     status = post_note(daemon, body)
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                except (urllib.error.URLError, http.client.HTTPException, OSError):
                     continue  # killed under us: the next daemon gets the same note
                 assert status in (202, 503), status  # 503: its store is briefly away
                 if status == 202:
