@@ -70,6 +70,34 @@ def test_a_killed_daemons_lease_is_taken_over_after_expiry(pg_url: str, tmp_path
         second.close()
 
 
+def test_an_unknown_message_is_settled_once_by_the_daemons_that_ask(
+    pg_url: str, tmp_path: Path
+) -> None:
+    first = PgOutbox(pg_url, local_dir=tmp_path)
+    second = PgOutbox(pg_url, local_dir=tmp_path)
+    first.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")
+    first.claim(1)
+    first.finish(UUID_A, Status.UNKNOWN, error="budget spent, the CNS could not be asked")
+    # Both daemons ask the CNS (each its own round); the first answer recorded wins.
+    assert second.finish(UUID_A, Status.DELIVERED, answer_status=200).status == "delivered"
+    late = first.finish(UUID_A, Status.FAILED, error="no record")
+    assert late.status == Status.DELIVERED
+    first.close()
+    second.close()
+
+
+def test_a_deposit_upgraded_by_two_daemons_is_upgraded_once(pg_url: str, tmp_path: Path) -> None:
+    first = PgOutbox(pg_url, local_dir=tmp_path)
+    second = PgOutbox(pg_url, local_dir=tmp_path)
+    first.enqueue_deposit(UUID_A, b"<b-b/>", "d", client="c", awaiting_timestamp=True)
+    assert first.timestamped(UUID_A, b"<b-lt one/>", "B-LT").status == Status.QUEUED
+    kept = second.timestamped(UUID_A, b"<b-lt two/>", "B-LT")  # too late: no error
+    assert kept.status == Status.QUEUED
+    assert second.get(UUID_A, with_body=True).body == b"<b-lt one/>"  # type: ignore[union-attr]
+    first.close()
+    second.close()
+
+
 def test_requeue_on_stop_gives_back_only_this_daemons_deliveries(
     pg_url: str, tmp_path: Path
 ) -> None:

@@ -15,7 +15,8 @@ The same messages, states and journal events as the SQLite outbox
   the only daemon of an SQLite outbox does: those may be another daemon's deliveries.
 - An outcome is recorded only if the delivery is still this process's (same lease,
   same attempt): a daemon that answered after its lease ran out leaves the row to the
-  daemon that took it over.
+  daemon that took it over. An ``unknown`` message that every daemon asks the CNS
+  about is settled by the first answer recorded.
 - The journal events move into the journal (:class:`~sidecar.audit_pg.PgAuditJournal`,
   same database) in one transaction that deletes them here and appends them there.
 
@@ -42,7 +43,7 @@ from ..audit import event_fields
 from ..audit_pg import PgAuditJournal, chain_lock, insert_chained
 from ..config import CnsSettings
 from ..pgstore import PgStore, migrate
-from .outbox import Message, Outbox, OutboxEvent, Status
+from .outbox import Message, Outbox, OutboxEvent, Status, UnknownMessage
 
 if TYPE_CHECKING:
     from ..audit import AuditJournal
@@ -169,7 +170,12 @@ class PgOutbox(Outbox):
     def _still_mine(self, uuid: str) -> bool:
         attempt = self._claimed.get(uuid)
         if attempt is None:
-            return True  # not a delivery (an unknown one settled, an upgrade that failed)
+            # Not a delivery: an unknown one settled by the CNS's lookup, an upgrade that
+            # failed. Every daemon does those: the first to record it wins.
+            row = self._db.execute(
+                "SELECT status FROM messages WHERE id = ? FOR UPDATE", (uuid,)
+            ).fetchone()
+            return row is not None and row[0] in (Status.UNKNOWN, Status.AWAITING_TIMESTAMP)
         row = self._db.execute(
             "SELECT 1 FROM messages WHERE id = ? AND status = 'sending' AND lease_owner = ? "
             "AND attempts = ? FOR UPDATE",
@@ -189,6 +195,17 @@ class PgOutbox(Outbox):
         super().requeue(ids)
         for uuid in ids:
             self._claimed.pop(uuid, None)
+
+    def timestamped(self, uuid: str, body: bytes, level: str) -> Message:
+        """As the SQLite store's; a deposit another daemon upgraded meanwhile is left as
+        that daemon made it (both asked the TSA; one result is kept)."""
+        try:
+            return super().timestamped(uuid, body, level)
+        except UnknownMessage:
+            current = self.get(uuid)
+            if current is None:
+                raise
+            return current
 
     def next_due(self) -> float | None:
         """The next queued message due, or the next lease to run out."""
