@@ -30,8 +30,10 @@ fi
 packages=(softhsm2 opensc openssl python3-venv)
 if [ "$with_tests" = 1 ]; then
   # Independent validators (xmlsec1, pdfsig, xadesjs on Node), systemd-analyze for the
-  # unit, Debian's chromium for the status page test, Java 17 for the Java example.
-  packages+=(xmlsec1 poppler-utils nodejs npm systemd chromium)
+  # unit, Debian's chromium for the status page test, Java 17 for the Java example,
+  # PostgreSQL's server binaries for the shared outbox's tests (they start their own
+  # cluster with initdb: no system service is used; tests/fixtures/postgres.py).
+  packages+=(xmlsec1 poppler-utils nodejs npm systemd chromium postgresql)
   command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
 fi
 

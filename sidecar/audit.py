@@ -22,6 +22,10 @@ appends them. A crash between the outbox commit and the copy only delays the ent
 the next copy (at the latest, the next start).
 
 A full or read-only disk raises :class:`~sidecar.storage.StorageUnavailable`.
+
+The journal follows the outbox's store (:func:`open_journal`): this class is the
+SQLite one; :class:`~sidecar.audit_pg.PgAuditJournal` keeps one chain in the
+PostgreSQL database several daemons share, with the same entries and the same checks.
 """
 
 from __future__ import annotations
@@ -31,15 +35,18 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .migrations import Migration, MigrationError, migrate
-from .storage import SqliteStore, WriteTransaction, storage_error
+from .storage import SqliteStore, storage_error
+
+if TYPE_CHECKING:
+    from .pgstore import PgStore
 
 __all__ = [
     "GENESIS_HASH",
@@ -48,6 +55,7 @@ __all__ = [
     "AuditProblem",
     "SourceEvent",
     "VerifyReport",
+    "open_journal",
 ]
 
 log = logging.getLogger("sidecar.audit")
@@ -55,7 +63,8 @@ log = logging.getLogger("sidecar.audit")
 #: ``prev_hash`` of the first entry.
 GENESIS_HASH = "0" * 64
 
-_SCHEMA = """
+#: The tables, in SQL both SQLite and PostgreSQL take (:mod:`sidecar.audit_pg`).
+TABLES = """
 CREATE TABLE IF NOT EXISTS entries (
     seq       INTEGER PRIMARY KEY,
     at        TEXT NOT NULL,
@@ -75,11 +84,17 @@ CREATE TABLE IF NOT EXISTS head (
     seq  INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+"""
+
+_SCHEMA = (
+    TABLES
+    + """
 CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the audit journal is append-only'); END;
 """
+)
 
 #: Per source of imported events, the last one the journal holds.
 _SOURCES = "CREATE TABLE IF NOT EXISTS sources (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
@@ -181,12 +196,66 @@ class SourceEvent(Protocol):
     def detail(self) -> dict[str, Any]: ...
 
 
+def open_journal(sqlite_path: Path, outbox: Path | str | None = None) -> AuditJournal:
+    """The journal beside the outbox at *outbox*: in its PostgreSQL database if it is
+    one (``[cns] outbox = "postgresql://…"``), else the SQLite file *sqlite_path*."""
+    from .config import is_database_url
+
+    if is_database_url(outbox):
+        from .audit_pg import PgAuditJournal
+
+        return PgAuditJournal(str(outbox))
+    return AuditJournal(sqlite_path)
+
+
+def event_fields(event: SourceEvent) -> dict[str, Any]:
+    """The journal fields of an event another store recorded."""
+    return {
+        "at": datetime.fromtimestamp(event.at, UTC).isoformat(timespec="microseconds"),
+        "client": event.client,
+        "operation": event.operation,
+        "uuid": event.uuid,
+        "digest": event.digest,
+        "key_id": "",
+        "level": event.level,
+        "outcome": event.outcome,
+        "detail": event.detail,
+    }
+
+
+def insert_entry(db: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """One chained entry, inside a transaction on *db* (``?`` placeholders); its values."""
+    row = db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
+    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
+    values: dict[str, Any] = {
+        "seq": seq,
+        **fields,
+        "detail": json.dumps(fields["detail"] or {}, sort_keys=True, ensure_ascii=False),
+        "prev_hash": prev,
+    }
+    values["hash"] = entry_hash(values)
+    db.execute(
+        f"INSERT INTO entries ({', '.join(values)}) "  # noqa: S608 - fixed names
+        f"VALUES ({', '.join('?' * len(values))})",
+        tuple(values.values()),
+    )
+    db.execute(
+        "INSERT INTO head (id, seq, hash) VALUES (1, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        (seq, values["hash"]),
+    )
+    return values
+
+
 class AuditJournal:
     """The journal in one SQLite file."""
 
+    #: The order :meth:`verify` reads entries in: as written, whatever their ``seq``.
+    _WRITTEN_ORDER = "rowid"
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._store = SqliteStore(path, "audit journal", synchronous="FULL")
+        self._store: SqliteStore | PgStore = SqliteStore(path, "audit journal", synchronous="FULL")
         #: The last write failure (full or read-only disk), for ``/v1/health``.
         self.health = self._store.health
         self._lock = self._store.lock
@@ -199,10 +268,13 @@ class AuditJournal:
             if storage_error(self.health.store, exc.__cause__ or exc) is None:
                 raise
             log.warning("audit journal: schema update waits for a disk that takes writes")
+        self._start_executor()
+
+    def _start_executor(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit")
 
     @property
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Any:
         return self._store.db
 
     def close(self) -> None:
@@ -245,26 +317,13 @@ class AuditJournal:
         each event is journaled exactly once, whoever (daemon, CLI) imports and however
         a process ends. Returns ``(entries added, last event seq held)``."""
         with self._transaction():
+            self._hold_chain()  # before reading the position: one importer at a time
             self._db.execute(_SOURCES)
             row = self._db.execute("SELECT seq FROM sources WHERE name = ?", (source,)).fetchone()
             last = row[0] if row else 0
             events = fetch(last)
             for event in events:
-                self._insert(
-                    {
-                        "at": datetime.fromtimestamp(event.at, UTC).isoformat(
-                            timespec="microseconds"
-                        ),
-                        "client": event.client,
-                        "operation": event.operation,
-                        "uuid": event.uuid,
-                        "digest": event.digest,
-                        "key_id": "",
-                        "level": event.level,
-                        "outcome": event.outcome,
-                        "detail": event.detail,
-                    }
-                )
+                self._insert(event_fields(event))
                 last = max(last, event.seq)
             if events:
                 self._db.execute(
@@ -280,34 +339,19 @@ class AuditJournal:
             self._db.execute(_SOURCES)
             self._db.execute(
                 "INSERT INTO sources (name, seq) VALUES ('probe', 1) "
-                "ON CONFLICT (name) DO UPDATE SET seq = seq + 1"
+                "ON CONFLICT (name) DO UPDATE SET seq = sources.seq + 1"
             )
 
-    def _transaction(self) -> WriteTransaction:
+    def _transaction(self) -> AbstractContextManager[None]:
         return self._store.transaction()
 
     def _insert(self, fields: dict[str, Any]) -> dict[str, Any]:
         """One chained entry, inside a transaction; its stored values."""
-        row = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
-        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
-        values: dict[str, Any] = {
-            "seq": seq,
-            **fields,
-            "detail": json.dumps(fields["detail"] or {}, sort_keys=True, ensure_ascii=False),
-            "prev_hash": prev,
-        }
-        values["hash"] = entry_hash(values)
-        self._db.execute(
-            f"INSERT INTO entries ({', '.join(values)}) "  # noqa: S608 - fixed names
-            f"VALUES ({', '.join('?' * len(values))})",
-            tuple(values.values()),
-        )
-        self._db.execute(
-            "INSERT INTO head (id, seq, hash) VALUES (1, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (seq, values["hash"]),
-        )
-        return values
+        return insert_entry(self._db, fields)
+
+    def _hold_chain(self) -> None:
+        """Inside a transaction: no other writer until it ends (SQLite's BEGIN
+        IMMEDIATE already made it so)."""
 
     async def append_async(self, operation: str, outcome: str, **fields: Any) -> AuditEntry:
         """:meth:`append` on the journal's thread, so the fsync never blocks the loop."""
@@ -336,7 +380,9 @@ class AuditJournal:
         """Walk the chain; every changed, removed or reordered entry is named."""
         with self._lock:
             names = self._columns()
-            rows = self._db.execute("SELECT * FROM entries ORDER BY rowid").fetchall()
+            rows = self._db.execute(
+                f"SELECT * FROM entries ORDER BY {self._WRITTEN_ORDER}"  # noqa: S608
+            ).fetchall()
             head = self._db.execute("SELECT seq, hash FROM head WHERE id = 1").fetchone()
         problems: list[AuditProblem] = []
         prev_hash, prev_seq = GENESIS_HASH, 0

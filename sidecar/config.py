@@ -335,8 +335,10 @@ class CnsSettings:
     #: ``UUID`` or ``MessageId``, else a ``uuid``/``Id`` attribute of the root
     #: (:class:`sidecar.cns.documents.MessageRule`).
     uuid_xpath: str = ""
-    #: The outbox database; ``<data dir>/outbox.sqlite3`` when absent.
-    outbox: Path | None = None
+    #: The outbox database; ``<data dir>/outbox.sqlite3`` when absent. A
+    #: ``postgresql://`` URL: the PostgreSQL outbox (and audit journal) several daemons
+    #: share.
+    outbox: Path | str | None = None
     #: XSD the sandbox's CNS simulator checks fee notes against (none: no XSD check).
     simulator_xsd: Path | None = None
 
@@ -612,6 +614,11 @@ def _build(cls: type[Any], table: Mapping[str, Any], prefix: str, ctx: _Context)
         raise
 
 
+def is_database_url(value: object) -> bool:
+    """A PostgreSQL connection URL (rather than a file path)."""
+    return isinstance(value, str) and value.startswith(("postgresql://", "postgres://"))
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -635,9 +642,15 @@ def _convert(
         return parse(value)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        # Only ``X | None`` is used: TOML has no null, so the value is an X.
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(inner, value, key, ctx)
+        # ``X | None``: TOML has no null, so the value is an X. ``Path | str``: a
+        # database URL stays a string (``[cns] outbox``), anything else is a path.
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if set(inner) == {Path, str}:
+            if is_database_url(value):
+                return value
+            inner = [Path]
+        (only,) = inner
+        return _convert(only, value, key, ctx)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ValueError(f"expected {_describe(tp)} (got {value!r})")

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.softhsm",
     "tests.fixtures.pades",
     "tests.fixtures.xades",
+    "tests.fixtures.postgres",
 ]
 
 #: The daemon's default port and the ports sandboxes used before they took free ones.

@@ -1,4 +1,7 @@
-"""The audit journal: hash chain, tamper detection (direct SQL), CLI verify/export."""
+"""The audit journal: hash chain, tamper detection (direct SQL), CLI verify/export.
+
+The tests taking ``location`` run on both journals: the SQLite file and the PostgreSQL
+one that follows a shared outbox (tests/fixtures/postgres.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +12,27 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from sidecar.audit import AuditJournal
+from sidecar.audit import AuditJournal, open_journal
 
 
-def fill(path: Path, count: int = 5) -> None:
-    journal = AuditJournal(path)
+@pytest.fixture
+def location(outbox_location: Callable[[str], Path | str]) -> Path | str:
+    """Where a test's journal is: an SQLite file, or a PostgreSQL database's URL."""
+    return outbox_location("audit.sqlite3")
+
+
+def opened(location: Path | str) -> AuditJournal:
+    return open_journal(Path(location), location)
+
+
+def fill(path: Path | str, count: int = 5) -> None:
+    journal = opened(path)
     for n in range(count):
         journal.append(
             "cns.deposit",
@@ -30,7 +45,13 @@ def fill(path: Path, count: int = 5) -> None:
     journal.close()
 
 
-def tamper(path: Path, *statements: str) -> None:
+def tamper(path: Path | str, *statements: str) -> None:
+    if isinstance(path, str):  # someone with the database's owner role
+        with psycopg.connect(path, autocommit=True) as conn:
+            conn.execute("ALTER TABLE entries DISABLE TRIGGER USER")
+            for statement in statements:
+                conn.execute(statement)  # type: ignore[arg-type]
+        return
     db = sqlite3.connect(path)
     # Someone with the file and a sqlite3 shell: the triggers are no obstacle to them.
     db.executescript(
@@ -50,9 +71,9 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_intact_chain_verifies(tmp_path: Path) -> None:
-    fill(tmp_path / "audit.sqlite3")
-    journal = AuditJournal(tmp_path / "audit.sqlite3")
+def test_intact_chain_verifies(location: Path | str) -> None:
+    fill(location)
+    journal = opened(location)
     report = journal.verify()
     entries = list(journal.entries())
     journal.close()
@@ -92,20 +113,19 @@ def test_the_daemon_cannot_rewrite_history(tmp_path: Path) -> None:
     ],
 )
 def test_tampering_is_detected_and_named(
-    tmp_path: Path, statements: list[str], named: int, problem: str
+    location: Path | str, statements: list[str], named: int, problem: str
 ) -> None:
-    path = tmp_path / "audit.sqlite3"
-    fill(path)
-    tamper(path, *statements)
-    journal = AuditJournal(path)
+    fill(location)
+    tamper(location, *statements)
+    journal = opened(location)
     report = journal.verify()
     journal.close()
     assert not report.ok
     assert any(p.seq == named and problem in p.problem for p in report.problems), report
 
 
-async def test_concurrent_async_appends_keep_one_chain(tmp_path: Path) -> None:
-    journal = AuditJournal(tmp_path / "audit.sqlite3")
+async def test_concurrent_async_appends_keep_one_chain(location: Path | str) -> None:
+    journal = opened(location)
     await asyncio.gather(*(journal.append_async("op", "ok", uuid=str(n)) for n in range(50)))
     report = journal.verify()
     journal.close()

@@ -1,13 +1,18 @@
 """CNS routes against the simulator on loopback: deposit, cancel, idempotency, errors;
-an unsigned fee note signed by the daemon and checked by the simulator with our verifier."""
+an unsigned fee note signed by the daemon and checked by the simulator with our verifier.
+
+``cns_api`` here runs each test on both outbox stores: the SQLite file and PostgreSQL
+(tests/fixtures/postgres.py), with the audit journal following."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
+import pytest
 from lxml import etree
 
 from sidecar.api.cns import AUDIT_JOURNAL, CNS
@@ -29,6 +34,18 @@ from tests.fixtures.cns import (
 from tests.fixtures.daemon import Api
 
 FN = "{urn:sidecar:standin:cns:fee-note:1}"
+
+
+@pytest.fixture
+async def cns_api(
+    api_factory: Callable[..., Awaitable[Api]],
+    cns_simulator: SimulatorThread,
+    outbox_location: Callable[[str], Path | str],
+) -> AsyncIterator[Api]:
+    """The fixture's in-process daemon, on each outbox store."""
+    api = await api_factory(cns_settings(cns_simulator.url, outbox=outbox_location("o.sqlite3")))
+    yield api
+    await api.client.close()  # before the simulator stops (see tests/fixtures/cns.py)
 
 
 def counter(api: Api, name: str, **labels: str) -> float:

@@ -2,6 +2,10 @@
 
 The simulator runs in the test process (its own thread), so it outlives every daemon
 and counts what the CNS would have booked.
+
+The kill and stop tests run on both outbox stores (``store``): the SQLite file in the
+daemon's home, and PostgreSQL (tests/fixtures/postgres.py), where what a killed daemon
+was sending is taken over once its lease has run out (short timeouts: a lease of 8 s).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import psycopg
+import pytest
 
 from tests.fixtures.cns import FeeNotes, SimulatorThread, unsigned_fee_note
 from tests.fixtures.daemon import DaemonProcess
@@ -53,16 +60,38 @@ def post_note(daemon: DaemonProcess, body: bytes) -> int:
         return error.code
 
 
-def statuses(home: Path) -> dict[str, str]:
-    """The outbox as a crashed daemon left it (read-only; WAL lets us read anyway)."""
+def statuses(home: Path | str) -> dict[str, str]:
+    """The outbox as a crashed daemon left it: the SQLite file in *home* (read-only;
+    WAL lets us read anyway), or the PostgreSQL database at this URL."""
+    query = "SELECT id, status FROM messages WHERE operation = 'deposit'"
+    if isinstance(home, str):
+        with psycopg.connect(home) as conn:
+            return dict(conn.execute(query).fetchall())
     db = sqlite3.connect(f"file:{home / 'outbox.sqlite3'}?mode=ro", uri=True)
     try:
-        return dict(db.execute("SELECT id, status FROM messages WHERE operation = 'deposit'"))
+        return dict(db.execute(query))
     finally:
         db.close()
 
 
-def wait_all_delivered(home: Path, expected: set[str], timeout: float = 120) -> dict[str, str]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The ``[cns]`` settings of each outbox store (none: the SQLite default)."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("pg_url")
+    return {"outbox": url, "connect_timeout": 1.0, "delivery_timeout": 3.0}
+
+
+def where(store: dict[str, object], home: Path) -> Path | str:
+    """Where :func:`statuses` reads the outbox of a daemon with these settings."""
+    outbox = store.get("outbox")
+    return outbox if isinstance(outbox, str) else home
+
+
+def wait_all_delivered(
+    home: Path | str, expected: set[str], timeout: float = 120
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     current: dict[str, str] = {}
     while time.monotonic() < deadline:
@@ -76,6 +105,7 @@ def wait_all_delivered(home: Path, expected: set[str], timeout: float = 120) -> 
 
 def test_kill_9_mid_delivery_loses_nothing_and_books_once(
     tmp_path: Path,
+    store: dict[str, object],
     daemon_factory: Callable[..., DaemonProcess],
     cns_simulator: SimulatorThread,
     fee_notes: FeeNotes,
@@ -85,8 +115,9 @@ def test_kill_9_mid_delivery_loses_nothing_and_books_once(
     # the CNS booked the note, so the daemon cannot know and must send it again.
     simulator.faults.latency = 0.05
     simulator.faults.drop_probability = 0.3
-    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url)
+    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url, **store)
     home = tmp_path / "home"
+    outbox = where(store, home)
     notes = [fee_notes.make() for _ in range(200)]
     accepted: set[str] = set()
     caught_sending = 0
@@ -98,14 +129,14 @@ def test_kill_9_mid_delivery_loses_nothing_and_books_once(
         time.sleep(0.3)  # let the workers get going
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(10)
-        left = statuses(home)
+        left = statuses(outbox)
         assert set(left) == accepted  # every 202 is on disk
         caught_sending += list(left.values()).count("sending")
     # The kills did interrupt deliveries (otherwise this test would prove nothing).
     assert caught_sending > 0
     assert simulator.dropped > 0
     daemon = daemon_factory(home, "--sandbox", "--config", str(config))
-    wait_all_delivered(home, accepted)
+    wait_all_delivered(outbox, accepted)
     assert len(simulator.bookings) == 200
     assert set(simulator.booking_counts) == accepted
     assert set(simulator.booking_counts.values()) == {1}
@@ -117,6 +148,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_books_once(
 
 def test_sigterm_requeues_or_finishes_deliveries_under_way(
     tmp_path: Path,
+    store: dict[str, object],
     daemon_factory: Callable[..., DaemonProcess],
     cns_simulator: SimulatorThread,
     fee_notes: FeeNotes,
@@ -124,33 +156,34 @@ def test_sigterm_requeues_or_finishes_deliveries_under_way(
     simulator = cns_simulator.simulator
     simulator.faults.latency = 2.0
     # The drain is shorter than the CNS's latency: deliveries are cut short, queued again.
-    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url, drain_timeout=0.5)
+    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url, drain_timeout=0.5, **store)
     home = tmp_path / "home"
+    outbox = where(store, home)
     notes = [fee_notes.make() for _ in range(6)]
     daemon = daemon_factory(home, "--sandbox", "--config", str(config))
     for _, body in notes:
         assert post_note(daemon, body) == 202
     cns_simulator.wait_for(lambda s: sum(s.requests.values()) >= 4, timeout=20)
     assert daemon.stop() == 0
-    left = statuses(home)
+    left = statuses(outbox)
     assert "sending" not in left.values()
     assert set(left.values()) == {"queued"}
     log = daemon.log_text()
     assert "cut short: queued again" in log
 
     # With a drain longer than the latency, deliveries under way finish.
-    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url, drain_timeout=10.0)
+    config = write_config(tmp_path / "sidecar.toml", cns_simulator.url, drain_timeout=10.0, **store)
     simulator.faults.latency = 1.0
     daemon = daemon_factory(home, "--sandbox", "--config", str(config))
     cns_simulator.wait_for(lambda s: sum(s.requests.values()) >= 8, timeout=20)
     assert daemon.stop() == 0
-    left = statuses(home)
+    left = statuses(outbox)
     assert "sending" not in left.values()
     assert list(left.values()).count("delivered") >= 2
 
     simulator.faults.latency = 0.0
     daemon_factory(home, "--sandbox", "--config", str(config))
-    wait_all_delivered(home, {u for u, _ in notes}, timeout=30)
+    wait_all_delivered(outbox, {u for u, _ in notes}, timeout=30)
     assert set(simulator.booking_counts.values()) == {1}
     assert len(simulator.bookings) == 6
 

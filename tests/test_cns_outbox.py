@@ -1,24 +1,30 @@
 """The outbox and the worker without HTTP in front: durability settings, recovery,
-ordering, backoff. (The offline mode, with a real TSA going down: test_cns_offline.py.)"""
+ordering, backoff. (The offline mode, with a real TSA going down: test_cns_offline.py.)
+
+The tests taking ``outbox_location`` run against both stores: the SQLite file and
+the PostgreSQL database (tests/fixtures/postgres.py); the leases of the shared store
+are tested in test_cns_outbox_pg.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import random
-import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sidecar.cns.outbox import DuplicateUuid, InvalidState, Outbox, Status
+from sidecar.cns.outbox import DuplicateUuid, InvalidState, Outbox, Status, open_outbox
 from sidecar.cns.worker import backoff_delay
 from sidecar.config import CnsSettings
 
 UUID_A = "3f2b8c1e-6d4a-4b7e-9c2d-1a5e8f7b6c3d"
 UUID_B = "9a1c7e2b-4f3d-4e8a-b6c5-2d9f0e1a3b4c"
+
+Location = Callable[[str], "Path | str"]
 
 
 def test_wal_and_full_synchronous(tmp_path: Path) -> None:
@@ -30,8 +36,8 @@ def test_wal_and_full_synchronous(tmp_path: Path) -> None:
         outbox.close()
 
 
-def test_idempotent_enqueue(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite3")
+def test_idempotent_enqueue(outbox_location: Location) -> None:
+    outbox = open_outbox(outbox_location("o.sqlite3"))
     first, created = outbox.enqueue_deposit(UUID_A, b"<a/>", "d1", client="c")
     again, created_again = outbox.enqueue_deposit(UUID_A, b"<a/>", "d1", client="c")
     assert created and not created_again and again.seq == first.seq
@@ -56,8 +62,8 @@ def test_recover_puts_sending_rows_back_with_the_same_uuid(tmp_path: Path) -> No
     reopened.close()
 
 
-def test_cancel_waits_for_its_deposit(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite3")
+def test_cancel_waits_for_its_deposit(outbox_location: Location) -> None:
+    outbox = open_outbox(outbox_location("o.sqlite3"))
     outbox.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")
     outbox.enqueue_cancel(UUID_A, UUID_B, client="c")
     claimed, _ = outbox.claim(10)
@@ -71,8 +77,8 @@ def test_cancel_waits_for_its_deposit(tmp_path: Path) -> None:
     outbox.close()
 
 
-def test_cancel_of_a_failed_deposit_is_never_sent(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite3")
+def test_cancel_of_a_failed_deposit_is_never_sent(outbox_location: Location) -> None:
+    outbox = open_outbox(outbox_location("o.sqlite3"))
     outbox.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")
     outbox.enqueue_cancel(UUID_A, UUID_B, client="c")
     outbox.claim(1)
@@ -97,17 +103,29 @@ def test_backoff_grows_and_is_capped_and_jittered() -> None:
     assert backoff_delay(3, dataclasses.replace(settings, backoff_jitter=0), rng) == 4
 
 
-def test_cli_list_and_retry(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
+def test_cli_list_and_retry(tmp_path: Path, outbox_location: Location) -> None:
+    location = outbox_location("outbox.sqlite3")
+    outbox = open_outbox(location)
     outbox.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")
     outbox.claim(1)
     outbox.finish(UUID_A, Status.FAILED, error="CNS answered 500")
     outbox.close()
     env = {**os.environ, "SIDECAR_HOME": str(tmp_path)}
+    config = tmp_path / "sidecar.toml"
+    config.write_text(f'[cns]\noutbox = "{location}"\n')
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "sidecar", "outbox", *args],
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "outbox",
+                *args[:1],
+                "--config",
+                str(config),
+                *args[1:],
+            ],
             capture_output=True,
             text=True,
             env=env,
@@ -118,6 +136,7 @@ def test_cli_list_and_retry(tmp_path: Path) -> None:
     assert UUID_A in listed.stdout and "CNS answered 500" in listed.stdout
     assert cli("retry", UUID_A).returncode == 0
     assert cli("retry", UUID_A).returncode == 1  # queued now, not failed
-    db = sqlite3.connect(tmp_path / "outbox.sqlite3")
-    assert db.execute("SELECT status, attempts FROM messages").fetchone() == ("queued", 0)
-    db.close()
+    reopened = open_outbox(location)
+    message = reopened.get(UUID_A)
+    assert message is not None and (message.status, message.attempts) == ("queued", 0)
+    reopened.close()

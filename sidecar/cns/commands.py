@@ -1,7 +1,8 @@
 """``sidecar audit verify|export`` and ``sidecar outbox list|retry``.
 
-They open the same SQLite files as the daemon (WAL lets them read while it runs; a
-``retry`` waits for the daemon's write lock and is picked up at its next poll).
+They open the same stores as the daemon: the SQLite files (WAL lets them read while it
+runs; a ``retry`` waits for the daemon's write lock and is picked up at its next poll),
+or the PostgreSQL database of ``[cns] outbox = "postgresql://…"``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from ..audit import AuditJournal
-from ..config import Settings
+from ..audit import open_journal
+from ..config import Settings, is_database_url
 from ..i18n import _
 from ..paths import Paths
 from ..progress import progress_iter
 from ..storage import StorageUnavailable
 from .journal_feed import copy_events
-from .outbox import InvalidState, Outbox, Status, UnknownMessage
+from .outbox import InvalidState, Outbox, Status, UnknownMessage, open_outbox
 
 __all__ = ["add_parsers", "audit_path", "outbox_path", "run"]
 
@@ -29,7 +30,8 @@ def audit_path(paths: Paths) -> Path:
     return paths.data_dir / "audit.sqlite3"
 
 
-def outbox_path(settings: Settings, paths: Paths) -> Path:
+def outbox_path(settings: Settings, paths: Paths) -> Path | str:
+    """The SQLite outbox's file, or the PostgreSQL outbox's URL."""
     return settings.cns.outbox or paths.data_dir / "outbox.sqlite3"
 
 
@@ -64,13 +66,13 @@ def run(
     args: argparse.Namespace, settings: Settings, paths: Paths, out: TextIO = sys.stdout
 ) -> int:
     if args.command == "audit":
-        return _audit(args, paths, out)
+        return _audit(args, settings, paths, out)
     return _outbox(args, settings, paths, out)
 
 
-def _journal_events(outbox: Outbox, paths: Paths) -> None:
+def _journal_events(outbox: Outbox, settings: Settings, paths: Paths) -> None:
     """Copy the retry's journal event now (the daemon would at its next poll)."""
-    journal = AuditJournal(audit_path(paths))
+    journal = open_journal(audit_path(paths), settings.cns.outbox)
     try:
         copy_events(outbox, journal)
     except StorageUnavailable as exc:
@@ -79,12 +81,17 @@ def _journal_events(outbox: Outbox, paths: Paths) -> None:
         journal.close()
 
 
-def _audit(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
+def _audit(args: argparse.Namespace, settings: Settings, paths: Paths, out: TextIO) -> int:
     path = audit_path(paths)
-    if not path.exists():
+    shared = is_database_url(settings.cns.outbox)  # the journal is in the outbox's database
+    if not shared and not path.exists():
         print(f"sidecar: no audit journal in {paths.data_dir}", file=sys.stderr)
         return 1
-    journal = AuditJournal(path)
+    try:
+        journal = open_journal(path, settings.cns.outbox)
+    except StorageUnavailable as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.audit_command == "verify":
             report = journal.verify()
@@ -111,10 +118,14 @@ def _audit(args: argparse.Namespace, paths: Paths, out: TextIO) -> int:
 
 def _outbox(args: argparse.Namespace, settings: Settings, paths: Paths, out: TextIO) -> int:
     path = outbox_path(settings, paths)
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         print(f"sidecar: no outbox at {path}", file=sys.stderr)
         return 1
-    outbox = Outbox(path)
+    try:
+        outbox = open_outbox(path, local_dir=paths.data_dir)
+    except StorageUnavailable as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.outbox_command == "list":
             status = Status(args.status) if args.status else None
@@ -144,7 +155,7 @@ def _outbox(args: argparse.Namespace, settings: Settings, paths: Paths, out: Tex
         except StorageUnavailable as exc:
             print(f"sidecar: {exc}", file=sys.stderr)
             return 1
-        _journal_events(outbox, paths)
+        _journal_events(outbox, settings, paths)
         print(f"{message.id} queued again", file=out)
         return 0
     finally:

@@ -32,15 +32,7 @@ _BATCH = 500
 
 def copy_events(outbox: Outbox, journal: AuditJournal) -> tuple[int, int]:
     """Copy every outbox event the journal lacks; ``(copied, last seq held)``. Blocking."""
-    source = f"outbox:{outbox.store_id}"
-    copied = 0
-    while True:
-        count, last = journal.import_events(
-            source, lambda after: outbox.events_after(after, _BATCH)
-        )
-        copied += count
-        if count < _BATCH:
-            return copied, last
+    return outbox.copy_events_to(journal, _BATCH)
 
 
 class JournalFeed:

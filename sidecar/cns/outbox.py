@@ -41,6 +41,15 @@ and change nothing, except the outcome of a delivery the CNS has answered: that 
 kept in memory and recorded at the next claim that can write (the worker's poll), so
 the answer is never lost while the process lives (after a crash, the message is sent
 again with the same UUID, which the CNS deduplicates).
+
+Two stores behind one interface (:func:`open_outbox`, by ``[cns] outbox``): this
+class is the interface and the SQLite store (one daemon, embedded, the default);
+:class:`~sidecar.cns.outbox_pg.PgOutbox` the PostgreSQL one that several daemons
+share. Their SQL is written once (``?`` placeholders either way); a store overrides
+the few hooks where they differ: how due messages are claimed (:meth:`_claimable`,
+:meth:`_mark_sending`), what is recovered at start (:meth:`_recover`), which
+deliveries are this process's (:meth:`_mine`), and how the events reach the journal
+(:meth:`copy_events_to`).
 """
 
 from __future__ import annotations
@@ -51,18 +60,23 @@ import concurrent.futures
 import hashlib
 import json
 import logging
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..config import CnsSettings, is_database_url
 from ..errors import NotFound, Refused
 from ..migrations import Migration, migrate
-from ..storage import SqliteStore, StorageUnavailable, WriteTransaction
+from ..storage import SqliteStore, StorageUnavailable, StoreHealth
+
+if TYPE_CHECKING:
+    from ..audit import AuditJournal
+    from ..pgstore import PgStore
 
 __all__ = [
     "FINAL",
@@ -74,6 +88,7 @@ __all__ = [
     "OutboxEvent",
     "Status",
     "UnknownMessage",
+    "open_outbox",
 ]
 
 T = TypeVar("T")
@@ -183,6 +198,31 @@ _COLUMNS = (
     "updated_at, next_attempt_at, delivered_at, last_error, answer_status, answer_type, "
     "answer_body, reasons"
 )
+
+
+class Db(Protocol):
+    """What a store's SQL runs on: sqlite3's connection, or
+    :class:`~sidecar.pgstore.PgConnection`."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ..., /) -> Any: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any: ...
+
+
+def open_outbox(
+    location: Path | str, *, local_dir: Path | None = None, settings: CnsSettings | None = None
+) -> Outbox:
+    """The outbox at *location*: a PostgreSQL URL, else an SQLite file.
+
+    *local_dir*: where a PostgreSQL outbox's daemon keeps its files (the storage check
+    watches that disk); *settings*: the delivery timeouts a PostgreSQL claim's lease
+    must outlast (none: the command line, which delivers nothing)."""
+    if is_database_url(location):
+        # Imported here: psycopg is loaded only by daemons that use PostgreSQL.
+        from .outbox_pg import PgOutbox, lease_for
+
+        lease = lease_for(settings) if settings is not None else None
+        return PgOutbox(str(location), local_dir=local_dir, lease_seconds=lease)
+    return Outbox(Path(location))
 
 
 def _iso(moment: float | None) -> str | None:
@@ -306,13 +346,19 @@ class Outbox:
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
-        self._clock = clock
         # FULL: the WAL is fsynced at every commit, which is what makes 202 mean durable.
-        self._store = SqliteStore(path, "outbox", synchronous="FULL", timeout=30)
-        #: The last write failure (full or read-only disk), for ``/v1/health``.
-        self.health = self._store.health
+        self._store: SqliteStore | PgStore = SqliteStore(
+            path, "outbox", synchronous="FULL", timeout=30
+        )
+        migrate(self._store.db, _MIGRATIONS, store="outbox", backup=True)
+        self._opened(self._store.health, clock)
+
+    def _opened(self, health: StoreHealth, clock: Callable[[], float]) -> None:
+        """The state every store has, once its schema is there."""
+        self._clock = clock
+        #: The last write failure (full or read-only disk, lost server), for ``/v1/health``.
+        self.health = health
         self._lock = self._store.lock
-        migrate(self._db, _MIGRATIONS, store="outbox", backup=True)
         (self.store_id,) = self._db.execute(
             "SELECT value FROM meta WHERE key = 'store_id'"
         ).fetchone()
@@ -336,14 +382,14 @@ class Outbox:
                 self.on_events()
 
     @property
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Db:
         return self._store.db
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._store.close()
 
-    def _transaction(self) -> WriteTransaction:
+    def _transaction(self) -> AbstractContextManager[None]:
         return self._store.transaction()
 
     def _select(self, where: str, args: tuple[Any, ...] = ()) -> list[Message]:
@@ -402,12 +448,18 @@ class Outbox:
                 if existing[0].digest != digest or existing[0].operation != Operation.DEPOSIT:
                     raise DuplicateUuid(existing[0])
                 return existing[0], False
-            self._db.execute(
+            # DO NOTHING: a daemon beside this one (a shared store) inserted it meanwhile.
+            cursor = self._db.execute(
                 "INSERT INTO messages (id, operation, subject, client, digest, level, body, "
                 "status, created_at, updated_at, next_attempt_at) "
-                "VALUES (?, 'deposit', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, 'deposit', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (uuid, uuid, client, digest, level, body, status.value, now, now, now),
             )
+            if cursor.rowcount == 0:
+                raced = self._select("WHERE id = ?", (uuid,))[0]
+                if raced.digest != digest or raced.operation != Operation.DEPOSIT:
+                    raise DuplicateUuid(raced)
+                return raced, False
             self._event(
                 "cns.deposit.accept",
                 status,
@@ -439,12 +491,17 @@ class Outbox:
             existing = self._select("WHERE subject = ? AND operation = 'cancel'", (fee_note_uuid,))
             if existing:
                 return existing[0], False
-            self._db.execute(
+            cursor = self._db.execute(
                 "INSERT INTO messages (id, operation, subject, client, digest, status, "
                 "created_at, updated_at, next_attempt_at) "
-                "VALUES (?, 'cancel', ?, ?, '', 'queued', ?, ?, ?)",
+                "VALUES (?, 'cancel', ?, ?, '', 'queued', ?, ?, ?) ON CONFLICT DO NOTHING",
                 (cancel_uuid, fee_note_uuid, deposit[0].client, now, now, now),
             )
+            if cursor.rowcount == 0:  # another daemon's cancellation won (a shared store)
+                raced = self._select("WHERE subject = ? AND operation = 'cancel'", (fee_note_uuid,))
+                if raced:
+                    return raced[0], False
+                raise InvalidState(deposit[0], f"message {cancel_uuid} already exists")
             self._event(
                 "cns.cancel.accept",
                 Status.QUEUED,
@@ -527,6 +584,10 @@ class Outbox:
                 "FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
+        return self._events(rows)
+
+    @staticmethod
+    def _events(rows: Sequence[Sequence[Any]]) -> builtins.list[OutboxEvent]:
         return [
             OutboxEvent(
                 seq=seq,
@@ -541,6 +602,19 @@ class Outbox:
             )
             for seq, at, operation, outcome, client, uuid, digest, level, detail in rows
         ]
+
+    def copy_events_to(self, journal: AuditJournal, batch: int = 500) -> tuple[int, int]:
+        """Copy every event the journal lacks into it, each exactly once; ``(copied,
+        last seq held)``. Blocking. The journal records how far it got (per store)."""
+        source = f"outbox:{self.store_id}"
+        copied = 0
+        while True:
+            count, last = journal.import_events(
+                source, lambda after: self.events_after(after, batch)
+            )
+            copied += count
+            if count < batch:
+                return copied, last
 
     def prune_events(self, upto: int) -> None:
         """Forget the events the journal holds (``seq <= upto``)."""
@@ -578,7 +652,8 @@ class Outbox:
 
     def _recover(self) -> builtins.list[str]:
         now = self._clock()
-        ids = [r[0] for r in self._db.execute("SELECT id FROM messages WHERE status = 'sending'")]
+        rows = self._db.execute("SELECT id FROM messages WHERE status = 'sending'").fetchall()
+        ids = [r[0] for r in rows]
         ids = [i for i in ids if i not in self._unrecorded]
         self._db.executemany(
             "UPDATE messages SET status = 'queued', next_attempt_at = ?, updated_at = ? "
@@ -592,12 +667,13 @@ class Outbox:
     def requeue(self, ids: builtins.list[str]) -> None:
         """Deliveries cut short by a stop go back to the queue, due now."""
         now = self._clock()
+        mine, owner = self._mine()
         with self._transaction():
             for uuid in ids:
                 cursor = self._db.execute(
-                    "UPDATE messages SET status = 'queued', next_attempt_at = ?, updated_at = ? "
-                    "WHERE id = ? AND status = 'sending'",
-                    (now, now, uuid),
+                    "UPDATE messages SET status = 'queued', next_attempt_at = ?, "  # noqa: S608
+                    f"updated_at = ? WHERE id = ? AND status = 'sending'{mine}",
+                    (now, now, uuid, *owner),
                 )
                 if cursor.rowcount:
                     self._event("cns.requeue", Status.QUEUED, uuid)
@@ -617,16 +693,7 @@ class Outbox:
                 self._recover()
             for uuid, outcome in unrecorded:
                 self._finish(uuid, **outcome)
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS}, body FROM messages m WHERE m.status = 'queued' "  # noqa: S608
-                "AND m.next_attempt_at <= ? AND (m.operation = 'deposit' OR NOT EXISTS ("
-                "  SELECT 1 FROM messages d WHERE d.id = m.subject AND d.operation = 'deposit'"
-                "  AND d.status NOT IN ('delivered', 'rejected', 'failed'))) "
-                "ORDER BY m.seq LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            for row in rows:
-                message = _message(row[:-1], row[-1])
+            for message in self._claimable(now, limit):
                 if message.operation == Operation.CANCEL:
                     (deposit_status,) = self._db.execute(
                         "SELECT status FROM messages WHERE id = ?", (message.subject,)
@@ -647,11 +714,7 @@ class Outbox:
                         )
                         closed.append(message)
                         continue
-                self._db.execute(
-                    "UPDATE messages SET status = 'sending', attempts = attempts + 1, "
-                    "updated_at = ? WHERE id = ?",
-                    (now, message.id),
-                )
+                self._mark_sending(message, now)
                 self._event(
                     f"cns.{message.operation}.send",
                     Status.SENDING,
@@ -675,6 +738,41 @@ class Outbox:
         for uuid, _ in unrecorded:
             self._unrecorded.pop(uuid, None)
         return claimed, closed
+
+    # Where the stores differ (see the module's docstring).
+    #: A message is due (``m``: the message; the cancellation's condition is added).
+    _DUE = "m.status = 'queued' AND m.next_attempt_at <= ?"
+    #: After the claim's SELECT: how a shared store keeps two daemons off one row.
+    _CLAIM_LOCK = ""
+
+    def _claimable(self, now: float, limit: int) -> builtins.list[Message]:
+        """The due messages, with their bodies, oldest first (inside the claim)."""
+        due_args: tuple[Any, ...] = (now,) * self._DUE.count("?")
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS}, body FROM messages m WHERE {self._DUE} "  # noqa: S608
+            "AND (m.operation = 'deposit' OR NOT EXISTS ("
+            "  SELECT 1 FROM messages d WHERE d.id = m.subject AND d.operation = 'deposit'"
+            f"  AND d.status NOT IN ('delivered', 'rejected', 'failed'))) "
+            f"ORDER BY m.seq LIMIT ?{self._CLAIM_LOCK}",
+            (*due_args, limit),
+        ).fetchall()
+        return [_message(row[:-1], row[-1]) for row in rows]
+
+    def _mark_sending(self, message: Message, now: float) -> None:
+        self._db.execute(
+            "UPDATE messages SET status = 'sending', attempts = attempts + 1, "
+            "updated_at = ? WHERE id = ?",
+            (now, message.id),
+        )
+
+    def _still_mine(self, uuid: str) -> bool:
+        """Whether an outcome for *uuid* is this process's to record (inside it)."""
+        return True
+
+    def _mine(self) -> tuple[str, tuple[Any, ...]]:
+        """The SQL condition (and its arguments) of "a delivery this process is making":
+        every ``sending`` row for the only daemon of an SQLite store."""
+        return "", ()
 
     def finish(
         self,
@@ -733,13 +831,18 @@ class Outbox:
         settled_by: str,
         at: float,
     ) -> Message:
+        if not self._still_mine(uuid):
+            # Its lease ran out and another daemon took the delivery over: its outcome
+            # is that daemon's to record (the CNS deduplicated the second sending).
+            log.info("message %s: delivered by another daemon meanwhile", uuid)
+            return self._select("WHERE id = ?", (uuid,))[0]
         # ``at``: when the answer came, which is when it is delivered, even if the disk
         # could only take it later.
         self._db.execute(
             "UPDATE messages SET status = ?, updated_at = ?, next_attempt_at = ?, "
             "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END, "
             "last_error = ?, answer_status = coalesce(?, answer_status), "
-            "answer_type = CASE WHEN ? IS NULL THEN answer_type ELSE ? END, "
+            "answer_type = CASE WHEN CAST(? AS INTEGER) IS NULL THEN answer_type ELSE ? END, "
             "answer_body = coalesce(?, answer_body), reasons = ? WHERE id = ?",
             (
                 status.value,

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from lxml import etree
 
-from ..audit import AuditJournal
+from ..audit import AuditJournal, open_journal
 from ..config import CnsSettings, ConfigError, Settings
 from ..health import CheckResult, HealthCheck, Status
 from ..metrics import Metrics, OutboxStats
@@ -50,7 +50,7 @@ from ..storage import StorageUnavailable, disk_space
 from .commands import audit_path, outbox_path
 from .documents import DocumentError, MessageRule
 from .journal_feed import JournalFeed
-from .outbox import Outbox
+from .outbox import Outbox, open_outbox
 from .simulator import CnsSimulator, serve_simulator, xades_verifier
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
@@ -145,8 +145,9 @@ async def open_cns(
     cns = settings.cns
     profiles = tuple(profiles)
     own_journal = journal is None
-    audit = AuditJournal(audit_path(paths)) if journal is None else journal
-    outbox = Outbox(outbox_path(settings, paths))
+    # The journal follows the outbox's store (a PostgreSQL outbox: the same database).
+    audit = open_journal(audit_path(paths), cns.outbox) if journal is None else journal
+    outbox = open_outbox(outbox_path(settings, paths), local_dir=paths.data_dir, settings=cns)
     runtime = CnsRuntime(
         outbox,
         audit,
