@@ -596,10 +596,13 @@ class PdfInspector:
         except WorkerLost:
             raise _unsupported("reading the PDF needs more memory than allowed") from None
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, deadline: float) -> T:
+    async def run(
+        self, fn: Callable[..., T], /, *args: Any, deadline: float, client: str | None = None
+    ) -> T:
         """``fn(*args)`` in one of these workers (same memory ceiling), within *deadline*
-        seconds: :class:`TimeoutError` or :class:`WorkerLost` otherwise."""
-        return await self._workers.run(fn, *args, deadline=deadline)
+        seconds, on ``client``'s share: :class:`TimeoutError` or :class:`WorkerLost`
+        otherwise."""
+        return await self._workers.run(fn, *args, deadline=deadline, client=client)
 
     def close(self) -> None:
         self._workers.close()

@@ -61,7 +61,13 @@ from .._hooks.signxml_hooks import HookedXAdESSigner
 from ..keys.signer import Signer
 from ..keys.signxml_adapter import as_cryptography_key
 from .report import BASELINE_LEVELS, Level
-from .sources import TimestampSource, UpstreamFailure, ValidationData, ValidationDataSource
+from .sources import (
+    TimestampSource,
+    UpstreamFailure,
+    ValidationData,
+    ValidationDataSource,
+    collect_for_signature,
+)
 from .tst import read_token
 from .workers import WorkerLost, WorkerPool
 from .xades_properties import (
@@ -717,16 +723,7 @@ async def _collect_for(
     token_certificates: Sequence[asn1_x509.Certificate],
 ) -> ValidationData:
     """:func:`_collect` for a chain given as certificates (leaf first)."""
-    if tsa_certificate is None:
-        raise UpstreamFailure(
-            "error", "tsa", "the timestamp token does not carry the TSA's certificate"
-        )
-    tsa_der = tsa_certificate.dump()
-    signer_side, tsa_side = await asyncio.gather(
-        source.collect(list(chain)),
-        source.collect([tsa_certificate, *(c for c in token_certificates if c.dump() != tsa_der)]),
-    )
-    return signer_side.merge(tsa_side)
+    return await collect_for_signature(source, chain, tsa_certificate, token_certificates)
 
 
 # -- augmentation: B-B (or B-T) to a higher level -----------------------------
