@@ -8,6 +8,7 @@ changed document or a slower signature).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 from collections.abc import Callable
@@ -26,12 +27,12 @@ from signxml.xades import XAdESSigner
 from sidecar._hooks import asn1crypto_hooks, cryptography_hooks, pyhanko_hooks, signxml_hooks
 from sidecar.keys import Signer
 from sidecar.keys.signxml_adapter import SignerEcKey, SignerRsaKey
-from sidecar.signing import pades as pades_module
+from sidecar.signing import pades_draft
 from sidecar.signing import xades as xades_module
-from sidecar.signing.pades import PadesEngine, PadesOptions
 from sidecar.signing.report import Level
 from sidecar.signing.xades import XadesOptions, sign_xml
 from sidecar.signing.xmldsig import ds
+from tests.fixtures.pades import pdfsig_report
 from tests.fixtures.xades import FORM
 
 
@@ -124,29 +125,41 @@ def _count(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tupl
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_pades_signature_takes_the_pyhanko_and_asn1crypto_hooks(
-    monkeypatch: pytest.MonkeyPatch,
-    pades_engine: PadesEngine,
-    pades_signers: dict[str, Signer],
-    fee_note_pdf: bytes,
+    monkeypatch: pytest.MonkeyPatch, pades_signers: dict[str, Signer], fee_note_pdf: bytes
 ) -> None:
+    # The engine runs these steps in worker processes; here they run in this one, so
+    # that the calls are seen: the same functions, the key signing between them.
     meta = _count(monkeypatch, pyhanko_hooks.MetadataKeepingWriter, "_update_meta")
     hooked = _count(
         monkeypatch, pyhanko_hooks.AttrProviderRewritingSigner, "_signed_attr_providers"
     )
-    adapter_class = pades_module._PadesSignerAdapter
-    assert issubclass(adapter_class, pyhanko_hooks.AttrProviderRewritingSigner)
-    providers = _count(monkeypatch, adapter_class, "rewrite_provider")
+    drafter_class = pades_draft._Drafter
+    assert issubclass(drafter_class, pyhanko_hooks.AttrProviderRewritingSigner)
+    providers = _count(monkeypatch, drafter_class, "rewrite_provider")
     dumps = _count(monkeypatch, asn1crypto_hooks.DefiniteSignerInfo, "dump")
     monkeypatch.setattr(
         IncrementalPdfFileWriter,
         "_update_meta",
         lambda self: pytest.fail("pyHanko rewrote the metadata past the hook"),
     )
-
-    signed = await pades_engine.sign(
-        fee_note_pdf, pades_signers["pkcs11-rsa"], PadesOptions(level=Level.B_B)
+    signer = pades_signers["pkcs11-rsa"]
+    certificate = signer.certificate.dump()
+    chain = tuple(c.dump() for c in signer.chain)
+    # In a thread: the steps drive pyHanko's async API on a loop of their own.
+    prepared = await asyncio.to_thread(
+        pades_draft.prepare,
+        pades_draft.Prepare(
+            fee_note_pdf, certificate, chain, "Signature1", "sha256", None, None, None, None,
+            keep_version=True, reserved=16384,
+        )
+    )  # fmt: skip
+    signature = await signer.sign(prepared.signed_attrs, digest="sha256")
+    finished = await asyncio.to_thread(
+        pades_draft.finish,
+        pades_draft.Finish(prepared, certificate, chain, "sha256", signature, None, True),
     )
-    assert signed.data.startswith(fee_note_pdf)
+    assert finished.data.startswith(fee_note_pdf)
+    assert "Signature is Valid" in pdfsig_report(finished.data)
     assert meta, "pyHanko no longer calls _update_meta: metadata may be rewritten"
     assert hooked, "pyHanko no longer asks _signed_attr_providers for the attributes"
     kinds = {type(args[1]) for args in providers}

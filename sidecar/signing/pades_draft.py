@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -270,15 +271,16 @@ class _Drafter(AttrProviderRewritingSigner, ExternalSigner):
         )
 
 
-#: One event loop per worker process, for pyHanko's async API (it awaits no I/O here).
-_LOOP: asyncio.AbstractEventLoop | None = None
+#: An event loop per thread (a worker has one), for pyHanko's async API: nothing it
+#: awaits here does I/O, so the loop only drives the coroutines.
+_LOOPS = threading.local()
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    global _LOOP
-    if _LOOP is None:
-        _LOOP = asyncio.new_event_loop()
-    return _LOOP.run_until_complete(coroutine)
+    loop: asyncio.AbstractEventLoop | None = getattr(_LOOPS, "loop", None)
+    if loop is None:
+        loop = _LOOPS.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coroutine)
 
 
 def _stamp_style(stamp: Stamp) -> TextStampStyle:
