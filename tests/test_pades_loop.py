@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,7 +27,7 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from sidecar._hooks.pyhanko_hooks import MetadataKeepingWriter
 from sidecar.config import SandboxSettings, Settings, TrustSettings, TsaSettings
 from sidecar.sandbox import SandboxPKI
-from tests.fixtures.daemon import Api, free_port
+from tests.fixtures.daemon import Api
 from tests.fixtures.pades import pdfsig_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,24 +60,14 @@ def fast_tsa(sandbox_services: SandboxPKI) -> Iterator[str]:
     session's sandbox TSA answers from a thread of this process, and certomancer
     reloads its key per request (~50 ms in C, holding the GIL): that would be late
     ticks on this loop that are none of the daemon's, as a remote TSA's are not."""
-    port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "fast_tsa.py"), str(sandbox_services.directory),
-         str(port)]
-    )  # fmt: skip
+    bench = str(REPO / "bench")
+    sys.path.insert(0, bench)  # fast_tsa imports its sibling module stats
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert child.poll() is None and time.monotonic() < deadline, "no TSA"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/tsa"
+        from fast_tsa import running_fast_tsa
     finally:
-        child.terminate()
-        child.wait(timeout=10)
+        sys.path.remove(bench)
+    with running_fast_tsa(sandbox_services.directory) as tsa:
+        yield tsa.url
 
 
 @pytest.mark.asyncio

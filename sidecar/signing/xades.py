@@ -713,16 +713,6 @@ async def _collect(
 ) -> ValidationData:
     """Validation data for the signer's chain and the TSA's, fetched concurrently."""
     chain = [signer.certificate, *signer.chain]
-    return await _collect_for(source, chain, tsa_certificate, token_certificates)
-
-
-async def _collect_for(
-    source: ValidationDataSource,
-    chain: Sequence[asn1_x509.Certificate],
-    tsa_certificate: asn1_x509.Certificate | None,
-    token_certificates: Sequence[asn1_x509.Certificate],
-) -> ValidationData:
-    """:func:`_collect` for a chain given as certificates (leaf first)."""
     return await collect_for_signature(source, chain, tsa_certificate, token_certificates)
 
 
@@ -947,7 +937,9 @@ async def augment_xml(
     if level in (Level.B_LT, Level.B_LTA) and current in (Level.B_B, Level.B_T):
         assert validation_data is not None
         chain = _signer_chain(signature)
-        data = await _collect_for(validation_data, chain, tsa_certificate, token_certificates)
+        data = await collect_for_signature(
+            validation_data, chain, tsa_certificate, token_certificates
+        )
         add_certificate_values(signature, data.certificates)
         add_revocation_values(signature, data.crls, data.ocsp_responses)
 
