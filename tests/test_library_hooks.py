@@ -150,16 +150,15 @@ async def test_pades_signature_takes_the_pyhanko_and_asn1crypto_hooks(
         pades_draft.prepare,
         pades_draft.Prepare(
             fee_note_pdf, certificate, chain, "Signature1", "sha256", None, None, None, None,
-            keep_version=True, reserved=16384,
-        )
+            reserved=16384, dss=None, require_pdfa=True, max_objects=1000,
+        ),
     )  # fmt: skip
     signature = await signer.sign(prepared.signed_attrs, digest="sha256")
-    finished = await asyncio.to_thread(
-        pades_draft.finish,
-        pades_draft.Finish(prepared, certificate, chain, "sha256", signature, None, True),
+    signed, _ = await asyncio.to_thread(
+        pades_draft.assemble, prepared, certificate, chain, "sha256", signature, None
     )
-    assert finished.data.startswith(fee_note_pdf)
-    assert "Signature is Valid" in pdfsig_report(finished.data)
+    assert signed.startswith(fee_note_pdf)
+    assert "Signature is Valid" in pdfsig_report(signed)
     assert meta, "pyHanko no longer calls _update_meta: metadata may be rewritten"
     assert hooked, "pyHanko no longer asks _signed_attr_providers for the attributes"
     kinds = {type(args[1]) for args in providers}

@@ -58,14 +58,7 @@ from ..keys import Signer
 from ..logs import traceback_text
 from . import pades_draft
 from .pades_draft import NoRoom
-from .pdf_checks import (
-    PdfFacts,
-    PdfInspector,
-    PdfRefused,
-    inspect_pdf,
-    pdfa_problems,
-    pdfa_regressions,
-)
+from .pdf_checks import PdfFacts, PdfInspector, PdfRefused, pdfa_regressions, quick_guard
 from .report import BASELINE_LEVELS, Level
 from .sources import (
     CertificateUnusable,
@@ -204,24 +197,9 @@ class PadesEngine:
         ``client`` (the caller's name): whose share of the PDF workers the document
         work counts against."""
         self._check_level(options.level)
-        before = await self.inspector.inspect(data)
-        if before.signature_fields and before.is_pdfa:
-            log.info(
-                "signing a PDF/A that already has %d signature field(s)", before.signature_fields
-            )
-        if options.require_pdfa:
-            problems = pdfa_problems(before)
-            if problems:
-                raise PdfRefused(
-                    422, "unsupported_pdf", "the profile demands PDF/A: " + "; ".join(problems)
-                )
-        refuse_if_locked(before)
-        keep_version = before.is_pdfa
-        field_name = options.field_name or new_field_name(before)
+        quick_guard(data, self.inspector.limits)
         try:
-            output, after = await self._sign(
-                data, signer, options, field_name, keep_version, client
-            )
+            prepared, output, after = await self._sign(data, signer, options, client)
         except CertificateUnusable as exc:
             reason = "certificate_revoked" if exc.reason == "revoked" else "certificate_invalid"
             raise PadesError(reason, f"the signing certificate does not validate: {exc}") from None
@@ -258,18 +236,23 @@ class PadesEngine:
                 f"the PDF cannot be signed: its structure is not one sidecar can update "
                 f"({type(exc).__name__})",
             ) from None
+        before = prepared.before
+        if before.signature_fields and before.is_pdfa:
+            log.info(
+                "signed a PDF/A that already had %d signature field(s)", before.signature_fields
+            )
         if before.is_pdfa:
             broken = pdfa_regressions(before, after)
             if broken:
                 log.error("signing broke PDF/A markers: %s", "; ".join(broken))
                 raise PadesError("pdfa_broken", "signing would break PDF/A: " + "; ".join(broken))
-        return SignedPdf(output, options.level, field_name, before, after)
+        return SignedPdf(output, options.level, prepared.field_name, before, after)
 
-    async def _work(self, fn: Callable[..., T], argument: object, client: str | None) -> T:
-        """``fn(argument)`` in a PDF worker, under the inspector's deadline."""
+    async def _work(self, fn: Callable[..., T], *args: object, client: str | None) -> T:
+        """``fn(*args)`` in a PDF worker, under the inspector's deadline."""
         timeout = self.inspector.limits.timeout
         try:
-            return await self.inspector.run(fn, argument, deadline=timeout, client=client)
+            return await self.inspector.run(fn, *args, deadline=timeout, client=client)
         except TimeoutError:
             raise PdfRefused(
                 422, "unsupported_pdf", f"the PDF could not be signed within {timeout:g} s"
@@ -280,16 +263,11 @@ class PadesEngine:
             ) from None
 
     async def _sign(
-        self,
-        data: bytes,
-        signer: Signer,
-        options: PadesOptions,
-        field_name: str,
-        keep_version: bool,
-        client: str | None,
-    ) -> tuple[bytes, PdfFacts]:
+        self, data: bytes, signer: Signer, options: PadesOptions, client: str | None
+    ) -> tuple[pades_draft.Prepared, bytes, PdfFacts]:
         level = options.level
         md = options.md_algorithm
+        max_objects = self.inspector.limits.max_objects
         certificate = signer.certificate.dump()
         chain = tuple(c.dump() for c in signer.chain)
         stamp = None
@@ -311,17 +289,18 @@ class PadesEngine:
                     data=data,
                     certificate=certificate,
                     chain=chain,
-                    field_name=field_name,
+                    field_name=options.field_name,
                     md_algorithm=md,
                     reason=options.reason,
                     location=options.location,
                     contact_info=options.contact_info,
                     stamp=stamp,
-                    keep_version=keep_version,
                     reserved=reserved,
                     dss=dss,
+                    require_pdfa=options.require_pdfa,
+                    max_objects=max_objects,
                 ),
-                client,
+                client=client,
             )
             # The key signs where it lives (its executor); no key material moves.
             signature = await signer.sign(prepared.signed_attrs, digest=md)
@@ -339,21 +318,10 @@ class PadesEngine:
                     # Another TSA answered (failover): its data after the signature.
                     self._tsa = stamped
                     late_dss = await self._collect(signer, stamped)
-            request = pades_draft.Finish(
-                prepared,
-                certificate,
-                chain,
-                md,
-                signature,
-                token,
-                keep_version,
-                dss=late_dss,
-                timestamp_reserved=self._document_timestamp_room()
-                if level is Level.B_LTA
-                else None,
-            )
             try:
-                finished = await self._work(pades_draft.finish, request, client)
+                signed, cms_length = await asyncio.to_thread(
+                    pades_draft.assemble, prepared, certificate, chain, md, signature, token
+                )
             except NoRoom as exc:
                 # A longer chain, a bigger token than before: room for it, and again.
                 self._reserved[size_key] = _room(exc.needed)
@@ -361,11 +329,24 @@ class PadesEngine:
                     raise PadesError("signing_failed", "the signature outgrew its room") from None
                 continue
             if size_key not in self._reserved:
-                self._reserved[size_key] = _room(2 * finished.cms_length)
-            if finished.timestamp_region is None:
-                assert finished.facts is not None
-                return finished.data, finished.facts
-            return await self._document_timestamp(finished, client)
+                self._reserved[size_key] = _room(2 * cms_length)
+            if late_dss is None and level is not Level.B_LTA:
+                return prepared, signed, prepared.after
+            extended = await self._work(
+                pades_draft.extend,
+                pades_draft.Extend(
+                    signed,
+                    prepared.keep_version,
+                    late_dss,
+                    self._document_timestamp_room() if level is Level.B_LTA else None,
+                    max_objects,
+                ),
+                client=client,
+            )
+            if extended.facts is not None:
+                return prepared, extended.data, extended.facts
+            output, after = await self._document_timestamp(extended, client)
+            return prepared, output, after
         raise AssertionError("unreachable")
 
     def _estimate(self, certificate: bytes, chain: tuple[bytes, ...], level: Level) -> int:
@@ -407,7 +388,7 @@ class PadesEngine:
         )
 
     async def _document_timestamp(
-        self, finished: pades_draft.Finished, client: str | None
+        self, finished: pades_draft.Extended, client: str | None
     ) -> tuple[bytes, PdfFacts]:
         """B-LTA: the TSA stamps the prepared revision's digest; the token filled in."""
         assert finished.timestamp_region is not None and finished.timestamp_digest is not None
@@ -425,7 +406,8 @@ class PadesEngine:
             raise PadesError("signing_failed", "the document timestamp outgrew its room") from None
         if self._timestamp_reserved is None:
             self._timestamp_reserved = _room(2 * len(token))
-        after = await self._work(inspect_pdf, output, client)
+        max_objects = self.inspector.limits.max_objects
+        after = await self._work(pades_draft.stamped_facts, output, max_objects, client=client)
         return output, after
 
 
@@ -462,38 +444,6 @@ class _ContextValidationData:
             tuple(unique.values()),
             tuple(dict.fromkeys(r.dump() for r in context.ocsps)),
             tuple(dict.fromkeys(c.dump() for c in context.crls)),
-        )
-
-
-def new_field_name(facts: PdfFacts) -> str:
-    """``Signature<n>``, *n* one more than the signature fields, or the next name no
-    field of the form has (a text field may be called ``Signature2``)."""
-    taken = {name.casefold() for name in facts.field_names}
-    number = facts.signature_fields + 1
-    while f"signature{number}" in taken:
-        number += 1
-    return f"Signature{number}"
-
-
-def refuse_if_locked(facts: PdfFacts) -> None:
-    """:class:`PdfRefused` when an earlier signature forbids any change, a new signature
-    included: a certification with DocMDP P=1 (``pdf_certified``), a field lock of all
-    fields or P=1 (``pdf_locked``). Signing anyway would silently invalidate it."""
-    if facts.certification is not None and facts.certification[0] == 1:
-        by = f" by {facts.certification[1]}" if facts.certification[1] else ""
-        raise PdfRefused(
-            422,
-            "pdf_certified",
-            f"the PDF is certified{by} with DocMDP permission 1: no change is allowed, "
-            "not even a new signature",
-        )
-    for field_name, what, signer in facts.locks:
-        by = f" by {signer}" if signer else ""
-        raise PdfRefused(
-            422,
-            "pdf_locked",
-            f"the signature in field {field_name!r}{by} locks the document with {what}: "
-            "a new signature would invalidate it",
         )
 
 

@@ -3,22 +3,26 @@
 A PAdES signature is made in steps so that nothing CPU-bound runs on the daemon's
 event loop and no key material leaves the daemon (see :mod:`.pades`):
 
-1. :func:`prepare` (worker): the incremental update with the signature field, its
-   appearance and a ``/Contents`` placeholder, written out; the ``/ByteRange``
-   digest; the CMS signed attributes over it — pyHanko's interrupted signing
-   (``PdfSigner.async_digest_doc_for_signing``), with a stand-in for the key that
-   only knows its certificate.
+1. :func:`prepare` (worker): the caller's PDF read and checked (:func:`check_input`:
+   its facts, what the profile demands, earlier signatures' locks); the incremental
+   update with the signature field, its appearance, the DSS (B-LT and up: in the
+   signature's own revision, so that the signature covers it) and a ``/Contents``
+   placeholder, written out; the ``/ByteRange`` digest; the CMS signed attributes
+   over it — pyHanko's interrupted signing (``PdfSigner.async_digest_doc_for_signing``)
+   with a stand-in for the key that only knows its certificate; and the written
+   document's facts (the signature's contents change none of them).
 2. The daemon: the key signs the signed attributes (its own executor), the TSA
-   stamps the signature value, the revocation cache gives the validation data.
-3. :func:`finish` (worker): the CMS assembled around that signature value (and the
-   timestamp token), written into the placeholder; for B-LT and B-LTA the DSS,
-   for B-LTA the document timestamp's placeholder in a revision after it, and
-   its digest — the daemon asks the TSA and fills it in (:func:`fill`).
+   stamps the signature value.
+3. :func:`assemble` (a thread of the daemon: small asn1crypto work, and the document
+   need not cross to a process again): the CMS around that signature value and the
+   timestamp token, written into the placeholder.
+4. Only when more follows — B-LTA, or a TSA other than the expected one answered —
+   :func:`extend` (worker): a revision after the signature with that TSA's DSS
+   entries and/or a document timestamp's placeholder and its digest; the daemon asks
+   the TSA and fills it in (:func:`fill`).
 
-For B-LT and up, the DSS is written in step 1, in the signature's own revision
-(covered by the signature: a verifier sees the whole document signed), from the
-validation data the daemon passed — its trust layer's paths and revocation cache,
-checked when fetched: nothing is validated again here.
+The DSS's contents are the daemon's own — its trust layer's paths and revocation
+cache, checked when fetched: nothing is validated again here.
 
 Arguments and results are plain frozen dataclasses of bytes: they cross the
 process boundary by pickling. Every revision is written by
@@ -51,21 +55,26 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 
 from .._hooks.asn1crypto_hooks import as_definite_signer_info
 from .._hooks.pyhanko_hooks import AttrProviderRewritingSigner, MetadataKeepingWriter
-from .pdf_checks import PdfFacts, inspect_pdf
+from .pdf_checks import PdfFacts, PdfRefused, inspect_pdf, pdfa_problems
 from .pdf_font import EmbeddedTrueTypeFactory
 
 __all__ = [
     "Dss",
-    "Finish",
-    "Finished",
+    "Extend",
+    "Extended",
     "NoRoom",
     "Prepare",
     "Prepared",
     "PreservingWriter",
     "Stamp",
+    "assemble",
+    "check_input",
+    "extend",
     "fill",
-    "finish",
+    "new_field_name",
     "prepare",
+    "refuse_if_locked",
+    "stamped_facts",
     "write_dss",
 ]
 
@@ -105,21 +114,31 @@ class Prepare:
     #: The signer's certificate and its chain, DER.
     certificate: bytes
     chain: tuple[bytes, ...]
-    field_name: str
+    #: ``None``: ``Signature<n>``, the next free name (:func:`new_field_name`).
+    field_name: str | None
     md_algorithm: str
     reason: str | None
     location: str | None
     contact_info: str | None
     stamp: Stamp | None
-    keep_version: bool
     #: Hex characters reserved for the CMS.
     reserved: int
     #: B-LT and up: the DSS, written in the signature's revision (signed with it).
-    dss: Dss | None = None
+    dss: Dss | None
+    #: Refuse an input whose PDF/A markers are not all there.
+    require_pdfa: bool
+    #: :class:`~.pdf_checks.PdfLimits` ``max_objects``.
+    max_objects: int
 
 
 @dataclass(frozen=True)
 class Prepared:
+    #: The caller's document's facts, and the signed one's.
+    before: PdfFacts
+    after: PdfFacts
+    field_name: str
+    #: A PDF/A keeps its version in every revision written.
+    keep_version: bool
     #: The document with the signature revision, ``/Contents`` still zeros.
     data: bytes
     region: tuple[int, int]
@@ -128,31 +147,24 @@ class Prepared:
 
 
 @dataclass(frozen=True)
-class Finish:
-    prepared: Prepared
-    certificate: bytes
-    chain: tuple[bytes, ...]
-    md_algorithm: str
-    signature: bytes
-    #: The signature timestamp token (B-T and up), DER.
-    token: bytes | None
+class Extend:
+    #: The signed document.
+    data: bytes
     keep_version: bool
-    #: Validation data to add after the signature (the timestamp came from another
-    #: TSA than the one whose data the signature's revision holds); ``None``: none.
-    dss: Dss | None = None
+    #: The DSS entries of a TSA other than the one the signature's revision holds.
+    dss: Dss | None
     #: Hex characters reserved for a document timestamp (B-LTA), else ``None``.
-    timestamp_reserved: int | None = None
+    timestamp_reserved: int | None
+    max_objects: int
 
 
 @dataclass(frozen=True)
-class Finished:
+class Extended:
     data: bytes
-    #: The signature CMS's DER length (to size the next reservation).
-    cms_length: int
     #: B-LTA: the document timestamp's placeholder and the digest to stamp.
     timestamp_region: tuple[int, int] | None = None
     timestamp_digest: bytes | None = None
-    #: The signed document's facts (``None`` while a document timestamp is due).
+    #: The document's facts (``None`` while a document timestamp is due).
     facts: PdfFacts | None = None
 
 
@@ -292,15 +304,48 @@ def _stamp_style(stamp: Stamp) -> TextStampStyle:
     )
 
 
+def check_input(facts: PdfFacts, *, require_pdfa: bool) -> None:
+    """:class:`~.pdf_checks.PdfRefused` for a PDF sidecar must not sign: not PDF/A when
+    the profile demands it, or locked by an earlier signature."""
+    if require_pdfa:
+        problems = pdfa_problems(facts)
+        if problems:
+            raise PdfRefused(
+                422, "unsupported_pdf", "the profile demands PDF/A: " + "; ".join(problems)
+            )
+    refuse_if_locked(facts)
+
+
+def _inspect(data: bytes, max_objects: int) -> PdfFacts:
+    try:
+        return inspect_pdf(data, max_objects)
+    except MemoryError:
+        raise PdfRefused(
+            422, "unsupported_pdf", "reading the PDF needs more memory than allowed"
+        ) from None
+
+
+#: Objects a signature's revision adds at most (field, widget, appearance, font, DSS).
+_OWN_OBJECTS = 256
+
+
 def prepare(request: Prepare) -> Prepared:
-    """Worker step 1: the signature revision written, and the signed attributes."""
-    return _run(_prepare(request))
+    """Worker step 1: the input checked, the signature revision written, the signed
+    attributes."""
+    before = _inspect(request.data, request.max_objects)
+    check_input(before, require_pdfa=request.require_pdfa)
+    field_name = request.field_name or new_field_name(before)
+    data, region, signed_attrs = _run(_prepare(request, field_name, before.is_pdfa))
+    after = _inspect(data, request.max_objects + _OWN_OBJECTS)
+    return Prepared(before, after, field_name, before.is_pdfa, data, region, signed_attrs)
 
 
-async def _prepare(request: Prepare) -> Prepared:
+async def _prepare(
+    request: Prepare, field_name: str, keep_version: bool
+) -> tuple[bytes, tuple[int, int], bytes]:
     drafter = _Drafter(request.certificate, request.chain)
     metadata = signers.PdfSignatureMetadata(
-        field_name=request.field_name,
+        field_name=field_name,
         md_algorithm=request.md_algorithm,
         subfilter=fields.SigSeedSubFilter.PADES,
         reason=request.reason,
@@ -313,13 +358,13 @@ async def _prepare(request: Prepare) -> Prepared:
     stamp_style = None
     if request.stamp is not None:
         field_spec = fields.SigFieldSpec(
-            sig_field_name=request.field_name, on_page=request.stamp.page, box=request.stamp.box
+            sig_field_name=field_name, on_page=request.stamp.page, box=request.stamp.box
         )
         stamp_style = _stamp_style(request.stamp)
     pdf_signer = signers.PdfSigner(
         metadata, signer=drafter, new_field_spec=field_spec, stamp_style=stamp_style
     )
-    writer = PreservingWriter(io.BytesIO(request.data), keep_version=request.keep_version)
+    writer = PreservingWriter(io.BytesIO(request.data), keep_version=keep_version)
     if request.dss is not None:
         write_dss(writer, request.dss)
     digest, _, output = await pdf_signer.async_digest_doc_for_signing(
@@ -333,7 +378,7 @@ async def _prepare(request: Prepare) -> Prepared:
         is_pdf_sig=True,
     )
     assert isinstance(output, io.BytesIO)
-    return Prepared(
+    return (
         output.getvalue(),
         (digest.reserved_region_start, digest.reserved_region_end),
         attrs.dump(),
@@ -351,35 +396,46 @@ def fill(data: bytes, region: tuple[int, int], der: bytes) -> bytes:
     return data[: start + 1] + content + data[start + 1 + len(content) :]
 
 
-def finish(request: Finish) -> Finished:
-    """Worker step 3: the CMS in place; the DSS (B-LT); a document timestamp's
-    placeholder (B-LTA)."""
-    return _run(_finish(request))
-
-
-async def _finish(request: Finish) -> Finished:
-    drafter = _Drafter(request.certificate, request.chain, request.signature, request.token)
-    signed_attrs = cms.CMSAttributes.load(request.prepared.signed_attrs)
-    container = await drafter.async_sign_prescribed_attributes(request.md_algorithm, signed_attrs)
+def assemble(
+    prepared: Prepared,
+    certificate: bytes,
+    chain: tuple[bytes, ...],
+    md_algorithm: str,
+    signature: bytes,
+    token: bytes | None,
+) -> tuple[bytes, int]:
+    """Step 3 (blocking): the CMS around *signature* (and the timestamp *token*) in the
+    prepared document's placeholder; the signed document, and the CMS's DER length.
+    :class:`NoRoom` when it does not fit."""
+    drafter = _Drafter(certificate, chain, signature, token)
+    signed_attrs = cms.CMSAttributes.load(prepared.signed_attrs)
+    container = _run(drafter.async_sign_prescribed_attributes(md_algorithm, signed_attrs))
     der = container.dump()
-    data = fill(request.prepared.data, request.prepared.region, der)
-    if request.dss is None and request.timestamp_reserved is None:
-        return Finished(data, len(der), facts=inspect_pdf(data))
-    writer = PreservingWriter(io.BytesIO(data), keep_version=request.keep_version)
+    return fill(prepared.data, prepared.region, der), len(der)
+
+
+def extend(request: Extend) -> Extended:
+    """Worker step 4: a revision after the signature — a late TSA's DSS entries, a
+    document timestamp's placeholder (B-LTA)."""
+    writer = PreservingWriter(io.BytesIO(request.data), keep_version=request.keep_version)
     if request.dss is not None:
         write_dss(writer, request.dss)
     if request.timestamp_reserved is None:
         output = io.BytesIO()
         writer.write(output)
-        signed = output.getvalue()
-        return Finished(signed, len(der), facts=inspect_pdf(signed))
+        data = output.getvalue()
+        return Extended(data, facts=_inspect(data, request.max_objects + 2 * _OWN_OBJECTS))
     digest, stamped = _document_timestamp_placeholder(writer, request.timestamp_reserved)
-    return Finished(
+    return Extended(
         stamped,
-        len(der),
         timestamp_region=(digest.reserved_region_start, digest.reserved_region_end),
         timestamp_digest=digest.document_digest,
     )
+
+
+def stamped_facts(data: bytes, max_objects: int) -> PdfFacts:
+    """Worker: the facts of a document sidecar signed and stamped."""
+    return _inspect(data, max_objects + 2 * _OWN_OBJECTS)
 
 
 def write_dss(writer: PreservingWriter, dss: Dss) -> None:
@@ -416,3 +472,35 @@ def _document_timestamp_placeholder(
     digest, output = cms_writer.send(SigIOSetup(md_algorithm="sha256", in_place=False))
     assert isinstance(output, io.BytesIO)
     return digest, output.getvalue()
+
+
+def new_field_name(facts: PdfFacts) -> str:
+    """``Signature<n>``, *n* one more than the signature fields, or the next name no
+    field of the form has (a text field may be called ``Signature2``)."""
+    taken = {name.casefold() for name in facts.field_names}
+    number = facts.signature_fields + 1
+    while f"signature{number}" in taken:
+        number += 1
+    return f"Signature{number}"
+
+
+def refuse_if_locked(facts: PdfFacts) -> None:
+    """:class:`PdfRefused` when an earlier signature forbids any change, a new signature
+    included: a certification with DocMDP P=1 (``pdf_certified``), a field lock of all
+    fields or P=1 (``pdf_locked``). Signing anyway would silently invalidate it."""
+    if facts.certification is not None and facts.certification[0] == 1:
+        by = f" by {facts.certification[1]}" if facts.certification[1] else ""
+        raise PdfRefused(
+            422,
+            "pdf_certified",
+            f"the PDF is certified{by} with DocMDP permission 1: no change is allowed, "
+            "not even a new signature",
+        )
+    for field_name, what, signer in facts.locks:
+        by = f" by {signer}" if signer else ""
+        raise PdfRefused(
+            422,
+            "pdf_locked",
+            f"the signature in field {field_name!r}{by} locks the document with {what}: "
+            "a new signature would invalidate it",
+        )
