@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -192,3 +193,48 @@ async def test_xades_signature_takes_the_signxml_hooks(
     assert "" in uris, uris  # reference_inputs: the whole document as URI=""
     xpaths = list(root.iter(ds("XPath")))
     assert xpaths, "write_transforms: the parallel-mode XPath filter is missing"
+
+
+# -- pyHanko's hex strings, read in one call ----------------------------------------
+
+HEX_CASES = [
+    b"<>",
+    b"<48656C6C6F>",
+    b"<48 65\n6c\r6C\t6F\x0c00>",
+    b"<4865F>",  # odd: a final 0 is implied
+    b"<" + b"0" * 20000 + b">",  # a signature placeholder, longer than one chunk
+    b"<3082%a comment\n0A>",  # a comment inside: pyHanko's reader
+]
+
+
+@pytest.mark.parametrize("raw", HEX_CASES, ids=range(len(HEX_CASES)))
+def test_hex_strings_read_as_pyhanko_reads_them(raw: bytes) -> None:
+
+    tail = b" /Next 1"
+    ours = io.BytesIO(raw + tail)
+    theirs = io.BytesIO(raw + tail)
+    value = pyhanko_hooks.read_hex_string(ours)
+    expected = pyhanko_hooks._PYHANKO_READ_HEX(theirs)
+    assert value == expected and type(value) is type(expected)
+    assert ours.tell() == theirs.tell() == len(raw)  # left just past the '>'
+
+
+def test_bad_hex_strings_fail_as_pyhanko_fails() -> None:
+    from pyhanko.pdf_utils.misc import PdfStreamError
+
+    for raw in (b"<48656Z>", b"<4865"):
+        with pytest.raises(PdfStreamError):
+            pyhanko_hooks.read_hex_string(io.BytesIO(raw))
+
+
+def test_pyhanko_reads_hex_strings_through_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyhanko.pdf_utils import generic
+
+    import sidecar.signing.pdf_checks  # noqa: F401  (installs the hook)
+
+    # The name pyHanko's read_object calls must still be the module global we set.
+    assert generic.read_hex_string_from_stream is pyhanko_hooks.read_hex_string
+    calls = _count(monkeypatch, pyhanko_hooks, "read_hex_string")
+    monkeypatch.setattr(generic, "read_hex_string_from_stream", pyhanko_hooks.read_hex_string)
+    value = generic.read_object(io.BytesIO(b"<48656C6C6F> "), generic.Reference(1, 0))
+    assert value == generic.pdf_string(b"Hello") and calls

@@ -132,16 +132,16 @@ async def test_signing_pdfs_over_http_does_not_block_the_loop(
 
     assert all(data.startswith(fee_note_pdf) for data in signed)
     worst = max(lags)
-    late = [lag for lag in lags if lag > work / 2]
+    late = [lag for lag in lags if lag > work * 3 / 4]
     print(
         f"document work {work * 1000:.1f} ms; loop lag over {len(lags)} ticks: "
         f"max {worst * 1000:.1f} ms, p50 {statistics.median(lags) * 1000:.2f} ms, "
-        f"{len(late)} over half the document work; worst: "
+        f"{len(late)} over 3/4 of the document work; worst: "
         + ", ".join(f"{lag * 1000:.1f}" for lag in sorted(lags)[-5:])
     )
-    # On the loop, each signature held it for at least `work` (B-LT: more): a late
-    # tick per signature at least. Off it, the loop only relays (HTTP, the key's and
-    # the TSA's answers); on a loaded machine some ticks are late anyway (the process
-    # is not scheduled, a relay step stretched): fewer than one per two signatures.
+    # On the loop, each signature held it for at least `work` (B-LT: more): a tick
+    # late by most of `work` per signature at least. Off it, the loop only relays
+    # (HTTP, the key's and the TSA's answers); on a loaded machine some ticks are late
+    # anyway (the process is not scheduled): fewer than one per two signatures.
     signatures = ROUNDS * CONCURRENT
     assert len(late) < signatures / 2, (late, work)

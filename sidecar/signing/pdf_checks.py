@@ -26,8 +26,13 @@ from typing import Any, TypeVar
 
 from lxml import etree
 
+from .._hooks.pyhanko_hooks import install_fast_hex_strings
 from .report import subject_text
 from .workers import WorkerLost, WorkerPool
+
+# A signed PDF's /Contents is read here (and in every worker, which imports this
+# module) in one call, not one pyHanko call per hex digit.
+install_fast_hex_strings()
 
 __all__ = [
     "PdfFacts",
