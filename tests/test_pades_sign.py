@@ -3,6 +3,7 @@ with the PDF/A markers of the input kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -12,8 +13,11 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 from sidecar.keys import Signer
 from sidecar.signing.pades import PadesEngine, PadesError, PadesOptions, VisibleStamp
 from sidecar.signing.pades_verify import verify_pdf
-from sidecar.signing.pdf_checks import PdfRefused, inspect_pdf, pdfa_problems
+from sidecar.signing.pdf_checks import PdfInspector, PdfRefused, inspect_pdf, pdfa_problems
 from sidecar.signing.report import Indication, Level
+from sidecar.signing.trust_binding import TrustValidationDataSource
+from sidecar.signing.tst import read_token
+from sidecar.trust import TrustServices
 from tests.fixtures.pades import pdfsig_report, pyhanko_offline, read_dss
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -179,10 +183,68 @@ async def test_second_signature_gets_next_field(
 async def test_level_without_tsa_is_refused(
     pades_signers: dict[str, Signer], fee_note_pdf: bytes
 ) -> None:
-    from sidecar.signing.pdf_checks import PdfInspector
-
     engine = PadesEngine(inspector=PdfInspector())
     with pytest.raises(PadesError) as caught:
         await engine.sign(fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_T))
     assert caught.value.reason == "tsa_not_configured"
     engine.inspector.close()
+
+
+def _fresh_engine(trust: TrustServices) -> PadesEngine:
+    """An engine of its own (its size and TSA memory start empty) on the session's trust."""
+    return PadesEngine(
+        inspector=PdfInspector(),
+        timestamper=trust.tsa.timestamper(),
+        validation_data=TrustValidationDataSource(trust.revocation),
+    )
+
+
+async def test_a_signature_outgrowing_its_room_is_made_again(
+    pades_trust: TrustServices,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    engine = _fresh_engine(pades_trust)
+    signer = pades_signers["pkcs12-rsa"]
+    # As if an earlier signature had been far smaller (another TSA, a shorter chain).
+    engine._reserved[(signer.certificate.sha256, Level.B_LT)] = 200
+    try:
+        signed = await engine.sign(fee_note_pdf, signer, PadesOptions(level=Level.B_LT))
+    finally:
+        engine.inspector.close()
+    assert engine._reserved[(signer.certificate.sha256, Level.B_LT)] > 200
+    assert "Total document signed" in pdfsig_report(signed.data)
+    status = await pyhanko_offline(signed.data, sandbox_roots)
+    assert status.intact and status.valid and status.trusted
+
+
+async def test_a_timestamp_from_another_tsa_gets_its_data_after_the_signature(
+    pades_trust: TrustServices,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    engine = _fresh_engine(pades_trust)
+    # The engine expects the TSA that stamped last; here one with another certificate
+    # (a failover TSA stands in): the DSS signed with the signature lacks the real
+    # TSA's data, which must then come in a revision after it.
+    dummy = await pades_trust.tsa.timestamper().async_dummy_response("sha256")
+    other = pades_signers["pkcs12-ec"].certificate
+    engine._tsa = dataclasses.replace(
+        read_token(dummy.dump()), tsa_certificate=other, certificates=(other,)
+    )
+    try:
+        signed = await engine.sign(
+            fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LT)
+        )
+    finally:
+        engine.inspector.close()
+    report = pdfsig_report(signed.data)
+    assert "Signature is Valid" in report and "Total document signed" not in report
+    status = await pyhanko_offline(signed.data, sandbox_roots)
+    assert status.trusted, status.pretty_print_details()
+    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
+    assert engine._tsa.tsa_certificate is not None
+    assert engine._tsa.tsa_certificate.sha256 != other.sha256  # the real TSA, remembered
+    assert signed.after.revisions == signed.before.revisions + 2
