@@ -248,3 +248,27 @@ async def test_a_timestamp_from_another_tsa_gets_its_data_after_the_signature(
     assert engine._tsa.tsa_certificate is not None
     assert engine._tsa.tsa_certificate.sha256 != other.sha256  # the real TSA, remembered
     assert signed.after.revisions == signed.before.revisions + 2
+
+
+async def test_an_engine_given_only_a_validation_context_still_signs_b_lt(
+    pades_trust: TrustServices,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    # The older seam (a factory of pyHanko contexts): pyHanko's validator gives the data.
+    engine = PadesEngine(
+        inspector=PdfInspector(),
+        timestamper=pades_trust.tsa.timestamper(),
+        validation_context=pades_trust.revocation.validation_context,
+    )
+    try:
+        signed = await engine.sign(
+            fee_note_pdf, pades_signers["pkcs12-ec"], PadesOptions(level=Level.B_LT)
+        )
+    finally:
+        engine.inspector.close()
+    assert "Total document signed" in pdfsig_report(signed.data)
+    status = await pyhanko_offline(signed.data, sandbox_roots)
+    assert status.trusted, status.pretty_print_details()
+    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
