@@ -219,6 +219,27 @@ async def test_a_signature_outgrowing_its_room_is_made_again(
     assert status.intact and status.valid and status.trusted
 
 
+async def test_a_document_timestamp_outgrowing_its_room_is_made_again(
+    pades_trust: TrustServices,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    engine = _fresh_engine(pades_trust)
+    engine._timestamp_reserved = 200  # as if the TSA's tokens had been far smaller
+    try:
+        signed = await engine.sign(
+            fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LTA)
+        )
+    finally:
+        engine.inspector.close()
+    assert engine._timestamp_reserved > 200
+    reader = PdfFileReader(io.BytesIO(signed.data))
+    assert len(reader.embedded_timestamp_signatures) == 1
+    status = await pyhanko_offline(signed.data, sandbox_roots)
+    assert status.intact and status.valid and status.trusted
+
+
 async def test_a_timestamp_from_another_tsa_gets_its_data_after_the_signature(
     pades_trust: TrustServices,
     pades_signers: dict[str, Signer],

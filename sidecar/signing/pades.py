@@ -332,21 +332,38 @@ class PadesEngine:
                 self._reserved[size_key] = _room(2 * cms_length)
             if late_dss is None and level is not Level.B_LTA:
                 return prepared, signed, prepared.after
+            output, after = await self._extend(signed, prepared, late_dss, level, client)
+            return prepared, output, after
+        raise AssertionError("unreachable")
+
+    async def _extend(
+        self,
+        signed: bytes,
+        prepared: pades_draft.Prepared,
+        late_dss: pades_draft.Dss | None,
+        level: Level,
+        client: str | None,
+    ) -> tuple[bytes, PdfFacts]:
+        """A revision after the signature: a late TSA's data, the document timestamp."""
+        max_objects = self.inspector.limits.max_objects
+        for attempt in range(2):
+            room = self._document_timestamp_room() if level is Level.B_LTA else None
             extended = await self._work(
                 pades_draft.extend,
-                pades_draft.Extend(
-                    signed,
-                    prepared.keep_version,
-                    late_dss,
-                    self._document_timestamp_room() if level is Level.B_LTA else None,
-                    max_objects,
-                ),
+                pades_draft.Extend(signed, prepared.keep_version, late_dss, room, max_objects),
                 client=client,
             )
             if extended.facts is not None:
-                return prepared, extended.data, extended.facts
-            output, after = await self._document_timestamp(extended, client)
-            return prepared, output, after
+                return extended.data, extended.facts
+            try:
+                return await self._document_timestamp(extended, client)
+            except NoRoom as exc:
+                # The room is measured from the first token; a TSA's tokens vary.
+                self._timestamp_reserved = _room(exc.needed)
+                if attempt:
+                    raise PadesError(
+                        "signing_failed", "the document timestamp outgrew its room"
+                    ) from None
         raise AssertionError("unreachable")
 
     def _estimate(self, certificate: bytes, chain: tuple[bytes, ...], level: Level) -> int:
@@ -390,20 +407,16 @@ class PadesEngine:
     async def _document_timestamp(
         self, finished: pades_draft.Extended, client: str | None
     ) -> tuple[bytes, PdfFacts]:
-        """B-LTA: the TSA stamps the prepared revision's digest; the token filled in."""
+        """B-LTA: the TSA stamps the prepared revision's digest; the token filled in
+        (:class:`NoRoom` when it does not fit)."""
         assert finished.timestamp_region is not None and finished.timestamp_digest is not None
         token = await self._timestamp(finished.timestamp_digest, "sha256")
-        try:
-            if len(finished.data) <= _SPLICE_ON_LOOP:
-                output = pades_draft.fill(finished.data, finished.timestamp_region, token)
-            else:
-                output = await asyncio.to_thread(
-                    pades_draft.fill, finished.data, finished.timestamp_region, token
-                )
-        except NoRoom as exc:
-            # The room is measured from the first token; a TSA's tokens vary by bytes.
-            self._timestamp_reserved = _room(exc.needed)
-            raise PadesError("signing_failed", "the document timestamp outgrew its room") from None
+        if len(finished.data) <= _SPLICE_ON_LOOP:
+            output = pades_draft.fill(finished.data, finished.timestamp_region, token)
+        else:
+            output = await asyncio.to_thread(
+                pades_draft.fill, finished.data, finished.timestamp_region, token
+            )
         if self._timestamp_reserved is None:
             self._timestamp_reserved = _room(2 * len(token))
         max_objects = self.inspector.limits.max_objects
