@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from asn1crypto import x509 as asn1_x509
 from pyhanko.pdf_utils.reader import PdfFileReader
 
@@ -190,84 +192,79 @@ async def test_level_without_tsa_is_refused(
     engine.inspector.close()
 
 
-def _fresh_engine(trust: TrustServices) -> PadesEngine:
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh_engine(pades_trust: TrustServices) -> AsyncIterator[PadesEngine]:
     """An engine of its own (its size and TSA memory start empty) on the session's trust."""
-    return PadesEngine(
+    engine = PadesEngine(
         inspector=PdfInspector(),
-        timestamper=trust.tsa.timestamper(),
-        validation_data=TrustValidationDataSource(trust.revocation),
+        timestamper=pades_trust.tsa.timestamper(),
+        validation_data=TrustValidationDataSource(pades_trust.revocation),
     )
+    yield engine
+    engine.inspector.close()
+
+
+async def _trusted_offline(data: bytes, roots: list[asn1_x509.Certificate]) -> None:
+    """pyHanko, fed only the DSS: the signature and its timestamp validate, trusted."""
+    status = await pyhanko_offline(data, roots)
+    assert status.intact and status.valid and status.trusted, status.pretty_print_details()
+    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
 
 
 async def test_a_signature_outgrowing_its_room_is_made_again(
-    pades_trust: TrustServices,
+    fresh_engine: PadesEngine,
     pades_signers: dict[str, Signer],
     fee_note_pdf: bytes,
     sandbox_roots: list[asn1_x509.Certificate],
 ) -> None:
-    engine = _fresh_engine(pades_trust)
     signer = pades_signers["pkcs12-rsa"]
     # As if an earlier signature had been far smaller (another TSA, a shorter chain).
-    engine._reserved[(signer.certificate.sha256, Level.B_LT)] = 200
-    try:
-        signed = await engine.sign(fee_note_pdf, signer, PadesOptions(level=Level.B_LT))
-    finally:
-        engine.inspector.close()
-    assert engine._reserved[(signer.certificate.sha256, Level.B_LT)] > 200
+    fresh_engine._reserved[(signer.certificate.sha256, Level.B_LT)] = 200
+    signed = await fresh_engine.sign(fee_note_pdf, signer, PadesOptions(level=Level.B_LT))
+    assert fresh_engine._reserved[(signer.certificate.sha256, Level.B_LT)] > 200
     assert "Total document signed" in pdfsig_report(signed.data)
-    status = await pyhanko_offline(signed.data, sandbox_roots)
-    assert status.intact and status.valid and status.trusted
+    await _trusted_offline(signed.data, sandbox_roots)
 
 
 async def test_a_document_timestamp_outgrowing_its_room_is_made_again(
-    pades_trust: TrustServices,
+    fresh_engine: PadesEngine,
     pades_signers: dict[str, Signer],
     fee_note_pdf: bytes,
     sandbox_roots: list[asn1_x509.Certificate],
 ) -> None:
-    engine = _fresh_engine(pades_trust)
-    engine._timestamp_reserved = 200  # as if the TSA's tokens had been far smaller
-    try:
-        signed = await engine.sign(
-            fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LTA)
-        )
-    finally:
-        engine.inspector.close()
-    assert engine._timestamp_reserved > 200
+    fresh_engine._timestamp_reserved = 200  # as if the TSA's tokens had been far smaller
+    signed = await fresh_engine.sign(
+        fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LTA)
+    )
+    assert fresh_engine._timestamp_reserved > 200
     reader = PdfFileReader(io.BytesIO(signed.data))
     assert len(reader.embedded_timestamp_signatures) == 1
-    status = await pyhanko_offline(signed.data, sandbox_roots)
-    assert status.intact and status.valid and status.trusted
+    await _trusted_offline(signed.data, sandbox_roots)
 
 
 async def test_a_timestamp_from_another_tsa_gets_its_data_after_the_signature(
+    fresh_engine: PadesEngine,
     pades_trust: TrustServices,
     pades_signers: dict[str, Signer],
     fee_note_pdf: bytes,
     sandbox_roots: list[asn1_x509.Certificate],
 ) -> None:
-    engine = _fresh_engine(pades_trust)
     # The engine expects the TSA that stamped last; here one with another certificate
     # (a failover TSA stands in): the DSS signed with the signature lacks the real
     # TSA's data, which must then come in a revision after it.
     dummy = await pades_trust.tsa.timestamper().async_dummy_response("sha256")
     other = pades_signers["pkcs12-ec"].certificate
-    engine._tsa = dataclasses.replace(
+    fresh_engine._tsa = dataclasses.replace(
         read_token(dummy.dump()), tsa_certificate=other, certificates=(other,)
     )
-    try:
-        signed = await engine.sign(
-            fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LT)
-        )
-    finally:
-        engine.inspector.close()
+    signed = await fresh_engine.sign(
+        fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LT)
+    )
     report = pdfsig_report(signed.data)
     assert "Signature is Valid" in report and "Total document signed" not in report
-    status = await pyhanko_offline(signed.data, sandbox_roots)
-    assert status.trusted, status.pretty_print_details()
-    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
-    assert engine._tsa.tsa_certificate is not None
-    assert engine._tsa.tsa_certificate.sha256 != other.sha256  # the real TSA, remembered
+    await _trusted_offline(signed.data, sandbox_roots)
+    assert fresh_engine._tsa.tsa_certificate is not None
+    assert fresh_engine._tsa.tsa_certificate.sha256 != other.sha256  # the real TSA, kept
     assert signed.after.revisions == signed.before.revisions + 2
 
 
@@ -290,6 +287,4 @@ async def test_an_engine_given_only_a_validation_context_still_signs_b_lt(
     finally:
         engine.inspector.close()
     assert "Total document signed" in pdfsig_report(signed.data)
-    status = await pyhanko_offline(signed.data, sandbox_roots)
-    assert status.trusted, status.pretty_print_details()
-    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
+    await _trusted_offline(signed.data, sandbox_roots)
