@@ -8,8 +8,10 @@ changed document or a slower signature).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -26,12 +28,12 @@ from signxml.xades import XAdESSigner
 from sidecar._hooks import asn1crypto_hooks, cryptography_hooks, pyhanko_hooks, signxml_hooks
 from sidecar.keys import Signer
 from sidecar.keys.signxml_adapter import SignerEcKey, SignerRsaKey
-from sidecar.signing import pades as pades_module
+from sidecar.signing import pades_draft
 from sidecar.signing import xades as xades_module
-from sidecar.signing.pades import PadesEngine, PadesOptions
 from sidecar.signing.report import Level
 from sidecar.signing.xades import XadesOptions, sign_xml
 from sidecar.signing.xmldsig import ds
+from tests.fixtures.pades import pdfsig_report
 from tests.fixtures.xades import FORM
 
 
@@ -124,29 +126,40 @@ def _count(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[tupl
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_pades_signature_takes_the_pyhanko_and_asn1crypto_hooks(
-    monkeypatch: pytest.MonkeyPatch,
-    pades_engine: PadesEngine,
-    pades_signers: dict[str, Signer],
-    fee_note_pdf: bytes,
+    monkeypatch: pytest.MonkeyPatch, pades_signers: dict[str, Signer], fee_note_pdf: bytes
 ) -> None:
+    # The engine runs these steps in worker processes; here they run in this one, so
+    # that the calls are seen: the same functions, the key signing between them.
     meta = _count(monkeypatch, pyhanko_hooks.MetadataKeepingWriter, "_update_meta")
     hooked = _count(
         monkeypatch, pyhanko_hooks.AttrProviderRewritingSigner, "_signed_attr_providers"
     )
-    adapter_class = pades_module._PadesSignerAdapter
-    assert issubclass(adapter_class, pyhanko_hooks.AttrProviderRewritingSigner)
-    providers = _count(monkeypatch, adapter_class, "rewrite_provider")
+    drafter_class = pades_draft._Drafter
+    assert issubclass(drafter_class, pyhanko_hooks.AttrProviderRewritingSigner)
+    providers = _count(monkeypatch, drafter_class, "rewrite_provider")
     dumps = _count(monkeypatch, asn1crypto_hooks.DefiniteSignerInfo, "dump")
     monkeypatch.setattr(
         IncrementalPdfFileWriter,
         "_update_meta",
         lambda self: pytest.fail("pyHanko rewrote the metadata past the hook"),
     )
-
-    signed = await pades_engine.sign(
-        fee_note_pdf, pades_signers["pkcs11-rsa"], PadesOptions(level=Level.B_B)
+    signer = pades_signers["pkcs11-rsa"]
+    certificate = signer.certificate.dump()
+    chain = tuple(c.dump() for c in signer.chain)
+    # In a thread: the steps drive pyHanko's async API on a loop of their own.
+    prepared = await asyncio.to_thread(
+        pades_draft.prepare,
+        pades_draft.Prepare(
+            fee_note_pdf, certificate, chain, "Signature1", "sha256", None, None, None, None,
+            reserved=16384, dss=None, require_pdfa=True, max_objects=1000,
+        ),
+    )  # fmt: skip
+    signature = await signer.sign(prepared.signed_attrs, digest="sha256")
+    signed, _ = await asyncio.to_thread(
+        pades_draft.assemble, prepared, certificate, chain, "sha256", signature, None
     )
-    assert signed.data.startswith(fee_note_pdf)
+    assert signed.startswith(fee_note_pdf)
+    assert "Signature is Valid" in pdfsig_report(signed)
     assert meta, "pyHanko no longer calls _update_meta: metadata may be rewritten"
     assert hooked, "pyHanko no longer asks _signed_attr_providers for the attributes"
     kinds = {type(args[1]) for args in providers}
@@ -180,3 +193,48 @@ async def test_xades_signature_takes_the_signxml_hooks(
     assert "" in uris, uris  # reference_inputs: the whole document as URI=""
     xpaths = list(root.iter(ds("XPath")))
     assert xpaths, "write_transforms: the parallel-mode XPath filter is missing"
+
+
+# -- pyHanko's hex strings, read in one call ----------------------------------------
+
+HEX_CASES = [
+    b"<>",
+    b"<48656C6C6F>",
+    b"<48 65\n6c\r6C\t6F\x0c00>",
+    b"<4865F>",  # odd: a final 0 is implied
+    b"<" + b"0" * 20000 + b">",  # a signature placeholder, longer than one chunk
+    b"<3082%a comment\n0A>",  # a comment inside: pyHanko's reader
+]
+
+
+@pytest.mark.parametrize("raw", HEX_CASES, ids=range(len(HEX_CASES)))
+def test_hex_strings_read_as_pyhanko_reads_them(raw: bytes) -> None:
+
+    tail = b" /Next 1"
+    ours = io.BytesIO(raw + tail)
+    theirs = io.BytesIO(raw + tail)
+    value = pyhanko_hooks.read_hex_string(ours)
+    expected = pyhanko_hooks._PYHANKO_READ_HEX(theirs)
+    assert value == expected and type(value) is type(expected)
+    assert ours.tell() == theirs.tell() == len(raw)  # left just past the '>'
+
+
+def test_bad_hex_strings_fail_as_pyhanko_fails() -> None:
+    from pyhanko.pdf_utils.misc import PdfStreamError
+
+    for raw in (b"<48656Z>", b"<4865"):
+        with pytest.raises(PdfStreamError):
+            pyhanko_hooks.read_hex_string(io.BytesIO(raw))
+
+
+def test_pyhanko_reads_hex_strings_through_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyhanko.pdf_utils import generic
+
+    import sidecar.signing.pdf_checks  # noqa: F401  (installs the hook)
+
+    # The name pyHanko's read_object calls must still be the module global we set.
+    assert generic.read_hex_string_from_stream is pyhanko_hooks.read_hex_string
+    calls = _count(monkeypatch, pyhanko_hooks, "read_hex_string")
+    monkeypatch.setattr(generic, "read_hex_string_from_stream", pyhanko_hooks.read_hex_string)
+    value = generic.read_object(io.BytesIO(b"<48656C6C6F> "), generic.Reference(1, 0))
+    assert value == generic.pdf_string(b"Hello") and calls

@@ -3,9 +3,12 @@ with the PDF/A markers of the input kept."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from asn1crypto import x509 as asn1_x509
 from pyhanko.pdf_utils.reader import PdfFileReader
 
@@ -13,8 +16,11 @@ from sidecar.api.problems import problem_for
 from sidecar.keys import Signer
 from sidecar.signing.pades import PadesEngine, PadesError, PadesOptions, VisibleStamp
 from sidecar.signing.pades_verify import verify_pdf
-from sidecar.signing.pdf_checks import PdfRefused, inspect_pdf, pdfa_problems
+from sidecar.signing.pdf_checks import PdfInspector, PdfRefused, inspect_pdf, pdfa_problems
 from sidecar.signing.report import Indication, Level
+from sidecar.signing.trust_binding import TrustValidationDataSource
+from sidecar.trust import TrustServices
+from sidecar.trust.tsa import read_token
 from tests.fixtures.pades import pdfsig_report, pyhanko_offline, read_dss
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -183,10 +189,106 @@ async def test_second_signature_gets_next_field(
 async def test_level_without_tsa_is_refused(
     pades_signers: dict[str, Signer], fee_note_pdf: bytes
 ) -> None:
-    from sidecar.signing.pdf_checks import PdfInspector
-
     engine = PadesEngine(inspector=PdfInspector())
     with pytest.raises(PadesError) as caught:
         await engine.sign(fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_T))
     assert caught.value.reason == "tsa_not_configured"
     engine.inspector.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh_engine(pades_trust: TrustServices) -> AsyncIterator[PadesEngine]:
+    """An engine of its own (its size and TSA memory start empty) on the session's trust."""
+    engine = PadesEngine(
+        inspector=PdfInspector(),
+        timestamper=pades_trust.tsa.timestamper(),
+        validation_data=TrustValidationDataSource(pades_trust.revocation),
+    )
+    yield engine
+    engine.inspector.close()
+
+
+async def _trusted_offline(data: bytes, roots: list[asn1_x509.Certificate]) -> None:
+    """pyHanko, fed only the DSS: the signature and its timestamp validate, trusted."""
+    status = await pyhanko_offline(data, roots)
+    assert status.intact and status.valid and status.trusted, status.pretty_print_details()
+    assert status.timestamp_validity is not None and status.timestamp_validity.trusted
+
+
+async def test_a_signature_outgrowing_its_room_is_made_again(
+    fresh_engine: PadesEngine,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    signer = pades_signers["pkcs12-rsa"]
+    # As if an earlier signature had been far smaller (another TSA, a shorter chain).
+    fresh_engine._reserved[(signer.certificate.sha256, Level.B_LT)] = 200
+    signed = await fresh_engine.sign(fee_note_pdf, signer, PadesOptions(level=Level.B_LT))
+    assert fresh_engine._reserved[(signer.certificate.sha256, Level.B_LT)] > 200
+    assert "Total document signed" in pdfsig_report(signed.data)
+    await _trusted_offline(signed.data, sandbox_roots)
+
+
+async def test_a_document_timestamp_outgrowing_its_room_is_made_again(
+    fresh_engine: PadesEngine,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    fresh_engine._timestamp_reserved = 200  # as if the TSA's tokens had been far smaller
+    signed = await fresh_engine.sign(
+        fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LTA)
+    )
+    assert fresh_engine._timestamp_reserved > 200
+    reader = PdfFileReader(io.BytesIO(signed.data))
+    assert len(reader.embedded_timestamp_signatures) == 1
+    await _trusted_offline(signed.data, sandbox_roots)
+
+
+async def test_a_timestamp_from_another_tsa_gets_its_data_after_the_signature(
+    fresh_engine: PadesEngine,
+    pades_trust: TrustServices,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    # The engine expects the TSA that stamped last; here one with another certificate
+    # (a failover TSA stands in): the DSS signed with the signature lacks the real
+    # TSA's data, which must then come in a revision after it.
+    dummy = await pades_trust.tsa.timestamper().async_dummy_response("sha256")
+    other = pades_signers["pkcs12-ec"].certificate
+    fresh_engine._tsa = dataclasses.replace(
+        read_token(dummy.dump()), tsa_certificate=other, certificates=(other,)
+    )
+    signed = await fresh_engine.sign(
+        fee_note_pdf, pades_signers["pkcs12-rsa"], PadesOptions(level=Level.B_LT)
+    )
+    report = pdfsig_report(signed.data)
+    assert "Signature is Valid" in report and "Total document signed" not in report
+    await _trusted_offline(signed.data, sandbox_roots)
+    assert fresh_engine._tsa.tsa_certificate is not None
+    assert fresh_engine._tsa.tsa_certificate.sha256 != other.sha256  # the real TSA, kept
+    assert signed.after.revisions == signed.before.revisions + 2
+
+
+async def test_an_engine_given_only_a_validation_context_still_signs_b_lt(
+    pades_trust: TrustServices,
+    pades_signers: dict[str, Signer],
+    fee_note_pdf: bytes,
+    sandbox_roots: list[asn1_x509.Certificate],
+) -> None:
+    # The older seam (a factory of pyHanko contexts): pyHanko's validator gives the data.
+    engine = PadesEngine(
+        inspector=PdfInspector(),
+        timestamper=pades_trust.tsa.timestamper(),
+        validation_context=pades_trust.revocation.validation_context,
+    )
+    try:
+        signed = await engine.sign(
+            fee_note_pdf, pades_signers["pkcs12-ec"], PadesOptions(level=Level.B_LT)
+        )
+    finally:
+        engine.inspector.close()
+    assert "Total document signed" in pdfsig_report(signed.data)
+    await _trusted_offline(signed.data, sandbox_roots)

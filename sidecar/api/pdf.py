@@ -16,6 +16,7 @@ from aiohttp import web
 from ..signing.pades import PadesEngine, PadesOptions, VisibleStamp, parse_level
 from ..signing.pdf_checks import PdfInspector, PdfLimits
 from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
+from ..signing.trust_binding import TrustValidationDataSource
 from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import SETTINGS
@@ -132,9 +133,9 @@ async def signing_context(app: web.Application) -> AsyncIterator[None]:
     )
     trust = app.get(TRUST)
     timestamper = trust.tsa.timestamper() if trust is not None else None
-    context = trust.revocation.validation_context if trust is not None else None
+    validation = TrustValidationDataSource(trust.revocation) if trust is not None else None
     app[PADES] = PadesEngine(
-        inspector=inspector, timestamper=timestamper, validation_context=context
+        inspector=inspector, timestamper=timestamper, validation_data=validation
     )
     log.info("signing: %d profile(s): %s", len(profiles), ", ".join(p.name for p in profiles))
     try:

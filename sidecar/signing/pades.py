@@ -1,9 +1,14 @@
 """PAdES signatures (ETSI EN 319 142-1) at B-B, B-T, B-LT and B-LTA, keeping PDF/A.
 
 The DSR (3.4.2) asks PAdES-B-LT of a stand-alone PDF and at least PAdES-B of the
-PDF/A embedded in a XAdES-signed form. pyHanko does the PDF and CMS work, through
-its async API; this module decides how, so that a PDF/A input stays PDF/A:
+PDF/A embedded in a XAdES-signed form. pyHanko does the PDF and CMS work; this
+module decides how, so that a PDF/A input stays PDF/A, and where, so that none of
+it runs on the event loop:
 
+- the document work (the incremental update, the ``/ByteRange`` digest, the CMS
+  assembly, the DSS) runs in the PDF worker processes (:mod:`.pades_draft`, through
+  the inspector's pool: its memory ceiling, deadline and per-client share); the key
+  signs in the daemon, in its own executor — no key material leaves the daemon;
 - the signature is an incremental update (nothing before it is rewritten);
 - the metadata update pyHanko makes on every write is off (pyHanko issue #223):
   it sets Info ``/Producer`` and ``/ModDate`` and the XMP differently, which breaks
@@ -11,42 +16,37 @@ its async API; this module decides how, so that a PDF/A input stays PDF/A:
 - a PDF/A keeps its version: pyHanko would set catalog ``/Version /2.0`` and the
   ISO 32002 extension for an EC key, and ``/1.7`` for an older file — neither is
   allowed to change under a PDF/A claim (PDF/A-1 is PDF 1.4, PDF/A-2/3 are 1.7);
-- the DSS goes into the signature's own revision (``TOGETHER_WITH_SIGNATURE``, no
-  VRI), and B-LTA appends one document timestamp (with the TSA's validation data
-  added before it), each revision written by the same metadata-preserving writer.
+- B-LT: the DSS (no VRI: the baseline levels do not need it) in a revision after
+  the signature's, holding the validation data of the signer's and the TSA's paths
+  as the daemon's trust layer built and checked them (its revocation cache), not
+  re-validated by pyHanko per signature; B-LTA adds one document timestamp in that
+  same revision, after the DSS.
 
 PDF markers are checked before (:mod:`.pdf_checks`, in a worker with limits) and
 after signing; a regression is a bug and fails the request rather than returning
 a PDF/A that is no longer one.
 
 Seams: a pyHanko ``TimeStamper`` (``sidecar.trust``'s checked one in the daemon)
-and a factory of pyHanko ``ValidationContext`` with fetching on (the trust layer's
-revocation service, sharing its cache and the daemon's HTTP session).
+and a :class:`~.sources.ValidationDataSource` (the trust layer's revocation
+service through :mod:`.trust_binding`). An engine given only the older
+``validation_context`` factory gets its validation data from pyHanko's validator
+on each signature (slower: the per-signature validation this module avoids).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from asn1crypto import cms, tsp
+from asn1crypto import x509
 from pyhanko.pdf_utils import misc
-from pyhanko.pdf_utils.text import TextBoxStyle
-from pyhanko.pdf_utils.writer import DeveloperExtension
-from pyhanko.sign import attributes, fields, signers
-from pyhanko.sign.general import SigningError, as_signing_certificate_v2
-from pyhanko.sign.signers.pdf_signer import (
-    DSSContentSettings,
-    SigDSSPlacementPreference,
-    TimestampDSSContentSettings,
-)
+from pyhanko.sign.general import SigningError
 from pyhanko.sign.timestamps import TimeStamper
-from pyhanko.stamp import TextStampStyle
-from pyhanko_certvalidator import ValidationContext
+from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import (
     InsufficientRevinfoError,
     PathBuildingError,
@@ -54,22 +54,22 @@ from pyhanko_certvalidator.errors import (
     ValidationError,
 )
 
-from .._hooks.asn1crypto_hooks import as_definite_signer_info
-from .._hooks.pyhanko_hooks import AttrProviderRewritingSigner, MetadataKeepingWriter
 from ..errors import InternalError
 from ..keys import Signer
-from ..keys.pyhanko_adapter import PyHankoSignerAdapter
 from ..logs import traceback_text
-from .pdf_checks import (
-    PdfFacts,
-    PdfInspector,
-    PdfRefused,
-    inspect_pdf,
-    pdfa_problems,
-    pdfa_regressions,
-)
-from .pdf_font import EmbeddedTrueTypeFactory
+from ..trust.tsa import TokenContents, read_token
+from . import pades_draft
+from .pades_draft import NoRoom
+from .pdf_checks import PdfFacts, PdfInspector, PdfRefused, pdfa_regressions, quick_guard
 from .report import BASELINE_LEVELS, Level
+from .sources import (
+    CertificateUnusable,
+    UpstreamFailure,
+    ValidationData,
+    ValidationDataSource,
+    collect_for_signature,
+)
+from .workers import WorkerLost
 
 __all__ = [
     "PadesEngine",
@@ -82,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("sidecar.signing.pades")
+
+T = TypeVar("T")
 
 
 def parse_level(value: str) -> Level:
@@ -150,101 +152,14 @@ class SignedPdf:
     after: PdfFacts
 
 
-class _PreservingWriter(MetadataKeepingWriter):
-    """An incremental writer that leaves metadata alone and, for PDF/A, the version."""
-
-    def __init__(self, stream: io.BytesIO, *, keep_version: bool) -> None:
-        self._keep_version = keep_version
-        super().__init__(stream, strict=False)
-
-    def _frozen_version(self) -> tuple[int, int]:
-        version = self.prev.input_version
-        try:
-            from pyhanko.pdf_utils.reader import parse_catalog_version
-
-            catalog = parse_catalog_version(self.prev.root.get("/Version"))
-            if catalog is not None and catalog > version:
-                version = catalog
-        except (KeyError, ValueError, TypeError):
-            pass
-        return version
-
-    def ensure_output_version(self, version: tuple[int, int]) -> None:
-        if getattr(self, "_keep_version", False) and version > self._frozen_version():
-            return
-        super().ensure_output_version(version)
-
-    def register_extension(self, ext: DeveloperExtension) -> None:
-        if self._keep_version:
-            base = tuple(int(p) for p in str(ext.base_version).lstrip("/").split("."))
-            if base > self._frozen_version():
-                # e.g. ISO 32002 (ECDSA in PDF 2.0): declaring it would claim PDF 2.0.
-                return
-        super().register_extension(ext)
-
-
-class _FixedAttribute(attributes.CMSAttributeProvider):
-    """A signed attribute whose value is known in advance."""
-
-    def __init__(self, attribute_type: str, value: object) -> None:
-        self.attribute_type = attribute_type
-        self._value = value
-
-    async def build_attr_value(self, dry_run: bool = False) -> object:
-        return self._value
-
-
-class _PadesSignerAdapter(AttrProviderRewritingSigner, PyHankoSignerAdapter):
-    """The key adapter, with the CMS parts it builds encoded once.
-
-    asn1crypto re-encodes a value built from Python values on every ``dump()``, its
-    whole subtree included (the mutation flag of a built value is never cleared),
-    and pyHanko dumps the signed attributes and the SignerInfo several times per
-    signature: ~8,000 encodings of the same names and algorithm identifiers, most of
-    a PAdES-B signature's CPU. Each part is therefore read back from its own
-    encoding once built — the same bytes, kept — and the SignerInfo is written as
-    it was built (see :class:`~sidecar._hooks.asn1crypto_hooks.DefiniteSignerInfo`).
-    """
-
-    _ess: tsp.SigningCertificateV2 | None = None
-
-    def rewrite_provider(
-        self, provider: attributes.CMSAttributeProvider
-    ) -> attributes.CMSAttributeProvider:
-        # The signing-certificate-v2 value (the certificate's digest, issuer name and
-        # serial) is the same for every signature with this key: encoded once. Its
-        # issuer name nests SETs, which asn1crypto sorts by re-encoding them, level
-        # by level, on each dump: ~1,400 encodings per dump when built afresh.
-        if not isinstance(provider, attributes.SigningCertificateV2Provider):
-            return provider
-        if self._ess is None:
-            built = as_signing_certificate_v2(provider.signing_cert)
-            self._ess = tsp.SigningCertificateV2.load(built.dump())
-        return _FixedAttribute("signing_certificate_v2", self._ess)
-
-    async def signed_attrs(self, *args: Any, **kwargs: Any) -> cms.CMSAttributes:
-        attrs = await super().signed_attrs(*args, **kwargs)
-        return cms.CMSAttributes.load(attrs.dump())
-
-    def signer_info(
-        self, digest_algorithm: str, signed_attrs: cms.CMSAttributes, signature: bytes
-    ) -> cms.SignerInfo:
-        return as_definite_signer_info(
-            super().signer_info(digest_algorithm, signed_attrs, signature)
-        )
-
-
-def _stamp_style(stamp: VisibleStamp) -> TextStampStyle:
-    return TextStampStyle(
-        stamp_text=stamp.text,
-        text_box_style=TextBoxStyle(font=EmbeddedTrueTypeFactory(), font_size=9),
-        border_width=1,
-        timestamp_format="%Y-%m-%d %H:%M:%S %Z",
-    )
-
-
 class PadesEngine:
-    """Signs PDFs with any :class:`~sidecar.keys.Signer`."""
+    """Signs PDFs with any :class:`~sidecar.keys.Signer`.
+
+    ``validation_data`` feeds B-LT and B-LTA (the daemon's trust layer, its checked
+    revocation cache); without it, ``validation_context`` (the older seam: a factory
+    of pyHanko contexts with fetching on) is used through pyHanko's validator.
+    The document work runs in ``inspector``'s worker processes.
+    """
 
     def __init__(
         self,
@@ -252,54 +167,47 @@ class PadesEngine:
         inspector: PdfInspector,
         timestamper: TimeStamper | None = None,
         validation_context: ValidationContextFactory | None = None,
+        validation_data: ValidationDataSource | None = None,
     ) -> None:
         self.inspector = inspector
         self.timestamper = timestamper
         self.validation_context = validation_context
-        # Per signer certificate: the pyHanko adapter (its certificate objects keep
-        # their encodings: re-parsing the chain per signature costs more than signing),
-        # and per level the CMS size seen, so that pyHanko skips its dry-run signature.
-        self._adapters: dict[tuple[int, bytes], PyHankoSignerAdapter] = {}
+        if validation_data is None and validation_context is not None:
+            validation_data = _ContextValidationData(validation_context)
+        self.validation_data = validation_data
+        # Per signer certificate and level: the hex room the CMS took last time (so
+        # that no dry-run signature is needed), and the document timestamps' room.
         self._reserved: dict[tuple[bytes, Level], int] = {}
-
-    def _adapter(self, signer: Signer) -> PyHankoSignerAdapter:
-        key = (id(signer), signer.certificate.sha256)
-        adapter = self._adapters.get(key)
-        if adapter is None:
-            if len(self._adapters) > 64:
-                self._adapters.clear()
-            adapter = self._adapters[key] = _PadesSignerAdapter(signer)
-        return adapter
+        self._timestamp_reserved: int | None = None
+        #: The last timestamp token read: its TSA's data goes in the next DSS.
+        self._tsa: TokenContents | None = None
 
     def _check_level(self, level: Level) -> None:
         if level.at_least(Level.B_T) and self.timestamper is None:
             raise PadesError("tsa_not_configured", f"{level.value} needs a TSA; none is configured")
-        if level.at_least(Level.B_LT) and self.validation_context is None:
+        if level.at_least(Level.B_LT) and self.validation_data is None:
             raise PadesError(
                 "revocation_unavailable", f"{level.value} needs revocation data; none configured"
             )
 
-    async def sign(self, data: bytes, signer: Signer, options: PadesOptions) -> SignedPdf:
-        """Sign *data*; :class:`PdfRefused` for an unacceptable input, :class:`PadesError`."""
+    async def sign(
+        self, data: bytes, signer: Signer, options: PadesOptions, *, client: str | None = None
+    ) -> SignedPdf:
+        """Sign *data*; :class:`PdfRefused` for an unacceptable input, :class:`PadesError`.
+
+        ``client`` (the caller's name): whose share of the PDF workers the document
+        work counts against."""
         self._check_level(options.level)
-        before = await self.inspector.inspect(data)
-        if before.signature_fields and before.is_pdfa:
-            log.info(
-                "signing a PDF/A that already has %d signature field(s)", before.signature_fields
-            )
-        if options.require_pdfa:
-            problems = pdfa_problems(before)
-            if problems:
-                raise PdfRefused(
-                    "unsupported_pdf", "the profile demands PDF/A: " + "; ".join(problems)
-                )
-        refuse_if_locked(before)
-        keep_version = before.is_pdfa
-        field_name = options.field_name or new_field_name(before)
+        quick_guard(data, self.inspector.limits)
         try:
-            output = await self._sign(data, signer, options, field_name, keep_version)
-            if options.level is Level.B_LTA:
-                output = await self._document_timestamp(output, keep_version)
+            prepared, output, after = await self._sign(data, signer, options, client)
+        except CertificateUnusable as exc:
+            reason = "certificate_revoked" if exc.reason == "revoked" else "certificate_invalid"
+            raise PadesError(reason, f"the signing certificate does not validate: {exc}") from None
+        except UpstreamFailure as exc:
+            if exc.service != "revocation":
+                raise PadesError("signing_failed", f"{exc.service}: {exc.detail}") from None
+            raise PadesError("revocation_unavailable", f"no revocation data: {exc}") from None
         except InsufficientRevinfoError as exc:
             # OCSP/CRL unreachable: B-LT cannot be built now; a retry may succeed.
             raise PadesError("revocation_unavailable", f"no revocation data: {exc}") from None
@@ -310,11 +218,6 @@ class PadesEngine:
                 "certificate_invalid", f"the signing certificate does not validate: {exc}"
             ) from None
         except SigningError as exc:
-            # pyHanko validates the signer before signing and wraps what it found.
-            if isinstance(exc.__cause__, InsufficientRevinfoError):
-                raise PadesError(
-                    "revocation_unavailable", f"no revocation data: {exc.__cause__}"
-                ) from None
             raise PadesError("signing_failed", f"pyHanko could not sign: {exc}") from None
         except misc.PdfError as exc:
             raise PdfRefused("malformed_pdf", f"the PDF cannot be updated: {exc}") from None
@@ -333,130 +236,228 @@ class PadesEngine:
                 f"the PDF cannot be signed: its structure is not one sidecar can update "
                 f"({type(exc).__name__})",
             ) from None
-        after = await asyncio.to_thread(inspect_pdf, output)
+        before = prepared.before
+        if before.signature_fields and before.is_pdfa:
+            log.info(
+                "signed a PDF/A that already had %d signature field(s)", before.signature_fields
+            )
         if before.is_pdfa:
             broken = pdfa_regressions(before, after)
             if broken:
                 log.error("signing broke PDF/A markers: %s", "; ".join(broken))
                 raise PadesError("pdfa_broken", "signing would break PDF/A: " + "; ".join(broken))
-        return SignedPdf(output, options.level, field_name, before, after)
+        return SignedPdf(output, options.level, prepared.field_name, before, after)
+
+    async def _work(self, fn: Callable[..., T], *args: object, client: str | None) -> T:
+        """``fn(*args)`` in a PDF worker, under the inspector's deadline."""
+        timeout = self.inspector.limits.timeout
+        try:
+            return await self.inspector.run(fn, *args, deadline=timeout, client=client)
+        except TimeoutError:
+            raise PdfRefused(
+                "unsupported_pdf", f"the PDF could not be signed within {timeout:g} s"
+            ) from None
+        except WorkerLost:
+            raise PdfRefused(
+                "unsupported_pdf", "signing the PDF needs more memory than allowed"
+            ) from None
 
     async def _sign(
-        self,
-        data: bytes,
-        signer: Signer,
-        options: PadesOptions,
-        field_name: str,
-        keep_version: bool,
-    ) -> bytes:
+        self, data: bytes, signer: Signer, options: PadesOptions, client: str | None
+    ) -> tuple[pades_draft.Prepared, bytes, PdfFacts]:
         level = options.level
-        timestamped = level.at_least(Level.B_T)
-        long_term = level.at_least(Level.B_LT)
-        context = self.validation_context() if long_term and self.validation_context else None
-        metadata = signers.PdfSignatureMetadata(
-            field_name=field_name,
-            md_algorithm=options.md_algorithm,
-            subfilter=fields.SigSeedSubFilter.PADES,
-            reason=options.reason,
-            location=options.location,
-            contact_info=options.contact_info,
-            embed_validation_info=long_term,
-            validation_context=context,
-            use_pades_lta=False,
-            dss_settings=DSSContentSettings(
-                include_vri=False, placement=SigDSSPlacementPreference.TOGETHER_WITH_SIGNATURE
-            ),
-        )
-        field_spec = None
-        stamp_style = None
+        md = options.md_algorithm
+        max_objects = self.inspector.limits.max_objects
+        certificate = signer.certificate.dump()
+        chain = tuple(c.dump() for c in signer.chain)
+        stamp = None
         if options.stamp is not None:
             page = options.stamp.page - 1 if options.stamp.page > 0 else options.stamp.page
-            field_spec = fields.SigFieldSpec(
-                sig_field_name=field_name, on_page=page, box=options.stamp.box
-            )
-            stamp_style = _stamp_style(options.stamp)
-        pdf_signer = signers.PdfSigner(
-            metadata,
-            signer=self._adapter(signer),
-            timestamper=self.timestamper if timestamped else None,
-            new_field_spec=field_spec,
-            stamp_style=stamp_style,
-        )
-        writer = _PreservingWriter(io.BytesIO(data), keep_version=keep_version)
-        output = io.BytesIO()
+            stamp = pades_draft.Stamp(page, options.stamp.box, options.stamp.text)
         size_key = (signer.certificate.sha256, level)
-        reserved = self._reserved.get(size_key)
-        try:
-            await pdf_signer.async_sign_pdf(writer, output=output, bytes_reserved=reserved)
-        except SigningError:
-            if reserved is None:
-                raise
-            # Larger than any before (a longer chain, a bigger token): let pyHanko measure.
-            del self._reserved[size_key]
-            writer = _PreservingWriter(io.BytesIO(data), keep_version=keep_version)
-            output = io.BytesIO()
-            await pdf_signer.async_sign_pdf(writer, output=output)
-        signed = output.getvalue()
-        if size_key not in self._reserved:
-            self._reserved[size_key] = _reservation(signed)
-        return signed
+        dss = None
+        if level.at_least(Level.B_LT):
+            # The signer's path and the TSA's (the one that stamped last), from the trust
+            # layer's checked cache: written in the signature's revision, signed with it.
+            tsa = await self._expected_tsa(md)
+            dss = await self._collect(signer, tsa)
+        for attempt in range(2):
+            reserved = self._reserved.get(size_key) or self._estimate(certificate, chain, level)
+            prepared = await self._work(
+                pades_draft.prepare,
+                pades_draft.Prepare(
+                    data=data,
+                    certificate=certificate,
+                    chain=chain,
+                    field_name=options.field_name,
+                    md_algorithm=md,
+                    reason=options.reason,
+                    location=options.location,
+                    contact_info=options.contact_info,
+                    stamp=stamp,
+                    reserved=reserved,
+                    dss=dss,
+                    require_pdfa=options.require_pdfa,
+                    max_objects=max_objects,
+                ),
+                client=client,
+            )
+            # The key signs where it lives (its executor); no key material moves.
+            signature = await signer.sign(prepared.signed_attrs, digest=md)
+            token = None
+            late_dss = None
+            if level.at_least(Level.B_T):
+                token = await self._timestamp(hashlib.new(md, signature).digest(), md)
+            if dss is not None and token is not None:
+                stamped = read_token(token)
+                if (
+                    stamped.tsa_certificate is None
+                    or tsa.tsa_certificate is None
+                    or (stamped.tsa_certificate.sha256 != tsa.tsa_certificate.sha256)
+                ):
+                    # Another TSA answered (failover): its data after the signature.
+                    self._tsa = stamped
+                    late_dss = await self._collect(signer, stamped)
+            try:
+                signed, cms_length = await asyncio.to_thread(
+                    pades_draft.assemble, prepared, certificate, chain, md, signature, token
+                )
+            except NoRoom as exc:
+                # A longer chain, a bigger token than before: room for it, and again.
+                self._reserved[size_key] = _room(exc.needed)
+                if attempt:
+                    raise PadesError("signing_failed", "the signature outgrew its room") from None
+                continue
+            if size_key not in self._reserved:
+                self._reserved[size_key] = _room(2 * cms_length)
+            if late_dss is None and level is not Level.B_LTA:
+                return prepared, signed, prepared.after
+            output, after = await self._extend(signed, prepared, late_dss, level, client)
+            return prepared, output, after
+        raise AssertionError("unreachable")
 
-    async def _document_timestamp(self, data: bytes, keep_version: bool) -> bytes:
-        assert self.timestamper is not None and self.validation_context is not None
-        buffer = io.BytesIO(data)
-        writer = _PreservingWriter(buffer, keep_version=keep_version)
-        stamper = signers.PdfTimeStamper(self.timestamper)
-        await stamper.async_timestamp_pdf(
-            writer,
-            "sha256",
-            validation_context=self.validation_context(),
-            in_place=True,
-            # The TSA's validation data before the timestamp: one revision, no VRI.
-            dss_settings=TimestampDSSContentSettings(include_vri=False, update_before_ts=True),
+    async def _extend(
+        self,
+        signed: bytes,
+        prepared: pades_draft.Prepared,
+        late_dss: pades_draft.Dss | None,
+        level: Level,
+        client: str | None,
+    ) -> tuple[bytes, PdfFacts]:
+        """A revision after the signature: a late TSA's data, the document timestamp."""
+        max_objects = self.inspector.limits.max_objects
+        for attempt in range(2):
+            room = self._document_timestamp_room() if level is Level.B_LTA else None
+            extended = await self._work(
+                pades_draft.extend,
+                pades_draft.Extend(signed, prepared.keep_version, late_dss, room, max_objects),
+                client=client,
+            )
+            if extended.facts is not None:
+                return extended.data, extended.facts
+            try:
+                return await self._document_timestamp(extended, client)
+            except NoRoom as exc:
+                # The room is measured from the first token; a TSA's tokens vary.
+                self._timestamp_reserved = _room(exc.needed)
+                if attempt:
+                    raise PadesError(
+                        "signing_failed", "the document timestamp outgrew its room"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _estimate(self, certificate: bytes, chain: tuple[bytes, ...], level: Level) -> int:
+        """Hex room for a first CMS of this key at *level*: its certificates, signed
+        attributes and signature, and a timestamp token's allowance."""
+        der = len(certificate) + sum(len(c) for c in chain) + 2048
+        if level.at_least(Level.B_T):
+            der += 8192
+        return 2 * der
+
+    def _document_timestamp_room(self) -> int:
+        return self._timestamp_reserved or 2 * 8192
+
+    async def _timestamp(self, digest: bytes, md: str) -> bytes:
+        assert self.timestamper is not None
+        token = await self.timestamper.async_timestamp(digest, md)
+        return bytes(token.dump())
+
+    async def _expected_tsa(self, md: str) -> TokenContents:
+        """The TSA that will stamp the next signature, as its last token tells (the
+        first time, pyHanko's cached size-estimate token: one TSA request)."""
+        if self._tsa is None:
+            assert self.timestamper is not None
+            dummy = await self.timestamper.async_dummy_response(md)
+            self._tsa = read_token(bytes(dummy.dump()))
+        return self._tsa
+
+    async def _collect(self, signer: Signer, tsa: TokenContents) -> pades_draft.Dss:
+        """The validation data of the signer's path and the TSA's (checked, cached)."""
+        assert self.validation_data is not None
+        data = await collect_for_signature(
+            self.validation_data,
+            [signer.certificate, *signer.chain],
+            tsa.tsa_certificate,
+            tsa.certificates,
         )
-        return buffer.getvalue()
-
-
-def new_field_name(facts: PdfFacts) -> str:
-    """``Signature<n>``, *n* one more than the signature fields, or the next name no
-    field of the form has (a text field may be called ``Signature2``)."""
-    taken = {name.casefold() for name in facts.field_names}
-    number = facts.signature_fields + 1
-    while f"signature{number}" in taken:
-        number += 1
-    return f"Signature{number}"
-
-
-def refuse_if_locked(facts: PdfFacts) -> None:
-    """:class:`PdfRefused` when an earlier signature forbids any change, a new signature
-    included: a certification with DocMDP P=1 (``pdf_certified``), a field lock of all
-    fields or P=1 (``pdf_locked``). Signing anyway would silently invalidate it."""
-    if facts.certification is not None and facts.certification[0] == 1:
-        by = f" by {facts.certification[1]}" if facts.certification[1] else ""
-        raise PdfRefused(
-            "pdf_certified",
-            f"the PDF is certified{by} with DocMDP permission 1: no change is allowed, "
-            "not even a new signature",
-        )
-    for field_name, what, signer in facts.locks:
-        by = f" by {signer}" if signer else ""
-        raise PdfRefused(
-            "pdf_locked",
-            f"the signature in field {field_name!r}{by} locks the document with {what}: "
-            "a new signature would invalidate it",
+        return pades_draft.Dss(
+            tuple(c.dump() for c in data.certificates), data.ocsp_responses, data.crls
         )
 
+    async def _document_timestamp(
+        self, finished: pades_draft.Extended, client: str | None
+    ) -> tuple[bytes, PdfFacts]:
+        """B-LTA: the TSA stamps the prepared revision's digest; the token filled in
+        (:class:`NoRoom` when it does not fit)."""
+        assert finished.timestamp_region is not None and finished.timestamp_digest is not None
+        token = await self._timestamp(finished.timestamp_digest, "sha256")
+        if len(finished.data) <= _SPLICE_ON_LOOP:
+            output = pades_draft.fill(finished.data, finished.timestamp_region, token)
+        else:
+            output = await asyncio.to_thread(
+                pades_draft.fill, finished.data, finished.timestamp_region, token
+            )
+        if self._timestamp_reserved is None:
+            self._timestamp_reserved = _room(2 * len(token))
+        max_objects = self.inspector.limits.max_objects
+        after = await self._work(pades_draft.stamped_facts, output, max_objects, client=client)
+        return output, after
 
-def _reservation(signed: bytes) -> int:
-    """Room for later CMS objects like the one in *signed* (hex: twice the DER length),
-    with pyHanko's own margin: timestamp tokens vary by a few bytes."""
-    from pyhanko.pdf_utils.reader import PdfFileReader
 
-    reader = PdfFileReader(io.BytesIO(signed), strict=False)
-    # The newest signature is the one whose revision is last.
-    newest = max(reader.embedded_regular_signatures, key=lambda sig: sig.signed_revision)
-    length = len(newest.signed_data.dump()) + 32  # + the ContentInfo wrapper
-    return 2 * length + 2 * (length // 4) + 512
+def _room(needed: int) -> int:
+    """Hex characters to reserve for contents of *needed* hex characters, with
+    pyHanko's own margin (a TSA's tokens vary by a few bytes), even (whole bytes)."""
+    room = needed + needed // 4 + 512
+    return room + room % 2
+
+
+#: Below this size, filling a token in (copying the bytes) costs less than a thread hop.
+_SPLICE_ON_LOOP = 1024**2
+
+
+class _ContextValidationData:
+    """:class:`~.sources.ValidationDataSource` over a pyHanko context factory: pyHanko's
+    validator on each call (the older seam; the trust layer's source caches instead).
+    Raises pyHanko's errors, which :meth:`PadesEngine.sign` maps."""
+
+    def __init__(self, factory: ValidationContextFactory) -> None:
+        self.factory = factory
+
+    async def collect(self, certificates: Sequence[x509.Certificate]) -> ValidationData:
+        context = self.factory()
+        validator = CertificateValidator(
+            certificates[0], intermediate_certs=list(certificates[1:]), validation_context=context
+        )
+        path = await validator.async_validate_path()
+        unique = {c.sha256: c for c in path.iter_certs(include_root=True)}
+        for response in context.ocsps:
+            for cert in response.basic_ocsp_response["certs"] or ():
+                unique.setdefault(cert.sha256, cert)
+        return ValidationData(
+            tuple(unique.values()),
+            tuple(dict.fromkeys(r.dump() for r in context.ocsps)),
+            tuple(dict.fromkeys(c.dump() for c in context.crls)),
+        )
 
 
 def http_validation_context_factory(

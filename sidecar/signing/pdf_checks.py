@@ -26,9 +26,14 @@ from typing import Any, TypeVar
 
 from lxml import etree
 
+from .._hooks.pyhanko_hooks import install_fast_hex_strings
 from ..errors import BadInput
 from .report import subject_text
 from .workers import WorkerLost, WorkerPool
+
+# A signed PDF's /Contents is read here (and in every worker, which imports this
+# module) in one call, not one pyHanko call per hex digit.
+install_fast_hex_strings()
 
 __all__ = [
     "PdfFacts",
@@ -598,10 +603,13 @@ class PdfInspector:
         except WorkerLost:
             raise _unsupported("reading the PDF needs more memory than allowed") from None
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, deadline: float) -> T:
+    async def run(
+        self, fn: Callable[..., T], /, *args: Any, deadline: float, client: str | None = None
+    ) -> T:
         """``fn(*args)`` in one of these workers (same memory ceiling), within *deadline*
-        seconds: :class:`TimeoutError` or :class:`WorkerLost` otherwise."""
-        return await self._workers.run(fn, *args, deadline=deadline)
+        seconds, on ``client``'s share: :class:`TimeoutError` or :class:`WorkerLost`
+        otherwise."""
+        return await self._workers.run(fn, *args, deadline=deadline, client=client)
 
     def close(self) -> None:
         self._workers.close()

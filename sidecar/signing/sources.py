@@ -12,6 +12,7 @@ An upstream that fails raises :class:`UpstreamFailure`: the API answers 502,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -27,6 +28,7 @@ __all__ = [
     "UpstreamFailure",
     "ValidationData",
     "ValidationDataSource",
+    "collect_for_signature",
 ]
 
 
@@ -132,3 +134,23 @@ class ValidationDataSource(Protocol):
         when a needed piece cannot be had.
         """
         ...
+
+
+async def collect_for_signature(
+    source: ValidationDataSource,
+    chain: Sequence[x509.Certificate],
+    tsa_certificate: x509.Certificate | None,
+    token_certificates: Sequence[x509.Certificate],
+) -> ValidationData:
+    """Validation data for a signer's chain (leaf first) and the TSA that stamped its
+    signature, fetched concurrently: what a B-LT signature embeds, in either format."""
+    if tsa_certificate is None:
+        raise UpstreamFailure(
+            "error", "tsa", "the timestamp token does not carry the TSA's certificate"
+        )
+    tsa_der = tsa_certificate.dump()
+    signer_side, tsa_side = await asyncio.gather(
+        source.collect(list(chain)),
+        source.collect([tsa_certificate, *(c for c in token_certificates if c.dump() != tsa_der)]),
+    )
+    return signer_side.merge(tsa_side)

@@ -62,7 +62,13 @@ from ..keys.signer import Signer
 from ..keys.signxml_adapter import as_cryptography_key
 from ..trust.tsa import read_token
 from .report import BASELINE_LEVELS, Level
-from .sources import TimestampSource, UpstreamFailure, ValidationData, ValidationDataSource
+from .sources import (
+    TimestampSource,
+    UpstreamFailure,
+    ValidationData,
+    ValidationDataSource,
+    collect_for_signature,
+)
 from .workers import WorkerLost, WorkerPool
 from .xades_properties import (
     add_archive_timestamp,
@@ -707,26 +713,7 @@ async def _collect(
 ) -> ValidationData:
     """Validation data for the signer's chain and the TSA's, fetched concurrently."""
     chain = [signer.certificate, *signer.chain]
-    return await _collect_for(source, chain, tsa_certificate, token_certificates)
-
-
-async def _collect_for(
-    source: ValidationDataSource,
-    chain: Sequence[asn1_x509.Certificate],
-    tsa_certificate: asn1_x509.Certificate | None,
-    token_certificates: Sequence[asn1_x509.Certificate],
-) -> ValidationData:
-    """:func:`_collect` for a chain given as certificates (leaf first)."""
-    if tsa_certificate is None:
-        raise UpstreamFailure(
-            "error", "tsa", "the timestamp token does not carry the TSA's certificate"
-        )
-    tsa_der = tsa_certificate.dump()
-    signer_side, tsa_side = await asyncio.gather(
-        source.collect(list(chain)),
-        source.collect([tsa_certificate, *(c for c in token_certificates if c.dump() != tsa_der)]),
-    )
-    return signer_side.merge(tsa_side)
+    return await collect_for_signature(source, chain, tsa_certificate, token_certificates)
 
 
 # -- augmentation: B-B (or B-T) to a higher level -----------------------------
@@ -954,7 +941,9 @@ async def augment_xml(
     if level in (Level.B_LT, Level.B_LTA) and current in (Level.B_B, Level.B_T):
         assert validation_data is not None
         chain = _signer_chain(signature)
-        data = await _collect_for(validation_data, chain, tsa_certificate, token_certificates)
+        data = await collect_for_signature(
+            validation_data, chain, tsa_certificate, token_certificates
+        )
         add_certificate_values(signature, data.certificates)
         add_revocation_values(signature, data.crls, data.ocsp_responses)
 
