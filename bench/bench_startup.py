@@ -32,7 +32,15 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-from stats import cpu_seconds, free_port, summarize, timed
+from stats import (
+    cpu_seconds,
+    free_port,
+    process_tree,
+    process_tree_breakdown,
+    process_tree_memory,
+    summarize,
+    timed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "profiles" / "samples"
@@ -72,36 +80,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def tree(pid: int) -> list[int]:
-    """*pid* and every process under it (Linux: /proc/PID/task/TID/children)."""
-    found = [pid]
-    for parent in found:
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as children:
-                    found.extend(int(child) for child in children.read().split())
-            except OSError:
-                continue
-    return found
-
-
 def pss_mib(pid: int) -> tuple[float, int]:
     """PSS summed over the process tree of *pid*, in MiB, and how many processes."""
-    total_kib = 0
-    pids = tree(pid)
-    for each in pids:
-        try:
-            with open(f"/proc/{each}/smaps_rollup") as rollup:
-                for line in rollup:
-                    if line.startswith("Pss:"):
-                        total_kib += int(line.split()[1])
-        except OSError:  # ended meanwhile
-            continue
-    return total_kib / 1024, len(pids)
+    return process_tree_memory(pid)[1] / 2**20, len(process_tree(pid))
 
 
 async def sign(port: int, token: str, count: int) -> list[float]:
@@ -170,11 +151,13 @@ def main() -> None:
             time.sleep(2.0)  # let what starts in the background settle
             pss, processes = pss_mib(last.pid)
             print(f"PSS idle after start: {pss:.1f} MiB over {processes} processes")
+            print(f"  per process (MiB): {process_tree_breakdown(last.pid)}")
             token = (home / "default.token").read_text().strip()
             samples = asyncio.run(sign(port, token, args.signatures))
             pss, processes = pss_mib(last.pid)
             print(summarize(samples).line(f"{len(samples)} signatures (XAdES+PAdES B-LT, c=4)"))
             print(f"PSS after {len(samples)} signatures: {pss:.1f} MiB over {processes} processes")
+            print(f"  per process (MiB): {process_tree_breakdown(last.pid)}")
         finally:
             stop(last)
 

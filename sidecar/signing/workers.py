@@ -31,9 +31,11 @@ itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
 - :meth:`WorkerPool.status` tells ``/v1/health`` when the workers are saturated or a
   job is stuck;
 - :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one;
-- workers start on the pool's first step and, with ``idle_exit``, end once the pool
-  has had nothing to do for that long (a practice PC is idle most of the day), and the
-  forkserver once no pool of the process has a worker: the next step starts them again.
+- with ``idle_exit`` (the daemon's pools), workers start on need — one when a step
+  finds none free, up to the pool's count — and end once the pool has had nothing to do
+  for that long (a practice PC is idle most of the day), and the forkserver once no
+  pool of the process has a worker: an idle daemon is one process, and the next step
+  starts them again. Without it, :meth:`WorkerPool.start` starts them all at once.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -77,6 +80,9 @@ PRELOAD = (
     "sidecar.signing.pdf_checks",
     "sidecar.signing.pades_verify",
     "pyhanko.pdf_utils.reader",
+    # Imported by the first PDF read otherwise: each worker's own copy.
+    "pyhanko.pdf_utils.filters",
+    "pyhanko.pdf_utils.metadata.xmp_xml",
     "sidecar.signing.xades",
 )
 
@@ -169,6 +175,10 @@ def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides when a
     # worker ends (it kills it), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What the forkserver preloaded is shared with it until written: the collector
+    # would write to every object it inherited (its bookkeeping lives in the object),
+    # copying each page per worker. Frozen, they are never collected here.
+    gc.freeze()
     _start_worker(memory, daemon_pid)
     while True:
         try:
@@ -220,8 +230,21 @@ def _stop_forkserver_if_unused() -> None:
         stop()
     except (OSError, ChildProcessError) as exc:
         log.debug("the forkserver did not stop: %s", exc)
-    else:
-        log.info("no worker process left: the forkserver stopped until the next one")
+        return
+    # The forkserver started multiprocessing's resource tracker (~7 MB), which tracks
+    # nothing of ours (pipes are not tracked): it ends too, and starts with the next
+    # forkserver. Its ``_stop`` waits for its end: once the forkserver and the workers,
+    # which held its pipe, are gone, it reads end of file at once.
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop_tracker = getattr(tracker, "_stop", None)
+    if stop_tracker is not None and getattr(tracker, "_pid", None) is not None:
+        try:
+            stop_tracker()
+        except (OSError, ChildProcessError) as exc:
+            log.debug("the resource tracker did not stop: %s", exc)
+    log.info("no worker process left: the forkserver stopped until the next one")
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -307,8 +330,12 @@ class PoolStatus:
     longest_waiting: float
     #: Workers killed (deadline, abandoned step) or lost since the pool started.
     replaced: int
-    #: The workers ended after ``idle_exit`` seconds without a step; the next starts them.
+    #: No worker yet, or they ended after ``idle_exit`` seconds without a step: the
+    #: next step starts one.
     dormant: bool = False
+    #: Workers start on need (the pool has an ``idle_exit``): fewer than ``workers``
+    #: alive is the normal state, not a failure.
+    on_demand: bool = False
 
 
 def _call_in_thread(
@@ -339,7 +366,8 @@ class WorkerPool:
     (``None``: all of them); ``queue_timeout`` how long a step may wait for a worker
     before :class:`WorkersUnavailable` (``None``: as long as it takes). ``idle_exit``:
     seconds without a step after which the workers end, until the next step starts
-    them again (``None`` or 0: they never do).
+    them again (``None`` or 0: they never do); such a pool starts its workers on need,
+    one per step that finds none free, never before its first step.
     """
 
     def __init__(
@@ -377,7 +405,8 @@ class WorkerPool:
         self._killed: list[_Worker] = []
         self._last_step = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._dormant = False
+        #: No worker until the first step: with ``idle_exit`` they start on need.
+        self._dormant = self.idle_exit is not None
         self._reaping: set[asyncio.Future[None]] = set()
         _POOLS.add(self)
 
@@ -414,9 +443,22 @@ class WorkerPool:
         self._dispatch()
         self._arm_idle_exit()
 
+    @property
+    def on_demand(self) -> bool:
+        """Whether workers start on need (with ``idle_exit``) rather than all at once."""
+        return self.idle_exit is not None
+
+    def _wanted(self) -> int:
+        """How many processes the pool should have (alive or starting): all of them, or
+        on demand one per step running or waiting (each step holds one worker)."""
+        if not self.on_demand:
+            return self.workers
+        waiting = sum(1 for w in self._waiters if not w.future.done())
+        return min(self.workers, len(self._busy) + waiting)
+
     def _top_up(self) -> None:
-        """Start processes until the pool has its count (alive or starting)."""
-        while not self._closed and len(self._alive) + len(self._starting) < self.workers:
+        """Start processes until the pool has what it wants (alive or starting)."""
+        while not self._closed and len(self._alive) + len(self._starting) < self._wanted():
             task = asyncio.get_running_loop().create_task(self._spawn())
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
@@ -426,7 +468,9 @@ class WorkerPool:
         return [w.pid for w in self._alive]
 
     async def start(self) -> None:
-        """Start every worker now, so that the first requests do not pay for it."""
+        """Start every worker now, so that the first requests do not pay for it; a pool
+        with ``idle_exit`` starts nothing here: its workers start on need (its first
+        steps pay for it, a second or so), so that an idle daemon stays light."""
         self._top_up()
         if self._starting:
             await asyncio.gather(*list(self._starting))
@@ -562,6 +606,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(client, time.monotonic(), next(self._order), loop.create_future())
         self._waiters.append(waiter)
+        self._top_up()  # on demand: a worker for this step, if the pool may have one more
         self._dispatch()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout)
@@ -648,6 +693,7 @@ class WorkerPool:
             longest_waiting=max((now - w.since for w in waiting), default=0.0),
             replaced=self._replaced,
             dormant=self._dormant,
+            on_demand=self.on_demand,
         )
 
     def stop_after(self, seconds: float) -> None:
@@ -720,7 +766,8 @@ def pool_check(pool: WorkerPool, name: str) -> HealthCheck:
             )
         if status.longest_running >= STUCK_AFTER:
             problems.append(f"a step has run for {status.longest_running:.0f} s")
-        if status.alive < status.workers and not status.starting and not status.dormant:
+        fewer = status.alive < status.workers and not status.on_demand
+        if fewer and not status.starting and not status.dormant:
             problems.append(f"{status.alive} of {status.workers} worker processes running")
         if problems:
             return CheckResult(name, "degraded", "; ".join(problems), data)
