@@ -446,6 +446,31 @@ async def test_workers_with_idle_exit_start_on_need() -> None:
         pool.close()
 
 
+async def test_a_bursts_spare_worker_exits_while_the_pool_stays_busy() -> None:
+    """After a burst that started both workers, steps one at a time keep using the same
+    worker (the one freed last): the other, unused for ``idle_exit``, ends on its own."""
+    pool = WorkerPool("test", workers=2, idle_exit=0.5)
+    try:
+        burst = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.2) for _ in range(2)))
+        assert len(set(burst)) == 2
+        used = set()
+        for _ in range(200):  # bounded (~20 s on a loaded machine); one step every 0.1 s
+            used.add(await pool.run(os.getpid))
+            if len(pool.pids()) == 1:
+                break
+            await asyncio.sleep(0.1)
+        (kept,) = pool.pids()
+        assert used == {kept}, used  # one worker served every step after the burst
+        (spare,) = set(burst) - {kept}
+        for _ in range(100):
+            if not _alive(spare):
+                break
+            await asyncio.sleep(0.1)
+        assert not _alive(spare) and not pool.status().dormant
+    finally:
+        pool.close()
+
+
 async def test_a_busy_pool_does_not_exit() -> None:
     """A step running longer than ``idle_exit`` keeps its worker (and the others)."""
     pool = WorkerPool("test", workers=1, idle_exit=0.2)

@@ -32,8 +32,8 @@ itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
   job is stuck;
 - :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one;
 - with ``idle_exit`` (the daemon's pools), workers start on need — one when a step
-  finds none free, up to the pool's count — and end once the pool has had nothing to do
-  for that long (a practice PC is idle most of the day), and the forkserver once no
+  finds none free, up to the pool's count — and each ends once unused for that long (a
+  practice PC is idle most of the day; a burst's spare workers), and the forkserver once no
   pool of the process has a worker: an idle daemon is one process, and the next step
   starts them again. Without it, :meth:`WorkerPool.start` starts them all at once.
 """
@@ -262,6 +262,8 @@ class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
+        #: When it last ended a step (or started): its idle exit counts from there.
+        self.last_used = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -366,8 +368,9 @@ class WorkerPool:
     (``None``: all of them); ``queue_timeout`` how long a step may wait for a worker
     before :class:`WorkersUnavailable` (``None``: as long as it takes). ``idle_exit``:
     seconds without a step after which the workers end, until the next step starts
-    them again (``None`` or 0: they never do); such a pool starts its workers on need,
-    one per step that finds none free, never before its first step.
+    them again (``None`` or 0: they never do), each counted from its own last step (so
+    that the spare workers of a past burst end too); such a pool starts its workers on
+    need, one per step that finds none free, never before its first step.
     """
 
     def __init__(
@@ -403,7 +406,6 @@ class WorkerPool:
         self._stop_timer: asyncio.TimerHandle | None = None
         #: Killed by :meth:`stop_after`, to be reaped by :meth:`close`.
         self._killed: list[_Worker] = []
-        self._last_step = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         #: No worker until the first step: with ``idle_exit`` they start on need.
         self._dormant = self.idle_exit is not None
@@ -524,44 +526,52 @@ class WorkerPool:
             worker.kill()
             worker.close()
             return
-        self._idle.append(worker)
-        self._last_step = time.monotonic()
+        worker.last_used = time.monotonic()
+        self._idle.append(worker)  # last in, first out: the least used ones age out
         self._dispatch()
         self._arm_idle_exit()
 
     # -- idle exit ---------------------------------------------------------------------
 
     def _arm_idle_exit(self) -> None:
-        """Check again in ``idle_exit`` seconds whether the pool has had nothing to do."""
+        """Check again when the idle worker unused the longest reaches ``idle_exit``."""
         if self.idle_exit is None or self._closed or self._idle_timer is not None:
             return
-        if self._busy or self._waiters:
-            return  # armed again when the last step ends
-        self._idle_timer = asyncio.get_running_loop().call_later(self.idle_exit, self._idle_check)
+        if not self._idle:
+            return  # armed again when a step ends
+        oldest = min(worker.last_used for worker in self._idle)
+        delay = max(0.0, oldest + self.idle_exit - time.monotonic())
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._idle_check)
 
     def _idle_check(self) -> None:
+        """End the workers unused for ``idle_exit`` seconds: all of them once the pool
+        is idle, and after a burst the ones it no longer needs (steps take the worker
+        freed last, so the spare ones stay unused)."""
         self._idle_timer = None
-        if self._closed or self._busy or self._waiters or self._starting:
+        if self._closed or self.idle_exit is None:
             return
-        left = self._last_step + (self.idle_exit or 0.0) - time.monotonic()
-        if left > 0:
-            self._idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
-            return
-        workers, self._alive, self._idle = self._alive, [], []
-        self._dormant = True
-        if not workers:
-            return
-        log.info(
-            "%s workers: none used for %g s: %d process(es) end until the next step",
-            self.name,
-            self.idle_exit,
-            len(workers),
-        )
-        for worker in workers:
-            worker.close()  # an idle worker waits on its pipe: end of file ends it
-        reaping = asyncio.ensure_future(asyncio.to_thread(self._reap, workers))
-        self._reaping.add(reaping)
-        reaping.add_done_callback(self._reaping.discard)
+        now = time.monotonic()
+        expired = [w for w in self._idle if now - w.last_used >= self.idle_exit]
+        for worker in expired:
+            self._idle.remove(worker)
+            self._alive.remove(worker)
+        if not self._alive and not self._starting:
+            self._dormant = True
+        if expired:
+            log.info(
+                "%s workers: %d process(es) unused for %g s end (%d left); "
+                "the next steps start them again",
+                self.name,
+                len(expired),
+                self.idle_exit,
+                len(self._alive),
+            )
+            for worker in expired:
+                worker.close()  # an idle worker waits on its pipe: end of file ends it
+            reaping = asyncio.ensure_future(asyncio.to_thread(self._reap, expired))
+            self._reaping.add(reaping)
+            reaping.add_done_callback(self._reaping.discard)
+        self._arm_idle_exit()
 
     @staticmethod
     def _reap(workers: list[_Worker]) -> None:
