@@ -11,7 +11,10 @@ elsewhere. Baselines measured in the same run: the TSA round trip alone, raw (HT
 only) and checked (our client), the guarded PDF read alone (the worker round trip),
 and one process per document: the pyHanko CLI (``pip install -e '.[bench]'``) at B-B
 and at B-LT (same TSA, validation info from the same OCSP/CRL), or, without it, a
-fresh Python process signing B-B through pyHanko's API.
+fresh Python process signing B-B through pyHanko's API. And the peer a Python
+integrator would write instead of calling the daemon (bench/peers.py): pyHanko's
+library in one long-running process, signer loaded once, timestamper and validation
+context reused, at B-B and B-LT, with our ratio to it.
 "Over baseline" is over the checked TSA round trip, then over the raw one.
 Printed per case: n, p50, p95 (ms), docs/s.
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from fast_tsa import running_fast_tsa
+from peers import DESCRIPTIONS, run_peer
 from sandbox_key import sandbox_rsa_signer
 from stats import free_port, summarize, timed
 
@@ -191,11 +195,13 @@ async def main(seconds: float, size: int) -> None:
                 guard = await measure("guard", seconds, lambda: inspector.inspect(pdf))
                 report("baseline: guarded PDF read (worker)", guard)
                 tsa_p50 = summarize(tsa).p50_ms
+                ours: dict[str, list[float]] = {}
                 for level in (Level.B_B, Level.B_T, Level.B_LT):
                     samples = await measure(
                         level.value, seconds,
                         lambda level=level: engine.sign(pdf, signer, PadesOptions(level=level)),
                     )  # fmt: skip
+                    ours[level.value] = samples
                     report(
                         f"in process {level.value}",
                         samples,
@@ -268,7 +274,24 @@ async def main(seconds: float, size: int) -> None:
                 lt = await cli_baseline(pdf, rsa, runs=5, tsa_url=tsa_url, roots=pki.roots_pem)
                 report("  one process per document, B-LT", lt)
                 cases.append(("B-LT", lt))
+            print("peer: pyHanko's library in one long-running process (bench/peers.py):")
+            peers = {}
+            for level in ("B-B", "B-LT"):
+                peers[level] = await run_peer(
+                    "pades", level, seconds, rsa, pdf, tsa_url=tsa_url, roots=pki.roots_pem
+                )
+                print(f"  {level}: {DESCRIPTIONS['pades', level]}")
+                report(f"  peer {level}", peers[level])
             tsa_child.__exit__(None, None, None)
+        print("ours against the peer (p50, the peer's over ours; same TSA, same OCSP/CRL):")
+        for level, theirs in peers.items():
+            peer_p50 = summarize(theirs).p50_ms
+            mine = [(f"in process {level}", ours[level])]
+            if level == "B-LT":
+                mine.append(("HTTP POST /v1/pdf/sign B-LT", http_samples))
+            for name, samples in mine:
+                p50 = summarize(samples).p50_ms
+                print(f"  {name:<32} {p50:8.2f} ms vs {peer_p50:8.2f} ms: x{peer_p50 / p50:.1f}")
         for level, samples in cases:
             rate = len(samples) / sum(samples)
             print(

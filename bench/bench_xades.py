@@ -17,6 +17,10 @@ in a thread) and the TSA round trip alone, raw (HTTP only) and checked (our clie
 nonce, imprint, CMS signature, TSA path...) — the TSA's share of B-T and up. The
 engine cases call :func:`sidecar.signing.xades.sign_xml` with a worker pool as the
 daemon does; "threads" rows draft in a thread instead (``[signing] xml_workers = 0``).
+Last, the peer a Python integrator would write instead of calling the daemon
+(bench/peers.py), in one long-running process: signxml's XAdESSigner at B-B, and at
+B-LT the same plus pyHanko's HTTPTimeStamper and certvalidator's OCSP/CRL (what that
+peer does not do is printed), with our ratio to it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.serialization import pkcs12
 from fast_tsa import running_fast_tsa
 from lxml import etree
+from peers import DESCRIPTIONS, run_peer
 from signxml import SignatureConstructionMethod
 from signxml.xades import XAdESSigner
 from stats import cpu_seconds, free_port, summarize, timed
@@ -125,6 +130,18 @@ async def main(seconds: float, size: int, workers: int) -> None:
         async with serve_sandbox_pki(pki):
             with running_fast_tsa(pki.directory) as tsa:
                 rows = await _run(home, pki, tsa.url, Processes(tsa.pid), form, seconds, workers)
+                peers = {
+                    level: await run_peer(
+                        "xades",
+                        level,
+                        seconds,
+                        pki.signers["sandbox-rsa"],
+                        form,
+                        tsa_url=tsa.url,
+                        roots=pki.roots_pem,
+                    )
+                    for level in ("B-B", "B-LT")
+                }
     print(
         f"\nXAdES bench: {len(form)} byte form, {seconds:g} s per case, "
         f"{workers} drafting worker(s), {os.cpu_count()} CPU core(s)\n"
@@ -145,6 +162,17 @@ async def main(seconds: float, size: int, workers: int) -> None:
     for name, row in by_case.items():
         if "B-LT" in name:
             print(f"  {name:<40}{row.p50 - raw:>+8.2f} ms  {row.p50 - checked:>+8.2f} ms")
+    print("\npeer: what an integrator writes instead, one long-running process (bench/peers.py);")
+    print("x: the peer's p50 over ours (same TSA, same OCSP/CRL)")
+    for level, samples in peers.items():
+        peer = summarize(samples)
+        print(f"  {level}: {DESCRIPTIONS['xades', level]}")
+        print(peer.line(f"  peer {level}", 40))
+        for name in (f"engine {level}, c=1", f"HTTP {level}, c=1"):
+            if name in by_case:
+                ours = by_case[name].p50
+                print(f"    {name:<24} p50 {ours:7.2f} ms vs {peer.p50_ms:7.2f} ms: "
+                      f"x{peer.p50_ms / ours:.1f}")  # fmt: skip
 
 
 async def _run(

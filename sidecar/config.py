@@ -492,9 +492,10 @@ class SigningSettings:
     #: How many drafting workers one client may hold at once; unset: all but one
     #: (so that another client always finds one free).
     xml_workers_per_client: int | None = field(default=None, metadata={"check": _positive_if_set})
-    #: Seconds without a step after which the XAdES drafting and PDF reading workers
-    #: end (a practice PC is idle most of the day); the next step starts them again,
-    #: paying a few hundred milliseconds once. 0: they run until the daemon stops.
+    #: Seconds without a step after which an XAdES drafting or PDF reading worker
+    #: ends (a practice PC is idle most of the day); they start on need (none at
+    #: start-up), paying a few hundred milliseconds once. 0: they run until the daemon
+    #: stops (and the drafting workers start with it).
     worker_idle_exit: float = field(default=300.0, metadata={"check": _not_negative})
     #: Namespace declarations a signed or verified XML document may have, in all
     #: and in scope at one element (canonicalising costs the square of the latter).

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import threading
@@ -98,13 +97,11 @@ async def test_a_draft_over_its_deadline_is_killed_and_answered(
     assert elapsed < 15, elapsed  # the deadline, not the minutes the document costs
     response = await api.client.post("/v1/xml/sign?level=B-B", data=FORM, headers=headers)
     assert response.status == 200, await response.text()
-    for _ in range(100):  # the replacement starts in the background
-        health = await (await api.client.get("/v1/health", headers=api.auth())).json()
-        (check,) = [c for c in health["checks"] if c["name"] == "xml-workers"]
-        if check["data"]["alive"] == 2:
-            break
-        await asyncio.sleep(0.1)
-    assert check["data"]["replaced"] == 1 and check["data"]["alive"] == 2, check
+    # The killed worker was replaced: the daemon's workers start on need (one, here).
+    health = await (await api.client.get("/v1/health", headers=api.auth())).json()
+    (check,) = [c for c in health["checks"] if c["name"] == "xml-workers"]
+    assert check["data"]["replaced"] == 1 and check["data"]["alive"] >= 1, check
+    assert check["status"] == "ok", check
 
 
 def _post(url: str, data: bytes, token: str, timeout: float) -> tuple[int, bytes]:

@@ -4,6 +4,7 @@ and the XAdES drafting survives a killed worker without losing the request."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from sidecar.keys import Signer
 from sidecar.signing.report import Indication, Level
 from sidecar.signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from sidecar.signing.workers import (
+    PRELOAD,
     SATURATED_AFTER,
     STUCK_AFTER,
     WorkerLost,
@@ -42,6 +44,18 @@ async def pool() -> WorkerPool:
 
 def _pids(pool: WorkerPool) -> list[int]:
     return pool.pids()
+
+
+def _modules_and_frozen() -> tuple[list[str], int]:
+    return sorted(sys.modules), gc.get_freeze_count()
+
+
+async def test_a_worker_starts_warm_and_shares_what_it_inherited(pool: WorkerPool) -> None:
+    """A worker has the forkserver's preloaded modules, and the objects it inherited are
+    frozen: its collector never writes to (so never copies) the pages it shares."""
+    modules, frozen = await pool.run(_modules_and_frozen)
+    assert set(PRELOAD) <= set(modules)
+    assert frozen > 10_000, frozen  # the preloaded signing stack: ~10^5 objects
 
 
 async def test_results_and_errors_cross_back(pool: WorkerPool) -> None:
@@ -392,9 +406,10 @@ async def test_idle_workers_exit_and_start_again_on_the_next_step() -> None:
     pool = WorkerPool("test", workers=2, idle_exit=0.5)
     check = pool_check(pool, "test-workers")
     try:
-        await pool.start()
+        # Two steps at once need both workers (they start on need: see the next test).
+        ran = await asyncio.gather(pool.run(_sleep_then_pid, 0.3), pool.run(_sleep_then_pid, 0.3))
         pids = pool.pids()
-        assert len(pids) == 2 and await pool.run(os.getpid) in pids
+        assert len(pids) == 2 and set(ran) == set(pids)
         for _ in range(200):  # bounded (20 s): the loop must run for the timer to fire
             if not any(_alive(pid) for pid in pids):
                 break
@@ -406,6 +421,52 @@ async def test_idle_workers_exit_and_start_again_on_the_next_step() -> None:
         again = await pool.run(os.getpid)
         assert again not in pids and not pool.status().dormant
         assert (await check()).status == "ok"
+    finally:
+        pool.close()
+
+
+async def test_workers_with_idle_exit_start_on_need() -> None:
+    """A pool with ``idle_exit`` (the daemon's) starts no process before its first step
+    (``start()`` included: an idle daemon stays one process, health ok), one per step
+    that finds none free, and never more than its count."""
+    pool = WorkerPool("test", workers=2, idle_exit=30)
+    check = pool_check(pool, "test-workers")
+    try:
+        await pool.start()
+        assert pool.pids() == [] and pool.status().dormant
+        result = await check()
+        assert result.status == "ok" and "idle" in result.detail, result
+        first = await pool.run(os.getpid)
+        assert pool.pids() == [first]  # one step at a time: one worker
+        assert await pool.run(os.getpid) == first
+        assert (await check()).status == "ok"  # 1 of 2 alive is normal here
+        ran = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.3) for _ in range(3)))
+        assert len(set(ran)) == 2 and first in ran and len(pool.pids()) == 2
+    finally:
+        pool.close()
+
+
+async def test_a_bursts_spare_worker_exits_while_the_pool_stays_busy() -> None:
+    """After a burst that started both workers, steps one at a time keep using the same
+    worker (the one freed last): the other, unused for ``idle_exit``, ends on its own."""
+    pool = WorkerPool("test", workers=2, idle_exit=0.5)
+    try:
+        burst = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.2) for _ in range(2)))
+        assert len(set(burst)) == 2
+        used = set()
+        for _ in range(200):  # bounded (~20 s on a loaded machine); one step every 0.1 s
+            used.add(await pool.run(os.getpid))
+            if len(pool.pids()) == 1:
+                break
+            await asyncio.sleep(0.1)
+        (kept,) = pool.pids()
+        assert used == {kept}, used  # one worker served every step after the burst
+        (spare,) = set(burst) - {kept}
+        for _ in range(100):
+            if not _alive(spare):
+                break
+            await asyncio.sleep(0.1)
+        assert not _alive(spare) and not pool.status().dormant
     finally:
         pool.close()
 
@@ -431,7 +492,7 @@ def test_the_forkserver_stops_when_no_pool_has_a_worker(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import asyncio, os, time
-            from multiprocessing import forkserver
+            from multiprocessing import forkserver, resource_tracker
             from sidecar.signing.workers import WorkerPool
 
             def children():
@@ -446,12 +507,19 @@ def test_the_forkserver_stops_when_no_pool_has_a_worker(tmp_path: Path) -> None:
                 first = await pool.run(os.getpid)
                 server = forkserver._forkserver._forkserver_pid
                 assert server is not None and str(server) in children()
+                tracker = resource_tracker._resource_tracker._pid
+                assert tracker is not None and str(tracker) in children()
                 for _ in range(100):
-                    if forkserver._forkserver._forkserver_pid is None:
+                    if forkserver._forkserver._forkserver_pid is None and (
+                        resource_tracker._resource_tracker._pid is None
+                    ):
                         break
                     await asyncio.sleep(0.1)
                 assert forkserver._forkserver._forkserver_pid is None, "still running"
                 assert str(server) not in children(), "not reaped"
+                # multiprocessing's resource tracker (started with it) ended too.
+                assert resource_tracker._resource_tracker._pid is None, "tracker runs"
+                assert str(tracker) not in children(), "tracker not reaped"
                 assert await pool.run(os.getpid) != first
                 assert forkserver._forkserver._forkserver_pid not in (None, server)
                 pool.close()

@@ -31,9 +31,11 @@ itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
 - :meth:`WorkerPool.status` tells ``/v1/health`` when the workers are saturated or a
   job is stuck;
 - :meth:`WorkerPool.close` kills the workers at once: nothing waits for a stuck one;
-- workers start on the pool's first step and, with ``idle_exit``, end once the pool
-  has had nothing to do for that long (a practice PC is idle most of the day), and the
-  forkserver once no pool of the process has a worker: the next step starts them again.
+- with ``idle_exit`` (the daemon's pools), workers start on need — one when a step
+  finds none free, up to the pool's count — and each ends once unused for that long (a
+  practice PC is idle most of the day; a burst's spare workers), and the forkserver once no
+  pool of the process has a worker: an idle daemon is one process, and the next step
+  starts them again. Without it, :meth:`WorkerPool.start` starts them all at once.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -78,6 +81,9 @@ PRELOAD = (
     "sidecar.signing.pdf_checks",
     "sidecar.signing.pades_verify",
     "pyhanko.pdf_utils.reader",
+    # Imported by the first PDF read otherwise: each worker's own copy.
+    "pyhanko.pdf_utils.filters",
+    "pyhanko.pdf_utils.metadata.xmp_xml",
     "sidecar.signing.xades",
 )
 
@@ -170,6 +176,10 @@ def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides when a
     # worker ends (it kills it), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What the forkserver preloaded is shared with it until written: the collector
+    # would write to every object it inherited (its bookkeeping lives in the object),
+    # copying each page per worker. Frozen, they are never collected here.
+    gc.freeze()
     _start_worker(memory, daemon_pid)
     while True:
         try:
@@ -221,8 +231,21 @@ def _stop_forkserver_if_unused() -> None:
         stop()
     except (OSError, ChildProcessError) as exc:
         log.debug("the forkserver did not stop: %s", exc)
-    else:
-        log.info("no worker process left: the forkserver stopped until the next one")
+        return
+    # The forkserver started multiprocessing's resource tracker (~7 MB), which tracks
+    # nothing of ours (pipes are not tracked): it ends too, and starts with the next
+    # forkserver. Its ``_stop`` waits for its end: once the forkserver and the workers,
+    # which held its pipe, are gone, it reads end of file at once.
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop_tracker = getattr(tracker, "_stop", None)
+    if stop_tracker is not None and getattr(tracker, "_pid", None) is not None:
+        try:
+            stop_tracker()
+        except (OSError, ChildProcessError) as exc:
+            log.debug("the resource tracker did not stop: %s", exc)
+    log.info("no worker process left: the forkserver stopped until the next one")
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -240,6 +263,8 @@ class _Worker:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
+        #: When it last ended a step (or started): its idle exit counts from there.
+        self.last_used = time.monotonic()
 
     @property
     def pid(self) -> int:
@@ -308,8 +333,12 @@ class PoolStatus:
     longest_waiting: float
     #: Workers killed (deadline, abandoned step) or lost since the pool started.
     replaced: int
-    #: The workers ended after ``idle_exit`` seconds without a step; the next starts them.
+    #: No worker yet, or they ended after ``idle_exit`` seconds without a step: the
+    #: next step starts one.
     dormant: bool = False
+    #: Workers start on need (the pool has an ``idle_exit``): fewer than ``workers``
+    #: alive is the normal state, not a failure.
+    on_demand: bool = False
 
 
 def _call_in_thread(
@@ -340,7 +369,9 @@ class WorkerPool:
     (``None``: all of them); ``queue_timeout`` how long a step may wait for a worker
     before :class:`WorkersUnavailable` (``None``: as long as it takes). ``idle_exit``:
     seconds without a step after which the workers end, until the next step starts
-    them again (``None`` or 0: they never do).
+    them again (``None`` or 0: they never do), each counted from its own last step (so
+    that the spare workers of a past burst end too); such a pool starts its workers on
+    need, one per step that finds none free, never before its first step.
     """
 
     def __init__(
@@ -376,9 +407,9 @@ class WorkerPool:
         self._stop_timer: asyncio.TimerHandle | None = None
         #: Killed by :meth:`stop_after`, to be reaped by :meth:`close`.
         self._killed: list[_Worker] = []
-        self._last_step = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._dormant = False
+        #: No worker until the first step: with ``idle_exit`` they start on need.
+        self._dormant = self.idle_exit is not None
         self._reaping: set[asyncio.Future[None]] = set()
         _POOLS.add(self)
 
@@ -415,9 +446,22 @@ class WorkerPool:
         self._dispatch()
         self._arm_idle_exit()
 
+    @property
+    def on_demand(self) -> bool:
+        """Whether workers start on need (with ``idle_exit``) rather than all at once."""
+        return self.idle_exit is not None
+
+    def _wanted(self) -> int:
+        """How many processes the pool should have (alive or starting): all of them, or
+        on demand one per step running or waiting (each step holds one worker)."""
+        if not self.on_demand:
+            return self.workers
+        waiting = sum(1 for w in self._waiters if not w.future.done())
+        return min(self.workers, len(self._busy) + waiting)
+
     def _top_up(self) -> None:
-        """Start processes until the pool has its count (alive or starting)."""
-        while not self._closed and len(self._alive) + len(self._starting) < self.workers:
+        """Start processes until the pool has what it wants (alive or starting)."""
+        while not self._closed and len(self._alive) + len(self._starting) < self._wanted():
             task = asyncio.get_running_loop().create_task(self._spawn())
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
@@ -427,7 +471,9 @@ class WorkerPool:
         return [w.pid for w in self._alive]
 
     async def start(self) -> None:
-        """Start every worker now, so that the first requests do not pay for it."""
+        """Start every worker now, so that the first requests do not pay for it; a pool
+        with ``idle_exit`` starts nothing here: its workers start on need (its first
+        steps pay for it, a second or so), so that an idle daemon stays light."""
         self._top_up()
         if self._starting:
             await asyncio.gather(*list(self._starting))
@@ -481,44 +527,52 @@ class WorkerPool:
             worker.kill()
             worker.close()
             return
-        self._idle.append(worker)
-        self._last_step = time.monotonic()
+        worker.last_used = time.monotonic()
+        self._idle.append(worker)  # last in, first out: the least used ones age out
         self._dispatch()
         self._arm_idle_exit()
 
     # -- idle exit ---------------------------------------------------------------------
 
     def _arm_idle_exit(self) -> None:
-        """Check again in ``idle_exit`` seconds whether the pool has had nothing to do."""
+        """Check again when the idle worker unused the longest reaches ``idle_exit``."""
         if self.idle_exit is None or self._closed or self._idle_timer is not None:
             return
-        if self._busy or self._waiters:
-            return  # armed again when the last step ends
-        self._idle_timer = asyncio.get_running_loop().call_later(self.idle_exit, self._idle_check)
+        if not self._idle:
+            return  # armed again when a step ends
+        oldest = min(worker.last_used for worker in self._idle)
+        delay = max(0.0, oldest + self.idle_exit - time.monotonic())
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._idle_check)
 
     def _idle_check(self) -> None:
+        """End the workers unused for ``idle_exit`` seconds: all of them once the pool
+        is idle, and after a burst the ones it no longer needs (steps take the worker
+        freed last, so the spare ones stay unused)."""
         self._idle_timer = None
-        if self._closed or self._busy or self._waiters or self._starting:
+        if self._closed or self.idle_exit is None:
             return
-        left = self._last_step + (self.idle_exit or 0.0) - time.monotonic()
-        if left > 0:
-            self._idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
-            return
-        workers, self._alive, self._idle = self._alive, [], []
-        self._dormant = True
-        if not workers:
-            return
-        log.info(
-            "%s workers: none used for %g s: %d process(es) end until the next step",
-            self.name,
-            self.idle_exit,
-            len(workers),
-        )
-        for worker in workers:
-            worker.close()  # an idle worker waits on its pipe: end of file ends it
-        reaping = asyncio.ensure_future(asyncio.to_thread(self._reap, workers))
-        self._reaping.add(reaping)
-        reaping.add_done_callback(self._reaping.discard)
+        now = time.monotonic()
+        expired = [w for w in self._idle if now - w.last_used >= self.idle_exit]
+        for worker in expired:
+            self._idle.remove(worker)
+            self._alive.remove(worker)
+        if not self._alive and not self._starting:
+            self._dormant = True
+        if expired:
+            log.info(
+                "%s workers: %d process(es) unused for %g s end (%d left); "
+                "the next steps start them again",
+                self.name,
+                len(expired),
+                self.idle_exit,
+                len(self._alive),
+            )
+            for worker in expired:
+                worker.close()  # an idle worker waits on its pipe: end of file ends it
+            reaping = asyncio.ensure_future(asyncio.to_thread(self._reap, expired))
+            self._reaping.add(reaping)
+            reaping.add_done_callback(self._reaping.discard)
+        self._arm_idle_exit()
 
     @staticmethod
     def _reap(workers: list[_Worker]) -> None:
@@ -563,6 +617,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         waiter = _Waiter(client, time.monotonic(), next(self._order), loop.create_future())
         self._waiters.append(waiter)
+        self._top_up()  # on demand: a worker for this step, if the pool may have one more
         self._dispatch()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), self.queue_timeout)
@@ -649,6 +704,7 @@ class WorkerPool:
             longest_waiting=max((now - w.since for w in waiting), default=0.0),
             replaced=self._replaced,
             dormant=self._dormant,
+            on_demand=self.on_demand,
         )
 
     def stop_after(self, seconds: float) -> None:
@@ -721,7 +777,8 @@ def pool_check(pool: WorkerPool, name: str) -> HealthCheck:
             )
         if status.longest_running >= STUCK_AFTER:
             problems.append(f"a step has run for {status.longest_running:.0f} s")
-        if status.alive < status.workers and not status.starting and not status.dormant:
+        fewer = status.alive < status.workers and not status.on_demand
+        if fewer and not status.starting and not status.dormant:
             problems.append(f"{status.alive} of {status.workers} worker processes running")
         if problems:
             return CheckResult(name, "degraded", "; ".join(problems), data)
