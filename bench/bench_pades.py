@@ -48,6 +48,7 @@ from sidecar.sandbox import ensure_sandbox_pki, serve_sandbox_pki
 from sidecar.signing.pades import PadesEngine, PadesOptions
 from sidecar.signing.pdf_checks import PdfInspector
 from sidecar.signing.report import Level
+from sidecar.signing.trust_binding import TrustValidationDataSource
 from sidecar.trust import open_trust
 from sidecar.trust.tsa import make_request
 
@@ -173,7 +174,9 @@ async def main(seconds: float, size: int) -> None:
                 engine = PadesEngine(
                     inspector=inspector,
                     timestamper=trust.tsa.timestamper(),
-                    validation_context=trust.revocation.validation_context,
+                    # As the daemon does: validation data from the trust layer's
+                    # checked cache (a validation_context alone is pyHanko's slow path).
+                    validation_data=TrustValidationDataSource(trust.revocation),
                 )
                 query = make_request(hashlib.sha256(b"x").digest(), "sha256").dump()
 

@@ -79,6 +79,7 @@ log = logging.getLogger("sidecar.signing.workers")
 #: Modules the forkserver imports once, so that a new worker starts warm.
 PRELOAD = (
     "sidecar.signing.pdf_checks",
+    "sidecar.signing.pades_draft",
     "sidecar.signing.pades_verify",
     "pyhanko.pdf_utils.reader",
     # Imported by the first PDF read otherwise: each worker's own copy.
