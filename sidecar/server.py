@@ -69,7 +69,7 @@ def validate_for_serve(settings: Settings) -> ssl.SSLContext | None:
     """Everything ``serve`` checks in the configuration before it starts anything;
     ``sidecar config check`` and ``doctor`` run exactly this. Raises ConfigError;
     returns the TLS context to listen with, if any."""
-    from .api.xml import xades_options
+    from .operations.signing import xades_options
 
     context = check_binding(settings.server, settings.source)
     try:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from lxml import etree
 
-from sidecar.api.observe import METRICS
+from sidecar.api.keys import SERVICES
 from sidecar.cns.subsystem import AUDIT_JOURNAL, CNS
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.report import Indication, Level
@@ -33,7 +33,7 @@ FN = "{urn:sidecar:standin:cns:fee-note:1}"
 
 def counter(api: Api, name: str, **labels: str) -> float:
     """A counter's value on the daemon's /metrics registry (0 when never incremented)."""
-    value = api.client.app[METRICS].registry.get_sample_value(f"{name}_total", labels)
+    value = api.client.app[SERVICES].metrics.registry.get_sample_value(f"{name}_total", labels)
     return value or 0.0
 
 

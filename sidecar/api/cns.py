@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 import uuid as uuid_module
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -64,20 +63,17 @@ from ..cns.subsystem import (
 )
 from ..cns.transport import CnsTimeout, CnsTransport, CnsUnreachable, PidKind
 from ..cns.worker import TimestampUnavailable
+from ..operations.signing import fee_note_signer
 from ..signing.forms import FormError
 from ..signing.report import Level
 from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import augment_xml
 from ..storage import StorageUnavailable
-from .forms import fee_note_signer
 from .guards import read_body
-from .keys import CLIENT, SETTINGS
+from .keys import CLIENT, SERVICES, SETTINGS
 from .observe import METRICS
-from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
-from .signing_keys import KEY_REGISTRY
-from .timestamps import TRUST
 
 __all__ = ["HANDLERS", "fee_note_context"]
 
@@ -271,16 +267,7 @@ async def _sign(request: web.Request, body: bytes, note_uuid: str) -> SignedFeeN
         same_uuid = False
     if not same_uuid:  # the recipe keeps a caller's UUID: anything else is a bug
         raise Problem(500, "internal_error", "signing changed the fee note's UUID")
-    await request.app[AUDIT_JOURNAL].append_async(
-        "sign.fee-note",
-        "signed",
-        client=_client(request),
-        uuid=note_uuid,
-        digest=hashlib.sha256(signed.xml).hexdigest(),
-        key_id=signed.key_id,
-        level=signed.level,
-        detail={"pdf_level": signed.pdf_level, "profile": "fee-note"},
-    )
+    # Journaled and counted by the signing operation itself (sidecar.operations.events).
     return signed
 
 
@@ -446,35 +433,21 @@ async def fee_note_context(app: web.Application) -> AsyncIterator[None]:
     :data:`SIGN_FEE_NOTE` when there is a default key and a ``fee-note`` profile;
     :data:`FEE_NOTE_UPGRADER` (offline mode) when there is a TSA.
     """
-    registry = app.get(KEY_REGISTRY)
-    profiles = app.get(PROFILES)
-    metrics = app.get(METRICS)
+    services = app[SERVICES]
     defer = app[SETTINGS].cns.defer_timestamp
-    if (
-        registry is not None
-        and registry.default_id is not None
-        and profiles is not None
-        and profiles.get("fee-note") is not None
-        and PADES in app
-    ):
-        recipe = fee_note_signer(app, fallback_level=Level.B_B if defer else None)
+    recipe = fee_note_signer(services, fallback_level=Level.B_B if defer else None)
+    if recipe is not None:
+        sign = recipe
 
         async def sign_fee_note(xml: bytes) -> SignedFeeNote:
-            started = time.perf_counter()
-            form, key_id = await recipe(xml)
-            xml_level = form.xml_level.value if form.xml_level else ""
+            form = await sign(xml)  # journaled and counted by the operation
+            xml_level = form.level.value if form.level is not Level.NONE else ""
             pdf_level = form.pdf_level.value if form.pdf_level else None
-            # Counted here: this signature is made by the deposit, not by a signing route.
-            if metrics is not None:
-                if pdf_level:
-                    metrics.signature_made("pades", pdf_level)
-                if xml_level:
-                    metrics.signature_made("xades", xml_level, time.perf_counter() - started)
-            return SignedFeeNote(form.xml, xml_level, key_id, pdf_level)
+            return SignedFeeNote(form.data, xml_level, form.key_id, pdf_level)
 
         app[SIGN_FEE_NOTE] = sign_fee_note
-    trust = app.get(TRUST)
-    if trust is not None and trust.tsa.endpoints:
+    trust = services.trust
+    if trust.tsa.endpoints:
         timestamps = TrustTimestampSource(trust.tsa)
         validation = TrustValidationDataSource(trust.revocation)
 

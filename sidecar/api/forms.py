@@ -7,33 +7,19 @@ with the PDF already embedded where the profile says. Answer: the signed XML, wi
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
-from ..keys import Signer
-from ..signing.forms import FormError, SchemaViolation, SignedForm, XmlSignFunction, sign_form
-from ..signing.profiles import Profile
-from ..signing.report import Level
-from ..signing.sources import UpstreamFailure
-from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
-from ..signing.xades import sign_xml
+from ..operations.signing import FormSigning, sign_form_document
+from ..signing.forms import FormError, SchemaViolation
 from .authorisation import with_operation_pin
 from .guards import read_body
-from .keys import SETTINGS
+from .keys import SERVICES
 from .multipart import form_parts
-from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, register_problem_mapper
-from .qualification import after_signing, before_signing
-from .signing_keys import KEY_REGISTRY
-from .timestamps import TRUST
-from .xml import client_name, xades_options, xml_workers
+from .qualification import qualification_headers
+from .xml import client_name, named_profile
 
-__all__ = ["HANDLERS", "fee_note_signer", "sign_form_document", "xades_for"]
-
-log = logging.getLogger("sidecar.signing")
+__all__ = ["HANDLERS", "sign_form"]
 
 
 def _schema_violation(exc: SchemaViolation) -> Problem:
@@ -70,92 +56,9 @@ register_problem_mapper(SchemaViolation, _schema_violation)
 register_problem_mapper(FormError, _form_error)
 
 
-def xades_for(app: web.Application, client: str | None = None) -> XmlSignFunction:
-    """The XAdES engine bound to the daemon's trust layer and ``[signing]`` options;
-    ``client``: whose share of the drafting workers it uses."""
-    settings = app[SETTINGS].signing
-    trust = app.get(TRUST)
-
-    async def xades(document: bytes, key: Signer, level: Level, form: Profile) -> bytes:
-        try:
-            options = xades_options(settings, dict(form.namespaces))
-        except ValueError as exc:
-            raise Problem(500, "configuration_error", str(exc)) from None
-        timestamps = validation = None
-        if trust is not None:
-            if trust.tsa.endpoints:
-                timestamps = TrustTimestampSource(trust.tsa)
-            validation = TrustValidationDataSource(trust.revocation)
-        return await sign_xml(
-            document,
-            key,
-            level,
-            options,
-            timestamps=timestamps,
-            validation_data=validation,
-            workers=xml_workers(app),
-            client=client,
-        )
-
-    return xades
-
-
-def fee_note_signer(
-    app: web.Application, *, fallback_level: Level | None = None
-) -> Callable[[bytes], Awaitable[tuple[SignedForm, str]]]:
-    """``async (xml) -> (signed form, key id)``: the ``fee-note`` recipe with the default
-    key, for the CNS deposit of an unsigned fee note (installed as
-    ``sidecar.cns.subsystem.SIGN_FEE_NOTE`` by :func:`sidecar.api.cns.fee_note_context`).
-    The PDF must already be embedded.
-
-    *fallback_level* (the CNS offline mode): when the TSA or the revocation data cannot
-    be had (:class:`UpstreamFailure` ``unavailable``/``timeout``), the XML is signed at
-    this level instead; the result's ``xml_level`` says which level was made."""
-    xades = xades_for(app)
-
-    async def sign(xml: bytes) -> tuple[SignedForm, str]:
-        profile = app[PROFILES].get("fee-note")
-        if profile is None:
-            raise Problem(404, "not_found", "no profile 'fee-note'")
-        signer = await app[KEY_REGISTRY].acquire(None)
-        made: list[Level] = []
-
-        async def sign_xml_with_fallback(
-            document: bytes, key: Signer, level: Level, form: Profile
-        ) -> bytes:
-            try:
-                signed = await xades(document, key, level, form)
-            except UpstreamFailure as exc:
-                if fallback_level is None or exc.kind == "error":
-                    raise
-                log.warning(
-                    "fee note signed at %s, %s unreachable (%s): held for a timestamp",
-                    fallback_level.value,
-                    exc.service,
-                    exc.detail,
-                )
-                signed = await xades(document, key, fallback_level, form)
-                level = fallback_level
-            made.append(level)
-            return signed
-
-        signed = await sign_form(
-            profile, xml, None, signer, pades=app[PADES], sign_xml=sign_xml_with_fallback
-        )
-        if made:
-            signed = dataclasses.replace(signed, xml_level=made[-1])
-        return signed, signer.id
-
-    return sign
-
-
-async def sign_form_document(request: web.Request) -> web.Response:
-    app = request.app
-    name = request.match_info["profile"]
-    profile = app[PROFILES].get(name)
-    if profile is None:
-        raise Problem(404, "not_found", f"no profile {name!r}", profile=name)
-    signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
+async def sign_form(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    profile = named_profile(services, request.match_info["profile"])
     body = await read_body(request)
     pdf: bytes | None = None
     if request.content_type == "multipart/form-data":
@@ -171,25 +74,17 @@ async def sign_form_document(request: web.Request) -> web.Response:
         pdf = parts.get("pdf")
     else:
         xml = body
-
-    before_signing(app, signer)  # [trust.lists] at_signing
-    signed = await sign_form(
-        profile, xml, pdf, signer, pades=app[PADES], sign_xml=xades_for(app, client_name(request))
+    signing = FormSigning(
+        profile, xml, pdf, key=request.query.get("key") or None, client=client_name(request)
     )
-    log.info(
-        "signed a %s form (PDF %s, XML %s) with key %s",
-        profile.name,
-        signed.pdf_level.value if signed.pdf_level else "-",
-        signed.xml_level.value if signed.xml_level else "unsigned",
-        signer.id,
-    )
-    headers = {"X-Signature-Level": signed.xml_level.value if signed.xml_level else "none"}
+    signed = await sign_form_document(services, signing)
+    headers = {"X-Signature-Level": signed.level.value}
     if signed.uuid:
         headers["X-Form-UUID"] = signed.uuid
     if signed.pdf_level:
         headers["X-Pdf-Signature-Level"] = signed.pdf_level.value
-    headers.update(after_signing(app, signer))
-    return web.Response(body=signed.xml, content_type="application/xml", headers=headers)
+    headers.update(qualification_headers(signed.verdict))
+    return web.Response(body=signed.data, content_type="application/xml", headers=headers)
 
 
-HANDLERS = {"signForm": with_operation_pin(sign_form_document)}
+HANDLERS = {"signForm": with_operation_pin(sign_form)}

@@ -7,6 +7,7 @@ from aiohttp import ClientSession, web
 from ..clients import Client, ClientStore
 from ..config import Settings
 from ..health import HealthCheck
+from ..operations import Services
 from ..paths import Paths
 from ..runtime import DaemonRuntime
 from ..sandbox.pki import SandboxPKI
@@ -22,16 +23,21 @@ __all__ = [
     "OPERATION",
     "PATHS",
     "SANDBOX_PKI",
+    "SERVICES",
     "SETTINGS",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
 PATHS = web.AppKey("paths", Paths)
 CLIENT_STORE = web.AppKey("client_store", ClientStore)
-#: The daemon's one outgoing HTTP session (TSA, OCSP/CRL, CNS), closed on shutdown.
+#: Every service of the daemon (sidecar.operations.open_services), set at start.
+SERVICES = web.AppKey("services", Services)
+
+# Transitional (#14): the CNS subsystem (``sidecar.cns.subsystem.cns_context``) still
+# reads these three; ``sidecar.api.app`` sets them from :data:`SERVICES`, and they go
+# when the CNS is opened by ``open_services`` itself.
 HTTP_SESSION = web.AppKey("http_session", ClientSession)
 HEALTH_CHECKS = web.AppKey("health_checks", list[tuple[str, HealthCheck]])
-#: The sandbox PKI when running ``serve --sandbox`` (set before the subsystems start).
 SANDBOX_PKI = web.AppKey("sandbox_pki", SandboxPKI)
 #: Operation ids that have a handler; the others answer 501.
 IMPLEMENTED = web.AppKey("implemented", frozenset[str])

@@ -17,15 +17,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..health import CheckResult
-from ..metrics import CONTENT_TYPE, CertificateExpiry, Metrics, OutboxStats
-from ..signing.report import BASELINE_LEVELS
-from .keys import HEALTH_CHECKS, OPERATION
+from ..metrics import CONTENT_TYPE, Metrics, OutboxStats
+from .keys import SERVICES
 from .problems import Problem, problem_for
 
 __all__ = ["HANDLERS", "METRICS", "get_metrics", "install", "observe_requests", "route_label"]
 
-#: The application's :class:`~sidecar.metrics.Metrics`; subsystems take it from here.
+#: Transitional (#14): the services' metrics, for the CNS subsystem that still reads
+#: them from the app (set by ``sidecar.api.app``); everything else uses the services.
 METRICS = web.AppKey("metrics", Metrics)
 
 #: Label of requests that matched no route (404/405): one series, not one per path.
@@ -34,17 +33,6 @@ UNMATCHED = "(unmatched)"
 # Refusals worth telling the practice's IT person about: a program configured with a
 # wrong or revoked token, or the wrong scope. Other 4xx are the caller's own business.
 _JOURNALED_CLIENT_ERRORS = frozenset({401, 403})
-
-
-#: Signatures made by a route, read from its answer's headers: (format, header).
-#: Counting at the API boundary keeps the engines free of it; a signature made
-#: elsewhere (the CNS deposit signing an unsigned fee note) is counted by its caller.
-_SIGNATURE_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
-    "signXml": (("xades", "X-Signature-Level"),),
-    "signPdf": (("pades", "X-Signature-Level"),),
-    "signForm": (("xades", "X-Signature-Level"), ("pades", "X-Pdf-Signature-Level")),
-}
-_LEVELS = frozenset(level.value for level in BASELINE_LEVELS)
 
 
 def route_label(request: web.Request) -> str:
@@ -64,13 +52,6 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
         status = response.status
-        op = request.get(OPERATION)
-        metrics = request.app.get(METRICS)
-        if op is not None and metrics is not None and status < 300:
-            for format, header in _SIGNATURE_HEADERS.get(op.operation_id, ()):
-                level = response.headers.get(header)
-                if level in _LEVELS:
-                    metrics.signature_made(format, level)
         return response
     except Problem as exc:
         problem, status = exc, exc.status
@@ -84,12 +65,17 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         status = problem.status if problem is not None else 500
         raise
     finally:
-        metrics = request.app.get(METRICS)
+        metrics = _metrics(request.app)
         if metrics is not None:
             route = route_label(request)
             metrics.request_done(request.method, route, status, time.perf_counter() - started)
             if status >= 500 or status in _JOURNALED_CLIENT_ERRORS:
                 metrics.record_error("api", _plain(request.method, route, status, problem))
+
+
+def _metrics(app: web.Application) -> Metrics | None:
+    services = app.get(SERVICES)
+    return services.metrics if services is not None else None
 
 
 def _plain(method: str, route: str, status: int, problem: Problem | None) -> str:
@@ -105,48 +91,19 @@ def _plain(method: str, route: str, status: int, problem: Problem | None) -> str
 
 async def get_metrics(request: web.Request) -> web.Response:
     """``GET /metrics`` (admin scope): Prometheus text format."""
-    body = await request.app[METRICS].render()
+    body = await request.app[SERVICES].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def _errors_check(metrics: Metrics) -> tuple[str, object]:
-    async def check() -> CheckResult:
-        # Always "ok": past errors are information for a person, and must not make
-        # /v1/health flap for the monitoring that polls it.
-        recent = metrics.recent_errors()
-        if not recent:
-            detail = "no errors since the daemon started"
-        else:
-            detail = f"{len(recent)} recent error(s); latest: {recent[0].message}"
-        return CheckResult("errors", "ok", detail, {"recent": [e.as_json() for e in recent]})
+async def _watch_outbox(app: web.Application) -> None:
+    """The outbox's state on /metrics, read when scraped, unless the CNS reports it.
 
-    return ("errors", check)
-
-
-async def _bridge_subsystems(app: web.Application) -> None:
-    """Read key expiry and outbox state from the subsystems that do not report them.
-
-    Runs once at startup, after every subsystem's context (``on_startup`` handlers run
-    after the cleanup contexts). A subsystem that registers its own source with
-    :meth:`~sidecar.metrics.Metrics.watch_certificates` / ``watch_outbox`` is left
-    alone, so nothing is counted twice.
+    Runs once at startup, after every cleanup context (the CNS's included).
     """
-    # Imported here: those modules import the API layer this one is part of.
+    # Imported here: that module imports the API layer this one is part of.
     from ..cns.subsystem import CNS
-    from .signing_keys import KEY_REGISTRY
 
-    metrics = app[METRICS]
-    registry = app.get(KEY_REGISTRY)
-    if registry is not None and not metrics.watches("certificates"):
-
-        def certificates() -> list[CertificateExpiry]:
-            return [
-                CertificateExpiry(info.id, "signer", info.not_after)
-                for info in registry.describe()
-                if info.not_after is not None
-            ]
-
-        metrics.watch_certificates(certificates)
+    metrics = app[SERVICES].metrics
     runtime = app.get(CNS)
     if runtime is not None and not metrics.watches("outbox"):
         outbox = runtime.outbox
@@ -162,7 +119,7 @@ async def _bridge_subsystems(app: web.Application) -> None:
 
 async def _loop_lag_ticker(app: web.Application) -> AsyncIterator[None]:
     """Context: sample the event loop's lag into ``sidecar_event_loop_lag_seconds``."""
-    ticker = asyncio.ensure_future(app[METRICS].sample_loop_lag())
+    ticker = asyncio.ensure_future(app[SERVICES].metrics.sample_loop_lag())
     try:
         yield
     finally:
@@ -171,14 +128,11 @@ async def _loop_lag_ticker(app: web.Application) -> AsyncIterator[None]:
             await ticker
 
 
-def install(app: web.Application, metrics: Metrics | None = None) -> Metrics:
-    """Give *app* its own metrics, the loop-lag ticker and the recent-errors check."""
-    metrics = metrics or Metrics()
-    app[METRICS] = metrics
-    app[HEALTH_CHECKS].append(_errors_check(metrics))  # type: ignore[arg-type]
-    app.on_startup.append(_bridge_subsystems)
+def install(app: web.Application) -> None:
+    """The loop-lag ticker (a cleanup context: add it after the services') and the
+    outbox's figures."""
+    app.on_startup.append(_watch_outbox)
     app.cleanup_ctx.append(_loop_lag_ticker)
-    return metrics
 
 
 HANDLERS = {"getMetrics": get_metrics}
