@@ -31,7 +31,14 @@ from .paths import Paths, write_atomically
 from .progress import Progress
 from .sandbox.pki import ensure_sandbox_pki
 
-__all__ = ["CLIENT", "SignRequest", "local_services", "sign_files", "verify_files"]
+__all__ = [
+    "CLIENT",
+    "SignRequest",
+    "local_services",
+    "sign_files",
+    "sign_with",
+    "verify_files",
+]
 
 log = logging.getLogger("sidecar.cli")
 
@@ -167,32 +174,47 @@ async def sign_files(
 ) -> int:
     """Sign each file; ``output`` is a file (one input) or a directory. Exit status.
 
-    Several files (or a *pin*) go through ``POST /v1/batches``: one authorisation, one
-    card session, the PIN typed once for all of them."""
+    Several files (or a *pin*) are signed as one batch (:class:`~sidecar.batches.Batch`,
+    as ``POST /v1/batches`` does): one authorisation, one card session, the PIN typed
+    once for all of them."""
     output_dir = output is not None and await asyncio.to_thread(output.is_dir)
     if output is not None and len(files) > 1 and not output_dir:
         raise ValueError(
             _("{output} must be an existing directory when signing several files", output=output)
         )
-    failures = 0
     async with local_services(settings, paths, sandbox=sandbox) as services:
-        with Progress(len(files), _("signing"), unit="file") as progress:
-            batched = len(files) > 1 or pin is not None
-            signing = _batch_results if batched else _one_by_one
-            async for source, signed, note in signing(services, files, request, pin):
-                if signed is None:
-                    failures += 1
-                    print(_("{file}: refused: {reason}", file=source, reason=note), file=out)
+        return await sign_with(services, files, request, output=output, out=out, pin=pin)
+
+
+async def sign_with(
+    services: Services,
+    files: Sequence[Path],
+    request: SignRequest,
+    *,
+    output: Path | None,
+    out: TextIO,
+    pin: str | None = None,
+) -> int:
+    """:func:`sign_files` on services already open. Exit status."""
+    output_dir = output is not None and await asyncio.to_thread(output.is_dir)
+    failures = 0
+    with Progress(len(files), _("signing"), unit="file") as progress:
+        batched = len(files) > 1 or pin is not None
+        signing = _batch_results if batched else _one_by_one
+        async for source, signed, note in signing(services, files, request, pin):
+            if signed is None:
+                failures += 1
+                print(_("{file}: refused: {reason}", file=source, reason=note), file=out)
+            else:
+                if output is None:
+                    target = _default_output(source)
+                elif output_dir:
+                    target = output / _default_output(source).name
                 else:
-                    if output is None:
-                        target = _default_output(source)
-                    elif output_dir:
-                        target = output / _default_output(source).name
-                    else:
-                        target = output
-                    await asyncio.to_thread(_write_atomically, target, signed)
-                    print(f"{source}: {note} -> {target}", file=out)
-                progress.advance(note=source.name, failed=signed is None)
+                    target = output
+                await asyncio.to_thread(_write_atomically, target, signed)
+                print(f"{source}: {note} -> {target}", file=out)
+            progress.advance(note=source.name, failed=signed is None)
     return 1 if failures else 0
 
 
