@@ -36,7 +36,7 @@ from sandbox_key import sandbox_rsa_signer
 from stats import free_port, summarize, timed
 
 from sidecar.api.app import create_app
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.clients import ClientStore, Scope
 from sidecar.config import Settings, TrustSettings, TsaSettings
 from sidecar.paths import Paths

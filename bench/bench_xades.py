@@ -41,7 +41,7 @@ from signxml.xades import XAdESSigner
 from stats import cpu_seconds, free_port, summarize, timed
 
 from sidecar.api.app import create_app
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.clients import ClientStore, Scope
 from sidecar.config import Settings, SigningSettings, TrustSettings, TsaSettings
 from sidecar.keys import KeyConfig, create_signer

@@ -200,7 +200,7 @@ def _keys(args: argparse.Namespace, paths: Paths) -> int:
 async def _keys_async(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
     from .keys import KeyLayerError, KeyRegistry
     from .keys.selftest import SelfTestFailed, self_test
-    from .operations.keys import key_info_json
+    from .operations.key_info import key_info_json
 
     configs = list(settings.keys)
     if not configs and args.sandbox:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import __version__
 from .api.app import create_app
-from .api.keys import INSTANCE
+from .api.appkeys import INSTANCE
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .i18n import _

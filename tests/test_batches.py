@@ -25,7 +25,7 @@ import pytest
 from asn1crypto import x509 as asn1_x509
 from pyhanko.sign.validation.status import PdfSignatureStatus
 
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import SandboxSettings, Settings, SigningSettings
 from sidecar.keys import KeyConfig
 from sidecar.sandbox import SandboxPKI

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from lxml import etree
 
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.cns.subsystem import AUDIT_JOURNAL, CNS
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.report import Indication, Level

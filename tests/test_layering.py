@@ -31,7 +31,7 @@ ALLOWED_UPWARD: frozenset[tuple[str, str]] = frozenset(
         # (api.* <-> cns.subsystem): delete these lines when merging it.
         ("sidecar.cns.subsystem", "aiohttp.web"),
         ("sidecar.cns.subsystem", "sidecar.api.app"),
-        ("sidecar.cns.subsystem", "sidecar.api.keys"),
+        ("sidecar.cns.subsystem", "sidecar.api.appkeys"),
         ("sidecar.cns.subsystem", "sidecar.api.observe"),
         ("sidecar.cns.subsystem", "sidecar.api.pdf"),
     }

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.audit import AuditEntry
 from sidecar.batch import SignRequest, sign_with
 from sidecar.config import SandboxSettings, Settings

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.api.keys import PATHS, SERVICES
+from sidecar.api.appkeys import PATHS, SERVICES
 from sidecar.config import ListSettings, SandboxSettings, Settings, TrustSettings
 from sidecar.doctor import DoctorContext, Finding, run_doctor
 from sidecar.sandbox import SandboxPKI, serve_sandbox_pki

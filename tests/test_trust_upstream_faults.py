@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import (
     BreakerSettings,
     RevocationSettings,

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.api.keys import SERVICES
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import (
     ConfigError,
     Settings,

@@ -17,12 +17,20 @@ from ..memory import trim_periodically
 from ..operations import open_services
 from ..paths import Paths
 from ..sandbox.pki import SandboxPKI
-from . import batches, cns, docs, forms, observe, pdf, service, signing_keys, timestamps
+from . import (
+    batches,
+    cns,
+    docs,
+    form_routes,
+    observe,
+    pdf,
+    service_routes,
+    signing_keys,
+    timestamps,
+)
 from . import verify as verify_api
 from . import xml as xml_api
-from .contract import CONTRACT
-from .guards import Handler, middlewares, not_implemented, route_operations
-from .keys import (
+from .appkeys import (
     CLIENT_STORE,
     HEALTH_CHECKS,
     HTTP_SESSION,
@@ -32,6 +40,8 @@ from .keys import (
     SERVICES,
     SETTINGS,
 )
+from .contract import CONTRACT
+from .guards import Handler, middlewares, not_implemented, route_operations
 from .observe import METRICS
 from .pdf import PROFILES
 from .protocol import install_protocol
@@ -43,11 +53,11 @@ log = logging.getLogger("sidecar.app")
 #: Operation id → handler, merged from each resource module's ``HANDLERS``.
 #: A contract route missing here answers 501.
 HANDLERS: Mapping[str, Handler] = {
-    **service.HANDLERS,
+    **service_routes.HANDLERS,
     **signing_keys.HANDLERS,
     **timestamps.HANDLERS,
     **pdf.HANDLERS,
-    **forms.HANDLERS,
+    **form_routes.HANDLERS,
     **xml_api.HANDLERS,
     **batches.HANDLERS,
     **verify_api.HANDLERS,

@@ -24,9 +24,9 @@ from ..i18n import N_, negotiate
 from ..keys import Signer
 from ..operations import Services
 from ..operations.batches import UnknownProfile, batch_request, sign_batch_document
+from .appkeys import CLIENT, SERVICES
 from .authorisation import operation_authorisation
 from .guards import read_body
-from .keys import CLIENT, SERVICES
 from .problems import Problem, bad_parameter, problem_for, problem_language
 
 __all__ = ["HANDLERS"]

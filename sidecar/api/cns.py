@@ -70,8 +70,8 @@ from ..signing.sources import UpstreamFailure
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
 from ..signing.xades import augment_xml
 from ..storage import StorageUnavailable
+from .appkeys import CLIENT, SERVICES, SETTINGS
 from .guards import read_body
-from .keys import CLIENT, SERVICES, SETTINGS
 from .observe import METRICS
 from .problems import Problem, bad_parameter, register_problem_mapper
 

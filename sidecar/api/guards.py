@@ -24,14 +24,14 @@ from aiohttp import web
 from ..config import is_loopback_host
 from ..i18n import N_
 from ..logs import current_request_id, traceback_text
-from .contract import Operation
-from .keys import (
+from .appkeys import (
     CLIENT,
     CLIENT_STORE,
     OPERATION,
     REQUEST_ID,
     SETTINGS,
 )
+from .contract import Operation
 from .observe import observe_requests
 from .problems import Problem, problem_for, problem_language, problem_response
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..metrics import CONTENT_TYPE, Metrics, OutboxStats
-from .keys import SERVICES
+from .appkeys import SERVICES
 from .problems import Problem, problem_for
 
 __all__ = ["HANDLERS", "METRICS", "get_metrics", "install", "observe_requests", "route_label"]

@@ -13,9 +13,9 @@ from ..signing.pades import PadesError, VisibleStamp, parse_level
 from ..signing.pdf_checks import PdfRefused
 from ..signing.profiles import ProfileRegistry
 from ..trust import TsaError
+from .appkeys import SERVICES
 from .authorisation import with_operation_pin
 from .guards import read_body
-from .keys import SERVICES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .qualification import qualification_headers
 from .timestamps import tsa_problem

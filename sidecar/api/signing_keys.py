@@ -8,8 +8,8 @@ from aiohttp import web
 
 from ..i18n import N_
 from ..keys import CertificateNotValid, KeyLocked, KeyNotFound
-from ..operations.keys import key_info_json
-from .keys import SERVICES
+from ..operations.key_info import key_info_json
+from .appkeys import SERVICES
 from .problems import Problem, register_problem_mapper
 
 __all__ = ["HANDLERS", "list_keys"]

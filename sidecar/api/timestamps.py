@@ -25,8 +25,8 @@ from ..trust.tsa import (
     TsaUnavailable,
     parse_request,
 )
+from .appkeys import SERVICES
 from .guards import read_body
-from .keys import SERVICES
 from .problems import Problem, bad_parameter
 
 __all__ = ["HANDLERS", "create_timestamp", "tsa_problem"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..operations.verify import verify_document
+from .appkeys import SERVICES
 from .guards import read_body
-from .keys import SERVICES
 from .xml import xml_problem  # noqa: F401 - registers the XML problem mappers
 
 __all__ = ["HANDLERS", "verify"]

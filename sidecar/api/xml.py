@@ -28,9 +28,9 @@ from ..signing.xml_safety import (
     XmlInputError,
     XmlLimitExceeded,
 )
+from .appkeys import CLIENT, SERVICES
 from .authorisation import with_operation_pin
 from .guards import read_body
-from .keys import CLIENT, SERVICES
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .qualification import qualification_headers
 

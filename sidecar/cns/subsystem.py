@@ -36,7 +36,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..api.keys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
+from ..api.appkeys import HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
 from ..api.observe import METRICS
 from ..audit import AuditJournal
 from ..config import ConfigError

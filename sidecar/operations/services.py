@@ -39,7 +39,7 @@ from ..signing.workers import WorkerPool, pool_check
 from ..signing.xades import XadesOptions
 from ..trust import AnchorError, TrustServices, open_trust
 from .events import SignatureEvent, record_signature
-from .keys import key_info_json
+from .key_info import key_info_json
 from .qualification import trusted_lists_check
 from .signing import xades_options
 

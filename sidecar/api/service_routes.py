@@ -11,7 +11,7 @@ from .. import __version__
 from ..clients import Scope
 from ..health import overall, run_checks
 from ..runtime import INSTANCE_KEY_HEADER
-from .keys import CLIENT, HEALTH_CHECKS, IMPLEMENTED, INSTANCE
+from .appkeys import CLIENT, HEALTH_CHECKS, IMPLEMENTED, INSTANCE
 from .openapi import build_openapi
 from .problems import bad_parameter
 

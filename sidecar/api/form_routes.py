@@ -11,9 +11,9 @@ from aiohttp import web
 
 from ..operations.signing import FormSigning, sign_form_document
 from ..signing.forms import FormError, SchemaViolation
+from .appkeys import SERVICES
 from .authorisation import with_operation_pin
 from .guards import read_body
-from .keys import SERVICES
 from .multipart import form_parts
 from .problems import Problem, bad_parameter, register_problem_mapper
 from .qualification import qualification_headers
