@@ -33,12 +33,14 @@ CLIENT_STORE = web.AppKey("client_store", ClientStore)
 #: Every service of the daemon (sidecar.operations.open_services), set at start.
 SERVICES = web.AppKey("services", Services)
 
+#: A sandbox already served, handed to the factory (the test suite's): the services
+#: trust it and use its TSA.
+SANDBOX_PKI = web.AppKey("sandbox_pki", SandboxPKI)
 # Transitional (#14): the CNS subsystem (``sidecar.cns.subsystem.cns_context``) still
-# reads these three; ``sidecar.api.app`` sets them from :data:`SERVICES`, and they go
-# when the CNS is opened by ``open_services`` itself.
+# reads these two (and SANDBOX_PKI); ``sidecar.api.app`` sets them from
+# :data:`SERVICES`; they go when the CNS is opened by ``open_services`` itself.
 HTTP_SESSION = web.AppKey("http_session", ClientSession)
 HEALTH_CHECKS = web.AppKey("health_checks", list[tuple[str, HealthCheck]])
-SANDBOX_PKI = web.AppKey("sandbox_pki", SandboxPKI)
 #: Operation ids that have a handler; the others answer 501.
 IMPLEMENTED = web.AppKey("implemented", frozenset[str])
 #: This run of ``sidecar serve`` (its runtime file's content); absent in other hosts.
