@@ -13,19 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .batches import Batch, BatchDocument, SignedDocument, SignOne
+from .batches import BatchDocument, SignedDocument
 from .config import Settings
 from .i18n import _, current
-from .keys import Authorisation, Signer
+from .keys import Authorisation
 from .operations import Services, open_services
-from .operations.batches import UnknownProfile, batch_request, sign_batch_document
+from .operations.batches import batch_request, open_batch, sign_batch_document
 from .operations.verify import verify_document
 from .paths import Paths, write_atomically
 from .progress import Progress
@@ -40,7 +39,6 @@ __all__ = [
     "verify_files",
 ]
 
-log = logging.getLogger("sidecar.cli")
 
 _XML = "application/xml"
 _PDF = "application/pdf"
@@ -100,15 +98,9 @@ def _problem(exc: BaseException) -> dict[str, Any]:
     """*exc* in the API's words (code, detail in the reader's language)."""
     # The problem mappers are registered by the API's modules (sidecar.api.problems).
     from .api import app as _mappers  # noqa: F401
-    from .api.problems import Problem, problem_for
+    from .api.batches import batch_problem
 
-    if isinstance(exc, UnknownProfile):
-        return {"code": "not_found", "detail": str(exc)}
-    problem = exc if isinstance(exc, Problem) else problem_for(exc)
-    if problem is None:
-        log.error("a document could not be signed", exc_info=exc)
-        return {"code": "internal_error", "detail": _("the document could not be signed")}
-    return problem.body(language=current())
+    return batch_problem(exc).body(language=current())
 
 
 def _text(problem: dict[str, Any]) -> str:
@@ -226,15 +218,6 @@ async def _one_by_one(
         yield source, signed, note
 
 
-def _batch_signer(services: Services, signer: Signer) -> SignOne:
-    """``async (document) -> SignedDocument``, as the API's batch route signs one."""
-
-    async def sign_one(doc: BatchDocument) -> SignedDocument:
-        return await sign_batch_document(services, batch_request(services, doc, CLIENT), signer)
-
-    return sign_one
-
-
 async def _batch_results(
     services: Services, files: Sequence[Path], request: SignRequest, pin: str | None
 ) -> AsyncIterator[tuple[Path, bytes | None, str]]:
@@ -254,23 +237,22 @@ async def _batch_results(
                 if pin is not None
                 else None
             )
-            batch = Batch(
-                documents,
-                owner=CLIENT,
-                key_id=signer.id,
-                authorisation=authorisation,
-                max_minutes=settings.batch_max_minutes,
-            )
-            sign_one = _batch_signer(services, signer)
             # The first document now: a PIN the token refuses ends the whole run here.
-            await batch.sign_first(sign_one, _problem)
+            batch = await open_batch(
+                services,
+                documents,
+                signer,
+                owner=CLIENT,
+                authorisation=authorisation,
+                problem_of=_problem,
+                keep=False,
+            )
         except Exception as exc:  # a key locked, unknown, refusing the PIN...
             note = _text(_problem(exc))
             for source in files[start:]:
                 yield source, None, note
             return
         del documents
-        batch.start(sign_one, _problem, concurrency=settings.batch_concurrency)
         try:
             for index, source in enumerate(chunk):
                 result = batch.results[index]

@@ -18,18 +18,16 @@ from typing import Any
 
 from aiohttp import web
 
-from ..batches import Batch, BatchDocument, SignedDocument, SignOne
+from ..batches import Batch, BatchDocument
 from ..clients import Client
 from ..i18n import N_, negotiate
-from ..keys import Signer
-from ..operations import Services
-from ..operations.batches import UnknownProfile, batch_request, sign_batch_document
+from ..operations.batches import InvalidLevel, UnknownProfile, open_batch
 from .appkeys import CLIENT, SERVICES
 from .authorisation import operation_authorisation
 from .guards import read_body
 from .problems import Problem, bad_parameter, problem_for, problem_language
 
-__all__ = ["HANDLERS"]
+__all__ = ["HANDLERS", "batch_problem"]
 
 log = logging.getLogger("sidecar.batches")
 
@@ -37,13 +35,22 @@ _KINDS = ("form", "xml", "pdf")
 _FIELDS = {"name", "kind", "profile", "level", "xml", "pdf", "reason", "location"}
 
 
-def _problem_of(exc: BaseException) -> dict[str, Any]:
+def batch_problem(exc: BaseException) -> Problem:
+    """How a batch document's failure is reported (also by ``sidecar sign``)."""
+    if isinstance(exc, UnknownProfile):
+        return Problem(404, "not_found", str(exc), profile=exc.name)
+    if isinstance(exc, InvalidLevel):
+        return bad_parameter("level", str(exc))
     problem = exc if isinstance(exc, Problem) else problem_for(exc)
     if problem is None:
         log.error("batch document failed unexpectedly", exc_info=exc)
         problem = Problem(500, "internal_error", N_("the document could not be signed"))
+    return problem
+
+
+def _problem_of(exc: BaseException) -> dict[str, Any]:
     # Signed in a task started by the request: its context has the caller's language.
-    return problem.body(language=negotiate(problem_language.get()))
+    return batch_problem(exc).body(language=negotiate(problem_language.get()))
 
 
 def _b64(entry: dict[str, Any], name: str, index: int) -> bytes | None:
@@ -147,22 +154,6 @@ def parse_documents(body: Any, max_documents: int) -> list[BatchDocument]:
     return documents
 
 
-def _signer_for(services: Services, signer: Signer, owner: str) -> SignOne:
-    """``async (document) -> SignedDocument``: each kind through its operation, on the
-    drafting-worker share of the batch's *owner*."""
-
-    async def sign_one(doc: BatchDocument) -> SignedDocument:
-        try:
-            request = batch_request(services, doc, owner)
-        except UnknownProfile as exc:
-            raise Problem(404, "not_found", str(exc), profile=exc.name) from None
-        except ValueError as exc:  # a level that is none
-            raise bad_parameter("level", str(exc)) from None
-        return await sign_batch_document(services, request, signer)
-
-    return sign_one
-
-
 def _owned(request: web.Request) -> Batch:
     client: Client = request[CLIENT]
     batch = request.app[SERVICES].batches.get(request.match_info["batch"])
@@ -189,17 +180,14 @@ async def create_batch(request: web.Request) -> web.Response:
     documents = await asyncio.to_thread(parse_documents, body, settings.batch_max_documents)
     del body
     authorisation = operation_authorisation(request, lifetime=settings.batch_max_minutes * 60)
-    batch = Batch(
+    batch = await open_batch(
+        services,
         documents,
+        signer,
         owner=request[CLIENT].name,
-        key_id=signer.id,
         authorisation=authorisation,
-        max_minutes=settings.batch_max_minutes,
+        problem_of=_problem_of,
     )
-    sign_one = _signer_for(services, signer, request[CLIENT].name)
-    await batch.sign_first(sign_one, _problem_of)
-    services.batches.add(batch)
-    batch.start(sign_one, _problem_of, concurrency=settings.batch_concurrency)
     log.info("batch %s: %d document(s) with key %s", batch.id, len(documents), signer.id)
     return web.json_response(
         _summary(request, batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"}

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..i18n import N_
 from ..keys import CertificateNotValid, KeyLocked, KeyNotFound
-from ..operations.key_info import key_info_json
+from ..operations.key_info import describe_keys
 from .appkeys import SERVICES
 from .problems import Problem, register_problem_mapper
 
@@ -77,8 +77,7 @@ register_problem_mapper(KeyNotFound, _not_found)
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    infos = request.app[SERVICES].keys.describe()
-    return web.json_response({"keys": [key_info_json(i) for i in infos]})
+    return web.json_response({"keys": describe_keys(request.app[SERVICES])})
 
 
 HANDLERS = {"listKeys": list_keys}

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..keys import KeyInfo
 
-__all__ = ["key_info_json"]
+if TYPE_CHECKING:
+    from .services import Services
+
+__all__ = ["describe_keys", "key_info_json"]
+
+
+def describe_keys(services: Services) -> list[dict[str, Any]]:
+    """Every configured key, as :func:`key_info_json` describes it."""
+    return [key_info_json(info) for info in services.keys.describe()]
 
 
 def key_info_json(info: KeyInfo) -> dict[str, Any]:
