@@ -13,17 +13,21 @@ Design (issue #14; ``api → operations → engines → keys/trust/stores``, nev
   ``cns`` slot is where the CNS runtime goes (built by ``sidecar.cns``).
 - **One function per use case**, typed inputs in, typed results out, knowing no HTTP
   (no aiohttp.web, no status code): :mod:`.signing` (sign XML, sign PDF, sign a form
-  by profile, the fee note the CNS deposit signs), :mod:`.verify`, :mod:`.timestamps`,
-  :mod:`.batches` (one document of a batch). An API handler parses the request into
-  the input (a profile looked up, a level parsed: its 400/404 are the API's), calls
-  one operation and renders the result; the CLI does the same with files.
+  by profile, the fee note the CNS deposit signs — the XAdES engine bound to the
+  trust layer and ``[signing]``'s options in one place), :mod:`.verify`,
+  :mod:`.timestamps`, :mod:`.batches` (start a batch, sign one of its documents),
+  :mod:`.key_info`. An API handler parses the request into the input (a profile
+  looked up, a level parsed: its 400/404 are the API's), calls one operation and
+  renders the result; the CLI does the same with files.
+- **The trusted lists' verdict at signing** (:mod:`.qualification`) is the
+  operations' too: ``refuse`` raises :class:`~.qualification.NotQualified`, ``warn``
+  returns the verdict with the result, for the API's ``X-Signature-Qualification``.
 - **Every signature is one event**, emitted by the operation that made it
   (:mod:`.events`): one audit-journal entry and the metrics' ``sidecar_signatures``
   counted once per signature it holds (a form: its XAdES signature, and the embedded
   PDF's PAdES one). Nothing reads a level back from a response header.
-- **Errors stay the engines' typed exceptions** (the API maps them to problems); the
-  one added here, :class:`~sidecar.operations.signing.NotQualified`, is the trusted
-  lists' ``refuse`` verdict at signing.
+- **Errors stay the engines' typed exceptions** (the API maps them to problems); added
+  here: ``NotQualified``, and a batch document's ``UnknownProfile``/``InvalidLevel``.
 """
 
 from __future__ import annotations

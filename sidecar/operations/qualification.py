@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from ..health import CheckResult
-from ..keys import KeyLayerError, Signer
+from ..keys import KeyLayerError, KeyRegistry, Signer
 from ..trust import TrustServices
 from ..trust.lists import chain_of
 from ..trust.lists.signing import SigningVerdict, judge_signing
-
-if TYPE_CHECKING:
-    from .services import Services
 
 __all__ = [
     "NotQualified",
@@ -70,12 +66,13 @@ def after_signing(trust: TrustServices, signer: Signer) -> SigningVerdict | None
     return verdict
 
 
-def trusted_lists_check(services: Services) -> Callable[[], Awaitable[CheckResult]]:
+def trusted_lists_check(
+    trust: TrustServices, keys: KeyRegistry
+) -> Callable[[], Awaitable[CheckResult]]:
     """Health check (and status page card): the lists' state and age, and what a
     signature with the default key and the configured TSAs would pass as now."""
 
     async def check() -> CheckResult:
-        trust = services.trust
         assert trust.lists is not None
         data = trust.lists.as_json()
         current = trust.lists.current
@@ -86,7 +83,7 @@ def trusted_lists_check(services: Services) -> Callable[[], Awaitable[CheckResul
             detail = "; ".join(current.problems) or "no trusted list in use"
             return CheckResult("trusted-lists", "degraded", detail, data)
         try:
-            signer = services.keys.get(None)
+            signer = keys.get(None)
             verdict = signing_verdict(trust, signer)
         except KeyLayerError:
             verdict = None  # no default key, or its certificate not read yet

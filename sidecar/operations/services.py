@@ -431,6 +431,8 @@ async def open_services(
         stack.push_async_callback(registry.close)
         trust = await _open_trust(stack, settings, paths, http, metrics, sandbox_pki)
         checks.append(("tsa", _tsa_check(trust)))
+        if trust.lists is not None:
+            checks.append(("trusted-lists", trusted_lists_check(trust, registry)))
         profiles, pades = _open_pdf(settings, trust)
         stack.callback(pades.inspector.close)
         workers, stop_drafting = await stack.enter_async_context(
@@ -454,8 +456,6 @@ async def open_services(
             sandbox_pki=sandbox_pki,
         )
         services._on_shutdown.append(stop_drafting)
-        if trust.lists is not None:
-            checks.append(("trusted-lists", trusted_lists_check(services)))
         _watch_certificates(metrics, registry)
         # -- the CNS slot ------------------------------------------------------------
         # ``services.cns`` is the CNS runtime (outbox, transport, delivery worker). On
