@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import SigningSettings
 from ..keys import Signer
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .services import Services
 
 __all__ = [
+    "FeeNoteSigner",
     "FormSigning",
     "PdfSigning",
     "Signed",
@@ -329,12 +330,18 @@ async def sign_form_document(
     return await _run_form(services, request, key, xades_signer(services, request.client), started)
 
 
+class FeeNoteSigner(Protocol):
+    """``async (xml, *, client="") -> Signed``; *client*: who deposited it (the journal)."""
+
+    def __call__(self, xml: bytes, *, client: str = "") -> Awaitable[Signed]: ...
+
+
 def fee_note_signer(
     services: Services, *, fallback_level: Level | None = None
-) -> Callable[[bytes], Awaitable[Signed]] | None:
-    """``async (xml) -> Signed``: the ``fee-note`` recipe with the default key, for the
-    CNS deposit of an unsigned fee note (the PDF must already be embedded); None when
-    there is no default key or no ``fee-note`` profile (such a deposit is refused).
+) -> FeeNoteSigner | None:
+    """The ``fee-note`` recipe with the default key, for the CNS deposit of an unsigned
+    fee note (the PDF must already be embedded); None when there is no default key or
+    no ``fee-note`` profile (such a deposit is refused).
 
     *fallback_level* (the CNS offline mode): when the TSA or the revocation data cannot
     be had (:class:`UpstreamFailure` ``unavailable``/``timeout``), the XML is signed at
@@ -344,7 +351,7 @@ def fee_note_signer(
         return None
     xades = xades_signer(services)
 
-    async def sign(xml: bytes) -> Signed:
+    async def sign(xml: bytes, *, client: str = "") -> Signed:
         started = time.perf_counter()
         key = await services.keys.acquire(None)
         made: list[Level] = []
