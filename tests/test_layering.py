@@ -38,6 +38,21 @@ ALLOWED_UPWARD: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+#: Imports that close a cycle, still there on this branch: each is checked to exist
+#: still; when it goes, remove it from this list.
+ALLOWED_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
+    {
+        # Cut on main by #14's hygiene work (the doctor's model in its own module; the
+        # service manager and the Windows service importing neither commands nor each
+        # other): delete these four lines when merging this branch there.
+        ("sidecar.doctor.checks", "sidecar.doctor"),
+        ("sidecar.doctor.probes", "sidecar.doctor"),
+        ("sidecar.service.manager", "sidecar.service.windows"),
+        ("sidecar.service.windows", "sidecar.service.commands"),
+    }
+)
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -165,7 +180,9 @@ def upward_imports() -> set[tuple[str, str]]:
 
 def test_no_import_cycle() -> None:
     graph = import_graph()
-    for module, target in ALLOWED_UPWARD:
+    gone = sorted(e for e in ALLOWED_CYCLE_EDGES if e[1] not in graph.get(e[0], set()))
+    assert not gone, f"gone: remove them from ALLOWED_CYCLE_EDGES: {gone}"
+    for module, target in ALLOWED_UPWARD | ALLOWED_CYCLE_EDGES:
         graph.get(module, set()).discard(target)
     found = cycles(graph)
     assert not found, f"import cycles: {[sorted(c) for c in found]}"

@@ -16,7 +16,7 @@ import aiohttp
 from .. import __version__
 from ..i18n import N_, _, format_number
 from ..runtime import INSTANCE_KEY_HEADER
-from .model import DoctorCheck, DoctorContext, Finding, Status
+from . import DoctorCheck, DoctorContext, Finding, Status
 from .probes import (
     ProbeError,
     clock_skew_finding,

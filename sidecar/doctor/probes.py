@@ -19,7 +19,7 @@ import aiohttp
 from asn1crypto import algos, ocsp, pem, tsp, x509
 
 from ..i18n import N_, _, format_date, ngettext
-from .model import Finding
+from . import Finding
 
 __all__ = [
     "ProbeError",

@@ -8,35 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
+from ..config import Settings, load_settings
 from ..paths import Paths
-from .host import load_service_settings
 from .manager import (
     SERVICE_NAME,
     VIRTUAL_ACCOUNT,
     ServiceError,
     ServiceManager,
-    SystemdServiceManager,
+    default_manager,
     windows_spec,
 )
 
-__all__ = ["add_service_parser", "default_manager", "load_service_settings", "service_command"]
+__all__ = ["add_service_parser", "load_service_settings", "service_command"]
 
 
-def default_manager() -> ServiceManager:
-    """The service manager of this operating system (here, not in ``manager``: the
-    Windows one is built on ``manager``'s types)."""
-    if sys.platform == "win32":
-        from .windows import WindowsServiceManager
-
-        return WindowsServiceManager()
-    if os.path.isdir("/run/systemd/system") or sys.platform.startswith("linux"):
-        return SystemdServiceManager()
-    raise ServiceError(f"no service manager support on {sys.platform}; run 'sidecar serve'")
+def load_service_settings(paths: Paths, config_file: Path | None) -> Settings:
+    if config_file is not None:
+        return load_settings(config_file, required=True)
+    return load_settings(paths.config_file)
 
 
 def add_service_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

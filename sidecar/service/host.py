@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ..config import ConfigError, Settings, load_settings
+from ..config import ConfigError, Settings
 from ..logs import (
     LibraryExceptionText,
     PrivateRotatingFileHandler,
@@ -29,14 +29,7 @@ from ..logs import (
 )
 from ..paths import Paths
 
-__all__ = [
-    "LOG_FILE_BACKUPS",
-    "LOG_FILE_BYTES",
-    "ServiceHost",
-    "StatusReporter",
-    "file_handler",
-    "load_service_settings",
-]
+__all__ = ["LOG_FILE_BACKUPS", "LOG_FILE_BYTES", "ServiceHost", "StatusReporter", "file_handler"]
 
 log = logging.getLogger("sidecar.service")
 
@@ -161,10 +154,3 @@ class ServiceHost:
 
     def wait_started(self, timeout: float) -> bool:
         return self._started.wait(timeout)
-
-
-def load_service_settings(paths: Paths, config_file: Path | None) -> Settings:
-    """The service's settings: its ``--config`` file, else the installation's."""
-    if config_file is not None:
-        return load_settings(config_file, required=True)
-    return load_settings(paths.config_file)

@@ -10,6 +10,7 @@ in the tests.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +30,7 @@ __all__ = [
     "ServiceState",
     "ServiceStatus",
     "SystemdServiceManager",
+    "default_manager",
     "service_command_line",
     "windows_spec",
 ]
@@ -235,3 +237,14 @@ class SystemdServiceManager:
         state = states.get(props.get("ActiveState", ""), "unknown")
         pid = int(props.get("MainPID") or 0) or None
         return ServiceStatus(state, pid, props.get("ActiveState", ""))
+
+
+def default_manager() -> ServiceManager:
+    """The service manager of this operating system."""
+    if sys.platform == "win32":
+        from .windows import WindowsServiceManager
+
+        return WindowsServiceManager()
+    if os.path.isdir("/run/systemd/system") or sys.platform.startswith("linux"):
+        return SystemdServiceManager()
+    raise ServiceError(f"no service manager support on {sys.platform}; run 'sidecar serve'")

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .host import ReportedState, ServiceHost, load_service_settings
+from .host import ReportedState, ServiceHost
 from .manager import ServiceError, ServiceSpec, ServiceStatus
 
 __all__ = ["WindowsServiceManager", "dispatch", "program_data_acl_command"]
@@ -214,6 +214,7 @@ def _service_class(config_file: Path | None) -> type:
     import win32serviceutil
 
     from ..paths import resolve_paths
+    from .commands import load_service_settings
 
     class SidecarService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
         _svc_name_ = "sidecar"
