@@ -42,7 +42,8 @@ from typing import Any
 
 from stats import free_port, summarize, timed, timed_sync
 
-from sidecar.cns.outbox import Outbox, open_outbox
+from sidecar.cns.outbox import Outbox
+from sidecar.stores import open_outbox
 
 BODY = b"<FeeNote>" + b"x" * 6000 + b"</FeeNote>"  # a signed fee note is a few kB
 

@@ -40,7 +40,7 @@ from sandbox_key import sandbox_rsa_signer
 from stats import free_port, summarize, timed
 
 from sidecar.api.app import create_app
-from sidecar.api.xml import xml_workers_started
+from sidecar.api.appkeys import SERVICES
 from sidecar.clients import ClientStore, Scope
 from sidecar.config import Settings, TrustSettings, TsaSettings
 from sidecar.paths import Paths
@@ -222,7 +222,7 @@ async def main(seconds: float, size: int) -> None:
             app = create_app(settings, paths, client_store=store, sandbox_pki=pki)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            await xml_workers_started(app)  # not measuring their background start
+            await app[SERVICES].xml_workers.started()  # not measuring their background start
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

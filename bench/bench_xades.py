@@ -46,7 +46,7 @@ from signxml.xades import XAdESSigner
 from stats import cpu_seconds, free_port, summarize, timed
 
 from sidecar.api.app import create_app
-from sidecar.api.xml import XML_WORKERS, xml_workers_started
+from sidecar.api.appkeys import SERVICES
 from sidecar.clients import ClientStore, Scope
 from sidecar.config import Settings, SigningSettings, TrustSettings, TsaSettings
 from sidecar.keys import KeyConfig, create_signer
@@ -293,10 +293,10 @@ async def _run(
     app = create_app(settings, paths, client_store=store, sandbox_pki=pki)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await xml_workers_started(app)  # they start in the background
+    await app[SERVICES].xml_workers.started()  # they start in the background
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    daemon = Processes(processes.tsa, lambda: _worker_pids(app.get(XML_WORKERS)))
+    daemon = Processes(processes.tsa, lambda: _worker_pids(app[SERVICES].xml_workers.pool))
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/xml"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as client:
         for level in ("B-B", "B-LT"):

@@ -23,7 +23,7 @@ the next copy (at the latest, the next start).
 
 A full or read-only disk raises :class:`~sidecar.storage.StorageUnavailable`.
 
-The journal follows the outbox's store (:func:`open_journal`): this class is the
+The journal follows the outbox's store (:func:`sidecar.stores.open_journal`): this class is the
 SQLite one; :class:`~sidecar.audit_pg.PgAuditJournal` keeps one chain in the
 PostgreSQL database several daemons share, with the same entries and the same checks.
 """
@@ -55,7 +55,6 @@ __all__ = [
     "AuditProblem",
     "SourceEvent",
     "VerifyReport",
-    "open_journal",
 ]
 
 log = logging.getLogger("sidecar.audit")
@@ -194,18 +193,6 @@ class SourceEvent(Protocol):
     def level(self) -> str: ...
     @property
     def detail(self) -> dict[str, Any]: ...
-
-
-def open_journal(sqlite_path: Path, outbox: Path | str | None = None) -> AuditJournal:
-    """The journal beside the outbox at *outbox*: in its PostgreSQL database if it is
-    one (``[cns] outbox = "postgresql://…"``), else the SQLite file *sqlite_path*."""
-    from .config import is_database_url
-
-    if is_database_url(outbox):
-        from .audit_pg import PgAuditJournal
-
-        return PgAuditJournal(str(outbox))
-    return AuditJournal(sqlite_path)
 
 
 def event_fields(event: SourceEvent) -> dict[str, Any]:

@@ -1,44 +1,50 @@
-"""``sidecar sign`` and ``sidecar verify``: the daemon's engines on files, no daemon needed.
+"""``sidecar sign`` and ``sidecar verify``: the daemon's operations on files, no daemon needed.
 
-The commands start the application the daemon runs — keys, trust layer, profiles,
-engines — on an ephemeral loopback port with a one-off client, and send each file
-through the routes a caller would use. A file therefore gets exactly what the HTTP
-API would give it: the same checks, levels and errors, and no second code path to
-keep in step with the first.
+The commands open the services the daemon runs — keys, trust layer, profiles,
+engines, the audit journal — with :func:`~sidecar.operations.open_services` (no CNS),
+and call the operations a caller's request reaches, directly: no HTTP server, no
+listening socket. A file therefore gets what the HTTP API would give it: the same
+checks, levels and errors (in the API's words: its problem codes), each signature
+journaled and counted as one event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
-from aiohttp import web
-
-from .api.app import create_app
-from .api.batches import batches_context
-from .api.pdf import signing_context
-from .api.signing_keys import keys_context
-from .api.timestamps import trust_context
-from .clients import ClientStore, Scope
+from .batches import BatchDocument, SignedDocument
 from .config import Settings
 from .i18n import _, current
+from .keys import Authorisation
+from .operations import Services, open_services
+from .operations.batches import batch_request, open_batch, sign_batch_document
+from .operations.verify import verify_document
 from .paths import Paths, write_atomically
 from .progress import Progress
 from .sandbox.pki import ensure_sandbox_pki
 
-__all__ = ["SignRequest", "local_daemon", "sign_files", "verify_files"]
+__all__ = [
+    "CLIENT",
+    "SignRequest",
+    "local_services",
+    "sign_files",
+    "sign_with",
+    "verify_files",
+]
+
 
 _XML = "application/xml"
 _PDF = "application/pdf"
+
+#: Who the audit journal names for a signature made by the CLI.
+CLIENT = "cli"
 
 
 @dataclass(frozen=True)
@@ -65,48 +71,40 @@ def _answered(host: str, port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def local_daemon(
+async def local_services(
     settings: Settings, paths: Paths, *, sandbox: bool
-) -> AsyncIterator[aiohttp.ClientSession]:
-    """The engines behind a loopback HTTP session authorised to sign and verify."""
-    with tempfile.TemporaryDirectory(prefix="sidecar-cli-") as scratch:
-        store = ClientStore(Path(scratch) / "clients.json")
-        token = store.create("cli", frozenset({Scope.SIGN, Scope.VERIFY}))
-        sandbox_kwargs: dict[str, Any] = {}
-        if sandbox:
-            pki = await asyncio.get_running_loop().run_in_executor(
-                None,
-                lambda: ensure_sandbox_pki(
-                    paths.sandbox_dir, host=settings.sandbox.host, port=settings.sandbox.port
-                ),
-            )
-            # A running `serve --sandbox` already serves the sandbox's TSA/OCSP/CRL.
-            if _answered(pki.host, pki.port):
-                sandbox_kwargs["sandbox_pki"] = pki
-            else:
-                sandbox_kwargs["sandbox_dir"] = paths.sandbox_dir
-        app = create_app(
-            settings,
-            paths,
-            client_store=store,
-            subsystems=[keys_context, trust_context, signing_context, batches_context],
-            **sandbox_kwargs,
+) -> AsyncIterator[Services]:
+    """The daemon's services, in this process, without the CNS."""
+    sandbox_kwargs: dict[str, Any] = {}
+    if sandbox:
+        pki = await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: ensure_sandbox_pki(
+                paths.sandbox_dir, host=settings.sandbox.host, port=settings.sandbox.port
+            ),
         )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
-            async with aiohttp.ClientSession(
-                f"http://127.0.0.1:{port}",
-                # The daemon's problem details come back in the reader's language.
-                headers={"Authorization": f"Bearer {token}", "Accept-Language": current()},
-                timeout=aiohttp.ClientTimeout(total=300),
-            ) as session:
-                yield session
-        finally:
-            await runner.cleanup()
+        # A running `serve --sandbox` already serves the sandbox's TSA/OCSP/CRL; else
+        # they are served from here while the command runs (the sandbox's upstreams:
+        # what a signature at B-T and above needs to reach).
+        if _answered(pki.host, pki.port):
+            sandbox_kwargs["sandbox_pki"] = pki
+        else:
+            sandbox_kwargs["sandbox_dir"] = paths.sandbox_dir
+    async with open_services(settings, paths, **sandbox_kwargs) as services:
+        yield services
+
+
+def _problem(exc: BaseException) -> dict[str, Any]:
+    """*exc* in the API's words (code, detail in the reader's language)."""
+    # The problem mappers are registered by the API's modules (sidecar.api.problems).
+    from .api import app as _mappers  # noqa: F401
+    from .api.batches import batch_problem
+
+    return batch_problem(exc).body(language=current())
+
+
+def _text(problem: dict[str, Any]) -> str:
+    return f"{problem.get('detail')} ({problem.get('code')})"
 
 
 def _default_output(source: Path) -> Path:
@@ -118,53 +116,41 @@ def _write_atomically(target: Path, data: bytes) -> None:
     write_atomically(target, data)
 
 
-async def _problem_text(response: aiohttp.ClientResponse) -> str:
-    try:
-        problem = await response.json(content_type=None)
-        return f"{problem.get('detail')} ({problem.get('code')})"
-    except (ValueError, aiohttp.ContentTypeError):
-        return f"HTTP {response.status}"
+async def _document(source: Path, request: SignRequest, index: int = 0) -> BatchDocument:
+    """A file as a batch document would give it (the kind read from its first bytes)."""
+    data = await asyncio.to_thread(source.read_bytes)
+    if _kind(data) == _PDF:
+        return BatchDocument(
+            index,
+            source.name,
+            "pdf",
+            pdf=data,
+            level=request.level,
+            reason=request.reason,
+            location=request.location,
+        )
+    if request.profile:
+        pdf = await asyncio.to_thread(request.pdf.read_bytes) if request.pdf else None
+        return BatchDocument(index, source.name, "form", xml=data, pdf=pdf, profile=request.profile)
+    return BatchDocument(index, source.name, "xml", xml=data, level=request.level)
+
+
+def _signed_note(signed: SignedDocument) -> str:
+    return _("signed at {level}", level=signed.info.get("level", "?"))
 
 
 async def _sign_one(
-    session: aiohttp.ClientSession, source: Path, request: SignRequest
+    services: Services, source: Path, request: SignRequest
 ) -> tuple[bytes | None, str]:
-    data = await asyncio.to_thread(source.read_bytes)
-    kind = _kind(data)
-    params = {
-        name: value
-        for name, value in (
-            ("level", request.level),
-            ("key", request.key),
-            ("reason", request.reason),
-            ("location", request.location),
-        )
-        if value
-    }
-    if kind == _XML and request.profile:
-        params.pop("level", None)
-        url = f"/v1/forms/{request.profile}/sign"
-        body: Any
-        if request.pdf is not None:
-            body = aiohttp.FormData()
-            body.add_field("xml", data, content_type=_XML, filename=source.name)
-            body.add_field(
-                "pdf", request.pdf.read_bytes(), content_type=_PDF, filename=request.pdf.name
-            )
-            headers = {}
-        else:
-            body, headers = data, {"Content-Type": _XML}
-    else:
-        if kind == _XML:
-            params.pop("reason", None)
-            params.pop("location", None)
-        url = "/v1/xml/sign" if kind == _XML else "/v1/pdf/sign"
-        body, headers = data, {"Content-Type": kind}
-    async with session.post(url, params=params, data=body, headers=headers) as response:
-        if response.status != 200:
-            return None, await _problem_text(response)
-        level = response.headers.get("X-Signature-Level", "?")
-        return await response.read(), _("signed at {level}", level=level)
+    """One file through its kind's operation, with ``--key`` (the default key otherwise)."""
+    try:
+        document = await _document(source, request)
+        typed = batch_request(services, document, CLIENT)
+        signer = await services.keys.acquire(request.key)
+        signed = await sign_batch_document(services, typed, signer)
+    except Exception as exc:
+        return None, _text(_problem(exc))
+    return signed.data, _signed_note(signed)
 
 
 async def sign_files(
@@ -180,110 +166,105 @@ async def sign_files(
 ) -> int:
     """Sign each file; ``output`` is a file (one input) or a directory. Exit status.
 
-    Several files (or a *pin*) go through ``POST /v1/batches``: one authorisation, one
-    card session, the PIN typed once for all of them."""
+    Several files (or a *pin*) are signed as one batch (:class:`~sidecar.batches.Batch`,
+    as ``POST /v1/batches`` does): one authorisation, one card session, the PIN typed
+    once for all of them."""
     output_dir = output is not None and await asyncio.to_thread(output.is_dir)
     if output is not None and len(files) > 1 and not output_dir:
         raise ValueError(
             _("{output} must be an existing directory when signing several files", output=output)
         )
+    async with local_services(settings, paths, sandbox=sandbox) as services:
+        return await sign_with(services, files, request, output=output, out=out, pin=pin)
+
+
+async def sign_with(
+    services: Services,
+    files: Sequence[Path],
+    request: SignRequest,
+    *,
+    output: Path | None,
+    out: TextIO,
+    pin: str | None = None,
+) -> int:
+    """:func:`sign_files` on services already open. Exit status."""
+    output_dir = output is not None and await asyncio.to_thread(output.is_dir)
     failures = 0
-    async with local_daemon(settings, paths, sandbox=sandbox) as session:
-        with Progress(len(files), _("signing"), unit="file") as progress:
-            batched = len(files) > 1 or pin is not None
-            signing = _batch_results if batched else _one_by_one
-            async for source, signed, note in signing(session, files, request, pin, settings):
-                if signed is None:
-                    failures += 1
-                    print(_("{file}: refused: {reason}", file=source, reason=note), file=out)
+    with Progress(len(files), _("signing"), unit="file") as progress:
+        batched = len(files) > 1 or pin is not None
+        signing = _batch_results if batched else _one_by_one
+        async for source, signed, note in signing(services, files, request, pin):
+            if signed is None:
+                failures += 1
+                print(_("{file}: refused: {reason}", file=source, reason=note), file=out)
+            else:
+                if output is None:
+                    target = _default_output(source)
+                elif output_dir:
+                    target = output / _default_output(source).name
                 else:
-                    if output is None:
-                        target = _default_output(source)
-                    elif output_dir:
-                        target = output / _default_output(source).name
-                    else:
-                        target = output
-                    await asyncio.to_thread(_write_atomically, target, signed)
-                    print(f"{source}: {note} -> {target}", file=out)
-                progress.advance(note=source.name, failed=signed is None)
+                    target = output
+                await asyncio.to_thread(_write_atomically, target, signed)
+                print(f"{source}: {note} -> {target}", file=out)
+            progress.advance(note=source.name, failed=signed is None)
     return 1 if failures else 0
 
 
 async def _one_by_one(
-    session: aiohttp.ClientSession,
-    files: Sequence[Path],
-    request: SignRequest,
-    pin: str | None,
-    settings: Settings,
+    services: Services, files: Sequence[Path], request: SignRequest, pin: str | None
 ) -> AsyncIterator[tuple[Path, bytes | None, str]]:
     for source in files:
-        signed, note = await _sign_one(session, source, request)
+        signed, note = await _sign_one(services, source, request)
         yield source, signed, note
 
 
-async def _batch_document(source: Path, request: SignRequest) -> dict[str, Any]:
-    data = await asyncio.to_thread(source.read_bytes)
-    encoded = base64.b64encode(data).decode("ascii")
-    if _kind(data) == _PDF:
-        entry = {"kind": "pdf", "pdf": encoded, "level": request.level}
-        entry.update(reason=request.reason, location=request.location)
-    elif request.profile:
-        entry = {"kind": "form", "xml": encoded, "profile": request.profile}
-        if request.pdf is not None:
-            pdf = await asyncio.to_thread(request.pdf.read_bytes)
-            entry["pdf"] = base64.b64encode(pdf).decode("ascii")
-    else:
-        entry = {"kind": "xml", "xml": encoded, "level": request.level}
-    return {"name": source.name, **{k: v for k, v in entry.items() if v is not None}}
-
-
 async def _batch_results(
-    session: aiohttp.ClientSession,
-    files: Sequence[Path],
-    request: SignRequest,
-    pin: str | None,
-    settings: Settings,
+    services: Services, files: Sequence[Path], request: SignRequest, pin: str | None
 ) -> AsyncIterator[tuple[Path, bytes | None, str]]:
-    """Each file's result, in order, as ``POST /v1/batches`` signs them (one PIN for all;
-    more files than ``[signing] batch_max_documents`` make several batches)."""
-    headers = {"X-Sidecar-PIN": pin} if pin is not None else {}
-    params = {"key": request.key} if request.key else {}
-    size = settings.signing.batch_max_documents
+    """Each file's result, in order, as a batch signs them (one PIN for all; more files
+    than ``[signing] batch_max_documents`` make several batches)."""
+    settings = services.settings.signing
+    size = settings.batch_max_documents
     for start in range(0, len(files), size):
         chunk = files[start : start + size]
-        documents = [await _batch_document(source, request) for source in chunk]
-        async with session.post(
-            "/v1/batches", params=params, json={"documents": documents}, headers=headers
-        ) as response:
-            if response.status != 202:
-                note = await _problem_text(response)
-                for source in files[start:]:
-                    yield source, None, note
-                return
-            location = response.headers["Location"]
+        try:
+            signer = services.keys.get(request.key)
+            documents = [
+                await _document(source, request, index) for index, source in enumerate(chunk)
+            ]
+            authorisation = (
+                Authorisation(pin, lifetime=settings.batch_max_minutes * 60)
+                if pin is not None
+                else None
+            )
+            # The first document now: a PIN the token refuses ends the whole run here.
+            batch = await open_batch(
+                services,
+                documents,
+                signer,
+                owner=CLIENT,
+                authorisation=authorisation,
+                problem_of=_problem,
+                keep=False,
+            )
+        except Exception as exc:  # a key locked, unknown, refusing the PIN...
+            note = _text(_problem(exc))
+            for source in files[start:]:
+                yield source, None, note
+            return
         del documents
-        done = 0
-        while done < len(chunk):
-            async with session.get(location) as response:
-                summary = await response.json()
-            entries = summary["documents"]
-            while done < len(chunk) and entries[done]["state"] != "pending":
-                entry = entries[done]
-                if entry["state"] == "signed":
-                    async with session.get(entry["href"]) as response:
-                        level = response.headers.get("X-Signature-Level", "?")
-                        yield (
-                            chunk[done],
-                            await response.read(),
-                            _("signed at {level}", level=level),
-                        )
+        try:
+            for index, source in enumerate(chunk):
+                result = batch.results[index]
+                await result.settled.wait()
+                if result.signed is not None:
+                    yield source, result.signed.data, _signed_note(result.signed)
                 else:
-                    problem = entry.get("problem") or {}
-                    note = f"{problem.get('detail', entry['state'])} ({problem.get('code')})"
-                    yield chunk[done], None, note
-                done += 1
-            if done < len(chunk):
-                await asyncio.sleep(0.2)
+                    problem = result.problem or {"detail": result.state}
+                    yield source, None, _text(problem)
+        finally:
+            batch.cancel()
+            await batch.wait()
 
 
 async def verify_files(
@@ -298,22 +279,18 @@ async def verify_files(
     """Report each file's signatures; exit 0 only when every one is TOTAL_PASSED."""
     results: list[dict[str, Any]] = []
     all_passed = True
-    async with local_daemon(settings, paths, sandbox=sandbox) as session:
+    async with local_services(settings, paths, sandbox=sandbox) as services:
         with Progress(len(files), _("verifying"), unit="file") as progress:
             for source in files:
                 data = await asyncio.to_thread(source.read_bytes)
-                async with session.post(
-                    "/v1/verify", data=data, headers={"Content-Type": _kind(data)}
-                ) as response:
-                    if response.status != 200:
-                        all_passed = False
-                        results.append(
-                            {"file": str(source), "error": await _problem_text(response)}
-                        )
-                    else:
-                        report = await response.json()
-                        all_passed = all_passed and _passed(report)
-                        results.append({"file": str(source), "report": report})
+                try:
+                    report = await verify_document(services, data, xml=_kind(data) == _XML)
+                except Exception as exc:
+                    all_passed = False
+                    results.append({"file": str(source), "error": _text(_problem(exc))})
+                else:
+                    all_passed = all_passed and _passed(report)
+                    results.append({"file": str(source), "report": report})
                 progress.advance(note=source.name)
     if as_json:
         print(json.dumps(results, indent=2), file=out)

@@ -78,6 +78,8 @@ class DocumentResult:
     state: DocumentState = "pending"
     signed: SignedDocument | None = None
     problem: dict[str, Any] | None = None
+    #: Set once the state is no longer ``pending``.
+    settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
 
 SignOne = Callable[[BatchDocument], Awaitable[SignedDocument]]
@@ -178,6 +180,9 @@ class Batch:
         except Exception as exc:
             result.state, result.problem = "failed", problem_of(exc)
             log.info("batch %s: document %d refused (%s)", self.id, index, type(exc).__name__)
+        finally:
+            if result.state != "pending":
+                result.settled.set()
 
     def cancel(self) -> None:
         """End the batch early (the physician withdraws consent): nothing more is signed."""
@@ -198,6 +203,7 @@ class Batch:
         for result in self.results:
             if result.state == "pending":
                 result.state = "cancelled"
+            result.settled.set()
         if self.finished is None and self.state != "running":
             self.finished = time.time()
             counts = self.counts()

@@ -230,9 +230,9 @@ def _keys(args: argparse.Namespace, paths: Paths) -> int:
 
 
 async def _keys_async(args: argparse.Namespace, settings: Settings, paths: Paths) -> int:
-    from .api.signing_keys import key_info_json
     from .keys import KeyLayerError, KeyRegistry
     from .keys.selftest import SelfTestFailed, self_test
+    from .operations.key_info import key_info_json
 
     configs = list(settings.keys)
     if not configs and args.sandbox:

@@ -2,10 +2,11 @@
 
 One :class:`Metrics` per application, each with its own Prometheus registry (never
 the process-wide default one), so that tests and several apps in one process do not
-see each other's figures. Nothing here knows HTTP: the API layer times requests,
-and the engines, the trust clients and the CNS outbox get the app's ``Metrics``
-handed to them when their subsystem starts (``app[METRICS]``, see
-:mod:`sidecar.api.observe`) and call it directly::
+see each other's figures. Nothing here knows HTTP: the API layer times requests
+(:mod:`sidecar.api.observe`); the operations count each signature they make
+(:mod:`sidecar.operations.events`); the trust clients and the CNS outbox get the
+services' ``Metrics`` (:class:`sidecar.operations.Services`) when they are built, and
+call it directly::
 
     metrics.signature_made("xades", "B-LT")
     with metrics.upstream("tsa") as call:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import __version__
 from .api.app import create_app
-from .api.keys import INSTANCE
+from .api.appkeys import INSTANCE
 from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .errors import Misconfigured
@@ -86,7 +86,7 @@ def validate_for_serve(settings: Settings) -> ssl.SSLContext | None:
     """Everything ``serve`` checks in the configuration before it starts anything;
     ``sidecar config check`` and ``doctor`` run exactly this. Raises ConfigError;
     returns the TLS context to listen with, if any."""
-    from .api.xml import xades_options
+    from .operations.signing import xades_options
 
     context = check_binding(settings.server, settings.source)
     try:

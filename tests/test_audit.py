@@ -18,7 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sidecar.audit import AuditJournal, open_journal
+from sidecar.audit import AuditJournal
+from sidecar.stores import open_journal
 
 
 @pytest.fixture

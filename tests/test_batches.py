@@ -25,8 +25,7 @@ import pytest
 from asn1crypto import x509 as asn1_x509
 from pyhanko.sign.validation.status import PdfSignatureStatus
 
-from sidecar.api.observe import METRICS
-from sidecar.api.signing_keys import KEY_REGISTRY
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import SandboxSettings, Settings, SigningSettings
 from sidecar.keys import KeyConfig
 from sidecar.sandbox import SandboxPKI
@@ -76,7 +75,7 @@ def make_api(
 
 def _upstream_calls(api: Api) -> dict[str, float]:
     """Exchanges with each upstream so far (downloads, not cache hits), from the metrics."""
-    registry = api.client.app[METRICS].registry
+    registry = api.client.app[SERVICES].metrics.registry
     return {
         upstream: sum(
             registry.get_sample_value(
@@ -121,7 +120,7 @@ async def test_a_hundred_fee_notes_with_one_pin(
         {"name": f"report-{n}", "kind": "pdf", "level": "B-LT", "pdf": _b64(standalone)}
         for n in range(2)
     ]
-    signer = api.client.app[KEY_REGISTRY].get("qualified")
+    signer = api.client.app[SERVICES].keys.get("qualified")
     logins_before = signer.context_logins  # type: ignore[attr-defined]
     calls_before = _upstream_calls(api)
 
@@ -197,7 +196,7 @@ async def test_a_refused_pin_is_a_423_and_nothing_is_signed(
     make_api: Callable[..., Awaitable[Api]], fee_note_pdf: bytes
 ) -> None:
     api = await make_api()
-    signer = api.client.app[KEY_REGISTRY].get("qualified")
+    signer = api.client.app[SERVICES].keys.get("qualified")
     body = {"documents": [_fee_note(n, fee_note_pdf) for n in range(3)]}
     # The session is opened with the right PIN first (another request).
     response = await api.client.post(

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sidecar.api.observe import METRICS
+from sidecar.api.appkeys import SERVICES
 from sidecar.clients import ClientStore, Scope, TokenError
 from sidecar.keys.access import KeyAccess, KeyNotAllowed, choose_key
 from sidecar.sandbox import SandboxPKI
@@ -30,7 +30,7 @@ SIGN = frozenset({Scope.SIGN, Scope.VERIFY, Scope.FORWARD})
 
 def signatures(api: Api) -> float:
     """Every signature the daemon made (the ``sidecar_signatures`` counter, all labels)."""
-    registry = api.client.app[METRICS].registry
+    registry = api.client.app[SERVICES].metrics.registry
     return sum(
         sample.value
         for metric in registry.collect()

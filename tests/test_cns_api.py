@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from sidecar.api.cns import AUDIT_JOURNAL, CNS
-from sidecar.api.observe import METRICS
+from sidecar.api.appkeys import SERVICES
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.report import Indication, Level
 from sidecar.signing.xades_verify import VerificationPolicy, verify_xml
@@ -50,7 +49,7 @@ async def cns_api(
 
 def counter(api: Api, name: str, **labels: str) -> float:
     """A counter's value on the daemon's /metrics registry (0 when never incremented)."""
-    value = api.client.app[METRICS].registry.get_sample_value(f"{name}_total", labels)
+    value = api.client.app[SERVICES].metrics.registry.get_sample_value(f"{name}_total", labels)
     return value or 0.0
 
 
@@ -241,7 +240,7 @@ async def test_unsigned_fee_note_is_signed_once_and_delivered_at_b_lt(
     assert message["status"] == "delivered", message
     assert message["level"] == "B-LT"
 
-    outbox = api.client.app[CNS].outbox
+    outbox = api.client.app[SERVICES].cns.outbox
     stored = (await outbox.run(outbox.get, note_uuid, with_body=True)).body
     booked = real_cns_simulator.simulator.bookings[note_uuid]
     assert booked == stored != body
@@ -262,7 +261,7 @@ async def test_unsigned_fee_note_is_signed_once_and_delivered_at_b_lt(
     assert counter(api, "sidecar_upstream_requests", upstream="cns", outcome="ok") >= 1
 
     # The journal holds the daemon's own signature, with its key and level.
-    journal = api.client.app[AUDIT_JOURNAL]
+    journal = api.client.app[SERVICES].journal
     signed = [e for e in journal.entries() if e.operation == "sign.fee-note"]
     assert len(signed) == 1
     assert (signed[0].uuid, signed[0].key_id, signed[0].level) == (

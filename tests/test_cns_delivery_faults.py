@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sidecar.api.cns import CNS
+from sidecar.api.appkeys import SERVICES
 from sidecar.clients import Scope
 from sidecar.cns.doctor_checks import check_outbox
 from sidecar.cns.outbox import Outbox, Status
@@ -72,7 +72,7 @@ async def test_answer_lost_and_cns_cannot_say_is_unknown_then_settled(
     # The CNS answers slower than the delivery timeout: it books the note after the
     # daemon stopped waiting, and its status lookup is as slow.
     api = await api_factory(cns_settings(cns_simulator.url, max_attempts=2, delivery_timeout=0.5))
-    worker = api.client.app[CNS].worker
+    worker = api.client.app[SERVICES].cns.worker
     assert worker is not None
     worker.lookup_seconds = 0.5
     simulator = cns_simulator.simulator
@@ -193,7 +193,7 @@ async def test_doctor_names_unknown_messages(tmp_path: Path) -> None:
 
 
 async def test_status_page_shows_unknown_messages(cns_api: Api, browser: Browser) -> None:
-    outbox = cns_api.client.app[CNS].outbox
+    outbox = cns_api.client.app[SERVICES].cns.outbox
     # Held (never claimed by the worker meanwhile), then as the worker leaves it.
     await outbox.run(
         outbox.enqueue_deposit, NOTE, b"<x/>", "d", client="all", awaiting_timestamp=True

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from sidecar.api.cns import CNS
+from sidecar.api.appkeys import SERVICES
 from sidecar.cns.documents import InvalidUuid, MessageRule, read_message
 from sidecar.cns.simulator import CnsSimulator, xades_verifier
 from sidecar.config import SigningSettings
@@ -99,7 +99,7 @@ async def test_unsigned_fee_note_with_its_uuid_elsewhere_is_delivered(
     assert message["level"] == "B-LT"
 
     booked = note_id_simulator.simulator.bookings[note_uuid]
-    outbox = api.client.app[CNS].outbox
+    outbox = api.client.app[SERVICES].cns.outbox
     assert (await outbox.run(outbox.get, note_uuid, with_body=True)).body == booked != body
     assert etree.fromstring(booked).findtext(f"{FN}NoteId") == note_uuid  # unchanged
     await verify_b_lt(booked, sandbox_services)

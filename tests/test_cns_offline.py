@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from sidecar.api.cns import AUDIT_JOURNAL, CNS
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import BreakerSettings, TrustSettings, TsaSettings
 from sidecar.sandbox import SandboxPKI
 from tests.fixtures.cns import (
@@ -59,7 +59,7 @@ async def test_tsa_down_at_deposit_then_back_delivers_b_lt(
         )
         settings = sandbox_cns_settings(real_cns_simulator.url, trust=trust, defer_timestamp=True)
         api = await api_factory(settings, sandbox_pki=sandbox_services)
-        worker = api.client.app[CNS].worker
+        worker = api.client.app[SERVICES].cns.worker
         assert worker is not None and worker.upgrader is not None
         worker.poll_seconds = 0.05
 
@@ -73,7 +73,7 @@ async def test_tsa_down_at_deposit_then_back_delivers_b_lt(
         assert (await response.json())["status"] == "awaiting_timestamp"
         held_message = await wait_status(api, note_uuid, {"awaiting_timestamp"})
         assert held_message["level"] == "B-B"
-        outbox = api.client.app[CNS].outbox
+        outbox = api.client.app[SERVICES].cns.outbox
         held = (await outbox.run(outbox.get, note_uuid, with_body=True)).body
         assert b"SignatureTimeStamp" not in held
 
@@ -103,7 +103,7 @@ async def test_tsa_down_at_deposit_then_back_delivers_b_lt(
 
     assert counter(api, "sidecar_signatures", format="xades", level="B-B") == 1
     assert counter(api, "sidecar_cns_messages", operation="deposit", result="timestamped") == 1
-    journal = [e.operation for e in api.client.app[AUDIT_JOURNAL].entries()]
+    journal = [e.operation for e in api.client.app[SERVICES].journal.entries()]
     assert journal.index("sign.fee-note") < journal.index("cns.timestamp_upgrade")
     assert journal.index("cns.timestamp_upgrade") < journal.index("cns.deposit")
 
@@ -142,7 +142,7 @@ async def test_a_held_note_that_can_never_be_upgraded_fails_and_holds_nobody_up(
     # but has no XAdES properties to extend: it fails, with the reason, at once.
     settings = sandbox_cns_settings(real_cns_simulator.url, defer_timestamp=True)
     api = await api_factory(settings, sandbox_pki=sandbox_services)
-    api.client.app[CNS].worker.poll_seconds = 0.05  # type: ignore[union-attr]
+    api.client.app[SERVICES].cns.worker.poll_seconds = 0.05  # type: ignore[union-attr]
     plain_uuid, plain = fee_notes.make()
     response = await api.client.post("/v1/cns/fee-notes", data=plain, headers=xml_headers(api))
     assert (await response.json())["status"] == "awaiting_timestamp"

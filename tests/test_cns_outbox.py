@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cns.outbox import DuplicateUuid, InvalidState, Outbox, Status, open_outbox
+from sidecar.cns.outbox import DuplicateUuid, InvalidState, Outbox, Status
 from sidecar.cns.worker import backoff_delay
 from sidecar.config import CnsSettings
+from sidecar.stores import open_outbox
 
 UUID_A = "3f2b8c1e-6d4a-4b7e-9c2d-1a5e8f7b6c3d"
 UUID_B = "9a1c7e2b-4f3d-4e8a-b6c5-2d9f0e1a3b4c"

@@ -17,11 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sidecar.audit import open_journal
 from sidecar.audit_pg import PgAuditJournal
 from sidecar.cns.outbox import Status
 from sidecar.cns.outbox_pg import PgOutbox, lease_for
 from sidecar.config import CnsSettings
+from sidecar.stores import open_journal
 
 UUID_A = "3f2b8c1e-6d4a-4b7e-9c2d-1a5e8f7b6c3d"
 

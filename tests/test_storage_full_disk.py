@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.api.cns import AUDIT_JOURNAL
+from sidecar.api.appkeys import SERVICES
 from sidecar.api.contract import CONTRACT
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
@@ -239,7 +239,7 @@ async def test_every_route_on_a_full_disk_and_recovery_without_restart(
     # The journal has every state the outbox went through, and its chain holds.
     await asyncio.sleep(0.3)
     assert_every_state_journaled(disk.path, with_pending=False)
-    assert api.client.app[AUDIT_JOURNAL].verify().ok
+    assert api.client.app[SERVICES].journal.verify().ok
 
 
 def get_json(daemon: DaemonProcess, url: str, token: str = "") -> tuple[int, dict[str, Any]]:

@@ -19,8 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.api.keys import HTTP_SESSION, PATHS
-from sidecar.api.timestamps import TRUST
+from sidecar.api.appkeys import PATHS, SERVICES
 from sidecar.config import ListSettings, SandboxSettings, Settings, TrustSettings
 from sidecar.doctor import DoctorContext, Finding, run_doctor
 from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
@@ -40,7 +39,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def _lists_loaded(api: Api, deadline: float = 60.0) -> None:
-    trust = api.client.server.app[TRUST]
+    trust = api.client.server.app[SERVICES].trust
     assert trust.lists is not None
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
@@ -136,7 +135,7 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         # The TSA's QTST service withdrawn an hour ago: a new timestamp is not qualified.
         app = api.client.server.app
         write_sandbox_lists(pki, tsa_withdrawn=datetime.now(UTC) - timedelta(hours=1))
-        assert await app[TRUST].lists.refresh(app[HTTP_SESSION]) == []
+        assert await app[SERVICES].trust.lists.refresh(app[SERVICES].http) == []
         # Signing warns by default: signed, and the answer says the timestamp is not qualified.
         report = await _sign_and_verify(api, "QESig; timestamp=not-qualified")
         qualification = report["qualification"]
@@ -156,7 +155,7 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         def refuse(*args: object, **kwargs: object) -> socket.socket:
             raise AssertionError("the trusted lists opened a socket")
 
-        cache: ListCache = app[TRUST].lists.cache
+        cache: ListCache = app[SERVICES].trust.lists.cache
         policy = sandbox_list_policy(ensure_sandbox_lists(pki))
         with monkeypatch.context() as patch:
             patch.setattr(socket, "socket", refuse)
@@ -182,7 +181,7 @@ async def test_sandbox_signature_is_qualified_until_the_tsa_is_withdrawn(
         assert "is not a granted QTST" in problem["detail"]
         assert response.headers["X-Signature-Qualification"] == "QESig; timestamp=not-qualified"
         # Now known: refused before signing (no TSA request is spent on it).
-        tsa = refusing.client.server.app[TRUST].tsa
+        tsa = refusing.client.server.app[SERVICES].trust.tsa
         before = tsa.attempts(pki.tsa_url)
         response = await refusing.client.post("/v1/xml/sign", data=FORM, headers=headers)
         assert response.status == 422
@@ -253,7 +252,7 @@ async def test_lists_refresh_on_their_schedule(
     async with serve_sandbox_pki(pki):
         api = await api_factory(settings, sandbox_pki=pki)
         await _lists_loaded(api)
-        lists = api.client.server.app[TRUST].lists
+        lists = api.client.server.app[SERVICES].trust.lists
         first = lists.last_refresh
         # The TSA withdrawn on the server: the next scheduled refresh takes it in.
         write_sandbox_lists(pki, tsa_withdrawn=datetime.now(UTC) - timedelta(hours=1))

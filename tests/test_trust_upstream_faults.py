@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from sidecar.api.timestamps import TRUST
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import (
     BreakerSettings,
     RevocationSettings,
@@ -62,7 +62,7 @@ async def stamp(api: Api) -> tuple[int, dict[str, str], bytes]:
 
 
 def breaker(api: Api) -> tuple[str, int]:
-    (status,) = api.client.app[TRUST].tsa.status()
+    (status,) = api.client.app[SERVICES].trust.tsa.status()
     return status.breaker.state, status.breaker.consecutive_failures
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar.api.xml import XML_WORKERS, xml_workers_started
+from sidecar.api.appkeys import SERVICES
 from sidecar.config import (
     ConfigError,
     Settings,
@@ -110,8 +110,10 @@ async def test_drafting_goes_to_the_configured_workers(
         app = api.client.app
         drafted: list[object] = []
         if count:
-            workers = await xml_workers_started(app)  # started in the background
-            assert workers is app[XML_WORKERS] and workers.workers == count
+            drafting = app[SERVICES].xml_workers
+            workers = await drafting.started()  # started in the background
+            assert workers is drafting.pool and workers is not None
+            assert workers.workers == count
             real = workers.run
 
             async def recording(fn, *args, _real=real, _seen=drafted, **kwargs):  # type: ignore[no-untyped-def]
@@ -120,7 +122,7 @@ async def test_drafting_goes_to_the_configured_workers(
 
             workers.run = recording  # type: ignore[method-assign]
         else:
-            assert app.get(XML_WORKERS) is None
+            assert app[SERVICES].xml_workers.pool is None
         headers = {**api.auth("signer"), **XML}
         response = await api.client.post("/v1/xml/sign?level=B-T", data=FORM, headers=headers)
         assert response.status == 200, await response.text()

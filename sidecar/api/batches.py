@@ -14,56 +14,39 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
-from ..batches import Batch, BatchDocument, BatchStore, SignedDocument, SignOne
+from ..batches import Batch, BatchDocument
 from ..clients import Client
 from ..i18n import N_, negotiate
-from ..keys import Signer
-from ..keys.authorisation import forbid_core_dumps
-from ..signing.forms import sign_form
-from ..signing.pades import PadesOptions, parse_level
+from ..operations.batches import open_batch
+from .appkeys import CLIENT, SERVICES
 from .authorisation import operation_authorisation
-from .forms import xades_for
 from .guards import read_body
-from .keys import CLIENT, SETTINGS
-from .pdf import PADES
 from .problems import Problem, bad_parameter, problem_for, problem_language
-from .signing_keys import KEY_REGISTRY
-from .xml import named_profile, sign_xml_with, xml_level
 
-__all__ = ["BATCHES", "HANDLERS", "batches_context"]
+__all__ = ["HANDLERS", "batch_problem"]
 
 log = logging.getLogger("sidecar.batches")
 
-BATCHES = web.AppKey("batches", BatchStore)
 _KINDS = ("form", "xml", "pdf")
 _FIELDS = {"name", "kind", "profile", "level", "xml", "pdf", "reason", "location"}
 
 
-async def batches_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem: the daemon's batches; running ones end (PINs wiped) when it stops.
-
-    Operations may now hold a PIN in memory: no core file may carry it to disk."""
-    forbid_core_dumps()
-    store = BatchStore()
-    app[BATCHES] = store
-    try:
-        yield
-    finally:
-        await store.close()
-
-
-def _problem_of(exc: BaseException) -> dict[str, Any]:
+def batch_problem(exc: BaseException) -> Problem:
+    """How a batch document's failure is reported (also by ``sidecar sign``)."""
     problem = exc if isinstance(exc, Problem) else problem_for(exc)
     if problem is None:
         log.error("batch document failed unexpectedly", exc_info=exc)
         problem = Problem(500, "internal_error", N_("the document could not be signed"))
+    return problem
+
+
+def _problem_of(exc: BaseException) -> dict[str, Any]:
     # Signed in a task started by the request: its context has the caller's language.
-    return problem.body(language=negotiate(problem_language.get()))
+    return batch_problem(exc).body(language=negotiate(problem_language.get()))
 
 
 def _b64(entry: dict[str, Any], name: str, index: int) -> bytes | None:
@@ -167,48 +150,9 @@ def parse_documents(body: Any, max_documents: int) -> list[BatchDocument]:
     return documents
 
 
-def _signer_for(app: web.Application, signer: Signer, owner: str) -> SignOne:
-    """``async (document) -> SignedDocument``: each kind through its route's engine, on
-    the drafting-worker share of the batch's *owner*."""
-    xades = xades_for(app, owner)
-    default_pdf_level = app[SETTINGS].signing.pdf_level
-
-    async def sign_one(doc: BatchDocument) -> SignedDocument:
-        # The key, ready for this batch's authorisation (one session for the batch).
-        await signer.ready()
-        if doc.kind == "form":
-            form_profile = named_profile(app, doc.profile or "")
-            assert doc.xml is not None
-            form = await sign_form(
-                form_profile, doc.xml, doc.pdf, signer, pades=app[PADES], sign_xml=xades
-            )
-            info = {"level": form.xml_level.value if form.xml_level else "none"}
-            if form.pdf_level:
-                info["pdf_level"] = form.pdf_level.value
-            if form.uuid:
-                info["uuid"] = form.uuid
-            return SignedDocument(form.xml, "application/xml", info)
-        if doc.kind == "xml":
-            assert doc.xml is not None
-            profile = named_profile(app, doc.profile) if doc.profile else None
-            level = xml_level(app, profile, doc.level)
-            signed = await sign_xml_with(app, doc.xml, signer, level, profile=profile, client=owner)
-            return SignedDocument(signed, "application/xml", {"level": level.value})
-        assert doc.pdf is not None
-        try:
-            pdf_level = parse_level(doc.level or default_pdf_level)
-        except ValueError as exc:
-            raise bad_parameter("level", str(exc)) from None
-        options = PadesOptions(level=pdf_level, reason=doc.reason, location=doc.location)
-        result = await app[PADES].sign(doc.pdf, signer, options)
-        return SignedDocument(result.data, "application/pdf", {"level": result.level.value})
-
-    return sign_one
-
-
 def _owned(request: web.Request) -> Batch:
     client: Client = request[CLIENT]
-    batch = request.app[BATCHES].get(request.match_info["batch"])
+    batch = request.app[SERVICES].batches.get(request.match_info["batch"])
     if batch is None or batch.owner != client.name:
         raise Problem(404, "not_found", N_("no such batch"), batch=request.match_info["batch"])
     return batch
@@ -219,11 +163,10 @@ def _summary(request: web.Request, batch: Batch) -> dict[str, Any]:
 
 
 async def create_batch(request: web.Request) -> web.Response:
-    app = request.app
-    settings = app[SETTINGS].signing
-    registry = app[KEY_REGISTRY]
+    services = request.app[SERVICES]
+    settings = services.settings.signing
     key_id = request.query.get("key") or None
-    signer = registry.get(key_id)
+    signer = services.keys.get(key_id)
     raw = await read_body(request)
     try:
         body = await asyncio.to_thread(json.loads, raw)
@@ -233,17 +176,14 @@ async def create_batch(request: web.Request) -> web.Response:
     documents = await asyncio.to_thread(parse_documents, body, settings.batch_max_documents)
     del body
     authorisation = operation_authorisation(request, lifetime=settings.batch_max_minutes * 60)
-    batch = Batch(
+    batch = await open_batch(
+        services,
         documents,
+        signer,
         owner=request[CLIENT].name,
-        key_id=signer.id,
         authorisation=authorisation,
-        max_minutes=settings.batch_max_minutes,
+        problem_of=_problem_of,
     )
-    sign_one = _signer_for(app, signer, request[CLIENT].name)
-    await batch.sign_first(sign_one, _problem_of)
-    app[BATCHES].add(batch)
-    batch.start(sign_one, _problem_of, concurrency=settings.batch_concurrency)
     log.info("batch %s: %d document(s) with key %s", batch.id, len(documents), signer.id)
     return web.json_response(
         _summary(request, batch), status=202, headers={"Location": f"/v1/batches/{batch.id}"}

@@ -1,9 +1,8 @@
 """CNS routes (API.md): fee-note deposit and cancellation through the outbox,
 message status, and the synchronous PID v2 requests. Each handler parses the request,
 calls one operation of :mod:`sidecar.operations.cns` and renders its result or refusal.
-Also :func:`fee_note_context`, which lets the deposit sign and timestamp fee notes
-itself, and :func:`cns_context`, the app's adapter to
-:func:`sidecar.cns.subsystem.open_cns`.
+The CNS forwarding itself is opened by the composition root
+(:func:`sidecar.operations.services.open_services`).
 
 A fee note deposited unsigned is signed with the ``fee-note`` profile's recipe
 (XSD, XAdES-B-LT, the default key) before it is persisted. It must carry its UUID
@@ -37,55 +36,26 @@ a client with the ``admin`` scope sees and cancels all.
 
 from __future__ import annotations
 
-import time
 import uuid as uuid_module
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from ..audit import AuditJournal
 from ..clients import Scope
 from ..cns.documents import InvalidUuid
 from ..cns.outbox import DuplicateUuid, InvalidState, Message, Status, UnknownMessage
-from ..cns.subsystem import CnsRuntime, FeeNoteSigner, SignedFeeNote, open_cns
+from ..cns.subsystem import CnsRuntime
 from ..cns.transport import CnsTimeout, CnsUnreachable, PidKind
-from ..cns.worker import TimestampUnavailable, Upgrader
 from ..operations import cns as operations
 from ..operations.cns import Caller, CnsNotConfigured, EmbeddedPdfMissing, UnsignedDocument
-from ..signing.report import Level
-from ..signing.sources import UpstreamFailure
-from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
-from ..signing.xades import augment_xml
 from ..signing.xml_safety import XmlInputError
-from .forms import fee_note_signer
+from .appkeys import CLIENT, SERVICES
 from .guards import read_body
-from .keys import CLIENT, HEALTH_CHECKS, HTTP_SESSION, PATHS, SANDBOX_PKI, SETTINGS
-from .observe import METRICS
-from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter, xml_problem
-from .signing_keys import KEY_REGISTRY
-from .timestamps import TRUST
 
-__all__ = [
-    "AUDIT_JOURNAL",
-    "CNS",
-    "FEE_NOTE_UPGRADER",
-    "HANDLERS",
-    "SIGN_FEE_NOTE",
-    "cns_context",
-    "fee_note_context",
-]
-
-#: The running CNS forwarding (outbox, transport, worker).
-CNS = web.AppKey("cns", CnsRuntime)
-#: The journal every signature and delivery is written to.
-AUDIT_JOURNAL = web.AppKey("audit_journal", AuditJournal)
-#: The deposit's signer of unsigned fee notes (see :mod:`sidecar.cns.subsystem`).
-SIGN_FEE_NOTE = web.AppKey[FeeNoteSigner]("sign_fee_note")
-#: The offline mode's upgrader of B-B fee notes to B-LT.
-FEE_NOTE_UPGRADER = web.AppKey[Upgrader]("fee_note_upgrader")
+__all__ = ["HANDLERS"]
 
 #: Seconds a caller is told to wait when the CNS cannot be reached.
 RETRY_AFTER = "30"
@@ -95,7 +65,10 @@ MAX_CURSOR = 2**63 - 1
 
 
 def _runtime(request: web.Request) -> CnsRuntime:
-    return request.app[CNS]
+    runtime = request.app[SERVICES].cns
+    if runtime is None:  # an application built without the CNS (never the daemon's)
+        raise CnsNotConfigured("the CNS forwarding is not open in this host")
+    return runtime
 
 
 def _caller(request: web.Request) -> Caller:
@@ -281,88 +254,6 @@ def _pid(kind: PidKind) -> Any:
         )
 
     return handler
-
-
-async def cns_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem, after :func:`fee_note_context`: the app's adapter to
-    :func:`~sidecar.cns.subsystem.open_cns`, which knows no app (the composition root
-    will call it directly)."""
-    # Imported here: the app module imports this one. ``serve --sandbox`` (the app
-    # generates its sandbox) binds the sandbox's port; a sandbox handed in by the test
-    # suite gets a free port, so that tests never collide.
-    from .app import SANDBOX_DIR
-
-    pki = app.get(SANDBOX_PKI)
-    journal = app.get(AUDIT_JOURNAL)
-    registry = app.get(PROFILES)
-    async with open_cns(
-        app[SETTINGS],
-        app[PATHS],
-        http=app[HTTP_SESSION],
-        journal=journal,
-        metrics=app.get(METRICS),
-        health_checks=app[HEALTH_CHECKS],
-        profiles=registry if registry is not None else (),
-        sandbox_pki=pki,
-        simulator_port=pki.cns_port if pki is not None and SANDBOX_DIR in app else 0,
-        sign_fee_note=app.get(SIGN_FEE_NOTE),
-        upgrade_fee_note=app.get(FEE_NOTE_UPGRADER),
-    ) as runtime:
-        app[CNS] = runtime
-        if journal is None:
-            app[AUDIT_JOURNAL] = runtime.journal
-        yield
-
-
-async def fee_note_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem, after signing and before ``cns_context``: the deposit's signing seams.
-
-    :data:`SIGN_FEE_NOTE` when there is a default key and a ``fee-note`` profile;
-    :data:`FEE_NOTE_UPGRADER` (offline mode) when there is a TSA.
-    """
-    registry = app.get(KEY_REGISTRY)
-    profiles = app.get(PROFILES)
-    metrics = app.get(METRICS)
-    defer = app[SETTINGS].cns.defer_timestamp
-    if (
-        registry is not None
-        and registry.default_id is not None
-        and profiles is not None
-        and profiles.get("fee-note") is not None
-        and PADES in app
-    ):
-        recipe = fee_note_signer(app, fallback_level=Level.B_B if defer else None)
-
-        async def sign_fee_note(xml: bytes) -> SignedFeeNote:
-            started = time.perf_counter()
-            form, key_id = await recipe(xml)
-            xml_level = form.xml_level.value if form.xml_level else ""
-            pdf_level = form.pdf_level.value if form.pdf_level else None
-            # Counted here: this signature is made by the deposit, not by a signing route.
-            if metrics is not None:
-                if pdf_level:
-                    metrics.signature_made("pades", pdf_level)
-                if xml_level:
-                    metrics.signature_made("xades", xml_level, time.perf_counter() - started)
-            return SignedFeeNote(form.xml, xml_level, key_id, pdf_level)
-
-        app[SIGN_FEE_NOTE] = sign_fee_note
-    trust = app.get(TRUST)
-    if trust is not None and trust.tsa.endpoints:
-        timestamps = TrustTimestampSource(trust.tsa)
-        validation = TrustValidationDataSource(trust.revocation)
-
-        async def upgrade(xml: bytes) -> tuple[bytes, str]:
-            try:
-                upgraded = await augment_xml(
-                    xml, Level.B_LT, timestamps=timestamps, validation_data=validation
-                )
-            except UpstreamFailure as exc:
-                raise TimestampUnavailable(f"{exc.service}: {exc.detail}") from exc
-            return upgraded, Level.B_LT.value
-
-        app[FEE_NOTE_UPGRADER] = upgrade
-    yield
 
 
 HANDLERS = {

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..i18n import choose, negotiate, web_messages
-from .keys import SETTINGS
+from .appkeys import SETTINGS
 from .problems import Problem
 
 __all__ = ["PAGE_HEADERS", "add_routes"]

@@ -32,14 +32,14 @@ from ..i18n import N_
 from ..keys.access import key_access
 from ..logs import current_request_id, traceback_text
 from ..ratelimit import RateLimiter, parse_rate
-from .contract import Operation
-from .keys import (
+from .appkeys import (
     CLIENT,
     CLIENT_STORE,
     OPERATION,
     REQUEST_ID,
     SETTINGS,
 )
+from .contract import Operation
 from .observe import observe_requests
 from .problems import Problem, problem_for, problem_language, problem_response
 

@@ -1,36 +1,23 @@
-"""``POST /v1/pdf/sign`` and the signing subsystem (PDF engine, form profiles).
-
-:func:`signing_context` (in ``SUBSYSTEMS`` after keys and trust) builds the PAdES
-engine on the trust layer (its checked TSA client, its revocation service), the
-worker pool that reads callers' PDFs, and the profile registry; handlers find
-them under :data:`PADES` and :data:`PROFILES`.
-"""
+"""``POST /v1/pdf/sign``: the request read into :class:`~sidecar.operations.signing.PdfSigning`,
+signed by :func:`~sidecar.operations.signing.sign_pdf_document`, and how the PDF
+engine's failures are answered."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
+import dataclasses
 
 from aiohttp import web
 
-from ..signing.pades import PadesEngine, PadesOptions, VisibleStamp, parse_level
-from ..signing.pdf_checks import PdfInspector, PdfLimits
-from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
-from ..signing.trust_binding import TrustValidationDataSource
+from ..operations.signing import PdfSigning, sign_pdf_document
+from ..signing.pades import VisibleStamp, parse_level
+from .appkeys import SERVICES
 from .authorisation import with_operation_pin
 from .guards import read_body
-from .keys import SETTINGS
 from .problems import bad_parameter
-from .qualification import after_signing, before_signing
-from .signing_keys import KEY_REGISTRY
-from .timestamps import TRUST
+from .qualification import qualification_headers
 
-__all__ = ["HANDLERS", "PADES", "PROFILES", "sign_pdf", "signing_context"]
+__all__ = ["HANDLERS", "pdf_signing", "sign_pdf"]
 
-log = logging.getLogger("sidecar.signing")
-
-PADES = web.AppKey("pades", PadesEngine)
-PROFILES = web.AppKey("profiles", ProfileRegistry)
 
 #: Query parameters of signPdf besides the contract's (extensions, documented in openapi).
 _TEXT_LIMIT = 200
@@ -70,12 +57,15 @@ def _stamp(request: web.Request) -> VisibleStamp | None:
     return VisibleStamp(page=page, box=(x1, y1, x2, y2))
 
 
-def pdf_options(request: web.Request, default_level: str) -> PadesOptions:
+def pdf_signing(request: web.Request, default_level: str) -> PdfSigning:
+    """The request's query read into what the operation takes (the body still to add)."""
     try:
         level = parse_level(request.query.get("level", default_level))
     except ValueError as exc:
         raise bad_parameter("level", str(exc)) from None
-    return PadesOptions(
+    return PdfSigning(
+        b"",
+        key=request.query.get("key") or None,
         level=level,
         reason=_text(request, "reason"),
         location=_text(request, "location"),
@@ -87,61 +77,19 @@ def pdf_options(request: web.Request, default_level: str) -> PadesOptions:
 
 async def sign_pdf(request: web.Request) -> web.Response:
     """PAdES-sign the body (application/pdf) at ``?level=`` (default B-LT)."""
-    app = request.app
-    options = pdf_options(request, app[SETTINGS].signing.pdf_level)
-    signer = await app[KEY_REGISTRY].acquire(request.query.get("key") or None)
+    services = request.app[SERVICES]
+    signing = pdf_signing(request, services.settings.signing.pdf_level)
     body = await read_body(request)
-    before_signing(app, signer)  # [trust.lists] at_signing
-    signed = await app[PADES].sign(body, signer, options)
-    log.info(
-        "signed a PDF at %s with key %s (%d -> %d bytes)",
-        signed.level.value,
-        signer.id,
-        len(body),
-        len(signed.data),
-    )
+    signed = await sign_pdf_document(services, dataclasses.replace(signing, document=body))
     return web.Response(
         body=signed.data,
         content_type="application/pdf",
         headers={
             "X-Signature-Level": signed.level.value,
-            "X-Signature-Field": signed.field_name,
-            **after_signing(app, signer),
+            "X-Signature-Field": signed.field_name or "",
+            **qualification_headers(signed.verdict),
         },
     )
-
-
-async def signing_context(app: web.Application) -> AsyncIterator[None]:
-    """Subsystem: the PDF engine over the trust layer, the PDF workers, the profiles."""
-    settings = app[SETTINGS].signing
-    try:
-        profiles = ProfileRegistry.load([BUNDLED_PROFILE_DIR, *settings.profile_dirs])
-    except ProfileError as exc:
-        from ..config import ConfigError
-
-        raise ConfigError(app[SETTINGS].source, "signing.profile_dirs", str(exc)) from None
-    app[PROFILES] = profiles
-    inspector = PdfInspector(
-        PdfLimits(
-            max_objects=settings.pdf_max_objects,
-            timeout=settings.pdf_parse_timeout,
-            worker_memory=settings.pdf_worker_memory,
-            workers=settings.pdf_workers,
-            verify_timeout=settings.verify_timeout,
-            idle_exit=settings.worker_idle_exit,
-        )
-    )
-    trust = app.get(TRUST)
-    timestamper = trust.tsa.timestamper() if trust is not None else None
-    validation = TrustValidationDataSource(trust.revocation) if trust is not None else None
-    app[PADES] = PadesEngine(
-        inspector=inspector, timestamper=timestamper, validation_data=validation
-    )
-    log.info("signing: %d profile(s): %s", len(profiles), ", ".join(p.name for p in profiles))
-    try:
-        yield
-    finally:
-        inspector.close()
 
 
 HANDLERS = {"signPdf": with_operation_pin(sign_pdf)}

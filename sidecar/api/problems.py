@@ -46,6 +46,8 @@ from ..errors import (
 from ..i18n import N_, format_date, negotiate, translations
 from ..keys import CertificateNotValid, KeyLocked, KeyNotFound
 from ..keys.access import KeyNotAllowed
+from ..operations.batches import InvalidLevel, UnknownProfile
+from ..operations.qualification import NotQualified
 from ..signing.forms import FormError, SchemaViolation
 from ..signing.pades import PadesError
 from ..signing.pdf_checks import PdfRefused
@@ -53,6 +55,7 @@ from ..signing.sources import CertificateUnusable, UpstreamFailure
 from ..signing.xades import AlreadySigned, PlacementError
 from ..signing.xml_safety import ForbiddenDtd, MalformedXml, XmlInputError, XmlLimitExceeded
 from ..trust.tsa import TsaError, TsaRejected, TsaReplyError, TsaTimeout, TsaUnavailable
+from .qualification import HEADER as QUALIFICATION_HEADER
 
 __all__ = [
     "PROBLEMS",
@@ -447,6 +450,25 @@ def _key_not_allowed(exc: KeyNotAllowed) -> Problem:
     )
 
 
+def _not_qualified(exc: NotQualified) -> Problem:
+    """``[trust.lists] at_signing = 'refuse'``: what the signature would have passed as."""
+    verdict = exc.verdict
+    return Problem(
+        422,
+        "not_qualified",
+        "; ".join(verdict.problems) + " ([trust.lists] at_signing = 'refuse')",
+        headers={QUALIFICATION_HEADER: verdict.header()},
+    )
+
+
+def _unknown_profile(exc: UnknownProfile) -> Problem:
+    return Problem(404, "not_found", str(exc), profile=exc.name)
+
+
+def _invalid_level(exc: InvalidLevel) -> Problem:
+    return bad_parameter("level", str(exc))
+
+
 #: Each error type below the API and its answer; ``None``: a failure of sidecar
 #: itself, which the caller logs with its traceback and answers 500 ``internal_error``
 #: naming the request id (the detail must not leak what went wrong). Looked up by
@@ -466,6 +488,9 @@ PROBLEMS: dict[type[SidecarError], Mapper | None] = {
     CertificateNotValid: _not_valid,
     KeyNotFound: _not_found,
     KeyNotAllowed: _key_not_allowed,
+    NotQualified: _not_qualified,
+    UnknownProfile: _unknown_profile,
+    InvalidLevel: _invalid_level,
     # The families.
     BadInput: _bad_input,
     Refused: _refused,

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from ..audit import open_journal
 from ..config import Settings, is_database_url
 from ..i18n import _
 from ..paths import Paths
 from ..progress import progress_iter
 from ..storage import StorageUnavailable
+from ..stores import open_journal, open_outbox
 from .journal_feed import copy_events
-from .outbox import InvalidState, Outbox, Status, UnknownMessage, open_outbox
+from .outbox import InvalidState, Outbox, Status, UnknownMessage
 
 __all__ = ["add_parsers", "audit_path", "outbox_path", "run"]
 

@@ -42,7 +42,7 @@ kept in memory and recorded at the next claim that can write (the worker's poll)
 the answer is never lost while the process lives (after a crash, the message is sent
 again with the same UUID, which the CNS deduplicates).
 
-Two stores behind one interface (:func:`open_outbox`, by ``[cns] outbox``): this
+Two stores behind one interface (:func:`sidecar.stores.open_outbox`, by ``[cns] outbox``): this
 class is the interface and the SQLite store (one daemon, embedded, the default);
 :class:`~sidecar.cns.outbox_pg.PgOutbox` the PostgreSQL one that several daemons
 share. Their SQL is written once (``?`` placeholders either way); a store overrides
@@ -69,7 +69,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..config import CnsSettings, is_database_url
 from ..errors import NotFound, Refused
 from ..migrations import Migration, migrate
 from ..storage import SqliteStore, StorageUnavailable, StoreHealth
@@ -88,7 +87,6 @@ __all__ = [
     "OutboxEvent",
     "Status",
     "UnknownMessage",
-    "open_outbox",
 ]
 
 T = TypeVar("T")
@@ -206,23 +204,6 @@ class Db(Protocol):
 
     def execute(self, sql: str, args: Sequence[Any] = ..., /) -> Any: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Any: ...
-
-
-def open_outbox(
-    location: Path | str, *, local_dir: Path | None = None, settings: CnsSettings | None = None
-) -> Outbox:
-    """The outbox at *location*: a PostgreSQL URL, else an SQLite file.
-
-    *local_dir*: where a PostgreSQL outbox's daemon keeps its files (the storage check
-    watches that disk); *settings*: the delivery timeouts a PostgreSQL claim's lease
-    must outlast (none: the command line, which delivers nothing)."""
-    if is_database_url(location):
-        # Imported here: psycopg is loaded only by daemons that use PostgreSQL.
-        from .outbox_pg import PgOutbox, lease_for
-
-        lease = lease_for(settings) if settings is not None else None
-        return PgOutbox(str(location), local_dir=local_dir, lease_seconds=lease)
-    return Outbox(Path(location))
 
 
 def _iso(moment: float | None) -> str | None:

@@ -5,12 +5,12 @@
 environment, starts the delivery worker and registers the health checks. In sandbox
 mode with no sandbox URL configured, it serves the CNS simulator on loopback from the
 same process and points the transport at it. It knows no web application: every
-service it uses is an argument (the API's adapter, :func:`sidecar.api.cns.cns_context`,
-reads them from the app).
+service it uses is an argument (the composition root,
+:func:`sidecar.operations.services.open_services`, hands them over).
 
 Seams the signing work plugs into (arguments of :func:`open_cns`):
 
-- ``sign_fee_note`` (:data:`FeeNoteSigner`): ``async (xml) -> SignedFeeNote``, signs
+- ``sign_fee_note`` (:class:`FeeNoteSigner`): ``async (xml, *, client) -> SignedFeeNote``, signs
   an unsigned fee note with the ``fee-note`` profile's recipe and the default key (in
   offline mode at B-B when the TSA or the revocation data cannot be had). ``None`` (no
   key, no profile): an unsigned deposit is refused (422 ``unsigned_document``), never
@@ -34,11 +34,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from lxml import etree
 
-from ..audit import AuditJournal, open_journal
+from ..audit import AuditJournal
 from ..config import CnsSettings, ConfigError, Settings
 from ..health import CheckResult, HealthCheck, Status
 from ..metrics import Metrics, OutboxStats
@@ -47,10 +48,11 @@ from ..ports import bind_error
 from ..sandbox.pki import SandboxError, SandboxPKI
 from ..signing.profiles import Profile
 from ..storage import StorageUnavailable, disk_space
+from ..stores import open_journal, open_outbox
 from .commands import audit_path, outbox_path
 from .documents import DocumentError, MessageRule
 from .journal_feed import JournalFeed
-from .outbox import Outbox, open_outbox
+from .outbox import Outbox
 from .simulator import CnsSimulator, serve_simulator, xades_verifier
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
@@ -77,7 +79,12 @@ class SignedFeeNote:
     pdf_level: str | None = None
 
 
-FeeNoteSigner = Callable[[bytes], Awaitable[SignedFeeNote]]
+class FeeNoteSigner(Protocol):
+    """``async (xml, *, client="") -> SignedFeeNote``; *client*: who deposited it (the
+    signature's journal entry names them)."""
+
+    def __call__(self, xml: bytes, *, client: str = "") -> Awaitable[SignedFeeNote]: ...
+
 
 #: Outbox age past which the health check says ``degraded``.
 STALE_SECONDS = 3600.0

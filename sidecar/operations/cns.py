@@ -29,15 +29,24 @@ import asyncio
 import hashlib
 import uuid as uuid_module
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cns.documents import CnsMessage, read_message
 from ..cns.outbox import DuplicateUuid, Message, Status
-from ..cns.subsystem import CnsRuntime, SignedFeeNote
+from ..cns.subsystem import CnsRuntime, FeeNoteSigner, SignedFeeNote
 from ..cns.transport import CnsAnswer, CnsTimeout, CnsTransport, CnsUnreachable, PidKind
+from ..cns.worker import TimestampUnavailable, Upgrader
 from ..errors import BadInput, Misconfigured
 from ..signing.forms import FormError
 from ..signing.report import Level
+from ..signing.sources import UpstreamFailure
+from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
+from ..signing.xades import augment_xml
+from ..trust import TrustServices
+from .signing import fee_note_signer
+
+if TYPE_CHECKING:
+    from .services import Services
 
 __all__ = [
     "Accepted",
@@ -49,8 +58,10 @@ __all__ = [
     "check_configured",
     "deposit_fee_note",
     "exchange_pid",
+    "fee_note_seam",
     "list_messages",
     "message_status",
+    "timestamp_upgrader",
 ]
 
 
@@ -164,7 +175,7 @@ async def deposit_fee_note(runtime: CnsRuntime, body: bytes, caller: Caller) -> 
 
 
 async def _sign(runtime: CnsRuntime, note: CnsMessage, caller: Caller) -> SignedFeeNote:
-    """Sign an unsigned fee note with the ``fee-note`` recipe; journal the signature.
+    """Sign an unsigned fee note with the ``fee-note`` recipe (which journals it).
 
     The recipe keeps the caller's UUID (it fills the profile's UUID element only when
     empty, and an empty one was refused before), so the signed note is not parsed again.
@@ -176,23 +187,14 @@ async def _sign(runtime: CnsRuntime, note: CnsMessage, caller: Caller) -> Signed
             "it (no signing key or no 'fee-note' profile)"
         )
     try:
-        signed = await sign(note.data)
+        # Journaled and counted by the signing operation, as every signature is.
+        signed = await sign(note.data, client=caller.name)
     except FormError as exc:
         if exc.reason != "pdf_missing":
             raise
         raise EmbeddedPdfMissing(exc.reason) from None
     if not signed.level:  # a recipe that does not sign the XML: not a deposit's
         raise RuntimeError("the fee-note recipe returned an unsigned XML document")
-    await runtime.journal.append_async(
-        "sign.fee-note",
-        "signed",
-        client=caller.name,
-        uuid=note.uuid,
-        digest=hashlib.sha256(signed.xml).hexdigest(),
-        key_id=signed.key_id,
-        level=signed.level,
-        detail={"pdf_level": signed.pdf_level, "profile": "fee-note"},
-    )
     return signed
 
 
@@ -270,3 +272,43 @@ async def exchange_pid(
         raise
     await record("answered", cns_status=answer.status)
     return answer
+
+
+def fee_note_seam(services: Services) -> FeeNoteSigner | None:
+    """The deposit's signer of unsigned fee notes: the ``fee-note`` recipe with the
+    default key (:func:`~sidecar.operations.signing.fee_note_signer`, which journals
+    and counts the signature); in offline mode (``[cns] defer_timestamp``) at B-B when
+    the TSA cannot be had. ``None`` with no default key or no ``fee-note`` profile."""
+    defer = services.settings.cns.defer_timestamp
+    recipe = fee_note_signer(services, fallback_level=Level.B_B if defer else None)
+    if recipe is None:
+        return None
+    sign = recipe
+
+    async def sign_fee_note(xml: bytes, *, client: str = "") -> SignedFeeNote:
+        form = await sign(xml, client=client)
+        xml_level = form.level.value if form.level is not Level.NONE else ""
+        pdf_level = form.pdf_level.value if form.pdf_level else None
+        return SignedFeeNote(form.data, xml_level, form.key_id, pdf_level)
+
+    return sign_fee_note
+
+
+def timestamp_upgrader(trust: TrustServices) -> Upgrader | None:
+    """Offline mode's upgrade of a B-B fee note held ``awaiting_timestamp`` to B-LT;
+    ``None`` with no TSA configured."""
+    if not trust.tsa.endpoints:
+        return None
+    timestamps = TrustTimestampSource(trust.tsa)
+    validation = TrustValidationDataSource(trust.revocation)
+
+    async def upgrade(xml: bytes) -> tuple[bytes, str]:
+        try:
+            upgraded = await augment_xml(
+                xml, Level.B_LT, timestamps=timestamps, validation_data=validation
+            )
+        except UpstreamFailure as exc:
+            raise TimestampUnavailable(f"{exc.service}: {exc.detail}") from exc
+        return upgraded, Level.B_LT.value
+
+    return upgrade

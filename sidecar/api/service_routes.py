@@ -11,7 +11,7 @@ from .. import __version__
 from ..clients import Scope
 from ..health import overall, run_checks
 from ..runtime import INSTANCE_KEY_HEADER
-from .keys import CLIENT, HEALTH_CHECKS, IMPLEMENTED, INSTANCE
+from .appkeys import CLIENT, IMPLEMENTED, INSTANCE, SERVICES
 from .openapi import build_openapi
 from .problems import bad_parameter
 
@@ -35,7 +35,7 @@ def _own_installation(request: web.Request) -> str | None:
 async def get_health(request: web.Request) -> web.Response:
     """Public: status and version. An admin token also sees each check; so does the
     daemon's own installation (its runtime file's key), which also sees the instance."""
-    checks = request.app[HEALTH_CHECKS]
+    checks = request.app[SERVICES].health_checks
     results = await run_checks(checks, per_check_seconds=5.0)
     body: dict[str, object] = {"status": overall(results), "version": __version__}
     client = request.get(CLIENT)

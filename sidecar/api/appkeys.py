@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from ..clients import Client, ClientStore
 from ..config import Settings
-from ..health import HealthCheck
+from ..operations import Services
 from ..paths import Paths
 from ..runtime import DaemonRuntime
 from ..sandbox.pki import SandboxPKI
@@ -15,24 +15,27 @@ from .contract import Operation
 __all__ = [
     "CLIENT",
     "CLIENT_STORE",
-    "HEALTH_CHECKS",
-    "HTTP_SESSION",
     "IMPLEMENTED",
     "INSTANCE",
     "OPERATION",
     "PATHS",
     "SANDBOX_PKI",
+    "SERVICES",
     "SETTINGS",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
 PATHS = web.AppKey("paths", Paths)
 CLIENT_STORE = web.AppKey("client_store", ClientStore)
-#: The daemon's one outgoing HTTP session (TSA, OCSP/CRL, CNS), closed on shutdown.
-HTTP_SESSION = web.AppKey("http_session", ClientSession)
-HEALTH_CHECKS = web.AppKey("health_checks", list[tuple[str, HealthCheck]])
-#: The sandbox PKI when running ``serve --sandbox`` (set before the subsystems start).
+#: Every service of the daemon (sidecar.operations.open_services), set at start.
+SERVICES = web.AppKey("services", Services)
+
+#: A sandbox already served, handed to the factory (the test suite's): the services
+#: trust it and use its TSA.
 SANDBOX_PKI = web.AppKey("sandbox_pki", SandboxPKI)
+# Transitional (#14): the CNS subsystem (``sidecar.cns.subsystem.cns_context``) still
+# reads these two (and SANDBOX_PKI); ``sidecar.api.app`` sets them from
+# :data:`SERVICES`; they go when the CNS is opened by ``open_services`` itself.
 #: Operation ids that have a handler; the others answer 501.
 IMPLEMENTED = web.AppKey("implemented", frozenset[str])
 #: This run of ``sidecar serve`` (its runtime file's content); absent in other hosts.
