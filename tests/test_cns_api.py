@@ -264,10 +264,13 @@ async def test_unsigned_fee_note_is_signed_once_and_delivered_at_b_lt(
     journal = api.client.app[SERVICES].journal
     signed = [e for e in journal.entries() if e.operation == "sign.fee-note"]
     assert len(signed) == 1
-    assert (signed[0].uuid, signed[0].key_id, signed[0].level) == (
+    # One entry for the deposit's signature, naming who deposited it (#14: every
+    # signature is one event, written by the signing operation).
+    assert (signed[0].uuid, signed[0].key_id, signed[0].level, signed[0].client) == (
         note_uuid,
         "sandbox-rsa",
         "B-LT",
+        "all",
     )
     assert journal.verify().ok
 

@@ -376,7 +376,12 @@ def fee_note_signer(
             return signed
 
         return await _run_form(
-            services, FormSigning(profile, xml), key, with_fallback, started, made
+            services,
+            FormSigning(profile, xml, client=client or None),
+            key,
+            with_fallback,
+            started,
+            made,
         )
 
     return sign
