@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import _FIELDS, _SOURCES, TABLES, AuditJournal, insert_entry
+from .migrations import Migration
 from .pgstore import PgStore, migrate
 
 __all__ = ["PgAuditJournal", "chain_lock", "insert_chained"]
@@ -41,7 +42,7 @@ CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON entries
 """
 )
 
-_MIGRATIONS = ((1, _SCHEMA_V1),)
+_MIGRATIONS = (Migration(1, "entries, head, append-only triggers, sources", _SCHEMA_V1),)
 
 
 def chain_lock(db: Any) -> None:

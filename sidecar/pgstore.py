@@ -27,9 +27,10 @@ from typing import Any
 import psycopg
 
 from .config import is_database_url
+from .migrations import Migration, run_migrations
 from .storage import StorageUnavailable, StoreHealth
 
-__all__ = ["PgConnection", "PgStore", "is_database_url", "migrate"]
+__all__ = ["PgConnection", "PgSchema", "PgStore", "is_database_url", "migrate"]
 
 log = logging.getLogger("sidecar.pgstore")
 
@@ -130,35 +131,53 @@ class PgStore:
                 self._conn = None
 
 
-def migrate(store: PgStore, component: str, migrations: Sequence[tuple[int, str]]) -> int:
-    """Bring *component*'s schema to the last of *migrations* (``(version, sql)``, in
-    order); returns the version. One transaction, under an advisory lock."""
-    with store.transaction():
-        db = store.db
-        db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version "
-            "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
-        row = db.execute(
-            "SELECT version FROM schema_version WHERE component = ?", (component,)
-        ).fetchone()
-        current = row[0] if row else 0
-        latest = migrations[-1][0] if migrations else 0
-        if current > latest:
-            raise StorageUnavailable(
-                store.health.store,
-                f"the PostgreSQL schema of {component} is version {current}, newer than "
-                f"this sidecar knows ({latest}): upgrade sidecar",
+class PgSchema:
+    """:class:`~sidecar.migrations.SchemaBackend` of one component's tables in a
+    PostgreSQL database: its version in ``schema_version`` (one row per component), each
+    step in one transaction under an advisory lock, so that daemons starting together
+    run it once."""
+
+    def __init__(self, store: PgStore, component: str) -> None:
+        self.store = store
+        self.component = component
+
+    def read_version(self) -> int:
+        with self.store.transaction():
+            db = self.store.db
+            found = db.execute("SELECT to_regclass('schema_version')").fetchone()
+            if found is None or found[0] is None:
+                return 0
+            row = db.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (self.component,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def apply(self, migration: Migration) -> bool:
+        with self.store.transaction():
+            db = self.store.db
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
-        for version, sql in migrations:
-            if version > current:
-                db.conn.execute(sql)  # DDL, no parameters
-                log.info("%s: PostgreSQL schema version %d", component, version)
-        if latest != current:
+            row = db.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (self.component,)
+            ).fetchone()
+            if row and row[0] >= migration.version:  # another daemon got here first
+                return False
+            if callable(migration.step):
+                migration.step(db)
+            else:
+                db.conn.execute(migration.step)  # DDL, no parameters
             db.execute(
                 "INSERT INTO schema_version (component, version) VALUES (?, ?) "
                 "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (component, latest),
+                (self.component, migration.version),
             )
-    return latest
+        return True
+
+
+def migrate(store: PgStore, component: str, migrations: Sequence[Migration]) -> int:
+    """Bring *component*'s schema to the last of *migrations* (the steps of
+    :mod:`sidecar.migrations`, as every store has them); returns the version."""
+    return run_migrations(PgSchema(store, component), migrations, store=component).to_version

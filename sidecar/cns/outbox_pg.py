@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ..audit import event_fields
 from ..audit_pg import PgAuditJournal, chain_lock, insert_chained
 from ..config import CnsSettings
+from ..migrations import Migration
 from ..pgstore import PgStore, migrate
 from .outbox import Message, Outbox, OutboxEvent, Status, UnknownMessage
 
@@ -100,7 +101,7 @@ INSERT INTO meta (key, value) VALUES ('store_id', md5(random()::text || clock_ti
 INSERT INTO meta (key, value) VALUES ('probe', '0');
 """
 
-_MIGRATIONS = ((1, _SCHEMA_V1),)
+_MIGRATIONS = (Migration(1, "messages with leases, journal events, store id", _SCHEMA_V1),)
 
 
 def lease_for(settings: CnsSettings) -> float:
