@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.api.signing_keys import _check
 from sidecar.keys import KeyConfig, KeyRegistry
+from sidecar.operations.services import key_check
 from tests.fixtures.daemon import DaemonProcess
 from tests.fixtures.softhsm import MAIN_PIN, MAIN_TOKEN, SO_PIN, SoftHsm
 from tests.fixtures.xades import FORM
@@ -182,7 +182,7 @@ async def test_a_first_use_key_is_opened_by_its_first_operation(softhsm: SoftHsm
         assert not described["later"].opened and not described["later"].unlocked
         assert described["later"].subject is None
         # Not used yet is not a fault: the keys health check stays ok.
-        assert _check(registry).status == "ok", _check(registry).detail
+        assert key_check(registry).status == "ok", key_check(registry).detail
         signer = await registry.acquire("later")
         assert signer.unlocked
         assert len(await signer.sign(b"document")) > 0
