@@ -44,7 +44,7 @@ the connection, so the client cannot know and sends the message again.
 Faults (:class:`Faults`, changeable while running, also over ``POST /_simulator/faults``):
 latency, a queue of status codes to answer next (503, 500...), connections dropped
 after the request was read (before or after booking, or at random), a slow drip.
-``GET /_simulator/stats`` gives the counts the tests assert on.
+``GET /_simulator/stats`` gives the counts the tests assert on, and the process's id.
 
 The simulator is an HTTP server in its own right (the CNS's stand-in, not a part of the
 daemon's API): it alone under ``sidecar/cns/`` uses ``aiohttp.web``, for its own server.
@@ -59,6 +59,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import os
 import random
 import uuid as uuid_module
 from collections import Counter
@@ -350,6 +351,8 @@ class CnsSimulator:
             "requests": dict(self.requests),
             "lookups": dict(self.lookups),
             "dropped": self.dropped,
+            # Which process books (the sandbox's runs in a child of the daemon's).
+            "pid": os.getpid(),
         }
 
     async def _health(self, request: web.Request) -> web.Response:
