@@ -227,8 +227,8 @@ def _outbox_stats(outbox: Outbox) -> Callable[[], Awaitable[OutboxStats]]:
     """The outbox's state for ``/metrics``, read when scraped."""
 
     async def stats() -> OutboxStats:
-        counts = await outbox.run(outbox.counts)
-        _, oldest = await outbox.run(outbox.depth)
+        counts = await outbox.read(outbox.counts)
+        _, oldest = await outbox.read(outbox.depth)
         age = max(0.0, time.time() - oldest) if oldest is not None else None
         return OutboxStats(counts, age)
 
@@ -256,8 +256,8 @@ def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:
 
 def _outbox_check(outbox: Outbox) -> Callable[[], Awaitable[CheckResult]]:
     async def check() -> CheckResult:
-        depth, oldest = await outbox.run(outbox.depth)
-        counts = await outbox.run(outbox.counts)
+        depth, oldest = await outbox.read(outbox.depth)
+        counts = await outbox.read(outbox.counts)
         age = round(time.time() - oldest, 1) if oldest is not None else 0.0
         failed = counts.get("failed", 0)
         unknown = counts.get("unknown", 0)
