@@ -23,8 +23,7 @@ import pytest
 
 from tests.fixtures.cns import unsigned_fee_note
 from tests.fixtures.daemon import DaemonProcess
-from tests.fixtures.sandbox import free_port
-from tests.test_cns_crash import post_note, statuses
+from tests.test_cns_crash import post_note, sandbox_daemon, statuses
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc for the parent")
 
@@ -46,11 +45,8 @@ def alive(pid: int) -> bool:
 def test_deposit_is_verified_outside_the_daemon_and_the_simulator_ends_with_it(
     tmp_path: Path, daemon_factory: Callable[..., DaemonProcess], fee_note_pdf: bytes
 ) -> None:
-    cns_port = free_port()
-    config = tmp_path / "sidecar.toml"
-    config.write_text(f"[sandbox]\nport = {free_port()}\ncns_port = {cns_port}\n")
-    home = tmp_path / "home"
-    daemon = daemon_factory(home, "--sandbox", "--config", str(config))
+    daemon, cns_port = sandbox_daemon(tmp_path, daemon_factory)
+    home = daemon.home
     note_uuid = str(uuid.uuid4())
     assert post_note(daemon, unsigned_fee_note(note_uuid, fee_note_pdf)) == 202
     deadline = time.monotonic() + 60

@@ -171,7 +171,13 @@ def _child_main() -> None:
         return
     port = sock.getsockname()[1]
     _say(stdout, {"url": f"http://{config.host}:{port}"})
-    asyncio.run(_serve(config, sock, stdin))
+    try:
+        asyncio.run(_serve(config, sock, stdin))
+    except Exception:
+        # After the port was announced (the daemon runs on): its log says why, and its
+        # ``cns`` health check says the simulator cannot be reached.
+        log.exception("the sandbox's CNS simulator stopped")
+        sys.exit(1)
 
 
 def _say(stdout: IO[str], what: dict[str, str]) -> None:
