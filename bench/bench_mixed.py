@@ -14,9 +14,9 @@ worker_idle_exit`` from ``--idle-exit``), then:
    upper bound of the bucket they fall in: the histogram's resolution);
 5. PSS once the load ended, and again after the workers' idle exit (``--idle-exit``
    plus a few seconds; also measured before the load), with the goals of #19 beside
-   each figure. PSS is the daemon's process tree without the sandbox's CNS simulator
-   (a child process of the daemon in sandbox mode, which production does not run),
-   whose PSS is printed apart.
+   each figure. PSS is the daemon's process tree without the sandbox's stand-ins (the
+   CNS simulator and the PKI's responders: child processes of the daemon in sandbox
+   mode, which production does not run), whose PSS is printed apart.
 
 Bounded in time; traffic goes only to the loopback daemon it started. Linux (/proc).
 
@@ -100,11 +100,12 @@ def lag_percentile(before: dict[float, float], after: dict[float, float], share:
 
 #: The sandbox's stand-ins run beside the daemon as its children: not what a practice
 #: runs in production (there the CNS is the CNS's), so their memory is reported apart.
-SANDBOX_HELPERS = ("sidecar.cns.simulator_process",)
+SANDBOX_HELPERS = ("sidecar.cns.simulator_process", "sidecar.sandbox.services_process")
 
 
 def sandbox_helpers(pid: int) -> list[int]:
-    """The processes of *pid*'s tree that are the sandbox's stand-ins (the CNS simulator)."""
+    """The processes of *pid*'s tree that are the sandbox's stand-ins (the CNS simulator,
+    the PKI's responders)."""
     found = []
     for member in process_tree(pid):
         try:
@@ -129,7 +130,7 @@ def pss_mb(pid: int) -> float:
 def breakdown(pid: int) -> str:
     """Every process's PSS (``stats.process_tree_breakdown``), the stand-ins named."""
     helpers = ", ".join(f"{process_memory(m)[1] / MB:.1f}" for m in sandbox_helpers(pid))
-    return f"{process_tree_breakdown(pid)}; of which the sandbox's CNS simulator: {helpers}"
+    return f"{process_tree_breakdown(pid)}; of which the sandbox's stand-ins: {helpers}"
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -180,7 +181,7 @@ async def main(arguments: argparse.Namespace) -> None:
                         at, pss = memory[-1]
                         print(
                             f"  t={at:5.0f} s  PSS {pss:6.1f} MB "
-                            f"(+ sandbox CNS simulator {helpers[-1]:.1f} MB)",
+                            f"(+ sandbox stand-ins {helpers[-1]:.1f} MB)",
                             flush=True,
                         )
                         await asyncio.sleep(min(arguments.sample, deadline - time.monotonic()))
@@ -218,16 +219,16 @@ async def main(arguments: argparse.Namespace) -> None:
     )
     print(f"event-loop lag p99 <= 2 ms                    <= {lag_p99:g} ms")
     print(
-        "\nPSS: the daemon's process tree (the daemon, the forkserver, the workers; the "
-        "sandbox PKI's responders are a thread of the daemon), without the sandbox's CNS "
-        "simulator, a child process that production does not run"
+        "\nPSS: the daemon's process tree (the daemon, the forkserver, the workers), without "
+        "the sandbox's stand-ins (its CNS simulator and PKI responders: child processes "
+        "that production does not run)"
     )
     print(f"PSS idle after start <= 100 MB                {idle_start:.1f} MB")
     print(f"  ...once no worker runs                      {idle_start_exited:.1f} MB")
     print(f"PSS under the mixed load <= 160 MB            {under_load:.1f} MB (max of samples)")
     print(f"PSS right after the load                      {after_load:.1f} MB")
     print(
-        f"  the sandbox's CNS simulator, apart          "
+        f"  the sandbox's stand-ins, apart              "
         f"{max(helpers) if helpers else math.nan:.1f} MB (max of samples)"
     )
     print(

@@ -9,11 +9,10 @@ GIL: under a mixed load that was half of all the CPU the daemon's process spent 
 own servers; the sandbox now does too, in a child process:
 
 - :func:`serve_simulator_process` starts ``python -m sidecar.cns.simulator_process``
-  with its configuration on stdin (one JSON line), and returns once the child has bound
-  its port (a port taken is one clear line, as before). The URL is unchanged.
-- The child ends when its stdin closes: the daemon closes it to stop it, and the
-  operating system closes it when the daemon dies, however it dies (SIGKILL, a crash),
-  so no simulator outlives its daemon. It ignores Ctrl-C: the daemon decides.
+  (:mod:`sidecar.child_process`: its configuration on stdin, one JSON line back) and
+  returns once the child has bound its port (a port taken is one clear line, as
+  before). The URL is unchanged.
+- The child ends with the daemon, however the daemon ends (:mod:`sidecar.child_process`).
 - It holds no key and no state the daemon needs; its bookings live as long as it does,
   as they did in the daemon (``GET /_simulator/stats``, whose ``pid`` is the child's).
 
@@ -24,39 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
-import subprocess
+import socket
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..child_process import child_config, run_child, say, until_parent_ends
 
 if TYPE_CHECKING:
     from lxml import etree
 
     from .documents import MessageRule
 
-__all__ = ["SimulatorChild", "SimulatorConfig", "SimulatorStartError", "serve_simulator_process"]
+__all__ = ["SimulatorChild", "SimulatorConfig", "serve_simulator_process"]
 
 log = logging.getLogger("sidecar.cns.simulator")
-
-#: How long the child may take to bind its port (a fresh interpreter on a loaded machine).
-START_TIMEOUT = 60.0
-#: How long a stopping child may take to close its server before it is killed.
-STOP_TIMEOUT = 5.0
-
-
-class SimulatorStartError(OSError):
-    """The child could not bind its port (``reason`` in words) or did not start."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -88,74 +73,19 @@ class SimulatorChild:
 async def serve_simulator_process(config: SimulatorConfig) -> AsyncIterator[SimulatorChild]:
     """Run the simulator in a child process until the block exits; yields its URL.
 
-    Raises :class:`SimulatorStartError` if the port cannot be bound (``reason``: "the
-    port is taken"...) or the child does not start within :data:`START_TIMEOUT`.
+    Raises :class:`~sidecar.child_process.ChildStartError` if the port cannot be bound
+    (``reason``: "the port is taken"...) or the child does not start.
     """
-    process = await asyncio.to_thread(_start, config)
-    try:
-        url = await asyncio.wait_for(asyncio.to_thread(_ready, process), START_TIMEOUT)
-    except BaseException:
-        await asyncio.to_thread(_stop, process)
-        raise
-    try:
-        yield SimulatorChild(url, process.pid)
-    finally:
-        await asyncio.to_thread(_stop, process)
-
-
-def _start(config: SimulatorConfig) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cns.simulator_process"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        # Its warnings go where the daemon's go.
-        stderr=None,
-        close_fds=True,
-    )
-    assert process.stdin is not None  # PIPE above
-    process.stdin.write(json.dumps(asdict(config)).encode() + b"\n")
-    process.stdin.flush()
-    return process
-
-
-def _ready(process: subprocess.Popen[bytes]) -> str:
-    """Blocking: the child's first line, ``{"url": ...}`` or ``{"error": ...}``."""
-    assert process.stdout is not None  # PIPE above
-    line = process.stdout.readline()
-    try:
-        said: dict[str, Any] = json.loads(line) if line else {}
-    except ValueError:
-        said = {}
-    if "url" in said:
-        return str(said["url"])
-    raise SimulatorStartError(
-        str(said.get("error") or f"the simulator's process ended ({process.wait()})")
-    )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Blocking: close its stdin (it stops), wait a little, else kill it."""
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-    try:
-        process.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        log.warning("the CNS simulator's process did not stop: killed")
-        process.kill()
-        process.wait()
+    async with run_child("sidecar.cns.simulator_process", asdict(config)) as (said, pid):
+        yield SimulatorChild(str(said["url"]), pid)
 
 
 # -- the child -------------------------------------------------------------------------
 
 
 def _child_main() -> None:
-    """The child: bind, say so, serve until stdin closes."""
-    # Ctrl-C in a terminal reaches the whole process group: the daemon stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stdin, stdout = sys.stdin.buffer, sys.stdout
-    config = SimulatorConfig(**json.loads(stdin.readline()))
+    """The child: bind, say so, serve until the daemon ends."""
+    config = SimulatorConfig(**child_config())
     logging.basicConfig(
         level=config.log_level, format="%(name)s: %(levelname)s: %(message)s", stream=sys.stderr
     )
@@ -167,12 +97,12 @@ def _child_main() -> None:
         sock = bind(config.host, config.port)
         sock.listen(128)
     except OSError as exc:
-        _say(stdout, {"error": bind_error(exc)})
+        say({"error": bind_error(exc)})
         return
     port = sock.getsockname()[1]
-    _say(stdout, {"url": f"http://{config.host}:{port}"})
+    say({"url": f"http://{config.host}:{port}"})
     try:
-        asyncio.run(_serve(config, sock, stdin))
+        asyncio.run(_serve(config, sock))
     except Exception:
         # After the port was announced (the daemon runs on): its log says why, and its
         # ``cns`` health check says the simulator cannot be reached.
@@ -180,12 +110,7 @@ def _child_main() -> None:
         sys.exit(1)
 
 
-def _say(stdout: IO[str], what: dict[str, str]) -> None:
-    stdout.write(json.dumps(what) + "\n")
-    stdout.flush()
-
-
-async def _serve(config: SimulatorConfig, sock: Any, stdin: IO[bytes]) -> None:
+async def _serve(config: SimulatorConfig, sock: socket.socket) -> None:
     from aiohttp import web
 
     from ..signing.profiles import load_profile
@@ -198,24 +123,13 @@ async def _serve(config: SimulatorConfig, sock: Any, stdin: IO[bytes]) -> None:
         verifier=xades_verifier(Path(config.roots)),
         uuid_reader=_uuid_reader(rule),
     )
-    loop = asyncio.get_running_loop()
-    closed = asyncio.Event()
-
-    def watch() -> None:
-        # EOF: the daemon closed the pipe, or ended. Nothing is written to stdin.
-        with contextlib.suppress(OSError):
-            while stdin.read(1 << 12):
-                pass
-        with contextlib.suppress(RuntimeError):  # the loop ended already
-            loop.call_soon_threadsafe(closed.set)
-
-    threading.Thread(target=watch, name="daemon-watch", daemon=True).start()
+    ended = until_parent_ends()
     runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.SockSite(runner, sock).start()
         log.debug("CNS simulator (pid %d) serving", os.getpid())
-        await closed.wait()
+        await ended.wait()
     finally:
         await runner.cleanup()
 

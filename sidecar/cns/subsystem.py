@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from ..audit import AuditJournal, open_journal
+from ..child_process import ChildStartError
 from ..config import CnsSettings, ConfigError, Settings
 from ..health import CheckResult, HealthCheck, Status
 from ..metrics import Metrics, OutboxStats
@@ -50,7 +51,7 @@ from .commands import audit_path, outbox_path
 from .documents import MessageRule
 from .journal_feed import JournalFeed
 from .outbox import Outbox, open_outbox
-from .simulator_process import SimulatorConfig, SimulatorStartError, serve_simulator_process
+from .simulator_process import SimulatorConfig, serve_simulator_process
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
 
@@ -178,7 +179,7 @@ async def open_cns(
             )
             try:
                 child = await serving.__aenter__()
-            except SimulatorStartError as exc:
+            except ChildStartError as exc:
                 raise SandboxError(
                     f"cannot serve the sandbox CNS simulator on {sandbox_pki.host}:"
                     f"{simulator_port}: {exc.reason}: stop what holds it, or set "
