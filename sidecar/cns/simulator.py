@@ -61,6 +61,7 @@ import itertools
 import logging
 import os
 import random
+import socket
 import uuid as uuid_module
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -590,13 +591,18 @@ async def _dropped(request: web.Request, handler: Any) -> web.StreamResponse:
 
 @contextlib.asynccontextmanager
 async def serve_simulator(
-    simulator: CnsSimulator, host: str = "127.0.0.1", port: int = 0
+    simulator: CnsSimulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[str]:
-    """Serve *simulator* on host:port (0: any free port); yields its base URL."""
+    """Serve *simulator* on host:port (0: any free port), or on *sock* already bound;
+    yields its base URL."""
     app = simulator.app()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     try:

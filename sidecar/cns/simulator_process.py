@@ -111,11 +111,9 @@ def _child_main() -> None:
 
 
 async def _serve(config: SimulatorConfig, sock: socket.socket) -> None:
-    from aiohttp import web
-
     from ..signing.profiles import load_profile
     from .documents import MessageRule
-    from .simulator import CnsSimulator, xades_verifier
+    from .simulator import CnsSimulator, serve_simulator, xades_verifier
 
     rule = MessageRule.of(config.uuid_xpath, [load_profile(Path(p)) for p in config.profiles])
     simulator = CnsSimulator(
@@ -124,14 +122,9 @@ async def _serve(config: SimulatorConfig, sock: socket.socket) -> None:
         uuid_reader=_uuid_reader(rule),
     )
     ended = until_parent_ends()
-    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
+    async with serve_simulator(simulator, sock=sock):
         log.debug("CNS simulator (pid %d) serving", os.getpid())
         await ended.wait()
-    finally:
-        await runner.cleanup()
 
 
 def _uuid_reader(rule: MessageRule) -> Callable[[etree._Element], str | None]:
