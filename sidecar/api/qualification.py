@@ -10,7 +10,6 @@ what the signature will pass as (also when all is well).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -35,53 +34,14 @@ log = logging.getLogger("sidecar.trust.lists")
 HEADER = "X-Signature-Qualification"
 
 
-#: How long a verdict is reused for the same lists, signer, anchors and TSA chains.
-#: Judging costs ~1 ms of the event loop, twice per signature (before and after);
-#: what it depends on but the clock changes only when the lists are refreshed or a
-#: chain changes (both part of the key), and a status or validity boundary crossed
-#: within this window shows in the next verdict.
-VERDICT_TTL = 5.0
-
-#: key → (expiry on the monotonic clock, verdict); a few keys (signers and TSAs).
-_verdicts: dict[tuple[object, ...], tuple[float, object, object, SigningVerdict]] = {}
-
-
 def signing_verdict(app: web.Application, signer: Signer) -> SigningVerdict | None:
     """The verdict for *signer* and the configured TSAs; None without trusted lists."""
     trust = app.get(TRUST)
     if trust is None or trust.lists is None:
         return None
-    tsa_chains = {e.url: trust.tsa.last_chains.get(e.url) for e in trust.tsa.endpoints}
-    current, policy = trust.lists.current, trust.lists.settings.at_signing
-    # The lists' and anchors' identity (checked again below: a new object may reuse
-    # an id) and the certificates' DER (a new token brings equal certificates in new
-    # objects).
-    key = (
-        id(current),
-        id(trust.anchors),
-        policy,
-        signer.certificate.dump(),
-        tuple(cert.dump() for cert in signer.chain),
-        tuple(
-            (url, tuple(cert.dump() for cert in chain) if chain else None)
-            for url, chain in tsa_chains.items()
-        ),
-    )
-    now = time.monotonic()
-    cached = _verdicts.get(key)
-    if (
-        cached is not None
-        and cached[0] > now
-        and cached[1] is current
-        and cached[2] is trust.anchors
-    ):
-        return cached[3]
     chain = chain_of(signer.certificate, [*signer.chain, *trust.anchors.certificates])
-    verdict = judge_signing(current, chain, tsa_chains, policy)
-    if len(_verdicts) >= 64:  # stale keys (refreshed lists, other chains)
-        _verdicts.clear()
-    _verdicts[key] = (now + VERDICT_TTL, current, trust.anchors, verdict)
-    return verdict
+    tsa_chains = {e.url: trust.tsa.last_chains.get(e.url) for e in trust.tsa.endpoints}
+    return judge_signing(trust.lists.current, chain, tsa_chains, trust.lists.settings.at_signing)
 
 
 def _refuse(verdict: SigningVerdict) -> Problem:
