@@ -188,6 +188,16 @@ def test_sigterm_requeues_or_finishes_deliveries_under_way(
     assert len(simulator.bookings) == 6
 
 
+def sandbox_daemon(
+    tmp_path: Path, daemon_factory: Callable[..., DaemonProcess]
+) -> tuple[DaemonProcess, int]:
+    """``sidecar serve --sandbox`` in ``tmp_path/home`` on free ports; and its simulator's."""
+    cns_port = free_port()
+    config = tmp_path / "sidecar.toml"
+    config.write_text(f"[sandbox]\nport = {free_port()}\ncns_port = {cns_port}\n")
+    return daemon_factory(tmp_path / "home", "--sandbox", "--config", str(config)), cns_port
+
+
 def test_serve_sandbox_runs_its_own_simulator(
     tmp_path: Path,
     daemon_factory: Callable[..., DaemonProcess],
@@ -197,11 +207,8 @@ def test_serve_sandbox_runs_its_own_simulator(
     """``serve --sandbox``: the daemon signs an unsigned fee note with its sandbox key,
     and its simulator checks it as the CNS would (fee-note XSD, our XAdES verifier with
     the sandbox's roots, B-LT), refusing a stand-in signed with plain XMLDSig."""
-    cns_port = free_port()
-    config = tmp_path / "sidecar.toml"
-    config.write_text(f"[sandbox]\nport = {free_port()}\ncns_port = {cns_port}\n")
-    home = tmp_path / "home"
-    daemon = daemon_factory(home, "--sandbox", "--config", str(config))
+    daemon, cns_port = sandbox_daemon(tmp_path, daemon_factory)
+    home = daemon.home
     note_uuid = str(uuid.uuid4())
     assert post_note(daemon, unsigned_fee_note(note_uuid, fee_note_pdf)) == 202
     stand_in_uuid, stand_in = fee_notes.make()

@@ -60,6 +60,8 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -333,13 +335,17 @@ class Outbox:
         )
         migrate(self._store.db, _MIGRATIONS, store="outbox", backup=True)
         self._opened(self._store.health, clock)
+        if self._store.mode == "shared":
+            self._open_reader(path)
 
     def _opened(self, health: StoreHealth, clock: Callable[[], float]) -> None:
         """The state every store has, once its schema is there."""
         self._clock = clock
         #: The last write failure (full or read-only disk, lost server), for ``/v1/health``.
         self.health = health
-        self._lock = self._store.lock
+        self._write_lock = self._store.lock
+        #: Set on the reading thread only (:meth:`_become_reader`): which connection it uses.
+        self._on_reader = threading.local()
         (self.store_id,) = self._db.execute(
             "SELECT value FROM meta WHERE key = 'store_id'"
         ).fetchone()
@@ -351,6 +357,51 @@ class Outbox:
         #: Called (on the loop) after a :meth:`run` that wrote journal events.
         self.on_events: Callable[[], None] | None = None
         self._events_written = 0
+        #: The reading connection and its thread (:meth:`read`); none: reads use :meth:`run`.
+        self._reader: sqlite3.Connection | None = None
+        self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _open_reader(self, path: Path) -> None:
+        """A second connection, read-only, on a thread of its own, for :meth:`read`.
+
+        Under WAL a reader neither waits for the writer nor blocks it: a status read
+        then never queues behind the deposits' and deliveries' commits on the outbox's
+        thread (each an fsync, ``synchronous=FULL``), which under load made a read wait
+        for many of them. It sees every transaction committed before it starts."""
+        reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error:
+            reader.close()
+            raise
+        self._reader = reader
+        self._read_executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="outbox-read", initializer=self._become_reader
+        )
+
+    def _become_reader(self) -> None:
+        """The read thread's start: its uses of :attr:`_db` and :attr:`_lock` are the reader's."""
+        self._on_reader.db = self._reader
+        self._on_reader.lock = threading.Lock()
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a read-only method (:meth:`get`, :meth:`list`, :meth:`depth`,
+        :meth:`counts`) on the reading connection's thread, beside the writes. Without
+        one (PostgreSQL; SQLite opened exclusive or read-only), or if it fails: :meth:`run`."""
+        if self._read_executor is None:
+            return await self.run(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._read_executor, lambda: fn(*args, **kwargs))
+        except sqlite3.Error as exc:
+            log.warning("outbox: the reading connection failed (%s): read on the writer's", exc)
+            return await self.run(fn, *args, **kwargs)
+
+    @property
+    def _lock(self) -> threading.Lock:
+        """The lock of the connection :attr:`_db` gives this thread."""
+        lock: threading.Lock | None = getattr(self._on_reader, "lock", None)
+        return lock if lock is not None else self._write_lock
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking method on the outbox's thread; then say it wrote journal events."""
@@ -364,10 +415,15 @@ class Outbox:
 
     @property
     def _db(self) -> Db:
-        return self._store.db
+        reader: Db | None = getattr(self._on_reader, "db", None)
+        return reader if reader is not None else self._store.db
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._read_executor is not None:
+            self._read_executor.shutdown(wait=True)
+        if self._reader is not None:
+            self._reader.close()
         self._store.close()
 
     def _transaction(self) -> AbstractContextManager[None]:

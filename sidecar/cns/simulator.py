@@ -44,7 +44,7 @@ the connection, so the client cannot know and sends the message again.
 Faults (:class:`Faults`, changeable while running, also over ``POST /_simulator/faults``):
 latency, a queue of status codes to answer next (503, 500...), connections dropped
 after the request was read (before or after booking, or at random), a slow drip.
-``GET /_simulator/stats`` gives the counts the tests assert on.
+``GET /_simulator/stats`` gives the counts the tests assert on, and the process's id.
 
 The simulator is an HTTP server in its own right (the CNS's stand-in, not a part of the
 daemon's API): it alone under ``sidecar/cns/`` uses ``aiohttp.web``, for its own server.
@@ -59,7 +59,9 @@ import contextlib
 import inspect
 import itertools
 import logging
+import os
 import random
+import socket
 import uuid as uuid_module
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -350,6 +352,8 @@ class CnsSimulator:
             "requests": dict(self.requests),
             "lookups": dict(self.lookups),
             "dropped": self.dropped,
+            # Which process books (the sandbox's runs in a child of the daemon's).
+            "pid": os.getpid(),
         }
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -587,13 +591,18 @@ async def _dropped(request: web.Request, handler: Any) -> web.StreamResponse:
 
 @contextlib.asynccontextmanager
 async def serve_simulator(
-    simulator: CnsSimulator, host: str = "127.0.0.1", port: int = 0
+    simulator: CnsSimulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[str]:
-    """Serve *simulator* on host:port (0: any free port); yields its base URL."""
+    """Serve *simulator* on host:port (0: any free port), or on *sock* already bound;
+    yields its base URL."""
     app = simulator.app()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     try:

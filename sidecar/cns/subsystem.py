@@ -3,8 +3,9 @@
 :func:`open_cns` (entered after keys, trust and signing) opens the audit journal
 (unless it is handed one), the outbox, builds the transport for the configured
 environment, starts the delivery worker and registers the health checks. In sandbox
-mode with no sandbox URL configured, it serves the CNS simulator on loopback from the
-same process and points the transport at it. It knows no web application: every
+mode with no sandbox URL configured, it serves the CNS simulator on loopback from a
+child process (:mod:`sidecar.cns.simulator_process`: its checks never hold the daemon's
+event loop) and points the transport at it. It knows no web application: every
 service it uses is an argument (the composition root,
 :func:`sidecar.operations.services.open_services`, hands them over).
 
@@ -37,23 +38,22 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
-from lxml import etree
 
 from ..audit import AuditJournal
+from ..child_process import ChildStartError
 from ..config import CnsSettings, ConfigError, Settings
 from ..health import CheckResult, HealthCheck, Status
 from ..metrics import Metrics, OutboxStats
 from ..paths import Paths
-from ..ports import bind_error
 from ..sandbox.pki import SandboxError, SandboxPKI
 from ..signing.profiles import Profile
 from ..storage import StorageUnavailable, disk_space
 from ..stores import open_journal, open_outbox
 from .commands import audit_path, outbox_path
-from .documents import DocumentError, MessageRule
+from .documents import MessageRule
 from .journal_feed import JournalFeed
 from .outbox import Outbox
-from .simulator import CnsSimulator, serve_simulator, xades_verifier
+from .simulator_process import SimulatorConfig, serve_simulator_process
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
 
@@ -104,7 +104,6 @@ class CnsRuntime:
     metrics: Metrics | None = None
     sign_fee_note: FeeNoteSigner | None = None
     upgrade_fee_note: Upgrader | None = None
-    simulator: CnsSimulator | None = None
     simulator_url: str | None = None
     #: Why there is no transport, for the answers and the health check.
     unavailable: str = ""
@@ -173,22 +172,29 @@ async def open_cns(
         sandbox_url = None
         if sandbox_pki is not None and cns.environment == "sandbox" and not cns.base_urls.sandbox:
             fee_note = next((p for p in profiles if p.name == "fee-note"), None)
-            runtime.simulator = CnsSimulator(
-                xsd=cns.simulator_xsd or (fee_note.xsd if fee_note is not None else None),
-                verifier=xades_verifier(sandbox_pki.roots_pem),
-                uuid_reader=_uuid_reader(runtime.rule),
+            xsd = cns.simulator_xsd or (fee_note.xsd if fee_note is not None else None)
+            serving = serve_simulator_process(
+                SimulatorConfig(
+                    host=sandbox_pki.host,
+                    port=simulator_port,
+                    roots=str(sandbox_pki.roots_pem),
+                    xsd=str(xsd) if xsd is not None else None,
+                    uuid_xpath=runtime.rule.uuid_xpath,
+                    profiles=tuple(str(p.file) for p in runtime.rule.profiles),
+                    log_level=log.getEffectiveLevel(),
+                )
             )
-            serving = serve_simulator(runtime.simulator, sandbox_pki.host, simulator_port)
             try:
-                sandbox_url = runtime.simulator_url = await serving.__aenter__()
-            except OSError as exc:
+                child = await serving.__aenter__()
+            except ChildStartError as exc:
                 raise SandboxError(
                     f"cannot serve the sandbox CNS simulator on {sandbox_pki.host}:"
-                    f"{simulator_port}: {bind_error(exc)}: stop what holds it, or set "
+                    f"{simulator_port}: {exc.reason}: stop what holds it, or set "
                     "[sandbox] cns_port in sidecar.toml to a free port"
                 ) from None
             simulator_server = serving
-            log.info("CNS simulator at %s", sandbox_url)
+            sandbox_url = runtime.simulator_url = child.url
+            log.info("CNS simulator at %s (process %d)", sandbox_url, child.pid)
         try:
             base_url = resolve_base_url(cns, sandbox_url)
         except CnsConfigError as exc:
@@ -229,25 +235,12 @@ def _outbox_stats(outbox: Outbox) -> Callable[[], Awaitable[OutboxStats]]:
     """The outbox's state for ``/metrics``, read when scraped."""
 
     async def stats() -> OutboxStats:
-        counts = await outbox.run(outbox.counts)
-        _, oldest = await outbox.run(outbox.depth)
+        counts = await outbox.read(outbox.counts)
+        _, oldest = await outbox.read(outbox.depth)
         age = max(0.0, time.time() - oldest) if oldest is not None else None
         return OutboxStats(counts, age)
 
     return stats
-
-
-def _uuid_reader(rule: MessageRule) -> Callable[[etree._Element], str | None]:
-    """The simulator finds a fee note's UUID where the daemon does (the CNS knows its
-    own schema as the operator's configuration describes it)."""
-
-    def read(root: etree._Element) -> str | None:
-        try:
-            return rule.uuid_of(root)
-        except DocumentError:
-            return None
-
-    return read
 
 
 def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:
@@ -271,8 +264,8 @@ def _reachability(runtime: CnsRuntime) -> Callable[[], Awaitable[CheckResult]]:
 
 def _outbox_check(outbox: Outbox) -> Callable[[], Awaitable[CheckResult]]:
     async def check() -> CheckResult:
-        depth, oldest = await outbox.run(outbox.depth)
-        counts = await outbox.run(outbox.counts)
+        depth, oldest = await outbox.read(outbox.depth)
+        counts = await outbox.read(outbox.counts)
         age = round(time.time() - oldest, 1) if oldest is not None else 0.0
         failed = counts.get("failed", 0)
         unknown = counts.get("unknown", 0)

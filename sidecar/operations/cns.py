@@ -217,7 +217,7 @@ async def cancel_fee_note(runtime: CnsRuntime, fee_note_uuid: str, caller: Calle
 
 async def message_status(runtime: CnsRuntime, message_id: str, caller: Caller) -> Message | None:
     """The message, if it exists and the caller may see it."""
-    return await runtime.outbox.run(runtime.outbox.get, message_id, owner=caller.owner)
+    return await runtime.outbox.read(runtime.outbox.get, message_id, owner=caller.owner)
 
 
 async def list_messages(
@@ -231,7 +231,7 @@ async def list_messages(
 ) -> list[Message]:
     """One page of the messages the caller may see, after the cursor *after*."""
     outbox = runtime.outbox
-    return await outbox.run(
+    return await outbox.read(
         outbox.list, status=status, since=since, after=after, limit=limit, owner=caller.owner
     )
 

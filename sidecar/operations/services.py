@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 __all__ = ["AUDIT_FILE", "DraftingWorkers", "Services", "open_services"]
 
 log = logging.getLogger("sidecar.services")
+# Each part logs under the name it always had: operators filter on them.
+_app_log = logging.getLogger("sidecar.app")
+_keys_log = logging.getLogger("sidecar.keys")
+_signing_log = logging.getLogger("sidecar.signing")
 
 #: The audit journal's file, under the data directory.
 AUDIT_FILE = "audit.sqlite3"
@@ -161,7 +165,7 @@ async def _served_sandbox(
         ),
     )
     async with serve_sandbox_pki(pki):
-        log.info("sandbox PKI served at %s; trust anchors in %s", pki.base_url, pki.roots_pem)
+        _app_log.info("sandbox PKI served at %s; trust anchors in %s", pki.base_url, pki.roots_pem)
 
         async def check() -> CheckResult:
             url = next(iter(pki.crl_urls.values()))
@@ -231,7 +235,7 @@ async def _open_keys(
         raise ConfigError(settings.source, "keys", exc.detail) from None
     for info in registry.describe():
         state = "unlocked" if info.unlocked else f"locked ({info.locked_reason})"
-        log.info("key %s (%s, %s): %s", info.id, info.backend, info.key_type, state)
+        _keys_log.info("key %s (%s, %s): %s", info.id, info.backend, info.key_type, state)
 
     async def check() -> CheckResult:
         return key_check(registry)
@@ -329,7 +333,9 @@ def _open_pdf(settings: Settings, trust: TrustServices) -> tuple[ProfileRegistry
         # B-LT/B-LTA embed the trust layer's checked data (no per-signature re-validation).
         validation_data=TrustValidationDataSource(trust.revocation),
     )
-    log.info("signing: %d profile(s): %s", len(profiles), ", ".join(p.name for p in profiles))
+    _signing_log.info(
+        "signing: %d profile(s): %s", len(profiles), ", ".join(p.name for p in profiles)
+    )
     return profiles, pades
 
 
@@ -364,14 +370,16 @@ async def _drafting_workers(
     grace = settings.server.shutdown_timeout
     grace = max(grace / 2, grace - 2.0)
     health_checks.append(("xml-workers", pool_check(pool, "xml-workers")))
-    log.info("XAdES: %d drafting worker process(es), at most %d per client", count, pool.per_client)
+    _signing_log.info(
+        "XAdES: %d drafting worker process(es), at most %d per client", count, pool.per_client
+    )
     try:
         yield DraftingWorkers(pool, starting), lambda: pool.stop_after(grace)
     finally:
         try:
             await starting
         except Exception as exc:  # drafts went to threads all along
-            log.warning("XAdES: the drafting workers did not start: %s", exc)
+            _signing_log.warning("XAdES: the drafting workers did not start: %s", exc)
         pool.close()
 
 

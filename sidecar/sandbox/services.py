@@ -1,9 +1,10 @@
 """Serve the sandbox PKI's TSA, OCSP, CRL and certificate endpoints over loopback HTTP.
 
-The services run in a thread of the caller's process, on an event loop of their own,
-through certomancer's aiohttp animator, so ``sidecar serve --sandbox`` stays one process
-and its own loop is not held by the responders' signing. Routes,
-relative to :attr:`SandboxPKI.base_url`::
+The services run in a child process (:mod:`sidecar.sandbox.services_process`; where
+a socket cannot be handed to one, i.e. Windows, in a thread of the caller's process on
+an event loop of its own), through certomancer's aiohttp animator, so that the
+responders' signing holds neither the daemon's loop nor its GIL. Routes, relative to
+:attr:`SandboxPKI.base_url`::
 
     POST /sandbox/tsa/tsa                         RFC 3161 (application/timestamp-query)
     POST /sandbox/ocsp/{root,intermediate}        RFC 6960, POST only
@@ -13,9 +14,9 @@ relative to :attr:`SandboxPKI.base_url`::
 
 Certomancer's handlers run synchronously (a TSA reply took ~11 ms of CPU, most of it
 asn1crypto encoding again the certificates it embeds; ~2.5 ms once they are served
-parsed from their DER, :func:`_certificates_from_der`), holding the GIL: hence the
-thread, and keeping that cost small. (A process of their own would hold no GIL of the
-daemon's, but costs ~40 MB of memory: more than the daemon's footprint goal allows.)
+parsed from their DER, :func:`_certificates_from_der`), holding the GIL of the process
+they run in: hence the child process (~40 MB of memory, a sandbox's only: production's
+responders are other machines'; ``bench/bench_mixed.py`` reports it apart).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import concurrent.futures
 import contextlib
 import errno
 import logging
+import os
 import socket
 import threading
 import urllib.request
@@ -37,6 +39,7 @@ from asn1crypto import x509 as asn1_x509
 from certomancer.integrations.aiohttp_animator import build_animator_app
 from certomancer.registry import ArchLabel, CertLabel, PKIArchitecture
 
+from sidecar.child_process import ChildStartError, run_child
 from sidecar.i18n import _
 from sidecar.ports import bind, bind_error
 from sidecar.sandbox.pki import ARCH_LABEL, SandboxError, SandboxPKI, load_certomancer_config
@@ -48,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 @asynccontextmanager
 async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
-    """Serve ``pki`` on ``pki.host:pki.port`` from a thread of its own until the block exits.
+    """Serve ``pki`` on ``pki.host:pki.port`` from a child process (POSIX; a thread of
+    this process elsewhere) until the block exits.
 
     Yields ``pki`` back once the socket listens. Raises :class:`SandboxError` if the
     PKI cannot be loaded or the port cannot be bound.
@@ -57,33 +61,65 @@ async def serve_sandbox_pki(pki: SandboxPKI) -> AsyncIterator[SandboxPKI]:
     # (_bind may ask the port's holder who it is: a second at most, only on a clash.)
     sock = await asyncio.to_thread(_bind, pki)
     try:
-        # Rebuilding the certificates signs with RSA: keep that off the event loop.
-        arch = await asyncio.to_thread(load_certomancer_config, pki)
-        _certificates_from_der(arch)
-        app = build_animator_app(
-            {ArchLabel(ARCH_LABEL): arch},
-            # No web UI: it offers every private key as a PKCS#12 download.
-            with_web_ui=False,
-            # Tests (and curious vendors) may ask for a response "as of" another time
-            # through certomancer's fake-time header; harmless on a sandbox.
-            allow_time_override=True,
-        )
-        # The sandbox's own trusted lists (sidecar.sandbox.lists), beside TSA/OCSP/CRL.
-        from sidecar.sandbox.lists import add_list_routes, ensure_sandbox_lists
+        # The lists are files (rewritten by tests): written here, served by either.
+        from sidecar.sandbox.lists import ensure_sandbox_lists
 
         await asyncio.to_thread(ensure_sandbox_lists, pki)
-        add_list_routes(app, pki)
+        if os.name == "posix":
+            async with _in_child(pki, sock):
+                logger.info("sandbox PKI services listening on %s (child process)", pki.base_url)
+                yield pki
+            return
+        # No socket to hand over to a child (Windows): a thread of this process.
+        # Rebuilding the certificates signs with RSA: keep that off the event loop.
+        app = await asyncio.to_thread(build_app, pki)
         server = _ServerThread(app, sock, pki)
         await asyncio.to_thread(server.start)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        logger.info("sandbox PKI services listening on %s", pki.base_url)
-        yield pki
+        try:
+            logger.info("sandbox PKI services listening on %s", pki.base_url)
+            yield pki
+        finally:
+            await asyncio.to_thread(server.stop)
     finally:
-        await asyncio.to_thread(server.stop)
         sock.close()
+
+
+@asynccontextmanager
+async def _in_child(pki: SandboxPKI, sock: socket.socket) -> AsyncIterator[None]:
+    """Serve from a child process (:mod:`sidecar.sandbox.services_process`) on *sock*."""
+    sock.listen(128)  # connections wait in the backlog until the child answers them
+    config = {
+        "directory": str(pki.directory),
+        "host": pki.host,
+        "fd": sock.fileno(),
+        "log_level": logger.getEffectiveLevel(),
+    }
+    try:
+        async with run_child("sidecar.sandbox.services_process", config, pass_fds=(sock.fileno(),)):
+            # The child's copy listens; ours would keep the port open if the child died.
+            sock.close()
+            yield
+    except ChildStartError as exc:
+        raise SandboxError(exc.reason) from None
+
+
+def build_app(pki: SandboxPKI) -> web.Application:
+    """Blocking: the responders' application (certomancer's, with the lists' routes)."""
+    arch = load_certomancer_config(pki)
+    _certificates_from_der(arch)
+    app = build_animator_app(
+        {ArchLabel(ARCH_LABEL): arch},
+        # No web UI: it offers every private key as a PKCS#12 download.
+        with_web_ui=False,
+        # Tests (and curious vendors) may ask for a response "as of" another time
+        # through certomancer's fake-time header; harmless on a sandbox.
+        allow_time_override=True,
+    )
+    # The sandbox's own trusted lists (sidecar.sandbox.lists), beside TSA/OCSP/CRL.
+    from sidecar.sandbox.lists import add_list_routes
+
+    add_list_routes(app, pki)
+    return app
 
 
 def _certificates_from_der(arch: PKIArchitecture) -> None:

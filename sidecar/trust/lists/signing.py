@@ -11,6 +11,7 @@ is judged (``n/a``): the doctor and the status page say why.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,6 +72,18 @@ class SigningVerdict:
         return f"{self.signer.qualification}; timestamp={stamp}"
 
 
+#: How long a verdict "now" is reused for the same lists, chains and policy. The signing
+#: routes judge twice per signature, on the event loop (~1 ms each: the qualification
+#: of the signer's chain and the TSAs'); what a verdict depends on but the clock changes
+#: only when the lists are refreshed (a new object) or a chain changes (the key), and a
+#: service's status or a certificate's validity that changes within this window shows
+#: in the next verdict.
+VERDICT_TTL = 5.0
+
+#: key → (expiry on the monotonic clock, the lists judged with, the verdict).
+_verdicts: dict[tuple[object, ...], tuple[float, TrustedLists | None, SigningVerdict]] = {}
+
+
 def judge_signing(
     lists: TrustedLists | None,
     signer_chain: Sequence[x509.Certificate],
@@ -78,8 +91,41 @@ def judge_signing(
     policy: Literal["warn", "refuse"] = "warn",
     now: datetime | None = None,
 ) -> SigningVerdict:
-    """The verdict for signing now with *signer_chain* (leaf first) and the TSAs."""
-    now = now or datetime.now(UTC)
+    """The verdict for signing now with *signer_chain* (leaf first) and the TSAs.
+
+    Without *now*, a verdict given for the same lists (the same object), the same
+    certificates (by DER: a new token brings equal ones in new objects) and policy in
+    the last :data:`VERDICT_TTL` seconds is given again."""
+    if now is not None:
+        return _judge(lists, signer_chain, tsa_chains, policy, now)
+    key = (
+        id(lists),
+        policy,
+        tuple(cert.dump() for cert in signer_chain),
+        tuple(
+            (url, tuple(cert.dump() for cert in chain) if chain else None)
+            for url, chain in tsa_chains.items()
+        ),
+    )
+    moment = time.monotonic()
+    cached = _verdicts.get(key)
+    # The lists compared as objects too: a new object may reuse a freed one's id.
+    if cached is not None and cached[0] > moment and cached[1] is lists:
+        return cached[2]
+    verdict = _judge(lists, signer_chain, tsa_chains, policy, datetime.now(UTC))
+    if len(_verdicts) >= 64:  # keys of lists since refreshed, of chains since changed
+        _verdicts.clear()
+    _verdicts[key] = (moment + VERDICT_TTL, lists, verdict)
+    return verdict
+
+
+def _judge(
+    lists: TrustedLists | None,
+    signer_chain: Sequence[x509.Certificate],
+    tsa_chains: Mapping[str, Sequence[x509.Certificate] | None],
+    policy: Literal["warn", "refuse"],
+    now: datetime,
+) -> SigningVerdict:
     signer = qualify_signer(lists, signer_chain, now)
     stamps = tuple(
         (url, qualify_timestamp(lists, chain, now) if chain else None)

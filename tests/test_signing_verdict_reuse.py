@@ -1,0 +1,39 @@
+"""The trusted-lists verdict at signing is reused while nothing it depends on changed.
+
+The signing routes judge twice per signature on the event loop; a verdict "now" is
+given again for the same lists object, the same certificates (by DER) and policy, for
+a few seconds, and judged anew when any of them changes (a refresh makes new lists).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from asn1crypto import pem, x509
+
+from sidecar.sandbox import SandboxPKI
+from sidecar.trust.lists.signing import judge_signing
+from sidecar.trust.lists.source import TrustedLists
+
+
+def certificates(path: Path) -> list[x509.Certificate]:
+    data = path.read_bytes()
+    return [x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)]
+
+
+def test_verdict_is_reused_until_its_inputs_change(sandbox_pki: SandboxPKI) -> None:
+    chain = certificates(sandbox_pki.signers["sandbox-rsa"].chain_pem)
+    tsa = certificates(sandbox_pki.tsa_cert_pem)
+    lists = TrustedLists()
+    first = judge_signing(lists, chain, {"http://tsa": tsa})
+    # Equal certificates in new objects (as each new token brings): the same verdict.
+    again = [x509.Certificate.load(c.dump()) for c in chain]
+    assert judge_signing(lists, again, {"http://tsa": list(tsa)}) is first
+    # Refreshed lists (a new object), another policy, another TSA chain: judged anew.
+    assert judge_signing(TrustedLists(), chain, {"http://tsa": tsa}) is not first
+    assert judge_signing(lists, chain, {"http://tsa": tsa}, "refuse") is not first
+    assert judge_signing(lists, chain, {"http://tsa": None}) is not first
+    # An explicit moment is always judged.
+    now = datetime.now(UTC)
+    assert judge_signing(lists, chain, {"http://tsa": tsa}, now=now) is not first
