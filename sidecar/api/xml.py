@@ -31,7 +31,7 @@ from ..signing.forms import check_profile
 from ..signing.profiles import Profile
 from ..signing.report import BASELINE_LEVELS, Level
 from ..signing.trust_binding import TrustTimestampSource, TrustValidationDataSource
-from ..signing.workers import WorkerPool, pool_check
+from ..signing.workers import WorkerPool, pool_check, shared_or_own
 from ..signing.xades import (
     SignaturePolicy,
     XadesOptions,
@@ -44,7 +44,7 @@ from ..signing.xml_safety import (
 from .authorisation import with_operation_pin
 from .guards import read_body
 from .keys import CLIENT, HEALTH_CHECKS, SETTINGS
-from .pdf import PROFILES
+from .pdf import PADES, PROFILES
 from .problems import Problem, bad_parameter
 from .qualification import after_signing, before_signing
 from .signing_keys import KEY_REGISTRY
@@ -91,7 +91,8 @@ async def xml_context(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     signing = app[SETTINGS].signing
-    workers = WorkerPool(
+    workers = shared_or_own(  # one pool with the PDF steps': fewer processes
+        app[PADES].inspector.workers if PADES in app else None,
         "XAdES",
         workers=count,
         deadline=signing.xml_draft_timeout,

@@ -73,6 +73,7 @@ __all__ = [
     "WorkerPool",
     "WorkersUnavailable",
     "pool_check",
+    "shared_or_own",
 ]
 
 log = logging.getLogger("sidecar.signing.workers")
@@ -846,6 +847,36 @@ class PoolKind(WorkerPool):
 
     def close(self) -> None:
         """Nothing: the shared pool's owner closes it."""
+
+
+def shared_or_own(
+    shared: WorkerPool | None,
+    name: str,
+    *,
+    workers: int,
+    deadline: float | None = None,
+    per_client: int | None = None,
+    queue_timeout: float | None = None,
+    idle_exit: float | None = None,
+) -> WorkerPool:
+    """``name``'s steps on ``shared``'s processes (:meth:`WorkerPool.kind`, the pool grown
+    to ``workers`` if smaller), or without one a pool of their own of ``workers``."""
+    if shared is not None:
+        return shared.kind(
+            name,
+            workers=workers,
+            deadline=deadline,
+            per_client=per_client,
+            queue_timeout=queue_timeout,
+        )
+    return WorkerPool(
+        name,
+        workers=workers,
+        deadline=deadline,
+        per_client=per_client,
+        queue_timeout=queue_timeout,
+        idle_exit=idle_exit,
+    )
 
 
 #: A step waiting this long for a worker means the workers are saturated.
