@@ -485,6 +485,8 @@ class SigningSettings:
     #: signs in the daemon): unset, one per CPU core beyond the first (at least
     #: two, so that one client's heavy document leaves one for the others; at most
     #: four); 0, none (drafted in a thread of the daemon's process: no deadline).
+    #: They are the PDF workers' processes (one pool of ``max(xml_workers,
+    #: pdf_workers)``, under ``pdf_worker_memory``): drafts and PDF steps share them.
     xml_workers: int | None = field(default=None, metadata={"check": _not_negative})
     #: Seconds a drafting worker may spend on one document; past it, the worker is
     #: killed and replaced, and the caller gets 422 xml_limits.
