@@ -67,3 +67,23 @@ def test_the_daemons_arenas_are_capped(tmp_path: Path) -> None:
     assert done == "True" and arenas <= memory.ARENAS, arenas
     done, arenas = _arenas(tmp_path, MALLOC_ARENA_MAX="8")
     assert done == "False" and arenas > memory.ARENAS, arenas  # the operator's wins
+
+
+def test_the_sandbox_simulator_keeps_fewer_signed_notes() -> None:
+    """``serve --sandbox``'s simulator keeps the last ``SANDBOX_KEPT_BOOKINGS`` booked
+    notes (nothing reads them; ~70 KiB each), a test's simulator the default's."""
+    from sidecar.cns.simulator import KEPT_BOOKINGS, SANDBOX_KEPT_BOOKINGS, CnsSimulator
+
+    assert SANDBOX_KEPT_BOOKINGS < KEPT_BOOKINGS
+    simulator = CnsSimulator(kept_bookings=SANDBOX_KEPT_BOOKINGS)
+    for index in range(SANDBOX_KEPT_BOOKINGS + 5):
+        simulator.bookings[f"note-{index}"] = b"x" * 1000
+    assert len(simulator.bookings) == SANDBOX_KEPT_BOOKINGS
+    assert (
+        f"note-{SANDBOX_KEPT_BOOKINGS + 4}" in simulator.bookings
+        and "note-0" not in simulator.bookings
+    )
+    assert (
+        len(CnsSimulator().bookings.__class__.__mro__)
+        and CnsSimulator().bookings.size == KEPT_BOOKINGS
+    )  # type: ignore[attr-defined]

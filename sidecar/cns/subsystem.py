@@ -51,7 +51,7 @@ from .commands import audit_path, outbox_path
 from .documents import DocumentError, MessageRule
 from .journal_feed import JournalFeed
 from .outbox import Outbox, open_outbox
-from .simulator import CnsSimulator, serve_simulator, xades_verifier
+from .simulator import SANDBOX_KEPT_BOOKINGS, CnsSimulator, serve_simulator, xades_verifier
 from .transport import CnsConfigError, CnsTransport, CnsTransportError, resolve_base_url
 from .worker import DeliveryWorker, Upgrader
 
@@ -170,6 +170,7 @@ async def open_cns(
                 xsd=cns.simulator_xsd or (fee_note.xsd if fee_note is not None else None),
                 verifier=xades_verifier(sandbox_pki.roots_pem),
                 uuid_reader=_uuid_reader(runtime.rule),
+                kept_bookings=SANDBOX_KEPT_BOOKINGS,
             )
             serving = serve_simulator(runtime.simulator, sandbox_pki.host, simulator_port)
             try:
