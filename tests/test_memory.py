@@ -72,7 +72,7 @@ def test_the_daemons_arenas_are_capped(tmp_path: Path) -> None:
 def test_the_sandbox_simulator_keeps_fewer_signed_notes() -> None:
     """``serve --sandbox``'s simulator keeps the last ``SANDBOX_KEPT_BOOKINGS`` booked
     notes (nothing reads them; ~70 KiB each), a test's simulator the default's."""
-    from sidecar.cns.simulator import KEPT_BOOKINGS, SANDBOX_KEPT_BOOKINGS, CnsSimulator
+    from sidecar.cns.simulator import KEPT_BOOKINGS, SANDBOX_KEPT_BOOKINGS, CnsSimulator, _Recent
 
     assert SANDBOX_KEPT_BOOKINGS < KEPT_BOOKINGS
     simulator = CnsSimulator(kept_bookings=SANDBOX_KEPT_BOOKINGS)
@@ -83,7 +83,5 @@ def test_the_sandbox_simulator_keeps_fewer_signed_notes() -> None:
         f"note-{SANDBOX_KEPT_BOOKINGS + 4}" in simulator.bookings
         and "note-0" not in simulator.bookings
     )
-    assert (
-        len(CnsSimulator().bookings.__class__.__mro__)
-        and CnsSimulator().bookings.size == KEPT_BOOKINGS
-    )  # type: ignore[attr-defined]
+    default = CnsSimulator().bookings
+    assert isinstance(default, _Recent) and default.size == KEPT_BOOKINGS
