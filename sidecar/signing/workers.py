@@ -675,8 +675,15 @@ class WorkerPool:
         :class:`WorkersUnavailable` when no worker took it within the queue timeout,
         or the pool is closed. A cancelled call kills its worker too.
         """
-        kind = _Kind(self.name, self.deadline, self.per_client, self.queue_timeout)
-        return await self._run(kind, fn, args, deadline, client)
+        return await self._processes()._run(self._steps(), fn, args, deadline, client)
+
+    def _processes(self) -> WorkerPool:
+        """The pool whose processes run this pool's steps: its own."""
+        return self
+
+    def _steps(self) -> _Kind:
+        """This pool's kind of step: its deadline, per-client share and queue timeout."""
+        return _Kind(self.name, self.deadline, self.per_client, self.queue_timeout)
 
     async def _run(
         self,
@@ -821,16 +828,11 @@ class PoolKind(WorkerPool):
     def on_demand(self) -> bool:
         return self.shared.on_demand
 
-    async def run(
-        self,
-        fn: Callable[..., T],
-        /,
-        *args: Any,
-        deadline: float | None = None,
-        client: str | None = None,
-    ) -> T:
-        """:meth:`WorkerPool.run` under this kind's deadline, share and queue timeout."""
-        return await self.shared._run(self._kind, fn, args, deadline, client)
+    def _processes(self) -> WorkerPool:
+        return self.shared
+
+    def _steps(self) -> _Kind:
+        return self._kind
 
     def pids(self) -> list[int]:
         return self.shared.pids()
