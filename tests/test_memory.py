@@ -85,3 +85,15 @@ def test_the_sandbox_simulator_keeps_fewer_signed_notes() -> None:
     )
     default = CnsSimulator().bookings
     assert isinstance(default, _Recent) and default.size == KEPT_BOOKINGS
+
+
+def test_one_worker_per_core_beyond_the_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the shared pool has a worker per core beyond the event loop's, one to
+    four (one on a 2-core practice PC); explicit settings stay as they are."""
+    from sidecar.config import SigningSettings, default_workers
+
+    for cores, workers in ((1, 1), (2, 1), (4, 3), (16, 4), (None, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert default_workers() == workers
+        assert SigningSettings().pdf_workers == workers
+    assert SigningSettings(pdf_workers=2, xml_workers=3).pdf_workers == 2

@@ -20,12 +20,11 @@ import asyncio
 import base64
 import binascii
 import logging
-import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..config import SigningSettings
+from ..config import SigningSettings, default_workers
 from ..keys import Signer
 from ..signing.forms import check_profile
 from ..signing.profiles import Profile
@@ -75,9 +74,7 @@ _XML_WORKERS_STARTING = web.AppKey("xml_workers_starting", asyncio.Future)
 def _worker_count(settings: SigningSettings) -> int:
     if settings.xml_workers is not None:
         return settings.xml_workers
-    # The event loop's process keeps one core busy (HTTP, TSA, revocation, the key).
-    # Two at least: with one, a client's heavy document would leave none for others.
-    return max(2, min(4, (os.cpu_count() or 2) - 1))
+    return default_workers()  # one per core beyond the loop's: 1 on 2 cores
 
 
 async def xml_context(app: web.Application) -> AsyncIterator[None]:
