@@ -20,7 +20,7 @@ worker_idle_exit`` from ``--idle-exit``), then:
 
 Bounded in time; traffic goes only to the loopback daemon it started. Linux (/proc).
 
-    .venv/bin/python bench/bench_mixed.py [--seconds 120] [--clients 20]
+    .venv/bin/python bench/bench_mixed.py [--seconds 120] [--clients 20] [--workers N]
 """
 
 from __future__ import annotations
@@ -136,8 +136,10 @@ def breakdown(pid: int) -> str:
 async def main(arguments: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="sidecar-mixed-") as directory:
         home = Path(directory)
+        workers = arguments.workers
+        pool = f"xml_workers = {workers}\npdf_workers = {workers}\n" if workers else ""
         (home / "sidecar.toml").write_text(
-            f"[signing]\nworker_idle_exit = {arguments.idle_exit}\n", encoding="utf-8"
+            f"[signing]\nworker_idle_exit = {arguments.idle_exit}\n{pool}", encoding="utf-8"
         )
         port = free_port()
         process = start_daemon(home, port)
@@ -246,4 +248,7 @@ if __name__ == "__main__":
     parser.add_argument("--settle", type=float, default=5)
     parser.add_argument("--idle-exit", type=float, default=10)
     parser.add_argument("--seed", type=int, default=19)
+    # The worker pool XAdES drafts and PDF steps share ([signing] xml_workers and
+    # pdf_workers); unset: the daemon's defaults (2 on 2 cores).
+    parser.add_argument("--workers", type=int, default=None)
     asyncio.run(main(parser.parse_args()))

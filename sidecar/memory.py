@@ -9,6 +9,12 @@ issue 15, ~5 MB per 10,000 requests that ``malloc_trim(0)`` hands back at once.
 :func:`trim_periodically` calls ``malloc_trim(0)`` every so often (in a thread: it
 walks the heap). Where the C library has no ``malloc_trim`` (musl, macOS, Windows)
 it does nothing.
+
+:func:`limit_arenas` caps glibc's malloc arenas (by default up to 8 per core, each
+thread that allocates gets one: the default executor's, the stores' and the worker
+pipes' threads). Each arena keeps its own freed, fragmented pages; measured under the
+mixed load of issue 19, two arenas left the daemon ~7 MB of PSS lighter at no cost
+in throughput (its threads mostly wait on I/O; the GIL serializes the rest).
 """
 
 from __future__ import annotations
@@ -17,15 +23,22 @@ import asyncio
 import ctypes
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["TRIM_INTERVAL", "give_back", "trim_periodically"]
+__all__ = ["ARENAS", "TRIM_INTERVAL", "give_back", "limit_arenas", "trim_periodically"]
 
 log = logging.getLogger("sidecar.memory")
 
 #: Seconds between two trims: rare enough to cost nothing, often enough to stay flat.
 TRIM_INTERVAL = 60.0
+
+#: malloc arenas the daemon's process may have unless ``MALLOC_ARENA_MAX`` says otherwise.
+ARENAS = 2
+
+#: ``mallopt``'s parameter number for the arena count (glibc's malloc.h).
+_M_ARENA_MAX = -8
 
 
 @functools.cache
@@ -37,6 +50,19 @@ def _malloc_trim() -> Callable[[int], int] | None:
     except (OSError, AttributeError):  # not glibc
         return None
     return trim
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Cap this process's malloc arenas at *arenas* (glibc), before its threads start;
+    whether it was done. An operator's ``MALLOC_ARENA_MAX`` (or a ``GLIBC_TUNABLES``
+    naming ``arena_max``), read by glibc at the process's start, wins: left alone."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "MALLOC_ARENA_MAX" in os.environ or "arena_max" in tunables:
+        return False
+    if _malloc_trim() is None:  # not glibc: no such setting
+        return False
+    mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def give_back() -> bool:

@@ -20,6 +20,7 @@ from .clients import ClientStore, ensure_default_client
 from .config import ConfigError, ServerSettings, Settings
 from .errors import Misconfigured
 from .i18n import _
+from .memory import limit_arenas
 from .paths import HomeNotWritable, Paths
 from .ports import bind, bind_error
 from .runtime import new_runtime, remove_runtime, write_runtime
@@ -228,6 +229,7 @@ async def serve(
 
 def run(settings: Settings, paths: Paths, *, sandbox: bool) -> int:
     """Serve until SIGTERM/SIGINT; the process's exit status."""
+    limit_arenas()  # before the first thread: each would get an arena of its own
     try:
         _ensure_home(paths)
         asyncio.run(_serve(settings, paths, sandbox))

@@ -185,9 +185,19 @@ def test_two_sandboxes_coexist(
         assert daemon.stop() == 0
 
 
-def test_suite_runs_with_fixed_ports_held() -> None:
+def test_suite_runs_with_fixed_ports_held(hold_fixed_ports: dict[int, socket.socket]) -> None:
     """The conftest holds 7420-7422 (or something else already does): no test can
-    take them, so none can depend on them."""
+    take them, so none can depend on them. The ports this run holds must refuse a bind;
+    one that something else held at the start (another test run on the machine) and has
+    let go since is held now, as the conftest would have."""
     for port in FIXED_PORTS:
-        with socket.socket() as sock, pytest.raises(OSError):
-            sock.bind(("127.0.0.1", port))
+        if port not in hold_fixed_ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()  # still held by its other owner
+                continue
+            hold_fixed_ports[port] = sock
+        with socket.socket() as probe, pytest.raises(OSError):
+            probe.bind(("127.0.0.1", port))

@@ -534,3 +534,65 @@ def test_the_forkserver_stops_when_no_pool_has_a_worker(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+async def test_two_kinds_of_step_share_the_pools_processes() -> None:
+    """A pool shared by two kinds of step (XAdES drafts, PDF steps): however many steps
+    of both kinds run at once, the tree holds at most the pool's count of workers, and
+    each kind's steps run on those same processes."""
+    pool = WorkerPool("PDF", workers=2, idle_exit=30)
+    drafts = pool.kind("XAdES", deadline=10, queue_timeout=30)
+    try:
+        seen: set[int] = set()
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, len(pool.pids()))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        steps = [pool.run(_sleep_then_pid, 0.2) for _ in range(3)]
+        steps += [drafts.run(_sleep_then_pid, 0.2) for _ in range(3)]
+        seen.update(await asyncio.gather(*steps))
+        watcher.cancel()
+        assert most <= 2, most
+        assert len(seen) <= 2 and set(drafts.pids()) == set(pool.pids())
+        assert drafts.status() == pool.status() and drafts.workers == 2
+        drafts.close()  # its owner's to close: the pool still runs steps
+        assert await drafts.run(os.getpid) in pool.pids()
+    finally:
+        pool.close()
+
+
+async def test_a_kind_keeps_its_own_share_and_queue_timeout() -> None:
+    """Each kind's ``per_client`` counts that kind's steps only (a client's PDF step does
+    not block its draft), and its own ``queue_timeout`` refuses a draft that waited."""
+    pool = WorkerPool("PDF", workers=2)
+    drafts = pool.kind("XAdES", per_client=1, queue_timeout=0.3)
+    await pool.start()
+    try:
+        pdf = asyncio.create_task(pool.run(time.sleep, 1.0, client="a"))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        assert await drafts.run(sum, [1, 2], client="a") == 3  # the other worker, at once
+        assert time.monotonic() - started < 0.9
+        first = asyncio.create_task(drafts.run(time.sleep, 1.0, client="a"))
+        await asyncio.sleep(0.1)
+        # Both workers busy: a's second draft waits (its share, and no worker), then is
+        # refused after the kind's queue timeout, not the pool's (none: forever).
+        with pytest.raises(WorkersUnavailable, match="busy"):
+            await drafts.run(os.getpid, client="a")
+        await asyncio.gather(pdf, first)
+        assert pool.status().waiting == 0
+    finally:
+        pool.close()
+
+
+def test_a_kind_grows_the_shared_pool_to_its_count() -> None:
+    pool = WorkerPool("PDF", workers=1)
+    assert pool.kind("XAdES", workers=3).workers == 3 and pool.workers == 3
+    assert pool.kind("other", workers=2).workers == 3
+    with pytest.raises(ValueError):
+        pool.kind("bad", per_client=0)

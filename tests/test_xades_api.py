@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sidecar.config import (
 )
 from sidecar.sandbox import SandboxPKI
 from sidecar.signing.profiles import BUNDLED_PROFILE_DIR
+from sidecar.signing.workers import PoolKind
 from sidecar.signing.xades import draft_signature
 from tests.fixtures.daemon import Api
 from tests.fixtures.trust import DeadTsa
@@ -148,3 +150,30 @@ def test_a_negative_worker_count_is_refused(tmp_path: Path) -> None:
         load_settings(config)
     assert "signing.xml_workers" in str(caught.value)
     assert "0 or more" in str(caught.value)
+
+
+async def test_drafts_and_pdf_steps_share_one_pool(
+    api_factory: Callable[..., Awaitable[Api]], sandbox_services: SandboxPKI, fee_note_pdf: bytes
+) -> None:
+    """The XAdES drafts run on the PDF workers' processes (one pool, two kinds of step),
+    grown to ``xml_workers``: form recipes at once never hold more processes than that."""
+    settings = Settings(signing=SigningSettings(xml_workers=2, pdf_workers=1))
+    api = await api_factory(settings, sandbox_pki=sandbox_services)
+    app = api.client.app
+    services = app[SERVICES]
+    drafts = await services.xml_workers.started()
+    shared = services.pades.inspector.workers
+    assert isinstance(drafts, PoolKind) and drafts.shared is shared and shared.workers == 2
+
+    async def recipe() -> int:
+        form = aiohttp.FormData()
+        form.add_field("xml", FEE_NOTE_XML, filename="f.xml", content_type="application/xml")
+        form.add_field("pdf", fee_note_pdf, filename="f.pdf", content_type="application/pdf")
+        response = await api.client.post(
+            "/v1/forms/fee-note/sign", data=form, headers=api.auth("signer")
+        )
+        await response.read()
+        return response.status
+
+    assert await asyncio.gather(*(recipe() for _ in range(4))) == [200] * 4
+    assert 1 <= len(shared.pids()) <= 2 and drafts.pids() == shared.pids()

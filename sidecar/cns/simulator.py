@@ -275,6 +275,9 @@ class _Dropped(Exception):
 #: Booked documents the simulator keeps (each ~70 KiB with its PDF): a bound, so that
 #: a long-running sandbox does not grow by every note it books.
 KEPT_BOOKINGS = 256
+#: ...and in ``serve --sandbox``'s own simulator, where nothing reads them: 256 signed
+#: fee notes are ~18 MB of the daemon's memory (measured under the mixed load of #19).
+SANDBOX_KEPT_BOOKINGS = 16
 
 
 class _Recent(dict[str, bytes]):
@@ -301,6 +304,7 @@ class CnsSimulator:
         rules: Mapping[str, PidRule] = PID_RULES,
         seed: int | None = None,
         uuid_reader: Callable[[etree._Element], str | None] | None = None,
+        kept_bookings: int = KEPT_BOOKINGS,
     ) -> None:
         if isinstance(xsd, Path):
             xsd = etree.XMLSchema(etree.parse(str(xsd), parser=_parser()))
@@ -314,9 +318,9 @@ class CnsSimulator:
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not secrets
         #: Idempotency key → the first answer.
         self.answers: dict[str, _Answer] = {}
-        #: Fee note UUID → the booked document, for the last :data:`KEPT_BOOKINGS` notes
+        #: Fee note UUID → the booked document, for the last ``kept_bookings`` notes
         #: (``booking_counts`` keeps every UUID): ``serve --sandbox`` runs for days.
-        self.bookings: dict[str, bytes] = _Recent(KEPT_BOOKINGS)
+        self.bookings: dict[str, bytes] = _Recent(kept_bookings)
         #: Fee note UUID → how many times it was booked (the tests want 1).
         self.booking_counts: Counter[str] = Counter()
         #: Fee note UUID → the cancellation's UUID.

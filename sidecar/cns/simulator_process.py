@@ -113,13 +113,15 @@ def _child_main() -> None:
 async def _serve(config: SimulatorConfig, sock: socket.socket) -> None:
     from ..signing.profiles import load_profile
     from .documents import MessageRule
-    from .simulator import CnsSimulator, serve_simulator, xades_verifier
+    from .simulator import SANDBOX_KEPT_BOOKINGS, CnsSimulator, serve_simulator, xades_verifier
 
     rule = MessageRule.of(config.uuid_xpath, [load_profile(Path(p)) for p in config.profiles])
     simulator = CnsSimulator(
         xsd=Path(config.xsd) if config.xsd else None,
         verifier=xades_verifier(Path(config.roots)),
         uuid_reader=_uuid_reader(rule),
+        # Nothing reads the booked notes of the sandbox's simulator: a few, not 256.
+        kept_bookings=SANDBOX_KEPT_BOOKINGS,
     )
     ended = until_parent_ends()
     async with serve_simulator(simulator, sock=sock):

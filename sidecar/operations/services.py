@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from .. import __version__
 from ..audit import AuditJournal
 from ..batches import BatchStore
 from ..cns.subsystem import CnsRuntime, open_cns
-from ..config import ConfigError, Settings, SigningSettings
+from ..config import ConfigError, Settings, SigningSettings, default_workers
 from ..health import CheckResult, HealthCheck, Status
 from ..keys import KeyConfig, KeyConfigError, KeyRegistry
 from ..keys.authorisation import forbid_core_dumps
@@ -37,7 +36,7 @@ from ..signing.pades import PadesEngine
 from ..signing.pdf_checks import PdfInspector, PdfLimits
 from ..signing.profiles import BUNDLED_PROFILE_DIR, ProfileError, ProfileRegistry
 from ..signing.trust_binding import TrustValidationDataSource
-from ..signing.workers import WorkerPool, pool_check
+from ..signing.workers import WorkerPool, pool_check, shared_or_own
 from ..signing.xades import XadesOptions
 from ..stores import open_journal
 from ..trust import AnchorError, TrustServices, open_trust
@@ -131,9 +130,7 @@ class Services:
 def _worker_count(settings: SigningSettings) -> int:
     if settings.xml_workers is not None:
         return settings.xml_workers
-    # The event loop's process keeps one core busy (HTTP, TSA, revocation, the key).
-    # Two at least: with one, a client's heavy document would leave none for others.
-    return max(2, min(4, (os.cpu_count() or 2) - 1))
+    return default_workers()  # one per core beyond the loop's: 1 on 2 cores
 
 
 @contextlib.asynccontextmanager
@@ -341,16 +338,21 @@ def _open_pdf(settings: Settings, trust: TrustServices) -> tuple[ProfileRegistry
 
 @contextlib.asynccontextmanager
 async def _drafting_workers(
-    settings: Settings, health_checks: list[tuple[str, HealthCheck]]
+    settings: Settings, health_checks: list[tuple[str, HealthCheck]], shared: WorkerPool
 ) -> AsyncIterator[tuple[DraftingWorkers, Callable[[], None]]]:
     """The XAdES drafting workers (``[signing] xml_workers``), started in the background;
-    with the step that bounds the drafts under way once the host begins to stop."""
+    with the step that bounds the drafts under way once the host begins to stop.
+
+    They are a kind of step on *shared*, the PDF steps' processes (fewer processes: a
+    practice PC's memory), the pool grown to ``xml_workers`` if that is more; the PDF
+    inspector closes the processes."""
     signing = settings.signing
     count = _worker_count(signing)
     if count == 0:
         yield DraftingWorkers(), lambda: None
         return
-    pool = WorkerPool(
+    pool = shared_or_own(
+        shared,
         "XAdES",
         workers=count,
         deadline=signing.xml_draft_timeout,
@@ -454,7 +456,7 @@ async def open_services(
         profiles, pades = _open_pdf(settings, trust)
         stack.callback(pades.inspector.close)
         workers, stop_drafting = await stack.enter_async_context(
-            _drafting_workers(settings, checks)
+            _drafting_workers(settings, checks, pades.inspector.workers)
         )
         batches = await stack.enter_async_context(_batches())
         services = Services(

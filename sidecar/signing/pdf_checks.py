@@ -611,5 +611,11 @@ class PdfInspector:
         otherwise."""
         return await self._workers.run(fn, *args, deadline=deadline, client=client)
 
+    @property
+    def workers(self) -> WorkerPool:
+        """The worker processes, for another engine's steps to share
+        (:meth:`WorkerPool.kind`): one pool keeps the process tree small."""
+        return self._workers
+
     def close(self) -> None:
         self._workers.close()
