@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from lxml import etree
 
     from .documents import MessageRule
+    from .simulator import CnsSimulator
 
 __all__ = ["SimulatorChild", "SimulatorConfig", "serve_simulator_process"]
 
@@ -100,9 +101,13 @@ def _child_main() -> None:
         say({"error": bind_error(exc)})
         return
     port = sock.getsockname()[1]
+    # Ready means ready: the simulator built (the signing stack imported, the roots and
+    # the XSD read) before the daemon is told, not while the daemon and its callers' first
+    # requests run beside a core-long import.
+    simulator = _simulator(config)
     say({"url": f"http://{config.host}:{port}"})
     try:
-        asyncio.run(_serve(config, sock))
+        asyncio.run(_serve(simulator, sock))
     except Exception:
         # After the port was announced (the daemon runs on): its log says why, and its
         # ``cns`` health check says the simulator cannot be reached.
@@ -110,19 +115,24 @@ def _child_main() -> None:
         sys.exit(1)
 
 
-async def _serve(config: SimulatorConfig, sock: socket.socket) -> None:
+def _simulator(config: SimulatorConfig) -> CnsSimulator:
     from ..signing.profiles import load_profile
     from .documents import MessageRule
-    from .simulator import SANDBOX_KEPT_BOOKINGS, CnsSimulator, serve_simulator, xades_verifier
+    from .simulator import SANDBOX_KEPT_BOOKINGS, CnsSimulator, xades_verifier
 
     rule = MessageRule.of(config.uuid_xpath, [load_profile(Path(p)) for p in config.profiles])
-    simulator = CnsSimulator(
+    return CnsSimulator(
         xsd=Path(config.xsd) if config.xsd else None,
         verifier=xades_verifier(Path(config.roots)),
         uuid_reader=_uuid_reader(rule),
         # Nothing reads the booked notes of the sandbox's simulator: a few, not 256.
         kept_bookings=SANDBOX_KEPT_BOOKINGS,
     )
+
+
+async def _serve(simulator: CnsSimulator, sock: socket.socket) -> None:
+    from .simulator import serve_simulator
+
     ended = until_parent_ends()
     async with serve_simulator(simulator, sock=sock):
         log.debug("CNS simulator (pid %d) serving", os.getpid())
