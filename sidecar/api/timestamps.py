@@ -8,20 +8,16 @@ and only after :func:`~sidecar.trust.tsa.check_reply` accepted it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
 from aiohttp import web
 
 from ..operations.timestamps import relay_timestamp, timestamp_data
 from ..trust.tsa import (
     DIGEST_SIZES,
-    RelayedReply,
-    TsaError,
     parse_request,
 )
 from .appkeys import SERVICES
 from .guards import read_body
-from .problems import bad_parameter, tsa_problem
+from .problems import bad_parameter
 
 __all__ = ["HANDLERS", "create_timestamp"]
 
@@ -39,7 +35,7 @@ async def create_timestamp(request: web.Request) -> web.Response:
             raise bad_parameter("hash", f"one of {', '.join(DIGEST_SIZES)} (got {algorithm!r})")
         if not body:
             raise bad_parameter("body", "the body is empty: send the bytes to timestamp")
-        reply = await _call(timestamp_data(services, body, algorithm))
+        reply = await timestamp_data(services, body, algorithm)
     else:
         if request.content_type != _TSQ:
             raise bad_parameter(
@@ -50,7 +46,7 @@ async def create_timestamp(request: web.Request) -> web.Response:
             tsq = parse_request(body)
         except ValueError as exc:
             raise bad_parameter("body", str(exc)) from None
-        reply = await _call(relay_timestamp(services, tsq))
+        reply = await relay_timestamp(services, tsq)
     token = reply.token
     return web.Response(
         body=reply.response_der,
@@ -62,13 +58,6 @@ async def create_timestamp(request: web.Request) -> web.Response:
             "X-Timestamp-TSA": token.tsa_url,
         },
     )
-
-
-async def _call(coro: Awaitable[RelayedReply]) -> RelayedReply:
-    try:
-        return await coro
-    except TsaError as exc:
-        raise tsa_problem(exc) from None
 
 
 HANDLERS = {"createTimestamp": create_timestamp}
