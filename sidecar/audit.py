@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .pgstore import PgStore
 
 __all__ = [
+    "AUDIT_FILE",
     "GENESIS_HASH",
     "AuditEntry",
     "AuditJournal",
@@ -56,6 +57,9 @@ __all__ = [
     "SourceEvent",
     "VerifyReport",
 ]
+
+#: The SQLite journal's file name, in the data directory.
+AUDIT_FILE = "audit.sqlite3"
 
 log = logging.getLogger("sidecar.audit")
 

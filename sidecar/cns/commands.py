@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..audit import AUDIT_FILE
 from ..config import Settings, is_database_url
 from ..i18n import _
 from ..paths import Paths
@@ -27,7 +28,7 @@ __all__ = ["add_parsers", "audit_path", "outbox_path", "run"]
 
 
 def audit_path(paths: Paths) -> Path:
-    return paths.data_dir / "audit.sqlite3"
+    return paths.data_dir / AUDIT_FILE
 
 
 def outbox_path(settings: Settings, paths: Paths) -> Path | str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from .. import __version__
-from ..audit import AuditJournal
+from ..audit import AUDIT_FILE, AuditJournal
 from ..batches import BatchStore
 from ..cns.subsystem import CnsRuntime, open_cns
 from ..config import ConfigError, Settings, SigningSettings, default_workers
@@ -49,7 +49,7 @@ from .signing import xades_options
 if TYPE_CHECKING:
     from ..trust.lists import ListPolicy
 
-__all__ = ["AUDIT_FILE", "DraftingWorkers", "Services", "open_services"]
+__all__ = ["DraftingWorkers", "Services", "open_services"]
 
 log = logging.getLogger("sidecar.services")
 # Each part logs under the name it always had: operators filter on them.
@@ -57,8 +57,6 @@ _app_log = logging.getLogger("sidecar.app")
 _keys_log = logging.getLogger("sidecar.keys")
 _signing_log = logging.getLogger("sidecar.signing")
 
-#: The audit journal's file, under the data directory.
-AUDIT_FILE = "audit.sqlite3"
 #: Certificates closer than this to expiry make the key check ``degraded``.
 EXPIRY_WARNING_DAYS = 30
 
