@@ -20,7 +20,10 @@ worker_idle_exit`` from ``--idle-exit``), then:
 
 Bounded in time; traffic goes only to the loopback daemon it started. Linux (/proc).
 
-    .venv/bin/python bench/bench_mixed.py [--seconds 120] [--clients 20] [--workers N]
+    .venv/bin/python bench/bench_mixed.py [--seconds 120] [--clients 20] [--workers N] [--rate R]
+
+``--rate R``: the clients together offer R requests a second (each a Poisson stream,
+latency counted from when the request was due) instead of the closed loop.
 """
 
 from __future__ import annotations
@@ -154,7 +157,10 @@ async def main(arguments: argparse.Namespace) -> None:
             print(f"idle after start, PSS MB: {breakdown(process.pid)}", flush=True)
             # Workers start on need: none should run yet. If some do (a build that starts
             # them with the daemon), they end once unused for idle_exit seconds.
-            if len(process_tree(process.pid)) > 1 and arguments.idle_exit:
+            if (
+                len(process_tree(process.pid)) > 1 + len(sandbox_helpers(process.pid))
+                and arguments.idle_exit
+            ):
                 await asyncio.sleep(2 * arguments.idle_exit + 3)
             idle_start_exited = pss_mb(process.pid)
             print(f"... without workers: {breakdown(process.pid)}", flush=True)
@@ -188,10 +194,24 @@ async def main(arguments: argparse.Namespace) -> None:
                         )
                         await asyncio.sleep(min(arguments.sample, deadline - time.monotonic()))
 
-                print(f"mixed: {arguments.clients} clients, {arguments.seconds:.0f} s", flush=True)
-                await asyncio.gather(
-                    sampler(), *(soak.client(session, deadline) for _ in range(arguments.clients))
+                rate = arguments.rate / arguments.clients if arguments.rate else 0.0
+                load = (
+                    f"each paced at {rate:g} requests/s (offered {arguments.rate:g}/s in all)"
+                    if rate
+                    else "closed loop (each sends its next request when answered)"
                 )
+                print(
+                    f"mixed: {arguments.clients} clients, {arguments.seconds:.0f} s, {load}",
+                    flush=True,
+                )
+                clients = (
+                    soak.paced_client(session, deadline, rate)
+                    if rate
+                    else soak.client(session, deadline)
+                    for _ in range(arguments.clients)
+                )
+                await asyncio.gather(sampler(), *clients)
+                elapsed = time.monotonic() - started
                 after = await lag_buckets(session, base, admin)
                 after_load = pss_mb(process.pid)
                 print(f"after the load, PSS MB: {breakdown(process.pid)}")
@@ -203,6 +223,21 @@ async def main(arguments: argparse.Namespace) -> None:
             stop_daemon(process, home)
 
     print_routes(soak)
+    answered = sum(len(v) for v in soak.latencies.values())
+    forms = len(soak.latencies.get("form-sign", []))
+    print(
+        f"\nthroughput: {answered / elapsed:.1f} requests/s, {forms / elapsed:.1f} form recipes/s "
+        f"over {elapsed:.0f} s"
+        + (f" (offered {arguments.rate:g} requests/s)" if arguments.rate else "")
+    )
+    if not arguments.rate:
+        # Little's law: in a closed loop the clients are always in a request, so the mean
+        # latency is clients / throughput whatever the scheduling: latency goals there are
+        # throughput goals.
+        print(
+            f"closed loop: mean latency = clients / throughput = {arguments.clients} / "
+            f"{answered / elapsed:.1f} = {arguments.clients / (answered / elapsed) * 1000:.1f} ms"
+        )
     single_p50 = percentile(single, 0.5) * 1000
     form_p99 = percentile(soak.latencies.get("form-sign", []), 0.99) * 1000
     reads = soak.latencies.get("message", []) + soak.latencies.get("list", [])
@@ -248,6 +283,10 @@ if __name__ == "__main__":
     parser.add_argument("--settle", type=float, default=5)
     parser.add_argument("--idle-exit", type=float, default=10)
     parser.add_argument("--seed", type=int, default=19)
+    # Requests a second offered by all the clients together, each a Poisson stream of
+    # its share, latency counted from the scheduled send; 0: a closed loop (each client
+    # sends its next request as soon as the last is answered: the machine saturated).
+    parser.add_argument("--rate", type=float, default=0.0)
     # The worker pool XAdES drafts and PDF steps share ([signing] xml_workers and
     # pdf_workers); unset: the daemon's defaults (2 on 2 cores).
     parser.add_argument("--workers", type=int, default=None)

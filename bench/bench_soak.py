@@ -74,9 +74,14 @@ class Soak:
         self.form = (SAMPLES / "fee-note.xml").read_bytes()
         self.pdf = (SAMPLES / "fee-note.pdf").read_bytes()
 
-    async def one(self, session: aiohttp.ClientSession, route: str) -> None:
+    async def one(
+        self, session: aiohttp.ClientSession, route: str, scheduled: float | None = None
+    ) -> None:
+        """One request of *route*; its latency counts from *scheduled* (a
+        ``time.perf_counter()`` instant) when given: a paced client that fell behind its
+        schedule has waited too, and hiding that wait would flatter the figures."""
         xml = {**self.headers, "Content-Type": "application/xml"}
-        started = time.perf_counter()
+        started = time.perf_counter() if scheduled is None else scheduled
         if route == "uuids":
             response = await session.get(f"{self.base}/v1/uuids?count=5", headers=self.headers)
         elif route == "health":
@@ -136,6 +141,26 @@ class Soak:
                 await self.one(session, route)
             except (aiohttp.ClientError, TimeoutError):
                 self.server_errors[f"{route} (connection)"] += 1
+
+    async def paced_client(
+        self, session: aiohttp.ClientSession, deadline: float, rate: float
+    ) -> None:
+        """One client sending *rate* requests a second on average (exponential gaps: a
+        Poisson stream), one at a time; each request's latency counts from when the
+        schedule wanted it sent, so a backlog shows in the figures instead of slowing
+        the offered load down unnoticed."""
+        routes, weights = zip(*self.mix.items(), strict=True)
+        scheduled = time.perf_counter() + self.random.expovariate(rate)
+        while time.monotonic() < deadline:
+            pause = scheduled - time.perf_counter()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            route = self.random.choices(routes, weights)[0]
+            try:
+                await self.one(session, route, scheduled)
+            except (aiohttp.ClientError, TimeoutError):
+                self.server_errors[f"{route} (connection)"] += 1
+            scheduled += self.random.expovariate(rate)
 
 
 def print_routes(soak: Soak) -> None:
