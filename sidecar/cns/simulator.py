@@ -34,9 +34,10 @@ name). Every request but ``GET /health`` carries ``Idempotency-Key: <UUID>``.
 ``GET /health``
     ``200 ok``.
 
-Idempotency: the first answer to a key is remembered; a request with a key already
-answered gets that answer again and is never booked twice — whatever its content,
-as a server that deduplicates by key does. Fault answers (injected 5xx, dropped
+Idempotency: the first answer to a key is remembered (for the last ``kept_keys``
+keys: :data:`KEPT_KEYS`); a request with a key already answered gets that answer again
+and is never booked twice — whatever its content, as a server that deduplicates by key
+does. Fault answers (injected 5xx, dropped
 connections) are not remembered, since nothing was processed... except for the
 "duplicate" fault (:attr:`Faults.drop_after_booking`), which books and then drops
 the connection, so the client cannot know and sends the message again.
