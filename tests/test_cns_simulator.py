@@ -55,6 +55,32 @@ async def test_duplicate_gets_the_first_answer_and_no_second_booking(
     assert simulator.requests[note_uuid] == 3
 
 
+async def test_kept_keys_are_bounded_and_still_deduplicate(
+    fee_notes: FeeNotes, stand_in_xsd: Path
+) -> None:
+    # The sandbox's simulator grew ~1 KiB per deposit without end (#19): its answers
+    # and counts keep the last ``kept_keys`` keys, and deduplicate those as before.
+    simulator = CnsSimulator(xsd=stand_in_xsd, kept_keys=4)
+    notes = [fee_notes.make() for _ in range(7)]
+    async with serve_simulator(simulator) as url:
+        answers = [await send(url, body, note_uuid) for note_uuid, body in notes]
+        newest_uuid, newest = notes[-1]
+        again = await send(url, newest, newest_uuid)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/messages/{newest_uuid}") as looked_up,
+        ):
+            assert looked_up.status == 200
+    assert all(status == 200 for status, _ in answers)
+    assert again == answers[-1]  # replayed, not booked again
+    assert simulator.booking_counts[newest_uuid] == 1
+    assert simulator.requests[newest_uuid] == 2
+    kept = [note_uuid for note_uuid, _ in notes[-4:]]
+    for mapping in (simulator.answers, simulator.requests, simulator.booking_counts):
+        assert list(mapping) == kept
+    assert list(simulator.lookups) == [newest_uuid]
+
+
 async def test_xsd_and_uuid_checks(fee_notes: FeeNotes, stand_in_xsd: Path) -> None:
     simulator = CnsSimulator(xsd=stand_in_xsd)
     async with serve_simulator(simulator) as url:

@@ -34,9 +34,10 @@ name). Every request but ``GET /health`` carries ``Idempotency-Key: <UUID>``.
 ``GET /health``
     ``200 ok``.
 
-Idempotency: the first answer to a key is remembered; a request with a key already
-answered gets that answer again and is never booked twice — whatever its content,
-as a server that deduplicates by key does. Fault answers (injected 5xx, dropped
+Idempotency: the first answer to a key is remembered (for the last ``kept_keys``
+keys: :data:`KEPT_KEYS`); a request with a key already answered gets that answer again
+and is never booked twice — whatever its content, as a server that deduplicates by key
+does. Fault answers (injected 5xx, dropped
 connections) are not remembered, since nothing was processed... except for the
 "duplicate" fault (:attr:`Faults.drop_after_booking`), which books and then drops
 the connection, so the client cannot know and sends the message again.
@@ -68,7 +69,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from lxml import etree
@@ -88,6 +89,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("sidecar.cns.simulator")
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 
@@ -280,14 +284,37 @@ KEPT_BOOKINGS = 256
 SANDBOX_KEPT_BOOKINGS = 16
 
 
-class _Recent(dict[str, bytes]):
+#: Idempotency keys (and fee note UUIDs) whose answers and counts the simulator keeps:
+#: each ~1 KiB. The CNS's deduplication holds for the last this many keys; a key older
+#: than that, sent again, would be processed again (no test or client waits that long).
+KEPT_KEYS = 65_536
+#: ...and in ``serve --sandbox``'s own simulator, which runs for days under load: at the
+#: ~30 deposits/s a saturated 2-core machine delivers, minutes of keys; hours at a
+#: practice's pace (``bench/bench_mixed.py`` grew it ~1 KiB per deposit without end).
+SANDBOX_KEPT_KEYS = 8_192
+
+
+class _Recent(dict[_K, _V]):
     """A dict that forgets its oldest entry past *size* entries."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
-    def __setitem__(self, key: str, value: bytes) -> None:
+    def __setitem__(self, key: _K, value: _V) -> None:
+        if key not in self and len(self) >= self.size:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
+class _RecentCounter(Counter[str]):
+    """A Counter that forgets its oldest key past *size* keys."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: str, value: int) -> None:
         if key not in self and len(self) >= self.size:
             del self[next(iter(self))]
         super().__setitem__(key, value)
@@ -305,6 +332,7 @@ class CnsSimulator:
         seed: int | None = None,
         uuid_reader: Callable[[etree._Element], str | None] | None = None,
         kept_bookings: int = KEPT_BOOKINGS,
+        kept_keys: int = KEPT_KEYS,
     ) -> None:
         if isinstance(xsd, Path):
             xsd = etree.XMLSchema(etree.parse(str(xsd), parser=_parser()))
@@ -316,20 +344,21 @@ class CnsSimulator:
         self.uuid_reader = uuid_reader or _fee_note_uuid
         self.faults = Faults()
         self._rng = random.Random(seed)  # noqa: S311 - fault injection, not secrets
-        #: Idempotency key → the first answer.
-        self.answers: dict[str, _Answer] = {}
+        #: Idempotency key → the first answer, for the last ``kept_keys`` keys.
+        self.answers: dict[str, _Answer] = _Recent(kept_keys)
         #: Fee note UUID → the booked document, for the last ``kept_bookings`` notes
         #: (``booking_counts`` keeps every UUID): ``serve --sandbox`` runs for days.
         self.bookings: dict[str, bytes] = _Recent(kept_bookings)
-        #: Fee note UUID → how many times it was booked (the tests want 1).
-        self.booking_counts: Counter[str] = Counter()
+        #: Fee note UUID → how many times it was booked (the tests want 1), for the last
+        #: ``kept_keys`` notes (what can be cancelled).
+        self.booking_counts: Counter[str] = _RecentCounter(kept_keys)
         #: Fee note UUID → the cancellation's UUID.
         self.cancellations: dict[str, str] = {}
         self.validations: dict[str, str] = {}
-        #: Idempotency key → requests received (duplicates included).
-        self.requests: Counter[str] = Counter()
-        #: Idempotency key → status lookups received (``GET /messages/{key}``).
-        self.lookups: Counter[str] = Counter()
+        #: Idempotency key → requests received (duplicates included), last ``kept_keys``.
+        self.requests: Counter[str] = _RecentCounter(kept_keys)
+        #: Idempotency key → status lookups received (``GET /messages/{key}``), likewise.
+        self.lookups: Counter[str] = _RecentCounter(kept_keys)
         self.dropped = 0
         self._references = itertools.count(1)
         self._lock = asyncio.Lock()

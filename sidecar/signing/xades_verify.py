@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from asn1crypto import x509
 from cryptography import x509 as cx509
@@ -54,11 +56,18 @@ from pyhanko_certvalidator.errors import (
     RevokedError,
     ValidationError,
 )
-from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
+from pyhanko_certvalidator.policy_decl import (
+    REQUIRE_REVINFO,
+    CertRevTrustPolicy,
+    RevocationCheckingPolicy,
+    RevocationCheckingRule,
+)
+from pyhanko_certvalidator.registry import CertificateRegistry, SimpleTrustManager
 
 from ..trust.tsa import TokenContents, read_token
 from .pdf_checks import PdfInspector
 from .report import Evidence, Indication, Level, SignatureReport, SubIndication, subject_text
+from .validation_cache import MISS, OutcomeCache
 from .workers import WorkerLost
 from .xades_properties import (
     archive_timestamp_input,
@@ -362,11 +371,43 @@ class _Stamp:
     trust_problem: SubIndication | None = None
 
 
+#: pyhanko-certvalidator's tolerance in every comparison with the validation time.
+_TIME_TOLERANCE = timedelta(seconds=30)
+#: Everything a validation context here is built with but its inputs: part of every
+#: kept outcome's key (a change here is another key).
+_CONTEXT_SETTINGS = "offline;REQUIRE_REVINFO;retroactive;tolerance=30s"
+#: Certificate validation outcomes (signer and TSA), by exact inputs and time window.
+_OUTCOMES = OutcomeCache(512, tolerance=_TIME_TOLERANCE)
+_TRUST_MANAGERS: dict[tuple[bytes, ...], SimpleTrustManager] = {}
+_TRUSTED = "trusted"
+#: A token context's certificate registry, by TSA certificate (see _token_context).
+_TOKEN_REGISTRIES: dict[bytes, CertificateRegistry] = {}
+_NO_REVOCATION_CHECK = CertRevTrustPolicy(
+    RevocationCheckingPolicy(
+        ee_certificate_rule=RevocationCheckingRule.NO_CHECK,
+        intermediate_ca_cert_rule=RevocationCheckingRule.NO_CHECK,
+    )
+)
+
+
+def _trust_manager(roots: Sequence[x509.Certificate]) -> SimpleTrustManager:
+    """The trust manager of ``roots``, built once per set of anchors (by their DER):
+    it is only read during a validation."""
+    key = tuple(root.dump() for root in roots)
+    manager = _TRUST_MANAGERS.get(key)
+    if manager is None:
+        if len(_TRUST_MANAGERS) >= 16:
+            _TRUST_MANAGERS.clear()  # anchors change rarely: no need for an order
+        manager = _TRUST_MANAGERS[key] = SimpleTrustManager.build(trust_roots=list(roots))
+    return manager
+
+
 def _context(
     policy: VerificationPolicy, embedded: _Embedded, moment: datetime
 ) -> ValidationContext:
+    # Any change here changes _CONTEXT_SETTINGS (the kept outcomes' key).
     return ValidationContext(
-        trust_roots=list(policy.trust_roots),
+        trust_manager=_trust_manager(policy.trust_roots),
         other_certs=embedded.certificates,
         crls=embedded.crls,
         ocsps=embedded.ocsps,
@@ -375,7 +416,47 @@ def _context(
         revinfo_policy=CertRevTrustPolicy(REQUIRE_REVINFO, retroactive_revinfo=True),
         # Revocation data gathered right after the timestamp is what LT is made of.
         retroactive_revinfo=True,
-        time_tolerance=timedelta(seconds=30),
+        time_tolerance=_TIME_TOLERANCE,
+    )
+
+
+def _outcome_key(
+    what: str,
+    cert: x509.Certificate,
+    policy: VerificationPolicy,
+    embedded: _Embedded,
+    moment: datetime,
+) -> Hashable | None:
+    return _OUTCOMES.key(
+        f"{what};{_CONTEXT_SETTINGS}",
+        cert,
+        policy.trust_roots,
+        embedded.certificates,
+        embedded.crls,
+        embedded.ocsps,
+        moment,
+    )
+
+
+def _token_context(tsa_certificate: x509.Certificate, moment: datetime) -> ValidationContext:
+    """A context in which the TSA's certificate is itself the anchor, for a token whose
+    TSA path is known good (a kept outcome): pyHanko then judges the token itself (its
+    signature, imprint, algorithms and ESS signing certificate), which no context
+    changes. Its trust manager and registry are built once per TSA certificate."""
+    trust_manager = _trust_manager((tsa_certificate,))
+    registry = _TOKEN_REGISTRIES.get(tsa_certificate.dump())
+    if registry is None:
+        if len(_TOKEN_REGISTRIES) >= 8:
+            _TOKEN_REGISTRIES.clear()
+        registry = CertificateRegistry.build((tsa_certificate,))
+        _TOKEN_REGISTRIES[tsa_certificate.dump()] = registry
+    return ValidationContext(
+        trust_manager=trust_manager,
+        certificate_registry=registry,
+        moment=moment,
+        allow_fetching=False,
+        revinfo_policy=_NO_REVOCATION_CHECK,
+        time_tolerance=_TIME_TOLERANCE,
     )
 
 
@@ -401,14 +482,28 @@ async def _check_timestamp(
         raise _Failed(Indication.TOTAL_FAILED, SubIndication.FORMAT_FAILURE, str(exc)) from None
     for cert in contents.certificates:
         embedded.add_certificate(cert)
-    context = _context(policy, embedded, contents.gen_time)
     name = etree.QName(element).localname
+
+    def imprint(algorithm: str) -> bytes:
+        return hashlib.new(algorithm, data).digest()
+
+    tsa = contents.tsa_certificate
+    key = None if tsa is None else _outcome_key("tsa", tsa, policy, embedded, contents.gen_time)
+    if key is not None and _OUTCOMES.get(key) == _TRUSTED:
+        assert tsa is not None
+        # The TSA's path was validated with these very inputs in this time window: the
+        # token's own checks alone. Anything short of a clean pass is judged in full.
+        with contextlib.suppress(SignatureValidationError, ValueError, TypeError, KeyError):
+            status = await validate_tst_signed_data(
+                contents.signed_data, _token_context(tsa, contents.gen_time), imprint
+            )
+            if _clean(status, tsa):
+                return _Stamp(
+                    element, contents, True, f"{name} of {contents.gen_time.isoformat()} is valid"
+                )
+    context = _context(policy, embedded, contents.gen_time)
     try:
-        status = await validate_tst_signed_data(
-            contents.signed_data,
-            context,
-            lambda algorithm: hashlib.new(algorithm, data).digest(),
-        )
+        status = await validate_tst_signed_data(contents.signed_data, context, imprint)
     except (SignatureValidationError, ValueError, TypeError, KeyError) as exc:
         # A token whose structure no longer holds together (a changed byte in it).
         raise _Failed(
@@ -437,7 +532,21 @@ async def _check_timestamp(
         return _Stamp(
             element, contents, False, f"{name}: the TSA cannot be validated ({sub.value})", sub
         )
+    if key is not None and tsa is not None and _clean(status, tsa):
+        _OUTCOMES.put(key, _TRUSTED)
     return _Stamp(element, contents, True, f"{name} of {contents.gen_time.isoformat()} is valid")
+
+
+def _clean(status: dict[str, Any], tsa: x509.Certificate) -> bool:
+    """pyHanko found the token intact, validly signed by ``tsa`` and trusted."""
+    signer = status.get("signing_cert")
+    return (
+        bool(status.get("intact"))
+        and bool(status.get("valid"))
+        and status.get("trust_problem_indic") is None
+        and signer is not None
+        and signer.dump() == tsa.dump()
+    )
 
 
 async def _validate_certificate(
@@ -473,9 +582,21 @@ async def _validate_certificate(
 
 
 async def _validate_signer(
-    cert: x509.Certificate, context: ValidationContext
+    cert: x509.Certificate, policy: VerificationPolicy, embedded: _Embedded, moment: datetime
 ) -> SubIndication | None:
-    return await _validate_certificate(cert, context, _SIGNER_KEY_USAGE)
+    """:func:`_validate_certificate` for the signer, reusing the outcome of the same
+    inputs in the same time window (:mod:`.validation_cache`)."""
+    key = _outcome_key("signer", cert, policy, embedded, moment)
+    if key is not None:
+        kept = _OUTCOMES.get(key)
+        if kept is not MISS:
+            return cast(SubIndication | None, kept)
+    outcome = await _validate_certificate(
+        cert, _context(policy, embedded, moment), _SIGNER_KEY_USAGE
+    )
+    if key is not None:
+        _OUTCOMES.put(key, outcome)
+    return outcome
 
 
 async def _verify_one(signature: etree._Element, policy: VerificationPolicy) -> SignatureReport:
@@ -599,7 +720,7 @@ async def _verify_into(
     else:
         moment = policy.now or datetime.now(UTC)
 
-    signer_problem = await _validate_signer(cert, _context(policy, embedded, moment))
+    signer_problem = await _validate_signer(cert, policy, embedded, moment)
     checks["signer_chain"] = signer_problem.name if signer_problem else "trusted"
     offline = signer_problem is None and all(s.ok for s in signature_stamps)
     report.offline_validation_data = offline and embedded.has_revocation_values
