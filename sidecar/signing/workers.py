@@ -265,10 +265,10 @@ def _stop_forkserver_if_unused() -> None:
     except (OSError, ChildProcessError) as exc:
         log.debug("the forkserver did not stop: %s", exc)
         return
-    # The forkserver started multiprocessing's resource tracker (~7 MB), which tracks
-    # nothing of ours (pipes are not tracked): it ends too, and starts with the next
-    # forkserver. Its ``_stop`` waits for its end: once the forkserver and the workers,
-    # which held its pipe, are gone, it reads end of file at once.
+    # Were multiprocessing's resource tracker running (started elsewhere in this
+    # process: see _without_resource_tracker), it would end too. Its ``_stop`` waits for
+    # its end: once the forkserver and the workers, which held its pipe, are gone, it
+    # reads end of file at once.
     from multiprocessing import resource_tracker
 
     tracker = getattr(resource_tracker, "_resource_tracker", None)
@@ -281,8 +281,31 @@ def _stop_forkserver_if_unused() -> None:
     log.info("no worker process left: the forkserver stopped until the next one")
 
 
+def _without_resource_tracker() -> None:
+    """Before the forkserver's first start: no resource tracker process (~7 MB of PSS).
+
+    The forkserver starts multiprocessing's resource tracker and hands its pipe to
+    every worker. It unlinks the named semaphores and shared-memory blocks a crashed
+    process leaves behind; neither the daemon nor its workers make any (they talk over
+    pipes, which are not tracked). Its pipe's end is ``/dev/null`` instead: the
+    tracker's "alive" probe succeeds, and a registration, if some library ever made
+    one, is dropped rather than tracked. Left alone where a tracker runs already (one
+    that something else in this process started), or where CPython's private
+    ``_resource_tracker._fd`` is missing: the tracker then starts as before.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if tracker is None or getattr(tracker, "_fd", 0) is not None:
+        return
+    with tracker._lock:  # its own: ensure_running takes it too
+        if tracker._fd is None:
+            tracker._fd = os.open(os.devnull, os.O_WRONLY)
+
+
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
+        _without_resource_tracker()
         context = multiprocessing.get_context("forkserver")
         # Only the first start's call matters (one forkserver): hence one list.
         context.set_forkserver_preload(list(PRELOAD))
