@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.child_process import STAND_IN_NICENESS
 from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
 from tests.fixtures.cns import unsigned_fee_note
 from tests.fixtures.daemon import DaemonProcess
@@ -36,6 +37,11 @@ def parent_of(pid: int) -> int:
     """The parent process id of *pid* (``/proc/PID/stat``: the field after the state)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def niceness(pid: int) -> int:
+    """The nice value of *pid* (``/proc/PID/stat``'s 19th field)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def alive(pid: int) -> bool:
@@ -95,6 +101,8 @@ async def test_the_pki_responders_answer_from_a_child_process(
     async with serve_sandbox_pki(pki):
         (child,) = set(children(os.getpid(), module)) - before
         assert "sandbox-pki" not in {thread.name for thread in threading.enumerate()}
+        # It yields the CPU to the daemon's loop: it plays another machine.
+        assert niceness(child) == min(19, os.nice(0) + STAND_IN_NICENESS)
         # It answers: the root certificate it publishes is the sandbox's.
         url = f"{pki.base_url}/sandbox/certs/root/ca.crt"
         with urllib.request.urlopen(url, timeout=30) as response:
