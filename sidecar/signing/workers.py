@@ -346,6 +346,9 @@ class _Worker:
             return ("reply", self.conn.recv_bytes())
         except (EOFError, OSError):
             return ("lost", None)
+        except Exception as exc:  # e.g. MemoryError: the pipe is out of step, the worker goes
+            log.error("worker %d: its pipe failed (%r): replaced", self.pid, exc)
+            return ("lost", None)
 
     def kill(self) -> None:
         """SIGKILL (harmless if it is dead already): its pump reads end of file."""
