@@ -330,6 +330,26 @@ async def test_a_freed_worker_goes_to_the_client_holding_fewest() -> None:
         pool.close()
 
 
+def _started_at(seconds: float) -> float:
+    started = time.time()
+    time.sleep(seconds)
+    return started
+
+
+async def test_a_freed_worker_takes_the_next_step_without_the_loop(pool: WorkerPool) -> None:
+    """Two steps queued on one worker, then the event loop blocked: the second step
+    starts while the loop is still blocked (the worker's pump hands it over as soon as
+    the first one's reply is read), not once the loop has seen that reply."""
+    first = asyncio.create_task(pool.run(_started_at, 0.1))
+    second = asyncio.create_task(pool.run(_started_at, 0.0))
+    await asyncio.sleep(0)  # both submitted: the first is the worker's, the second waits
+    assert pool.status().waiting == 1
+    time.sleep(3.0)  # a busy loop: none of its callbacks runs meanwhile
+    loop_free_again = time.time()
+    assert await second < loop_free_again
+    assert await first < await second
+
+
 async def test_a_cancelled_step_kills_its_worker(pool: WorkerPool) -> None:
     (pid,) = _pids(pool)
     step = asyncio.create_task(pool.run(time.sleep, 30))
