@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.child_process import STAND_IN_NICENESS
 from sidecar.sandbox import SandboxPKI, serve_sandbox_pki
 from tests.fixtures.cns import unsigned_fee_note
 from tests.fixtures.daemon import DaemonProcess
@@ -103,6 +104,8 @@ async def test_the_pki_responders_answer_from_a_child_process(
     async with serve_sandbox_pki(pki):
         (child,) = set(children(os.getpid(), module)) - before
         assert "sandbox-pki" not in {thread.name for thread in threading.enumerate()}
+        # It yields the CPU to the daemon's loop: it plays another machine.
+        assert niceness(child) == min(19, os.nice(0) + STAND_IN_NICENESS)
         # It answers: the root certificate it publishes is the sandbox's.
         url = f"{pki.base_url}/sandbox/certs/root/ca.crt"
         with urllib.request.urlopen(url, timeout=30) as response:

@@ -101,7 +101,6 @@ def _child_main() -> None:
         say({"error": bind_error(exc)})
         return
     port = sock.getsockname()[1]
-    _yield_to_the_daemon()
     # Ready means ready: the simulator built (the signing stack imported, the roots and
     # the XSD read) before the daemon is told, not while the daemon and its callers' first
     # requests run beside a core-long import.
@@ -114,25 +113,6 @@ def _child_main() -> None:
         # ``cns`` health check says the simulator cannot be reached.
         log.exception("the sandbox's CNS simulator stopped")
         sys.exit(1)
-
-
-#: How much lower the simulator's scheduling priority is than the daemon's.
-NICENESS = 10
-
-
-def _yield_to_the_daemon() -> None:
-    """Lower this process's scheduling priority, best effort.
-
-    The simulator stands in for the CNS's servers, which in production are not on the
-    practice PC at all: on a saturated machine (``bench/bench_mixed.py``: it took ~48 %
-    of a core, more than the daemon's event loop) its checking of deposits must wait
-    for the daemon, not compete with it. Where the OS refuses (or has no ``nice``), it
-    simply runs at the daemon's priority, as before."""
-    nice = getattr(os, "nice", None)
-    if nice is None:
-        return
-    with contextlib.suppress(OSError):
-        nice(NICENESS)
 
 
 def _simulator(config: SimulatorConfig) -> CnsSimulator:

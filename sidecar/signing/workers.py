@@ -36,6 +36,18 @@ itself (not a :class:`concurrent.futures.ProcessPoolExecutor`): so that
   practice PC is idle most of the day; a burst's spare workers), and the forkserver once no
   pool of the process has a worker: an idle daemon is one process, and the next step
   starts them again. Without it, :meth:`WorkerPool.start` starts them all at once.
+
+The handoff costs the worker as little idle time as it can: each worker has one
+long-lived pump thread, the only user of its pipe. The caller pickles its step on the
+loop and queues it; the pump writes it, waits for the reply within the step's deadline
+(past it, it kills the worker), and the moment the reply is read takes the worker's
+next step itself, under the pool's lock and by the same fairness rules, and writes it,
+before it unpickles the reply and hands it to the caller's loop (one
+``call_soon_threadsafe``). So a worker never waits for the loop (busy under load) nor
+for a new thread between two steps. Steps are not pipelined (written to a worker still
+busy with another): a step's deadline counts from when its worker takes it, and a
+killed worker (deadline, cancelled caller) must take no queued step down with it.
+Workers run at a lower CPU priority than the daemon (:data:`WORKER_NICENESS`).
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import select
 import signal
 import sys
@@ -60,6 +73,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, TypeVar
 
 from ..errors import Busy, InternalError
@@ -67,6 +81,7 @@ from ..health import CheckResult, HealthCheck
 
 __all__ = [
     "PRELOAD",
+    "WORKER_NICENESS",
     "PoolKind",
     "PoolStatus",
     "WorkerLost",
@@ -90,6 +105,15 @@ PRELOAD = (
     "sidecar.signing.xades",
 )
 
+#: How much lower than the daemon's the workers' CPU scheduling priority is (a POSIX
+#: nice increment; ``WorkerPool(niceness=...)``). The daemon's event loop answers every
+#: request and hands the workers their steps: on a saturated machine (2 cores under the
+#: mixed load of issue 19) a worker that competes as its equal delays each of the loop's
+#: wake-ups. At +5 the kernel gives the loop ~3 times a worker's share when both want a
+#: core, and the worker every cycle the loop leaves. Best effort: where there is no
+#: ``os.nice`` (Windows) workers run at the daemon's priority.
+WORKER_NICENESS = 5
+
 T = TypeVar("T")
 
 
@@ -106,9 +130,15 @@ class WorkersUnavailable(RuntimeError, Busy):
         self.retry_after = retry_after
 
 
-def _start_worker(memory: int | None, daemon_pid: int) -> None:
-    """Initializer of every worker: its memory ceiling, and its end with the daemon's."""
+def _start_worker(memory: int | None, daemon_pid: int, niceness: int = 0) -> None:
+    """Initializer of every worker: its end with the daemon's, its priority below the
+    daemon's (:data:`WORKER_NICENESS`), its memory ceiling."""
     _exit_with(daemon_pid)
+    if niceness > 0 and hasattr(os, "nice"):
+        try:
+            os.nice(niceness)
+        except OSError as exc:  # a sandbox (seccomp) may refuse it: run at the daemon's
+            log.debug("worker priority unchanged: %s", exc)
     if memory is None:
         return
     try:
@@ -174,7 +204,7 @@ def _main_not_inherited() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
+def _worker_main(conn: Connection, memory: int | None, daemon_pid: int, niceness: int = 0) -> None:
     """A worker's life: run the steps it is sent, one at a time, until its pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group: the daemon decides when a
     # worker ends (it kills it), not the keyboard.
@@ -183,7 +213,7 @@ def _worker_main(conn: Connection, memory: int | None, daemon_pid: int) -> None:
     # would write to every object it inherited (its bookkeeping lives in the object),
     # copying each page per worker. Frozen, they are never collected here.
     gc.freeze()
-    _start_worker(memory, daemon_pid)
+    _start_worker(memory, daemon_pid, niceness)
     while True:
         try:
             fn, args = conn.recv()
@@ -235,10 +265,10 @@ def _stop_forkserver_if_unused() -> None:
     except (OSError, ChildProcessError) as exc:
         log.debug("the forkserver did not stop: %s", exc)
         return
-    # The forkserver started multiprocessing's resource tracker (~7 MB), which tracks
-    # nothing of ours (pipes are not tracked): it ends too, and starts with the next
-    # forkserver. Its ``_stop`` waits for its end: once the forkserver and the workers,
-    # which held its pipe, are gone, it reads end of file at once.
+    # Were multiprocessing's resource tracker running (started elsewhere in this
+    # process: see _without_resource_tracker), it would end too. Its ``_stop`` waits for
+    # its end: once the forkserver and the workers, which held its pipe, are gone, it
+    # reads end of file at once.
     from multiprocessing import resource_tracker
 
     tracker = getattr(resource_tracker, "_resource_tracker", None)
@@ -251,8 +281,31 @@ def _stop_forkserver_if_unused() -> None:
     log.info("no worker process left: the forkserver stopped until the next one")
 
 
+def _without_resource_tracker() -> None:
+    """Before the forkserver's first start: no resource tracker process (~7 MB of PSS).
+
+    The forkserver starts multiprocessing's resource tracker and hands its pipe to
+    every worker. It unlinks the named semaphores and shared-memory blocks a crashed
+    process leaves behind; neither the daemon nor its workers make any (they talk over
+    pipes, which are not tracked). Its pipe's end is ``/dev/null`` instead: the
+    tracker's "alive" probe succeeds, and a registration, if some library ever made
+    one, is dropped rather than tracked. Left alone where a tracker runs already (one
+    that something else in this process started), or where CPython's private
+    ``_resource_tracker._fd`` is missing: the tracker then starts as before.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    if tracker is None or getattr(tracker, "_fd", 0) is not None:
+        return
+    with tracker._lock:  # its own: ensure_running takes it too
+        if tracker._fd is None:
+            tracker._fd = os.open(os.devnull, os.O_WRONLY)
+
+
 def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
+        _without_resource_tracker()
         context = multiprocessing.get_context("forkserver")
         # Only the first start's call matters (one forkserver): hence one list.
         context.set_forkserver_preload(list(PRELOAD))
@@ -261,68 +314,96 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class _Worker:
-    """One worker process and the daemon's end of its pipe."""
+    """One worker process, the daemon's end of its pipe, and its pump thread's inbox.
+
+    The pump thread (:meth:`WorkerPool._pump`) is the pipe's only user: it sends the
+    steps it is handed, waits for their replies, and closes the pipe when it ends.
+    """
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
         #: When it last ended a step (or started): its idle exit counts from there.
         self.last_used = time.monotonic()
+        #: Steps handed to its pump thread by the loop; ``None`` tells the pump to end.
+        self.inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 
     @property
     def pid(self) -> int:
         return self.process.pid or 0
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
-        """Blocking (a thread of its own): ``fn(*args)`` in the worker.
+    def exchange(self, payload: bytes | memoryview, deadline: float | None) -> tuple[str, Any]:
+        """Blocking (its pump thread): send a pickled step, wait for the reply.
 
-        ``("ok", result)``, ``("raised", exception)`` (raised by ``fn``, or pickling the
-        arguments or the result failed: the pipe stays in step), ``("lost", None)``
-        (the worker died, or was killed).
+        ``("reply", bytes)``, ``("timeout", None)`` (no reply within ``deadline``
+        seconds: the worker still runs it) or ``("lost", None)`` (the worker died, or
+        was killed: its end of the pipe closed).
         """
         try:
-            self.conn.send((fn, args))  # pickled whole before a byte is written
+            self.conn.send_bytes(payload)
+            if deadline is not None and not self.conn.poll(deadline):
+                return ("timeout", None)
+            return ("reply", self.conn.recv_bytes())
         except (EOFError, OSError):
             return ("lost", None)
-        except Exception as exc:
-            return ("raised", exc)
-        try:
-            ok, value = self.conn.recv()
-        except (EOFError, OSError):
+        except Exception as exc:  # e.g. MemoryError: the pipe is out of step, the worker goes
+            log.error("worker %d: its pipe failed (%r): replaced", self.pid, exc)
             return ("lost", None)
-        except Exception as exc:  # the reply was read whole but does not unpickle
-            return ("raised", exc)
-        return ("ok", value) if ok else ("raised", value)
 
     def kill(self) -> None:
-        """SIGKILL (harmless if it is dead already): a thread reading its pipe gets EOF."""
+        """SIGKILL (harmless if it is dead already): its pump reads end of file."""
         with contextlib.suppress(OSError, ValueError, AttributeError):
             self.process.kill()
 
     def close(self) -> None:
-        """Close the pipe: only once no thread reads it (a descriptor closed under a
-        reading thread may be reused by another file while that thread still reads)."""
+        """Close the pipe (an idle worker reads end of file and ends): by its pump only,
+        or before it has one (a descriptor closed under a reading thread may be reused
+        by another file while that thread still reads)."""
         with contextlib.suppress(OSError):
             self.conn.close()
 
 
-@dataclass
-class _Job:
-    client: str | None
-    started: float
-    #: The kind of step (the pool's name, or a :meth:`WorkerPool.kind`'s).
-    kind: str = ""
+def _unpickled(reply: bytes) -> tuple[str, Any]:
+    """A worker's reply: ``("ok", result)`` or ``("raised", exception)``."""
+    try:
+        ok, value = ForkingPickler.loads(reply)
+    except Exception as exc:  # the reply was read whole but does not unpickle
+        return ("raised", exc)
+    return ("ok", value) if ok else ("raised", value)
 
 
 @dataclass(eq=False)
-class _Waiter:
+class _Job:
+    """A step: waiting for a worker (in ``_waiters``), then running (in ``_busy``)."""
+
     client: str | None
-    since: float
-    order: int
-    future: asyncio.Future[_Worker] = field(repr=False)
-    kind: str = ""
+    #: The kind of step (the pool's name, or a :meth:`WorkerPool.kind`'s).
+    kind: str
     #: Workers one client may hold at once for steps of this kind (``None``: all).
-    limit: int | None = None
+    limit: int | None
+    #: ``(fn, args)`` pickled by the caller: the pump only writes it.
+    payload: bytes | memoryview = field(repr=False)
+    deadline: float | None
+    #: The caller's: set on its loop with ``(outcome, value)``.
+    future: asyncio.Future[tuple[str, Any]] = field(repr=False)
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+    order: int
+    since: float
+    #: When a worker took it, and which (0 and ``None`` while it waits).
+    started: float = 0.0
+    worker: _Worker | None = field(default=None, repr=False)
+    #: Its caller went away (cancelled): its worker was killed on purpose.
+    abandoned: bool = False
+
+    def settle(self, outcome: tuple[str, Any]) -> None:
+        """From any thread: hand ``outcome`` to the caller, on its loop."""
+
+        def settle() -> None:
+            if not self.future.done():
+                self.future.set_result(outcome)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(settle)
 
 
 @dataclass(frozen=True)
@@ -360,25 +441,6 @@ class PoolStatus:
     on_demand: bool = False
 
 
-def _call_in_thread(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[tuple[str, Any]],
-    worker: _Worker,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-) -> None:
-    outcome = worker.call(fn, args)
-    if outcome[0] == "lost":
-        worker.close()  # this thread was its only reader
-
-    def settle() -> None:
-        if not future.done():
-            future.set_result(outcome)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(settle)
-
-
 class WorkerPool:
     """A lazily started pool of worker processes; a dead or stuck one is replaced.
 
@@ -391,6 +453,12 @@ class WorkerPool:
     them again (``None`` or 0: they never do), each counted from its own last step (so
     that the spare workers of a past burst end too); such a pool starts its workers on
     need, one per step that finds none free, never before its first step.
+    ``niceness``: how much lower than the daemon's its workers' CPU priority is
+    (:data:`WORKER_NICENESS`; 0: the same).
+
+    The books (who waits, who runs what) are kept under a lock: the loop adds steps and
+    gives up on them, and each worker's pump thread, once it has read a reply, takes
+    the worker's next step itself (see the module's docstring).
     """
 
     def __init__(
@@ -403,6 +471,7 @@ class WorkerPool:
         per_client: int | None = None,
         queue_timeout: float | None = None,
         idle_exit: float | None = None,
+        niceness: int = WORKER_NICENESS,
     ) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -415,13 +484,17 @@ class WorkerPool:
         self.per_client = per_client
         self.queue_timeout = queue_timeout
         self.idle_exit = idle_exit or None
+        self.niceness = niceness
+        #: Guards the books below: the loop's thread and the pump threads share them.
+        self._lock = threading.Lock()
         self._alive: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._busy: dict[_Worker, _Job] = {}
-        self._waiters: list[_Waiter] = []
+        self._waiters: list[_Job] = []
+        self._replaced = 0
+        # The loop's only:
         self._starting: set[asyncio.Task[None]] = set()
         self._order = itertools.count()
-        self._replaced = 0
         self._closed = False
         self._stop_timer: asyncio.TimerHandle | None = None
         #: Killed by :meth:`stop_after`, to be reaped by :meth:`close`.
@@ -440,7 +513,7 @@ class WorkerPool:
             ours, theirs = context.Pipe(duplex=True)
             process = context.Process(  # type: ignore[attr-defined]
                 target=_worker_main,
-                args=(theirs, self.memory, os.getpid()),
+                args=(theirs, self.memory, os.getpid(), self.niceness),
                 name=f"sidecar-{self.name}-worker",
                 daemon=True,
             )
@@ -460,9 +533,17 @@ class WorkerPool:
             worker.kill()
             worker.close()
             return
-        self._alive.append(worker)
-        self._idle.append(worker)
-        self._dispatch()
+        threading.Thread(
+            target=self._pump,
+            args=(worker,),
+            name=f"{self.name}-worker-{worker.pid}",
+            daemon=True,  # never holds the interpreter's exit: the worker gets killed
+        ).start()
+        with self._lock:
+            self._alive.append(worker)
+            self._idle.append(worker)
+            handed = self._dispatch()
+        _hand_out(handed)
         self._arm_idle_exit()
 
     @property
@@ -471,23 +552,27 @@ class WorkerPool:
         return self.idle_exit is not None
 
     def _wanted(self) -> int:
-        """How many processes the pool should have (alive or starting): all of them, or
-        on demand one per step running or waiting (each step holds one worker)."""
+        """Under the lock: how many processes the pool should have (alive or starting):
+        all of them, or on demand one per step running or waiting (each step holds one
+        worker)."""
         if not self.on_demand:
             return self.workers
-        waiting = sum(1 for w in self._waiters if not w.future.done())
-        return min(self.workers, len(self._busy) + waiting)
+        return min(self.workers, len(self._busy) + len(self._waiters))
 
     def _top_up(self) -> None:
         """Start processes until the pool has what it wants (alive or starting)."""
-        while not self._closed and len(self._alive) + len(self._starting) < self._wanted():
+        while not self._closed:
+            with self._lock:
+                if len(self._alive) + len(self._starting) >= self._wanted():
+                    return
             task = asyncio.get_running_loop().create_task(self._spawn())
             self._starting.add(task)
             task.add_done_callback(self._starting.discard)
 
     def pids(self) -> list[int]:
         """The worker processes' ids (alive ones)."""
-        return [w.pid for w in self._alive]
+        with self._lock:
+            return [w.pid for w in self._alive]
 
     async def start(self) -> None:
         """Start every worker now, so that the first requests do not pay for it; a pool
@@ -497,70 +582,141 @@ class WorkerPool:
         if self._starting:
             await asyncio.gather(*list(self._starting))
 
+    # -- the pump: one thread per worker -----------------------------------------------
+
+    def _pump(self, worker: _Worker) -> None:
+        """A worker's thread: send each step it is handed, wait for the reply (within
+        the step's deadline), and the moment a reply is read take the worker's next
+        step under the lock and send it, before the reply is unpickled and handed to
+        its caller's loop: the worker waits for neither the loop nor a new thread."""
+        job = worker.inbox.get()
+        while job is not None:
+            outcome, reply = worker.exchange(job.payload, job.deadline)
+            if outcome != "reply":
+                self._lost(worker, job)
+                job.settle((outcome, None))
+                break
+            following = self._next_step(worker)
+            job.settle(_unpickled(reply))
+            job = following if following is not None else worker.inbox.get()
+        worker.close()
+
+    def _next_step(self, worker: _Worker) -> _Job | None:
+        """In ``worker``'s pump, its step done: free it, and give the waiting steps the
+        free workers; the step ``worker`` takes, if any (the others go to their
+        workers' inboxes)."""
+        with self._lock:
+            self._busy.pop(worker, None)
+            if self._closed:
+                worker.kill()
+                worker.inbox.put(None)
+                return None
+            worker.last_used = time.monotonic()
+            self._idle.append(worker)  # last in, first out: the least used ones age out
+            handed = self._dispatch()
+        following = None
+        for taker, job in handed:
+            if taker is worker:
+                following = job
+            else:
+                taker.inbox.put(job)
+        return following
+
+    def _lost(self, worker: _Worker, job: _Job) -> None:
+        """In ``worker``'s pump: it died, was killed, or ran over ``job``'s deadline
+        (killed now): off the books, and its replacement started on the loop."""
+        worker.kill()
+        with self._lock:
+            self._busy.pop(worker, None)
+            with contextlib.suppress(ValueError):
+                self._alive.remove(worker)
+            if self._closed:
+                return
+            self._replaced += 1
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to replace
+            job.loop.call_soon_threadsafe(self._top_up)
+
     # -- scheduling --------------------------------------------------------------------
-
-    def _holds(self, client: str | None, kind: str) -> int:
-        return sum(1 for job in self._busy.values() if (job.client, job.kind) == (client, kind))
-
-    def _may_take(self, client: str | None, kind: str, limit: int | None) -> bool:
-        return limit is None or self._holds(client, kind) < limit
 
     def _prune_idle(self) -> None:
         """Replace idle workers that died (killed from outside, OOM): an idle worker
-        never writes, so a readable pipe is its end of file."""
-        for worker in list(self._idle):
-            try:
-                dead = worker.conn.poll(0)
-            except (OSError, ValueError):
-                dead = True
-            if dead:
-                log.warning("%s worker %d died while idle: replaced", self.name, worker.pid)
-                self._retire(worker, in_use=False)
+        never writes, so a readable pipe is its end of file. (Its pump waits on its
+        inbox, not on the pipe: no other thread reads it now.)"""
+        with self._lock:
+            for worker in list(self._idle):
+                try:
+                    dead = worker.conn.poll(0)
+                except (OSError, ValueError):
+                    dead = True
+                if dead:
+                    log.warning("%s worker %d died while idle: replaced", self.name, worker.pid)
+                    self._idle.remove(worker)
+                    self._alive.remove(worker)
+                    self._replaced += 1
+                    worker.kill()
+                    worker.inbox.put(None)
 
-    def _take(self, client: str | None, kind: str) -> _Worker:
-        worker = self._idle.pop()
-        self._busy[worker] = _Job(client, time.monotonic(), kind)
-        return worker
-
-    def _dispatch(self) -> None:
-        """Give idle workers to waiting steps: the client holding fewest first, then in
-        order of arrival; a client at its ``per_client`` share (of that kind of step) waits."""
+    def _dispatch(self) -> list[tuple[_Worker, _Job]]:
+        """Under the lock: give idle workers to waiting steps: the client holding fewest
+        first, then in order of arrival; a client at its share (of that kind of step)
+        waits. The pairs made, for the caller to hand to the pumps."""
+        handed: list[tuple[_Worker, _Job]] = []
         while self._idle and self._waiters:
             held = Counter(job.client for job in self._busy.values())
             held_of_kind = Counter((job.client, job.kind) for job in self._busy.values())
+            self._waiters = [w for w in self._waiters if not w.future.done()]
             eligible = [
                 w
                 for w in self._waiters
-                if not w.future.done()
-                and (w.limit is None or held_of_kind[w.client, w.kind] < w.limit)
+                if w.limit is None or held_of_kind[w.client, w.kind] < w.limit
             ]
-            self._waiters = [w for w in self._waiters if not w.future.done()]
             if not eligible:
-                return
+                break
             chosen = min(eligible, key=lambda w: (held[w.client], w.order))
             self._waiters.remove(chosen)
-            chosen.future.set_result(self._take(chosen.client, chosen.kind))
+            worker = self._idle.pop()
+            chosen.started = time.monotonic()
+            chosen.worker = worker
+            self._busy[worker] = chosen
+            handed.append((worker, chosen))
+        return handed
 
-    def _release(self, worker: _Worker) -> None:
-        self._busy.pop(worker, None)
-        if self._closed:
-            worker.kill()
-            worker.close()
-            return
-        worker.last_used = time.monotonic()
-        self._idle.append(worker)  # last in, first out: the least used ones age out
-        self._dispatch()
-        self._arm_idle_exit()
+    def _expire(self, job: _Job, timeout: float) -> None:
+        """On the loop, ``timeout`` seconds after ``job`` came: refused if it still waits."""
+        with self._lock:
+            waited = job in self._waiters
+            if waited:
+                self._waiters.remove(job)
+        if waited and not job.future.done():
+            job.future.set_exception(
+                WorkersUnavailable(f"every {self.name} worker stayed busy for {timeout:g} s")
+            )
+
+    def _abandon(self, job: _Job) -> None:
+        """On the loop: ``job``'s caller went away: out of the queue, or its worker killed
+        (it would work for nobody); its pump then replaces it."""
+        with self._lock:
+            if job in self._waiters:
+                self._waiters.remove(job)
+                return
+            worker = job.worker
+            if worker is None or self._busy.get(worker) is not job:
+                return  # done already
+            job.abandoned = True
+        worker.kill()
 
     # -- idle exit ---------------------------------------------------------------------
 
     def _arm_idle_exit(self) -> None:
-        """Check again when the idle worker unused the longest reaches ``idle_exit``."""
+        """Check again when the idle worker unused the longest reaches ``idle_exit``
+        (while every worker is busy, ``idle_exit`` from now: the pumps free workers
+        without the loop, so the check does not wait for a step's end to be armed)."""
         if self.idle_exit is None or self._closed or self._idle_timer is not None:
             return
-        if not self._idle:
-            return  # armed again when a step ends
-        oldest = min(worker.last_used for worker in self._idle)
+        with self._lock:
+            if not self._alive:
+                return  # armed again when a worker starts
+            oldest = min((worker.last_used for worker in self._idle), default=time.monotonic())
         delay = max(0.0, oldest + self.idle_exit - time.monotonic())
         self._idle_timer = asyncio.get_running_loop().call_later(delay, self._idle_check)
 
@@ -572,11 +728,13 @@ class WorkerPool:
         if self._closed or self.idle_exit is None:
             return
         now = time.monotonic()
-        expired = [w for w in self._idle if now - w.last_used >= self.idle_exit]
-        for worker in expired:
-            self._idle.remove(worker)
-            self._alive.remove(worker)
-        if not self._alive and not self._starting:
+        with self._lock:
+            expired = [w for w in self._idle if now - w.last_used >= self.idle_exit]
+            for worker in expired:
+                self._idle.remove(worker)
+                self._alive.remove(worker)
+            left = len(self._alive)
+        if not left and not self._starting:
             self._dormant = True
         if expired:
             log.info(
@@ -585,10 +743,10 @@ class WorkerPool:
                 self.name,
                 len(expired),
                 self.idle_exit,
-                len(self._alive),
+                left,
             )
             for worker in expired:
-                worker.close()  # an idle worker waits on its pipe: end of file ends it
+                worker.inbox.put(None)  # its pump closes the pipe: end of file ends it
             reaping = asyncio.ensure_future(asyncio.to_thread(self._reap, expired))
             self._reaping.add(reaping)
             reaping.add_done_callback(self._reaping.discard)
@@ -607,54 +765,12 @@ class WorkerPool:
                         worker.process.join(2.0)
             _stop_forkserver_if_unused()
 
-    def _retire(self, worker: _Worker, *, in_use: bool) -> None:
-        """Drop ``worker``, killing its process (stuck, or dead already), and start its
-        replacement. ``in_use``: a thread still reads its pipe (and closes it)."""
-        self._busy.pop(worker, None)
-        with contextlib.suppress(ValueError):
-            self._alive.remove(worker)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(worker)
-        worker.kill()
-        if not in_use:
-            worker.close()
-        self._replaced += 1
-        if not self._closed:
-            self._top_up()
-
     def _fail_waiters(self, detail: str) -> None:
-        waiters, self._waiters = self._waiters, []
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(WorkersUnavailable(detail))
-
-    async def _acquire(self, client: str | None, kind: _Kind) -> _Worker:
-        self._dormant = False
-        self._prune_idle()
-        self._top_up()
-        if not self._waiters and self._idle and self._may_take(client, kind.name, kind.limit):
-            return self._take(client, kind.name)
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(
-            client, time.monotonic(), next(self._order), loop.create_future(), kind.name, kind.limit
-        )
-        self._waiters.append(waiter)
-        self._top_up()  # on demand: a worker for this step, if the pool may have one more
-        self._dispatch()
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), kind.queue_timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            if waiter.future.done() and not waiter.future.exception():
-                self._release(waiter.future.result())  # handed over as we gave up
-            else:
-                waiter.future.cancel()
-            if isinstance(exc, TimeoutError):
-                raise WorkersUnavailable(
-                    f"every {self.name} worker stayed busy for {kind.queue_timeout:g} s"
-                ) from None
-            raise
 
     # -- the public part ---------------------------------------------------------------
 
@@ -696,39 +812,54 @@ class WorkerPool:
         """:meth:`run` for one kind of step: its own deadline, share and queue timeout."""
         if self._closed:
             raise WorkersUnavailable(f"the {self.name} workers are stopping")
-        deadline = step.deadline if deadline is None else deadline
-        worker = await self._acquire(client, step)
+        # Pickled here, whole, before it waits: the pump that takes it only writes it,
+        # and arguments that do not pickle are the caller's error at once.
+        payload = ForkingPickler.dumps((fn, args))
         loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[tuple[str, Any]] = loop.create_future()
-        threading.Thread(
-            target=_call_in_thread,
-            args=(loop, outcome, worker, fn, args),
-            name=f"{self.name}-worker-{worker.pid}",
-            daemon=True,  # never holds the interpreter's exit: the worker gets killed
-        ).start()
+        job = _Job(
+            client,
+            step.name,
+            step.limit,
+            payload,
+            step.deadline if deadline is None else deadline,
+            loop.create_future(),
+            loop,
+            next(self._order),
+            time.monotonic(),
+        )
+        self._dormant = False
+        self._prune_idle()
+        with self._lock:
+            self._waiters.append(job)
+            handed = self._dispatch()
+        _hand_out(handed)
+        self._top_up()  # on demand: a worker for this step, if the pool may have one more
+        expiry = None
+        if step.queue_timeout is not None and job.worker is None:
+            expiry = loop.call_later(step.queue_timeout, self._expire, job, step.queue_timeout)
         try:
-            kind, value = await asyncio.wait_for(asyncio.shield(outcome), deadline)
-        except TimeoutError:
+            outcome, value = await job.future
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+        if outcome == "timeout":
             log.warning(
                 "%s worker %d: a step ran over %g s: killed and replaced",
                 self.name,
-                worker.pid,
-                deadline,
+                job.worker.pid if job.worker else 0,
+                job.deadline,
             )
-            self._retire(worker, in_use=True)
-            raise
-        except asyncio.CancelledError:
-            # Nobody waits for this step any more: its worker would work for nothing.
-            self._retire(worker, in_use=True)
-            raise
-        if kind == "lost":
-            self._retire(worker, in_use=False)
+            raise TimeoutError(f"a {self.name} step ran over {job.deadline:g} s")
+        if outcome == "lost":
             if self._closed:
                 raise WorkersUnavailable(f"the {self.name} workers are stopping")
-            log.warning("%s worker %d died (memory ceiling?): replaced", self.name, worker.pid)
+            pid = job.worker.pid if job.worker else 0
+            log.warning("%s worker %d died (memory ceiling?): replaced", self.name, pid)
             raise WorkerLost(f"a {self.name} worker process died")
-        self._release(worker)
-        if kind == "ok":
+        if outcome == "ok":
             return value
         raise value
 
@@ -755,14 +886,17 @@ class WorkerPool:
 
     def status(self) -> PoolStatus:
         now = time.monotonic()
-        waiting = [w for w in self._waiters if not w.future.done()]
+        with self._lock:
+            waiting = [w for w in self._waiters if not w.future.done()]
+            running = [job.started for job in self._busy.values()]
+            alive = len(self._alive)
         return PoolStatus(
             workers=self.workers,
-            alive=len(self._alive),
-            busy=len(self._busy),
+            alive=alive,
+            busy=len(running),
             waiting=len(waiting),
             starting=len(self._starting),
-            longest_running=max((now - j.started for j in self._busy.values()), default=0.0),
+            longest_running=max((now - started for started in running), default=0.0),
             longest_waiting=max((now - w.since for w in waiting), default=0.0),
             replaced=self._replaced,
             dormant=self._dormant,
@@ -782,11 +916,12 @@ class WorkerPool:
         self._fail_waiters(f"the {self.name} workers are stopping")
         for task in list(self._starting):
             task.cancel()
-        workers, idle, self._alive, self._idle = self._alive, self._idle, [], []
+        with self._lock:
+            workers, idle, self._alive, self._idle = self._alive, self._idle, [], []
         for worker in workers:
             worker.kill()  # a step under way gets EOF: its caller is answered
         for worker in idle:
-            worker.close()
+            worker.inbox.put(None)  # its pump ends, closing the pipe
         self._killed.extend(workers)
         return workers
 
@@ -806,6 +941,12 @@ class WorkerPool:
             for worker in killed:
                 with contextlib.suppress(OSError, ValueError, AssertionError):
                     worker.process.join(2.0)
+
+
+def _hand_out(handed: list[tuple[_Worker, _Job]]) -> None:
+    """Give each worker's pump the step :meth:`WorkerPool._dispatch` paired it with."""
+    for worker, job in handed:
+        worker.inbox.put(job)
 
 
 class PoolKind(WorkerPool):
