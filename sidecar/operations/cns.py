@@ -217,7 +217,7 @@ async def cancel_fee_note(runtime: CnsRuntime, fee_note_uuid: str, caller: Calle
 
 async def message_status(runtime: CnsRuntime, message_id: str, caller: Caller) -> Message | None:
     """The message, if it exists and the caller may see it."""
-    return await runtime.outbox.read(runtime.outbox.get, message_id, owner=caller.owner)
+    return await runtime.outbox.read_point(runtime.outbox.get, message_id, owner=caller.owner)
 
 
 async def list_messages(
