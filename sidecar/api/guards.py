@@ -40,6 +40,7 @@ from .appkeys import (
     SETTINGS,
 )
 from .contract import Operation
+from .media import media_type, simple_header
 from .observe import observe_requests
 from .problems import Problem, problem_for, problem_language, problem_response
 
@@ -389,15 +390,16 @@ async def body_rules(request: web.Request, handler: Handler) -> web.StreamRespon
             params={"size": request.content_length, "limit": limit},
             limit=limit,
         )
-    if "*/*" not in op.request_types and request.content_type not in op.request_types:
+    given = media_type(request)
+    if "*/*" not in op.request_types and given not in op.request_types:
         raise Problem(
             415,
             "unsupported_media_type",
             N_("Content-Type {given!r} is not accepted here; send {accepted}"),
-            params={"given": request.content_type, "accepted": " or ".join(op.request_types)},
+            params={"given": given, "accepted": " or ".join(op.request_types)},
             accepted=list(op.request_types),
         )
-    if request.content_type == "multipart/form-data":
+    if given == "multipart/form-data":
         _check_boundary(request.headers.get("Content-Type", ""))
     return await handler(request)
 
@@ -407,9 +409,14 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 
 
 def _check_boundary(content_type: str) -> None:
-    header = email.message.Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_param("boundary")
+    simple = simple_header(content_type)
+    boundary: Any
+    if simple is not None:
+        boundary = simple[1].get("boundary")
+    else:  # not a simple header: the e-mail parser's reading
+        header = email.message.Message()
+        header["Content-Type"] = content_type
+        boundary = header.get_param("boundary")
     if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
         raise Problem(
             400,
