@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -187,18 +188,26 @@ def _configured_host(host: str) -> str:
         return host.lower()
 
 
+@functools.lru_cache(maxsize=64)
+def _host_allowed(host_header: str, allowed_hosts: tuple[str, ...], host: str) -> bool:
+    """Whether a ``Host`` header names this daemon (cached: a program sends the same
+    one at every request, and reading addresses is most of the guard's cost)."""
+    name = _host_name(host_header)
+    allowed = {_configured_host(h) for h in allowed_hosts}
+    if not is_loopback_host(host):
+        allowed.add(_configured_host(host))
+    return name is not None and (is_loopback_host(name) or name in allowed)
+
+
 @web.middleware
 async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse DNS-rebinding (a foreign Host) and browsers from foreign origins."""
     server = request.app[SETTINGS].server
     host_header = request.headers.get("Host")
-    if host_header is not None:
-        name = _host_name(host_header)
-        allowed = {_configured_host(h) for h in server.allowed_hosts}
-        if not server.is_loopback:
-            allowed.add(_configured_host(server.host))
-        if name is None or not (is_loopback_host(name) or name in allowed):
-            raise Problem(403, "forbidden", N_("the Host header names no address of this daemon"))
+    if host_header is not None and not _host_allowed(
+        host_header, tuple(server.allowed_hosts), server.host
+    ):
+        raise Problem(403, "forbidden", N_("the Host header names no address of this daemon"))
     origin = request.headers.get("Origin")
     if origin is None:
         return await handler(request)
