@@ -89,7 +89,8 @@ async def test_deposit_without_an_app(
             await deposit_fee_note(runtime, fee_note_xml(unsigned), alice)
         assert await message_status(runtime, unsigned, alice) is None
 
-        cns_simulator.wait_for(lambda s: s.booking_counts[note_uuid] == 1)
+        # In a thread: the delivery worker it waits for runs on this test's loop.
+        await asyncio.to_thread(cns_simulator.wait_for, lambda s: s.booking_counts[note_uuid] == 1)
         for _ in range(200):  # bounded: 10 s at most
             message = await message_status(runtime, note_uuid, alice)
             if message is not None and message.status == Status.DELIVERED:

@@ -70,3 +70,45 @@ async def test_the_reader_cannot_write(tmp_path: Path) -> None:
         assert await outbox.read(write_on_this_thread) == writer_thread
     finally:
         outbox.close()
+
+
+UUID_B = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
+
+
+async def test_a_point_read_is_answered_on_the_calling_thread(tmp_path: Path) -> None:
+    """A status read by UUID runs on the caller's own read-only connection, not behind
+    the reading thread (here held busy); afterwards this thread writes as before."""
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    release = threading.Event()
+    try:
+        outbox.enqueue_deposit(UUID_A, b"<a/>", "d", client="c")
+        busy = asyncio.ensure_future(outbox.read(release.wait, HANG))
+        try:
+            message = await asyncio.wait_for(outbox.read_point(outbox.get, UUID_A), HANG)
+            assert message is not None and message.id == UUID_A
+            assert await outbox.read_point(outbox.get, UUID_A, owner="someone else") is None
+        finally:
+            release.set()
+            await busy
+        # The read-only connection was this thread's for the read only.
+        created, _ = outbox.enqueue_deposit(UUID_B, b"<b/>", "d", client="c")
+        assert created.status is Status.QUEUED
+    finally:
+        outbox.close()
+
+
+async def test_a_point_read_that_fails_here_is_done_by_the_reading_thread(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    try:
+
+        def write_here() -> int:
+            outbox._db.execute("UPDATE meta SET value = value WHERE key = 'probe'")
+            return threading.get_ident()
+
+        # Refused on this thread's query-only connection, then on the reading
+        # thread's; the writer's thread does it.
+        assert await outbox.read_point(write_here) == await outbox.run(threading.get_ident)
+    finally:
+        outbox.close()

@@ -108,7 +108,7 @@ def test_an_older_outbox_gets_owners_and_keeps_its_rows(tmp_path: Path) -> None:
         assert {m.id: m.client for m in outbox.list()} == {"n1": "alice", "c1": "alice"}
         assert [m.id for m in outbox.list(owner="bob")] == []
         assert outbox.get("c1", owner="alice") is not None
-        assert outbox._db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert outbox._db.execute("PRAGMA user_version").fetchone() == (3,)
         assert len(outbox.store_id) == 32
     finally:
         outbox.close()

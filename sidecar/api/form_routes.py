@@ -13,6 +13,7 @@ from ..operations.signing import FormSigning, sign_form_document
 from .appkeys import SERVICES
 from .authorisation import with_operation_pin
 from .guards import read_body
+from .media import media_type
 from .multipart import form_parts
 from .problems import bad_parameter
 from .qualification import qualification_headers
@@ -31,7 +32,7 @@ async def sign_form(request: web.Request) -> web.Response:
     profile = named_profile(services, request.match_info["profile"])
     body = await read_body(request)
     pdf: bytes | None = None
-    if request.content_type == "multipart/form-data":
+    if media_type(request) == "multipart/form-data":
         parts = await form_parts(
             request.headers.get("Content-Type", ""), body, max_parts=MAX_FORM_PARTS
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -40,6 +41,7 @@ from .appkeys import (
     SETTINGS,
 )
 from .contract import Operation
+from .media import media_type, simple_header
 from .observe import observe_requests
 from .problems import Problem, problem_for, problem_language, problem_response
 
@@ -186,18 +188,26 @@ def _configured_host(host: str) -> str:
         return host.lower()
 
 
+@functools.lru_cache(maxsize=64)
+def _host_allowed(host_header: str, allowed_hosts: tuple[str, ...], host: str) -> bool:
+    """Whether a ``Host`` header names this daemon (cached: a program sends the same
+    one at every request, and reading addresses is most of the guard's cost)."""
+    name = _host_name(host_header)
+    allowed = {_configured_host(h) for h in allowed_hosts}
+    if not is_loopback_host(host):
+        allowed.add(_configured_host(host))
+    return name is not None and (is_loopback_host(name) or name in allowed)
+
+
 @web.middleware
 async def host_and_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse DNS-rebinding (a foreign Host) and browsers from foreign origins."""
     server = request.app[SETTINGS].server
     host_header = request.headers.get("Host")
-    if host_header is not None:
-        name = _host_name(host_header)
-        allowed = {_configured_host(h) for h in server.allowed_hosts}
-        if not server.is_loopback:
-            allowed.add(_configured_host(server.host))
-        if name is None or not (is_loopback_host(name) or name in allowed):
-            raise Problem(403, "forbidden", N_("the Host header names no address of this daemon"))
+    if host_header is not None and not _host_allowed(
+        host_header, tuple(server.allowed_hosts), server.host
+    ):
+        raise Problem(403, "forbidden", N_("the Host header names no address of this daemon"))
     origin = request.headers.get("Origin")
     if origin is None:
         return await handler(request)
@@ -389,15 +399,16 @@ async def body_rules(request: web.Request, handler: Handler) -> web.StreamRespon
             params={"size": request.content_length, "limit": limit},
             limit=limit,
         )
-    if "*/*" not in op.request_types and request.content_type not in op.request_types:
+    given = media_type(request)
+    if "*/*" not in op.request_types and given not in op.request_types:
         raise Problem(
             415,
             "unsupported_media_type",
             N_("Content-Type {given!r} is not accepted here; send {accepted}"),
-            params={"given": request.content_type, "accepted": " or ".join(op.request_types)},
+            params={"given": given, "accepted": " or ".join(op.request_types)},
             accepted=list(op.request_types),
         )
-    if request.content_type == "multipart/form-data":
+    if given == "multipart/form-data":
         _check_boundary(request.headers.get("Content-Type", ""))
     return await handler(request)
 
@@ -407,9 +418,14 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 
 
 def _check_boundary(content_type: str) -> None:
-    header = email.message.Message()
-    header["Content-Type"] = content_type
-    boundary = header.get_param("boundary")
+    simple = simple_header(content_type)
+    boundary: Any
+    if simple is not None:
+        boundary = simple[1].get("boundary")
+    else:  # not a simple header: the e-mail parser's reading
+        header = email.message.Message()
+        header["Content-Type"] = content_type
+        boundary = header.get_param("boundary")
     if not isinstance(boundary, str) or not _BOUNDARY.fullmatch(boundary):
         raise Problem(
             400,

@@ -21,9 +21,11 @@ import email.parser
 import email.policy
 import quopri
 import re
+from typing import Any
 
 from aiohttp.helpers import parse_mimetype
 
+from .media import simple_header, simple_part_headers
 from .problems import Problem, bad_parameter
 
 __all__ = ["ON_LOOP_BYTES", "form_parts"]
@@ -90,9 +92,7 @@ def _decode(part: bytes) -> tuple[str | None, bytes]:
         head, separator, content = part.partition(b"\r\n\r\n")
         if not separator:
             raise bad_parameter("body", "a multipart part has no blank line after its headers")
-    headers = _HEADERS.parsebytes(head + b"\r\n")
-    name = headers.get_param("name", header="content-disposition")
-    encoding = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
+    name, encoding = _part_headers(head)
     if encoding == "base64":
         try:
             content = base64.b64decode(content)
@@ -101,6 +101,21 @@ def _decode(part: bytes) -> tuple[str | None, bytes]:
     elif encoding == "quoted-printable":
         content = quopri.decodestring(content)
     return (name if isinstance(name, str) else None), content
+
+
+def _part_headers(head: bytes) -> tuple[Any, str]:
+    """A part's ``name`` (Content-Disposition) and its Content-Transfer-Encoding
+    (lowercased), as the e-mail header parser reads them, without it when simple."""
+    simple = simple_part_headers(head + b"\r\n")
+    if simple is not None:
+        disposition = simple.get("content-disposition")
+        parsed = simple_header(disposition) if disposition is not None else None
+        if disposition is None or parsed is not None:
+            given = parsed[1].get("name") if parsed is not None else None
+            return given, simple.get("content-transfer-encoding", "").strip().lower()
+    headers = _HEADERS.parsebytes(head + b"\r\n")
+    name = headers.get_param("name", header="content-disposition")
+    return name, str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
 
 
 def _parse(content_type: str, body: bytes, max_parts: int) -> dict[str, bytes]:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -92,6 +93,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
 
 log = logging.getLogger("sidecar.cns.outbox")
 
@@ -188,9 +190,54 @@ INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
 INSERT INTO meta (key, value) VALUES ('probe', '0');
 """
 
+# Version 3: the body last in the row. A signed fee note (its PDF/A embedded) is tens of
+# KB, stored on overflow pages that SQLite walks one by one to reach any column after
+# it: with the body in the middle, reading a message's status walked all its pages
+# (a page of 100 messages: ~2,000 page reads, most of a list's CPU). Last, it is read
+# only when asked for. Same columns, same rows, same sequence, same indexes.
+_SCHEMA_V3 = """
+CREATE TABLE messages_v3 (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    operation       TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    client          TEXT NOT NULL,
+    digest          TEXT NOT NULL,
+    level           TEXT NOT NULL DEFAULT '',
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    delivered_at    REAL,
+    last_error      TEXT NOT NULL DEFAULT '',
+    answer_status   INTEGER,
+    answer_type     TEXT NOT NULL DEFAULT '',
+    answer_body     BLOB,
+    reasons         TEXT NOT NULL DEFAULT '[]',
+    body            BLOB
+);
+INSERT INTO messages_v3 (seq, id, operation, subject, client, digest, level, status,
+    attempts, created_at, updated_at, next_attempt_at, delivered_at, last_error,
+    answer_status, answer_type, answer_body, reasons, body)
+SELECT seq, id, operation, subject, client, digest, level, status, attempts, created_at,
+    updated_at, next_attempt_at, delivered_at, last_error, answer_status, answer_type,
+    answer_body, reasons, body FROM messages ORDER BY seq;
+DELETE FROM sqlite_sequence WHERE name = 'messages_v3';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'messages_v3', seq FROM sqlite_sequence WHERE name = 'messages';
+DROP TABLE messages;
+ALTER TABLE messages_v3 RENAME TO messages;
+CREATE UNIQUE INDEX one_cancel_per_note ON messages (subject) WHERE operation = 'cancel';
+CREATE INDEX by_status ON messages (status, next_attempt_at);
+CREATE INDEX by_update ON messages (updated_at);
+CREATE INDEX by_owner ON messages (client, seq);
+"""
+
 _MIGRATIONS = (
     Migration(1, "messages", _SCHEMA_V1),
     Migration(2, "owners, journal events, store id", _SCHEMA_V2),
+    Migration(3, "the body last in the row", _SCHEMA_V3),
 )
 
 _COLUMNS = (
@@ -211,6 +258,13 @@ class Db(Protocol):
 def _iso(moment: float | None) -> str | None:
     if moment is None:
         return None
+    return _iso_of(moment)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_of(moment: float) -> str:
+    """RFC 3339 in milliseconds. Cached: a message's times rarely change, and a page of
+    messages read again and again (a client polling the list) formats the same ones."""
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
 
 
@@ -304,12 +358,12 @@ def _message(row: tuple[Any, ...], body: bytes | None = None) -> Message:
     return Message(
         seq=seq,
         id=id_,
-        operation=Operation(operation),
+        operation=_OPERATIONS.get(operation) or Operation(operation),
         subject=subject,
         client=client,
         digest=digest,
         level=level,
-        status=Status(status),
+        status=_STATUSES.get(status) or Status(status),
         attempts=attempts,
         created_at=created_at,
         updated_at=updated_at,
@@ -319,9 +373,15 @@ def _message(row: tuple[Any, ...], body: bytes | None = None) -> Message:
         answer_status=answer_status,
         answer_type=answer_type,
         answer_body=answer_body,
-        reasons=json.loads(reasons),
+        reasons=[] if reasons == "[]" else json.loads(reasons),
         body=body,
     )
+
+
+# A row's text → its member, without the enum's call machinery (a page is 100 rows);
+# an unknown value still goes through the call, which raises as before.
+_STATUSES: dict[str, Status] = {s.value: s for s in Status}
+_OPERATIONS: dict[str, Operation] = {o.value: o for o in Operation}
 
 
 class Outbox:
@@ -360,6 +420,10 @@ class Outbox:
         #: The reading connection and its thread (:meth:`read`); none: reads use :meth:`run`.
         self._reader: sqlite3.Connection | None = None
         self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Per thread, the connection of :meth:`read_point`; all of them, to close.
+        self._inline = threading.local()
+        self._inline_lock = threading.Lock()
+        self._inline_readers: list[sqlite3.Connection] = []
 
     def _open_reader(self, path: Path) -> None:
         """A second connection, read-only, on a thread of its own, for :meth:`read`.
@@ -378,6 +442,49 @@ class Outbox:
         self._read_executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="outbox-read", initializer=self._become_reader
         )
+
+    def _inline_reader(self) -> sqlite3.Connection:
+        """This thread's own read-only connection for :meth:`read_point` (opened once).
+
+        Its busy timeout is zero: a caller on the event loop never waits on a lock; a
+        busy database (rare under WAL: a reader waits only while the wal-index is being
+        rebuilt) raises, and the read goes to the reading thread instead."""
+        reader: sqlite3.Connection | None = getattr(self._inline, "db", None)
+        if reader is None:
+            reader = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            try:
+                reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error:
+                reader.close()
+                raise
+            self._inline.db, self._inline.lock = reader, threading.Lock()
+            with self._inline_lock:
+                self._inline_readers.append(reader)
+        return reader
+
+    async def read_point(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a read of one row by key (:meth:`get`) right here, on this thread's own
+        read-only connection: tens of microseconds, less than the hop to the reading
+        thread costs (a submit, a wake-up, a call back into the loop). Without a reading
+        connection (see :meth:`read`), or when this one is busy or fails: :meth:`read`."""
+        if self._read_executor is None:
+            return await self.read(fn, *args, **kwargs)
+        try:
+            reader = self._inline_reader()
+        except sqlite3.Error as exc:
+            log.warning("outbox: no read connection on this thread (%s): read on the reader's", exc)
+            return await self.read(fn, *args, **kwargs)
+        # For this call only (it does not await): this thread's _db and _lock are its own.
+        self._on_reader.db, self._on_reader.lock = reader, self._inline.lock
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error:
+            pass  # busy (no waiting here) or broken: the reading thread's connection
+        finally:
+            del self._on_reader.db, self._on_reader.lock
+        return await self.read(fn, *args, **kwargs)
 
     def _become_reader(self) -> None:
         """The read thread's start: its uses of :attr:`_db` and :attr:`_lock` are the reader's."""
@@ -424,6 +531,10 @@ class Outbox:
             self._read_executor.shutdown(wait=True)
         if self._reader is not None:
             self._reader.close()
+        with self._inline_lock:
+            for reader in self._inline_readers:
+                reader.close()
+            self._inline_readers.clear()
         self._store.close()
 
     def _transaction(self) -> AbstractContextManager[None]:
