@@ -17,6 +17,7 @@ Two concerns:
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Callable
@@ -516,6 +517,26 @@ def _short(exc: Exception) -> str:
 
 
 def _read_xmp(data: bytes) -> dict[str, str]:
+    """The XMP properties sidecar checks (prefixed name → text); ValueError when the
+    packet is not well-formed."""
+    if len(data) <= _XMP_REMEMBERED:
+        return dict(_remembered_xmp(data))
+    return dict(_parse_xmp(data))
+
+
+#: Packets up to this size are remembered (a few, so that a worker holds little).
+_XMP_REMEMBERED = 64 * 1024
+
+
+@functools.lru_cache(maxsize=8)
+def _remembered_xmp(data: bytes) -> tuple[tuple[str, str], ...]:
+    """:func:`_parse_xmp`, remembered per packet: a signature's checks read the same
+    packet before and after the revision it adds (the writer leaves metadata alone),
+    and a practice's forms share theirs. Errors are not remembered."""
+    return _parse_xmp(data)
+
+
+def _parse_xmp(data: bytes) -> tuple[tuple[str, str], ...]:
     parser = etree.XMLParser(
         resolve_entities=False, load_dtd=False, no_network=True, huge_tree=False
     )
@@ -544,7 +565,7 @@ def _read_xmp(data: bytes) -> dict[str, str]:
             else:
                 text = child.text or ""
             found.setdefault(prefixed, text.strip())
-    return found
+    return tuple(found.items())
 
 
 def _prefixed(clark: str) -> str | None:
