@@ -20,7 +20,9 @@ from asn1crypto import cms, core
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from lxml import etree
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign import attributes
 from pyhanko.sign.signers.pdf_cms import Signer as PyHankoSigner
 from signxml.xades import XAdESSigner
@@ -50,6 +52,8 @@ _KW = inspect.Parameter.KEYWORD_ONLY
 
 def test_pyhanko_hooks_exist() -> None:
     assert _params(IncrementalPdfFileWriter._update_meta) == [("self", _POS)]
+    # MetadataKeepingWriter(reader=...) passes it on as pyHanko's (internal) ``prev``.
+    assert ("prev", _POS) in _params(IncrementalPdfFileWriter.__init__)
     names = [name for name, _ in _params(PyHankoSigner._signed_attr_providers)]
     assert names[:4] == ["self", "data_digest", "digest_algorithm", "attr_settings"]
     assert not inspect.isgeneratorfunction(PyHankoSigner.signed_attrs)  # async, awaits it
@@ -167,6 +171,32 @@ async def test_pades_signature_takes_the_pyhanko_and_asn1crypto_hooks(
     assert dumps, "the SignerInfo is no longer ours when written"
 
 
+def test_a_writer_given_the_reader_reads_nothing_again(
+    monkeypatch: pytest.MonkeyPatch, fee_note_pdf: bytes
+) -> None:
+    # pades_draft.prepare checks the input through one reader and writes on it; the
+    # facts of the result come from the writer's ``objects`` (the new revision), which
+    # must be the objects a reading of the output finds in its last revision.
+    reader = PdfFileReader(io.BytesIO(fee_note_pdf), strict=False)
+    catalog = reader.root
+    opened = _count(monkeypatch, PdfFileReader, "__init__")
+    writer = pyhanko_hooks.MetadataKeepingWriter(
+        io.BytesIO(fee_note_pdf), reader=reader, strict=False
+    )
+    assert writer.prev is reader and not opened, "the writer read the document again"
+    assert writer.root is catalog  # resolved once, changed in place
+    catalog["/Lang"] = generic.TextStringObject("fr-LU")
+    writer.update_root()
+    writer.add_object(generic.DictionaryObject({generic.NameObject("/X"): generic.NullObject()}))
+    output = io.BytesIO()
+    writer.write(output)
+    reread = PdfFileReader(io.BytesIO(output.getvalue()), strict=False)
+    last = reread.xrefs.total_revisions - 1
+    written = {(ref.generation, ref.idnum) for ref in reread.xrefs.explicit_refs_in_revision(last)}
+    assert set(writer.objects) == written
+    assert str(reread.root["/Lang"]) == "fr-LU"
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_xades_signature_takes_the_signxml_hooks(
     monkeypatch: pytest.MonkeyPatch, xades_signers: dict[str, Signer]
@@ -228,7 +258,6 @@ def test_bad_hex_strings_fail_as_pyhanko_fails() -> None:
 
 
 def test_pyhanko_reads_hex_strings_through_the_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyhanko.pdf_utils import generic
 
     import sidecar.signing.pdf_checks  # noqa: F401  (installs the hook)
 

@@ -51,6 +51,9 @@ async def test_level_and_key_type(
     data = signed.data
     # Incremental update: the original bytes are untouched.
     assert data.startswith(fee_note_pdf)
+    # The facts the workers derived from the writer's view (the output is not read
+    # again) are those a full reading of the output finds.
+    assert signed.after == inspect_pdf(data)
 
     # poppler: integrity of the signature.
     report = pdfsig_report(data)
@@ -105,6 +108,7 @@ async def test_pdfa1_keeps_pdf_1_4(
     original = make_pdfa(version="1.4", pdfa_part=1)
     signed = await pades_engine.sign(original, pades_signers[kind], PadesOptions(level=Level.B_T))
     after = inspect_pdf(signed.data)
+    assert signed.after == after
     assert after.version == "1.4" and after.catalog_version is None
     assert after.pdfa == "1B" and after.info_xmp_mismatches == ()
     assert "Signature is Valid" in pdfsig_report(signed.data)
@@ -119,6 +123,7 @@ async def test_non_pdfa_with_ec_may_move_to_pdf_2(
         original, pades_signers["pkcs12-ec"], PadesOptions(level=Level.B_B)
     )
     assert inspect_pdf(signed.data).version == "2.0"
+    assert signed.after == inspect_pdf(signed.data)  # the catalog's /Version seen by the writer
 
 
 async def test_profile_demanding_pdfa_refuses_plain_pdf(
@@ -145,6 +150,7 @@ async def test_visible_stamp_embeds_its_font(
         pades_signers["pkcs12-rsa"],
         PadesOptions(level=Level.B_B, stamp=VisibleStamp(page=-1, box=(300, 60, 540, 130))),
     )
+    assert signed.after == inspect_pdf(signed.data)  # widget, appearance, font: counted
     reader = PdfFileReader(io.BytesIO(signed.data))
     widget = reader.embedded_regular_signatures[0].sig_field
     assert [round(float(v)) for v in widget["/Rect"]] == [300, 60, 540, 130]
@@ -181,6 +187,8 @@ async def test_second_signature_gets_next_field(
         once.data, pades_signers["pkcs12-ec"], PadesOptions(level=Level.B_T)
     )
     assert (once.field_name, twice.field_name) == ("Signature1", "Signature2")
+    assert twice.before == inspect_pdf(once.data) and twice.after == inspect_pdf(twice.data)
+    assert twice.after.signatures == (("Signature1", "/Sig"), ("Signature2", "/Sig"))
     reports = await verify_pdf(twice.data, trust_roots=sandbox_roots)
     assert [r.signature_id for r in reports] == ["Signature1", "Signature2"]
     assert all(r.level is Level.B_T for r in reports)
@@ -270,6 +278,7 @@ async def test_a_timestamp_from_another_tsa_gets_its_data_after_the_signature(
     assert fresh_engine._tsa.tsa_certificate is not None
     assert fresh_engine._tsa.tsa_certificate.sha256 != other.sha256  # the real TSA, kept
     assert signed.after.revisions == signed.before.revisions + 2
+    assert signed.after == inspect_pdf(signed.data)
 
 
 async def test_an_engine_given_only_a_validation_context_still_signs_b_lt(

@@ -1,5 +1,5 @@
-"""pyHanko's private hooks: the PDF writer's metadata rewrite, the signed attributes,
-and the reading of hexadecimal strings."""
+"""pyHanko's private hooks: the PDF writer's metadata rewrite and its reader given in,
+the signed attributes, and the reading of hexadecimal strings."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import IO, Any
 
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.attributes import CMSAttributeProvider
 from pyhanko.sign.signers.pdf_cms import Signer
 
@@ -27,6 +28,19 @@ class MetadataKeepingWriter(IncrementalPdfFileWriter):
     write; the maintainer's own advice for turning it off is to override it (pyHanko
     issue #223). A PDF/A document's metadata must not change under a signature.
     """
+
+    def __init__(
+        self,
+        input_stream: IO[bytes],
+        *,
+        reader: PdfFileReader | None = None,
+        strict: bool = True,
+    ) -> None:
+        """``reader``: the document already opened on ``input_stream`` — what it read
+        and resolved (xref, trailer, objects) is used, not read again. It is pyHanko's
+        ``prev`` parameter, documented as internal API (its public ``from_reader``
+        passes it)."""
+        super().__init__(input_stream, prev=reader, strict=strict)
 
     def _update_meta(self) -> None:
         return None

@@ -353,10 +353,11 @@ class PadesEngine:
                 pades_draft.Extend(signed, prepared.keep_version, late_dss, room, max_objects),
                 client=client,
             )
-            if extended.facts is not None:
+            if extended.timestamp_region is None:
+                assert extended.facts is not None
                 return extended.data, extended.facts
             try:
-                return await self._document_timestamp(extended, client)
+                return await self._document_timestamp(extended)
             except NoRoom as exc:
                 # The room is measured from the first token; a TSA's tokens vary.
                 self._timestamp_reserved = _room(exc.needed)
@@ -404,9 +405,7 @@ class PadesEngine:
             tuple(c.dump() for c in data.certificates), data.ocsp_responses, data.crls
         )
 
-    async def _document_timestamp(
-        self, finished: pades_draft.Extended, client: str | None
-    ) -> tuple[bytes, PdfFacts]:
+    async def _document_timestamp(self, finished: pades_draft.Extended) -> tuple[bytes, PdfFacts]:
         """B-LTA: the TSA stamps the prepared revision's digest; the token filled in
         (:class:`NoRoom` when it does not fit)."""
         assert finished.timestamp_region is not None and finished.timestamp_digest is not None
@@ -419,9 +418,10 @@ class PadesEngine:
             )
         if self._timestamp_reserved is None:
             self._timestamp_reserved = _room(2 * len(token))
-        max_objects = self.inspector.limits.max_objects
-        after = await self._work(pades_draft.stamped_facts, output, max_objects, client=client)
-        return output, after
+        # The token changes none of the facts the worker found of the placeholder's
+        # revision: the document is not read again.
+        assert finished.facts is not None
+        return output, finished.facts
 
 
 def _room(needed: int) -> int:

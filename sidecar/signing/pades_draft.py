@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from asn1crypto import cms, crl, ocsp, tsp, x509
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.pdf_utils.writer import DeveloperExtension
 from pyhanko.sign import attributes, fields, signers
@@ -56,7 +57,14 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from .._hooks.asn1crypto_hooks import as_definite_signer_info
 from .._hooks.pyhanko_hooks import AttrProviderRewritingSigner, MetadataKeepingWriter
 from ..errors import InternalError
-from .pdf_checks import PdfFacts, PdfRefused, inspect_pdf, pdfa_problems
+from .pdf_checks import (
+    PdfFacts,
+    PdfRefused,
+    inspect_reader,
+    inspect_update,
+    pdfa_problems,
+    read_pdf,
+)
 from .pdf_font import EmbeddedTrueTypeFactory
 
 __all__ = [
@@ -75,7 +83,6 @@ __all__ = [
     "new_field_name",
     "prepare",
     "refuse_if_locked",
-    "stamped_facts",
     "write_dss",
 ]
 
@@ -166,16 +173,18 @@ class Extended:
     #: B-LTA: the document timestamp's placeholder and the digest to stamp.
     timestamp_region: tuple[int, int] | None = None
     timestamp_digest: bytes | None = None
-    #: The document's facts (``None`` while a document timestamp is due).
+    #: The document's facts (with a document timestamp: once its token is filled in).
     facts: PdfFacts | None = None
 
 
 class PreservingWriter(MetadataKeepingWriter):
     """An incremental writer that leaves metadata alone and, for PDF/A, the version."""
 
-    def __init__(self, stream: io.BytesIO, *, keep_version: bool) -> None:
+    def __init__(
+        self, stream: io.BytesIO, *, keep_version: bool, reader: PdfFileReader | None = None
+    ) -> None:
         self._keep_version = keep_version
-        super().__init__(stream, strict=False)
+        super().__init__(stream, reader=reader, strict=False)
 
     def _frozen_version(self) -> tuple[int, int]:
         version = self.prev.input_version
@@ -316,13 +325,22 @@ def check_input(facts: PdfFacts, *, require_pdfa: bool) -> None:
     refuse_if_locked(facts)
 
 
-def _inspect(data: bytes, max_objects: int) -> PdfFacts:
+def _read(data: bytes) -> PdfFileReader:
     try:
-        return inspect_pdf(data, max_objects)
+        return read_pdf(data)
     except MemoryError:
-        raise PdfRefused(
-            "unsupported_pdf", "reading the PDF needs more memory than allowed"
-        ) from None
+        raise _too_big() from None
+
+
+def _inspect(reader: PdfFileReader, data: bytes, max_objects: int) -> PdfFacts:
+    try:
+        return inspect_reader(reader, data, max_objects)
+    except MemoryError:
+        raise _too_big() from None
+
+
+def _too_big() -> PdfRefused:
+    return PdfRefused("unsupported_pdf", "reading the PDF needs more memory than allowed")
 
 
 #: Objects a signature's revision adds at most (field, widget, appearance, font, DSS).
@@ -331,17 +349,25 @@ _OWN_OBJECTS = 256
 
 def prepare(request: Prepare) -> Prepared:
     """Worker step 1: the input checked, the signature revision written, the signed
-    attributes."""
-    before = _inspect(request.data, request.max_objects)
+    attributes.
+
+    The input is read once: the reader that the checks resolved objects through is
+    the one the writer updates (pyHanko would otherwise read the xref and every
+    object it needs again), and the written document's facts are those of the
+    writer's view (:func:`~.pdf_checks.inspect_update`), not of a third reading.
+    """
+    reader = _read(request.data)
+    before = _inspect(reader, request.data, request.max_objects)
     check_input(before, require_pdfa=request.require_pdfa)
     field_name = request.field_name or new_field_name(before)
-    data, region, signed_attrs = _run(_prepare(request, field_name, before.is_pdfa))
-    after = _inspect(data, request.max_objects + _OWN_OBJECTS)
+    writer = PreservingWriter(io.BytesIO(request.data), keep_version=before.is_pdfa, reader=reader)
+    data, region, signed_attrs = _run(_prepare(request, field_name, writer))
+    after = inspect_update(before, writer, len(data), request.max_objects + _OWN_OBJECTS)
     return Prepared(before, after, field_name, before.is_pdfa, data, region, signed_attrs)
 
 
 async def _prepare(
-    request: Prepare, field_name: str, keep_version: bool
+    request: Prepare, field_name: str, writer: PreservingWriter
 ) -> tuple[bytes, tuple[int, int], bytes]:
     drafter = _Drafter(request.certificate, request.chain)
     metadata = signers.PdfSignatureMetadata(
@@ -364,7 +390,6 @@ async def _prepare(
     pdf_signer = signers.PdfSigner(
         metadata, signer=drafter, new_field_spec=field_spec, stamp_style=stamp_style
     )
-    writer = PreservingWriter(io.BytesIO(request.data), keep_version=keep_version)
     if request.dss is not None:
         write_dss(writer, request.dss)
     digest, _, output = await pdf_signer.async_digest_doc_for_signing(
@@ -416,26 +441,31 @@ def assemble(
 
 def extend(request: Extend) -> Extended:
     """Worker step 4: a revision after the signature — a late TSA's DSS entries, a
-    document timestamp's placeholder (B-LTA)."""
-    writer = PreservingWriter(io.BytesIO(request.data), keep_version=request.keep_version)
+    document timestamp's placeholder (B-LTA); the facts of the result (a timestamp's
+    token, filled in later, changes none of them)."""
+    reader = _read(request.data)
+    signed = _inspect(reader, request.data, request.max_objects + _OWN_OBJECTS)
+    writer = PreservingWriter(
+        io.BytesIO(request.data), keep_version=request.keep_version, reader=reader
+    )
     if request.dss is not None:
         write_dss(writer, request.dss)
     if request.timestamp_reserved is None:
         output = io.BytesIO()
         writer.write(output)
         data = output.getvalue()
-        return Extended(data, facts=_inspect(data, request.max_objects + 2 * _OWN_OBJECTS))
-    digest, stamped = _document_timestamp_placeholder(writer, request.timestamp_reserved)
+        digest = None
+    else:
+        digest, data = _document_timestamp_placeholder(writer, request.timestamp_reserved)
+    facts = inspect_update(signed, writer, len(data), request.max_objects + 2 * _OWN_OBJECTS)
+    if digest is None:
+        return Extended(data, facts=facts)
     return Extended(
-        stamped,
+        data,
         timestamp_region=(digest.reserved_region_start, digest.reserved_region_end),
         timestamp_digest=digest.document_digest,
+        facts=facts,
     )
-
-
-def stamped_facts(data: bytes, max_objects: int) -> PdfFacts:
-    """Worker: the facts of a document sidecar signed and stamped."""
-    return _inspect(data, max_objects + 2 * _OWN_OBJECTS)
 
 
 def write_dss(writer: PreservingWriter, dss: Dss) -> None:
