@@ -12,7 +12,10 @@ from pathlib import Path
 
 from asn1crypto import pem, x509
 
+from sidecar.keys import Signer
+from sidecar.operations.qualification import _CHAINS
 from sidecar.sandbox import SandboxPKI
+from sidecar.trust import TrustAnchors
 from sidecar.trust.lists.signing import judge_signing
 from sidecar.trust.lists.source import TrustedLists
 
@@ -37,3 +40,23 @@ def test_verdict_is_reused_until_its_inputs_change(sandbox_pki: SandboxPKI) -> N
     # An explicit moment is always judged.
     now = datetime.now(UTC)
     assert judge_signing(lists, chain, {"http://tsa": tsa}, now=now) is not first
+
+
+def test_signer_chain_is_found_once_per_anchor_set(
+    sandbox_pki: SandboxPKI, xades_signers: dict[str, Signer]
+) -> None:
+    """The signer's chain (judged twice per signature) is found once for its
+    certificates and anchor set, and found anew when the anchors change."""
+    signer = xades_signers["pkcs12-rsa"]
+    roots = TrustAnchors.of(certificates(sandbox_pki.roots_pem))
+    first = _CHAINS.of(signer, roots)
+    assert first[0].dump() == signer.certificate.dump()
+    assert first[-1].dump() in {c.dump() for c in roots.certificates}
+    assert _CHAINS.of(signer, roots) is first
+    # Other anchors (the trusted lists changed): found again, against those (the
+    # PKCS#12 file carries the whole chain: the same certificates again).
+    none = TrustAnchors.of([])
+    other = _CHAINS.of(signer, none)
+    assert other is not first
+    assert [c.dump() for c in other] == [c.dump() for c in first]
+    assert _CHAINS.of(signer, none) is other

@@ -183,3 +183,73 @@ async def test_the_ess_answer_is_per_certificate(
     refusal = _ours(signed_data, impostor)
     assert refusal is not None
     assert tsp.TSTInfo.load(bytes(signed_data["encap_content_info"]["content"]))
+
+
+def _signature_flipped(signed_data: cms.SignedData) -> cms.SignedData:
+    """A copy of *signed_data* with the signature's last bit flipped."""
+    signed_data = signed_data.copy()
+    signer_info = signed_data["signer_infos"][0]
+    value = bytearray(signer_info["signature"].native)
+    value[-1] ^= 0x01
+    signer_info["signature"] = bytes(value)
+    info = cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
+    reloaded: cms.SignedData = cms.ContentInfo.load(info.dump(force=True))["content"]
+    return reloaded
+
+
+@pytest.mark.parametrize("algorithm", ["sha256_rsa", "rsassa_pkcs1v15"])
+async def test_the_signature_itself_is_verified(
+    algorithm: str, token: TimeStampToken, sandbox_services: SandboxPKI
+) -> None:
+    """The RSA signature (verified with cryptography directly, the key loaded once per
+    certificate) is judged as pyHanko judges it, whether the algorithm names its hash
+    or leaves it to the SignerInfo's digest algorithm."""
+    signed_data = _resigned(token, sandbox_services, None)
+    signed_data["signer_infos"][0]["signature_algorithm"] = {"algorithm": algorithm}
+    good = cms.ContentInfo.load(
+        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump(force=True)
+    )["content"]
+    assert _ours(good, token) is None
+    assert _pyhanko_accepts(good, token)
+    for _ in range(2):  # the second time with the key and the algorithms' verdict kept
+        refusal = _ours(_signature_flipped(good), token)
+        assert refusal is not None and "does not verify" in refusal, refusal
+    assert not _pyhanko_accepts(_signature_flipped(good), token)
+    assert _ours(good, token) is None
+
+
+async def test_a_weak_digest_is_refused_every_time(
+    token: TimeStampToken, sandbox_services: SandboxPKI
+) -> None:
+    """The algorithm policy's remembered verdict is per algorithm: SHA-1 is refused on
+    every token, while SHA-256 from the same certificate stays accepted."""
+    signed_data = _resigned(token, sandbox_services, None)
+    signer_info = signed_data["signer_infos"][0]
+    signer_info["digest_algorithm"] = {"algorithm": "sha1"}
+    signer_info["signature_algorithm"] = {"algorithm": "sha1_rsa"}
+    weak = cms.ContentInfo.load(
+        cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump(force=True)
+    )["content"]
+    for _ in range(2):
+        refusal = _ours(weak, token)
+        assert refusal is not None and "refused" in refusal, refusal
+    assert _ours(_resigned(token, sandbox_services, None), token) is None
+
+
+async def test_tokens_of_one_tsa_share_their_parsed_certificates(
+    sandbox_services: SandboxPKI,
+) -> None:
+    """A TSA's certificate is parsed once, not per token: two tokens carry the very
+    same certificate objects, which the XAdES engine then embeds and hashes."""
+    async with aiohttp.ClientSession() as session:
+        client = TimeStampClient(
+            session,
+            [TsaEndpoint(sandbox_services.tsa_url)],
+            TrustAnchors.load([sandbox_services.roots_pem]),
+        )
+        first = await client.timestamp(hashlib.sha256(b"one").digest())
+        second = await client.timestamp(hashlib.sha256(b"two").digest())
+    assert first.certificates and first.der != second.der
+    assert all(a is b for a, b in zip(first.certificates, second.certificates, strict=True))
+    fresh = [c.chosen for c in cms.ContentInfo.load(second.der)["content"]["certificates"]]
+    assert [c.dump() for c in second.certificates] == [c.dump() for c in fresh]

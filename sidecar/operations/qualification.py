@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from asn1crypto import x509
+
 from ..errors import Refused
 from ..health import CheckResult
 from ..keys import KeyLayerError, KeyRegistry, Signer
-from ..trust import TrustServices
+from ..trust import TrustAnchors, TrustServices
 from ..trust.lists import chain_of
 from ..trust.lists.signing import SigningVerdict, judge_signing
 
@@ -38,11 +40,39 @@ class NotQualified(Refused):
         super().__init__("; ".join(verdict.problems))
 
 
+class _SignerChains:
+    """Each signer's chain to the anchors, found once per certificates and anchor set.
+
+    Finding it compares names (RFC 5280 equality, string preparation included) across
+    every anchor, and a signature asks twice (before and after signing): the answer
+    depends only on the signer's certificates (by DER) and the anchors (by object:
+    the trusted lists replace it when they change), so it is kept for those.
+    """
+
+    def __init__(self, max_entries: int = 32) -> None:
+        self._known: dict[tuple[bytes, ...], tuple[TrustAnchors, list[x509.Certificate]]] = {}
+        self._max_entries = max_entries
+
+    def of(self, signer: Signer, anchors: TrustAnchors) -> list[x509.Certificate]:
+        key = (signer.certificate.dump(), *(c.dump() for c in signer.chain))
+        found = self._known.get(key)
+        if found is not None and found[0] is anchors:
+            return found[1]
+        chain = chain_of(signer.certificate, [*signer.chain, *anchors.certificates])
+        if len(self._known) >= self._max_entries:
+            self._known.pop(next(iter(self._known)))
+        self._known[key] = (anchors, chain)
+        return chain
+
+
+_CHAINS = _SignerChains()
+
+
 def signing_verdict(trust: TrustServices, signer: Signer) -> SigningVerdict | None:
     """The verdict for *signer* and the configured TSAs; None without trusted lists."""
     if trust.lists is None:
         return None
-    chain = chain_of(signer.certificate, [*signer.chain, *trust.anchors.certificates])
+    chain = _CHAINS.of(signer, trust.anchors)
     tsa_chains = {e.url: trust.tsa.last_chains.get(e.url) for e in trust.tsa.endpoints}
     return judge_signing(trust.lists.current, chain, tsa_chains, trust.lists.settings.at_signing)
 

@@ -17,6 +17,7 @@ The same functions compute the timestamp inputs for the verifier.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterable
 
 from asn1crypto import x509
@@ -47,6 +48,28 @@ __all__ = [
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+#: Values up to this size have their base64 text remembered (:func:`_encapsulated`).
+_REMEMBERED_SIZE = 64 * 1024
+
+
+@functools.lru_cache(maxsize=128)
+def _remembered_b64(data: bytes) -> str:
+    return _b64(data)
+
+
+def _encapsulated(data: bytes) -> str:
+    """The base64 text of a certificate, CRL or OCSP response to embed.
+
+    Every B-LT signature of one signer embeds the same few values (its chain, the
+    TSA's, the revocation data the cache holds until it is stale): their text is
+    remembered rather than encoded again per signature. Large values (a big CRL) are
+    encoded each time, so that the memory kept stays small.
+    """
+    if len(data) > _REMEMBERED_SIZE:
+        return _b64(data)
+    return _remembered_b64(data)
 
 
 def find_qualifying_properties(signature: etree._Element) -> etree._Element | None:
@@ -131,7 +154,7 @@ def add_certificate_values(
         usp, xades("CertificateValues"), Id=_property_id(signature, "CertificateValues", usp)
     )
     for cert in dict.fromkeys(c.dump() for c in missing):
-        etree.SubElement(values, xades("EncapsulatedX509Certificate")).text = _b64(cert)
+        etree.SubElement(values, xades("EncapsulatedX509Certificate")).text = _encapsulated(cert)
     return values
 
 
@@ -162,11 +185,12 @@ def add_revocation_values(
     if crls:
         crl_values = etree.SubElement(values, xades("CRLValues"))
         for crl in crls:
-            etree.SubElement(crl_values, xades("EncapsulatedCRLValue")).text = _b64(crl)
+            etree.SubElement(crl_values, xades("EncapsulatedCRLValue")).text = _encapsulated(crl)
     if ocsp_responses:
         ocsp_values = etree.SubElement(values, xades("OCSPValues"))
         for response in ocsp_responses:
-            etree.SubElement(ocsp_values, xades("EncapsulatedOCSPValue")).text = _b64(response)
+            encapsulated = etree.SubElement(ocsp_values, xades("EncapsulatedOCSPValue"))
+            encapsulated.text = _encapsulated(response)
     return values
 
 

@@ -26,9 +26,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from asn1crypto import cms, core, tsp, x509
+from asn1crypto import algos, cms, core, tsp, x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pyhanko.sign.general import check_ess_certid, extract_signer_info
 from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
 from pyhanko.sign.validation.utils import CMSAlgorithmUsagePolicy
@@ -200,7 +204,11 @@ async def check_reply(
             "synchronisation (NTP / Windows Time)",
         )
     return TimeStampToken(
-        content_info=contents.content_info, tst_info=tst_info, tsa_url=url, chain=chain
+        content_info=contents.content_info,
+        tst_info=tst_info,
+        tsa_url=url,
+        chain=chain,
+        carried=contents.certificates,
     )
 
 
@@ -298,6 +306,114 @@ class _EssMatches:
 _ESS = _EssMatches()
 
 
+class _AlgorithmVerdicts:
+    """The algorithm policy's answer per (signature algorithm, digest algorithm, key).
+
+    :data:`_TOKEN_ALGORITHMS` (pyHanko's DisallowWeakAlgorithmsPolicy, lifted to CMS)
+    looks at the algorithms and the key's size only, never at the time: every token of
+    a TSA gets the same answer, remembered here rather than worked out again per token.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._known: dict[tuple[bytes, bytes, bytes], str | None] = {}
+        self._max_entries = max_entries
+
+    def refusal(
+        self,
+        signature_algorithm: algos.SignedDigestAlgorithm,
+        digest_algorithm: algos.DigestAlgorithm,
+        cert: x509.Certificate,
+        at: datetime,
+    ) -> str | None:
+        """Why the policy refuses these algorithms with *cert*'s key, or None."""
+        key = (signature_algorithm.dump(), digest_algorithm.dump(), cert.sha256)
+        if key in self._known:
+            return self._known[key]
+        allowed = [
+            _TOKEN_ALGORITHMS.signature_algorithm_allowed(
+                signature_algorithm, moment=at, public_key=cert.public_key
+            ),
+            _TOKEN_ALGORITHMS.digest_algorithm_allowed(digest_algorithm, moment=at),
+            _TOKEN_ALGORITHMS.digest_combination_allowed(
+                signature_algo=signature_algorithm,
+                message_digest_algo=digest_algorithm,
+                moment=None,
+            ),
+        ]
+        refused = next((a for a in allowed if not a), None)
+        reason = None
+        if refused is not None:
+            reason = refused.failure_reason or "an algorithm is not allowed"
+        if len(self._known) >= self._max_entries:
+            self._known.pop(next(iter(self._known)))
+        self._known[key] = reason
+        return reason
+
+
+_ALGORITHMS = _AlgorithmVerdicts()
+
+
+class _PublicKeys:
+    """TSA certificates' public keys loaded into cryptography once, by certificate."""
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self._keys: dict[bytes, PublicKeyTypes] = {}
+        self._max_entries = max_entries
+
+    def of(self, cert: x509.Certificate) -> PublicKeyTypes:
+        found = self._keys.get(cert.sha256)
+        if found is None:
+            found = load_der_public_key(cert.public_key.dump())
+            if len(self._keys) >= self._max_entries:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[cert.sha256] = found
+        return found
+
+
+_PUBLIC_KEYS = _PublicKeys()
+
+
+def _signature_verifies(
+    signature: bytes,
+    signed_bytes: bytes,
+    cert: x509.Certificate,
+    algorithm: algos.SignedDigestAlgorithm,
+    digest: str,
+) -> bool:
+    """Whether *signature* over *signed_bytes* verifies with *cert*'s key.
+
+    RSASSA-PKCS1-v1_5 (what TSAs use) is verified with cryptography directly and the
+    key loaded once per certificate; any other algorithm goes through pyHanko's
+    validator, which loads the key for each call.
+    """
+    try:
+        name = algorithm.signature_algo
+    except ValueError:
+        name = algorithm["algorithm"].native
+    try:
+        if name == "rsassa_pkcs1v15" and cert.public_key.algorithm == "rsa":
+            key = _PUBLIC_KEYS.of(cert)
+            if isinstance(key, rsa.RSAPublicKey):
+                try:
+                    hash_name = algorithm.hash_algo
+                except ValueError:
+                    hash_name = digest  # plain rsaEncryption: the SignerInfo's digest
+                key.verify(
+                    signature, signed_bytes, PKCS1v15(), get_pyca_cryptography_hash(hash_name)
+                )
+                return True
+        _SIGNATURES.validate_signature(
+            signature,
+            signed_bytes,
+            cert.public_key,
+            algorithm,
+            context=SignatureValidationContext(contextual_md_algorithm=digest),
+        )
+        return True
+    except InvalidSignature:
+        return False
+
+
 class _TokenRefused(ValueError):
     """A token refused by our own check; its message is meant for people."""
 
@@ -320,20 +436,9 @@ def _check_token_signature(
         signer_info = extract_signer_info(signed_data)
         signature_algorithm = signer_info["signature_algorithm"]
         digest_algorithm = signer_info["digest_algorithm"]
-        allowed = [
-            _TOKEN_ALGORITHMS.signature_algorithm_allowed(
-                signature_algorithm, moment=gen_time, public_key=cert.public_key
-            ),
-            _TOKEN_ALGORITHMS.digest_algorithm_allowed(digest_algorithm, moment=gen_time),
-            _TOKEN_ALGORITHMS.digest_combination_allowed(
-                signature_algo=signature_algorithm,
-                message_digest_algo=digest_algorithm,
-                moment=None,
-            ),
-        ]
-        refused = next((a for a in allowed if not a), None)
+        refused = _ALGORITHMS.refusal(signature_algorithm, digest_algorithm, cert, gen_time)
         if refused is not None:
-            raise _TokenRefused(refused.failure_reason or "an algorithm is not allowed")
+            raise _TokenRefused(refused)
         signed_attrs = signer_info["signed_attrs"]
         if signed_attrs is core.VOID:
             raise _TokenRefused("the token has no signed attributes")
@@ -364,19 +469,13 @@ def _check_token_signature(
                 protected["signature_algorithm"].native != signature_algorithm.native
             ):
                 raise _TokenRefused("CMSAlgorithmProtection does not match the algorithms used")
-        try:
-            _SIGNATURES.validate_signature(
-                signer_info["signature"].native,
-                signed_bytes,
-                cert.public_key,
-                signature_algorithm,
-                context=SignatureValidationContext(
-                    contextual_md_algorithm=digest_algorithm["algorithm"].native
-                ),
-            )
-            valid = True
-        except InvalidSignature:
-            valid = False
+        valid = _signature_verifies(
+            signer_info["signature"].native,
+            signed_bytes,
+            cert,
+            signature_algorithm,
+            digest_algorithm["algorithm"].native,
+        )
     except _TokenRefused as exc:  # our own words: what is wrong with the token
         raise fail("bad_signature", f"the token's CMS signature is refused: {exc}") from None
     except Exception as exc:  # asn1crypto and pyHanko raise several unrelated types

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from asn1crypto import cms, parser, tsp, x509
@@ -37,6 +38,9 @@ class TimeStampToken:
     tsa_url: str
     #: The TSA's certificate, then its issuers up to and including the anchor.
     chain: tuple[x509.Certificate, ...]
+    #: The certificates the token carries, as :func:`read_token` read them (None:
+    #: read from :attr:`content_info` when asked).
+    carried: tuple[x509.Certificate, ...] | None = field(default=None, compare=False)
 
     @property
     def der(self) -> bytes:
@@ -72,6 +76,8 @@ class TimeStampToken:
     @property
     def certificates(self) -> tuple[x509.Certificate, ...]:
         """Every certificate the token itself carries (the chain may hold more)."""
+        if self.carried is not None:
+            return self.carried
         choices = self.content_info["content"]["certificates"] or ()
         return tuple(c.chosen for c in choices if c.name == "certificate")
 
@@ -102,6 +108,34 @@ class TokenContents:
     certificates: tuple[x509.Certificate, ...]
 
 
+class _KnownCertificates:
+    """Certificates read from tokens, one parsed object per DER encoding.
+
+    Every token of a TSA carries the same certificates: the object read from an
+    earlier token (asn1crypto parses lazily and keeps what it parsed, its SHA-256
+    and names included) serves the next ones, so a token costs no certificate
+    parsing. Keyed on the exact DER bytes: a different encoding is another entry.
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self._by_der: dict[bytes, x509.Certificate] = {}
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+
+    def known(self, cert: x509.Certificate) -> x509.Certificate:
+        der = cert.dump()
+        with self._lock:
+            found = self._by_der.get(der)
+            if found is None:
+                if len(self._by_der) >= self._max_entries:
+                    self._by_der.pop(next(iter(self._by_der)))
+                self._by_der[der] = found = x509.Certificate.load(der)
+        return found
+
+
+_TOKEN_CERTIFICATES = _KnownCertificates()
+
+
 def read_token(der: bytes) -> TokenContents:
     """Parse a DER TimeStampToken (CMS SignedData over a TSTInfo), fully; ``ValueError``
     when it is not one. The one reader of tokens: the reply check, the XAdES engines and
@@ -118,7 +152,9 @@ def read_token(der: bytes) -> TokenContents:
         tst_info.native  # noqa: B018 - force a full parse: asn1crypto is lazy
         imprint = tst_info["message_imprint"]
         certificates = tuple(
-            c.chosen for c in (signed_data["certificates"] or ()) if c.name == "certificate"
+            _TOKEN_CERTIFICATES.known(c.chosen)
+            for c in (signed_data["certificates"] or ())
+            if c.name == "certificate"
         )
         (signer_info,) = signed_data["signer_infos"]
         sid = signer_info["sid"]
