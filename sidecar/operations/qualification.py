@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from asn1crypto import x509
 
+from ..bounded import remember
 from ..errors import Refused
 from ..health import CheckResult
 from ..keys import KeyLayerError, KeyRegistry, Signer
@@ -59,9 +60,7 @@ class _SignerChains:
         if found is not None and found[0] is anchors:
             return found[1]
         chain = chain_of(signer.certificate, [*signer.chain, *anchors.certificates])
-        if len(self._known) >= self._max_entries:
-            self._known.pop(next(iter(self._known)))
-        self._known[key] = (anchors, chain)
+        remember(self._known, key, (anchors, chain), self._max_entries)
         return chain
 
 

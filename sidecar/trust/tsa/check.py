@@ -45,6 +45,7 @@ from pyhanko_certvalidator.sig_validate import (
 )
 from pyhanko_certvalidator.util import get_pyca_cryptography_hash
 
+from ...bounded import remember
 from ...upstream import describe, log_cause
 from ..anchors import TrustAnchors
 from .errors import TsaIssuerUnavailable, TsaRejected, TsaReplyError
@@ -297,9 +298,7 @@ class _EssMatches:
             else:
                 certid = tsp.SigningCertificate.load(value.dump())["certs"][0]
             known = bool(check_ess_certid(cert, certid))
-            if len(self._known) >= self._max_entries:
-                self._known.pop(next(iter(self._known)))
-            self._known[key] = known
+            remember(self._known, key, known, self._max_entries)
         return known
 
 
@@ -344,9 +343,7 @@ class _AlgorithmVerdicts:
         reason = None
         if refused is not None:
             reason = refused.failure_reason or "an algorithm is not allowed"
-        if len(self._known) >= self._max_entries:
-            self._known.pop(next(iter(self._known)))
-        self._known[key] = reason
+        remember(self._known, key, reason, self._max_entries)
         return reason
 
 
@@ -364,9 +361,7 @@ class _PublicKeys:
         found = self._keys.get(cert.sha256)
         if found is None:
             found = load_der_public_key(cert.public_key.dump())
-            if len(self._keys) >= self._max_entries:
-                self._keys.pop(next(iter(self._keys)))
-            self._keys[cert.sha256] = found
+            remember(self._keys, cert.sha256, found, self._max_entries)
         return found
 
 

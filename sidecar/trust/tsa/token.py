@@ -19,6 +19,7 @@ from datetime import datetime
 from asn1crypto import cms, parser, tsp, x509
 
 from ..._hooks.asn1crypto_hooks import ReceivedContentInfo
+from ...bounded import remember
 from ...logs import request_extra
 from ...upstream import describe
 
@@ -127,9 +128,7 @@ class _KnownCertificates:
         with self._lock:
             found = self._by_der.get(der)
             if found is None:
-                if len(self._by_der) >= self._max_entries:
-                    self._by_der.pop(next(iter(self._by_der)))
-                self._by_der[der] = found = x509.Certificate.load(der)
+                found = remember(self._by_der, der, x509.Certificate.load(der), self._max_entries)
         return found
 
 
